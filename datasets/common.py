@@ -1,0 +1,45 @@
+"""Helpers shared by the dataset classes."""
+from __future__ import annotations
+
+import os
+from typing import Iterable
+
+import numpy as np
+
+from utils.config import check_keys
+
+# Keys every dataset accepts from a config's ``others`` entry.
+COMMON_KEYS = ("NAME", "subset", "npoints", "bs", "whole")
+
+
+class DatasetFormatError(FileNotFoundError):
+    """A dataset root is missing or not in the expected layout; the message names both."""
+
+
+def require_path(path: str, dataset: str, layout: str) -> str:
+    if not os.path.exists(path):
+        raise DatasetFormatError(f"{dataset}: '{path}' does not exist. Expected layout:\n{layout}\n"
+                                 "See README 'Data preparation' (or run `make data` for the embedded demo data).")
+    return path
+
+
+def check_dataset_keys(config, name: str, required: Iterable[str], optional: Iterable[str] = ()) -> None:
+    check_keys(config, f"dataset ({name})", required=tuple(required), optional=tuple(optional) + COMMON_KEYS)
+
+
+def pc_norm(pc: np.ndarray) -> np.ndarray:
+    """Centre at the centroid and scale into the unit sphere. (N, 3+) -> same; xyz only."""
+    pc = pc.copy()
+    centroid = pc[:, :3].mean(axis=0)
+    pc[:, :3] -= centroid
+    scale = np.sqrt((pc[:, :3] ** 2).sum(axis=1)).max()
+    if scale > 0:
+        pc[:, :3] /= scale
+    return pc
+
+
+def random_subset(pc: np.ndarray, num: int) -> np.ndarray:
+    """``num`` random rows without replacement (numpy global RNG, seeded per worker)."""
+    if num > pc.shape[0]:
+        raise ValueError(f"cannot take {num} points from a cloud of {pc.shape[0]}")
+    return pc[np.random.permutation(pc.shape[0])[:num]]

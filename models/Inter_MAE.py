@@ -1,0 +1,207 @@
+"""Pre-training models: Inter-MAE, and the Point-MAE baseline it extends.
+
+``Inter_MAE`` follows SPEC §4: masked patch autoencoder whose decoder sees mask tokens only
+("shifting mask tokens"), a Chamfer reconstruction loss, and ``pro_head`` projecting the decoded
+sequence for the inter-modal contrastive loss with an image branch.
+"""
+from __future__ import annotations
+
+from typing import Dict, Optional
+
+import torch
+from timm.layers import trunc_normal_
+from torch import Tensor, nn
+
+from extensions.chamfer_dist import ChamferDistanceL1, ChamferDistanceL2
+from extensions.emd import EarthMoverDistance
+from utils.config import ConfigError, check_keys, origin_of
+
+from .build import MODELS
+from .layers import Group, MaskTransformer, TransformerDecoder, pos_embedding
+
+TRANSFORMER_KEYS = (
+    "mask_ratio", "mask_type", "trans_dim", "encoder_dims", "depth", "drop_path_rate", "num_heads",
+    "decoder_depth", "decoder_num_heads",
+)
+
+
+def build_reconstruction_loss(name: str) -> nn.Module:
+    losses = {"cdl1": ChamferDistanceL1, "cdl2": ChamferDistanceL2, "emd": EarthMoverDistance}
+    if name not in losses:
+        raise ValueError(f"model.loss must be one of {sorted(losses)}, got '{name}'")
+    return losses[name]()
+
+
+class _MaskedPointAutoencoder(nn.Module):
+    """Shared body of Point-MAE and Inter-MAE pre-training.
+
+    Subclasses set ``decoder_dim`` and build ``self.decoder_embed`` (or Identity) and the
+    reconstruction head.
+    """
+
+    model_keys = ("NAME", "group_size", "num_group", "loss", "transformer_config", "patch_embed")
+    transformer_keys = TRANSFORMER_KEYS
+    default_patch_embed = "inter_mae"
+
+    def __init__(self, config):
+        super().__init__()
+        check_keys(config, f"model ({config.NAME})", required=("NAME", "group_size", "num_group", "loss", "transformer_config"),
+                   optional=self.model_keys)
+        tc = config.transformer_config
+        check_keys(tc, "model.transformer_config", required=self.transformer_keys[:9], optional=self.transformer_keys)
+        self.config = config
+        self.trans_dim = tc.trans_dim
+        self.group_size = config.group_size
+        self.num_group = config.num_group
+        self.drop_path_rate = tc.drop_path_rate
+        self.MAE_encoder = MaskTransformer(
+            trans_dim=tc.trans_dim, depth=tc.depth, num_heads=tc.num_heads, drop_path_rate=tc.drop_path_rate,
+            mask_ratio=tc.mask_ratio, mask_type=tc.mask_type, encoder_dims=tc.encoder_dims,
+            patch_embed=config.get("patch_embed", self.default_patch_embed),
+        )
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, self.trans_dim))
+        self.decoder_dim = self._decoder_dim(tc)
+        self.decoder_pos_embed = pos_embedding(self.decoder_dim)
+        self.MAE_decoder = TransformerDecoder(
+            embed_dim=self.decoder_dim, depth=tc.decoder_depth, num_heads=tc.decoder_num_heads,
+            drop_path_rate=[r.item() for r in torch.linspace(0, self.drop_path_rate, tc.decoder_depth)],
+        )
+        self.group_divider = Group(num_group=self.num_group, group_size=self.group_size)
+        self.loss_func = build_reconstruction_loss(config.loss)
+        trunc_normal_(self.mask_token, std=0.02)
+
+    def _decoder_dim(self, tc) -> int:
+        raise NotImplementedError
+
+    def _embed_for_decoder(self, x: Tensor) -> Tensor:
+        return x
+
+    def _predict_points(self, x_rec: Tensor) -> Tensor:
+        """Masked tokens (B, M, Cd) -> predicted patch points (B, M, K, 3)."""
+        raise NotImplementedError
+
+    def encode_decode(self, pts: Tensor, mask: Optional[Tensor] = None, noaug: bool = False) -> Dict[str, Tensor]:
+        """Group, mask, encode, decode.
+
+        Args:
+            pts: (B, N, 3) points.
+            mask: optional (B, G) bool, True = masked (same count per sample); random if None.
+        Returns a dict: ``neighborhood`` (B,G,K,3), ``center`` (B,G,3), ``mask`` (B,G),
+        ``decoded`` (B,G,Cd) decoder output in the order visible-then-masked, ``rebuild``
+        (B,M,K,3) predicted masked patches relative to their centres, ``target`` (B,M,K,3).
+        """
+        neighborhood, center = self.group_divider(pts)
+        x_vis, mask = self.MAE_encoder(neighborhood, center, mask=mask, noaug=noaug)
+        B, _, C = x_vis.shape
+        center_vis = center[~mask].reshape(B, -1, 3)
+        center_mask = center[mask].reshape(B, -1, 3)
+        M = center_mask.shape[1]
+        x_full = torch.cat([x_vis, self.mask_token.expand(B, M, -1).to(x_vis.dtype)], dim=1)
+        pos_full = self.decoder_pos_embed(torch.cat([center_vis, center_mask], dim=1))
+        decoded = self.MAE_decoder(self._embed_for_decoder(x_full), pos_full)  # B G Cd
+        rebuild = self._predict_points(decoded[:, decoded.shape[1] - M:])  # B M K 3
+        target = neighborhood[mask].reshape(B, M, self.group_size, 3)
+        return {"neighborhood": neighborhood, "center": center, "mask": mask, "decoded": decoded,
+                "rebuild": rebuild, "target": target}
+
+    def reconstruction_loss(self, out: Dict[str, Tensor]) -> Tensor:
+        """Chamfer (or EMD) per masked patch, averaged over patches. Computed in fp32."""
+        K = self.group_size
+        return self.loss_func(out["rebuild"].reshape(-1, K, 3).float(), out["target"].reshape(-1, K, 3).float())
+
+    @torch.no_grad()
+    def reconstruct(self, pts: Tensor, mask: Optional[Tensor] = None) -> Dict[str, Tensor]:
+        """For visualisation: patches in absolute coordinates.
+
+        Returns ``visible`` (B, G_vis*K, 3), ``predicted`` (B, M*K, 3) masked patches as predicted,
+        moved back to their centres, ``reconstruction`` (B, G*K, 3) = visible + predicted,
+        ``center`` (B, G, 3) and ``mask`` (B, G).
+        """
+        out = self.encode_decode(pts, mask=mask)
+        B, G = out["mask"].shape
+        K = self.group_size
+        mask = out["mask"]
+        vis = (out["neighborhood"][~mask].reshape(B, -1, K, 3) + out["center"][~mask].reshape(B, -1, 1, 3)).reshape(B, -1, 3)
+        pred = (out["rebuild"].float() + out["center"][mask].reshape(B, -1, 1, 3)).reshape(B, -1, 3)
+        return {"visible": vis, "predicted": pred, "reconstruction": torch.cat([vis, pred], dim=1),
+                "center": out["center"], "mask": mask}
+
+
+@MODELS.register_module()
+class Inter_MAE(_MaskedPointAutoencoder):
+    """Inter-MAE pre-training model. ``pts`` (B, N, 3) [, ``imgs`` (B, V, 3, H, W)] -> losses.
+
+    ``forward`` returns a dict with ``loss`` (what to back-propagate), ``loss_rec`` (Chamfer) and,
+    when images are given, ``loss_con`` (weighted inter-modal contrastive loss, SPEC §4).
+    """
+
+    model_keys = _MaskedPointAutoencoder.model_keys + ("image_branch",)
+    transformer_keys = TRANSFORMER_KEYS + ("embed_dim", "decoder_embed_dim")
+
+    def __init__(self, config):
+        super().__init__(config)
+        tc = config.transformer_config
+        embed_dim = tc.get("embed_dim", tc.trans_dim)
+        if embed_dim != tc.trans_dim:
+            raise ConfigError(f"model.transformer_config.embed_dim ({embed_dim}) must equal trans_dim ({tc.trans_dim})",
+                              origin_of(tc))
+        self.decoder_embed = nn.Linear(embed_dim, self.decoder_dim)
+        self.pre_head = nn.Sequential(nn.Conv1d(self.decoder_dim, 3 * self.group_size, 1))
+        self.pro_head = nn.Sequential(
+            nn.Linear(2 * self.decoder_dim, 256, bias=False), nn.BatchNorm1d(256), nn.ReLU(inplace=True),
+            nn.Linear(256, 256, bias=False),
+        )
+        # The image branch (rendered views -> ViT -> inv_head) and its contrastive loss.
+        self.image_branch = None
+
+    def _decoder_dim(self, tc) -> int:
+        return tc.get("decoder_embed_dim", 256)
+
+    def _embed_for_decoder(self, x: Tensor) -> Tensor:
+        return self.decoder_embed(x)
+
+    def _predict_points(self, x_rec: Tensor) -> Tensor:
+        B, M, _ = x_rec.shape
+        return self.pre_head(x_rec.transpose(1, 2)).transpose(1, 2).reshape(B, M, self.group_size, 3)
+
+    def point_features(self, decoded: Tensor) -> Tensor:
+        """Decoded sequence (B, G, Cd) -> projected point feature (B, 256): first token ++ max of the rest."""
+        return self.pro_head(torch.cat([decoded[:, 0], decoded[:, 1:].amax(dim=1)], dim=-1))
+
+    def forward(self, pts: Tensor, imgs: Optional[Tensor] = None, mask: Optional[Tensor] = None) -> Dict[str, Tensor]:
+        out = self.encode_decode(pts, mask=mask)
+        loss_rec = self.reconstruction_loss(out)
+        losses = {"loss_rec": loss_rec}
+        if imgs is not None:
+            if self.image_branch is None:
+                raise RuntimeError("images were passed but the model has no image branch (model.image_branch)")
+            losses["loss_con"] = self.image_branch.loss(self.point_features(out["decoded"]), imgs)
+        losses["loss"] = sum(losses.values())
+        return losses
+
+
+@MODELS.register_module()
+class Point_MAE(_MaskedPointAutoencoder):
+    """Point-MAE (ECCV 2022) pre-training baseline: decoder as wide as the encoder, no image branch.
+
+    ``pts`` (B, N, 3) -> dict with ``loss`` = ``loss_rec``.
+    """
+
+    default_patch_embed = "point_mae"
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.increase_dim = nn.Sequential(nn.Conv1d(self.trans_dim, 3 * self.group_size, 1))
+
+    def _decoder_dim(self, tc) -> int:
+        return tc.trans_dim
+
+    def _predict_points(self, x_rec: Tensor) -> Tensor:
+        B, M, _ = x_rec.shape
+        return self.increase_dim(x_rec.transpose(1, 2)).transpose(1, 2).reshape(B, M, self.group_size, 3)
+
+    def forward(self, pts: Tensor, imgs: Optional[Tensor] = None, mask: Optional[Tensor] = None) -> Dict[str, Tensor]:
+        if imgs is not None:
+            raise RuntimeError("Point_MAE has no image branch; use Inter_MAE for inter-modal pre-training")
+        loss_rec = self.reconstruction_loss(self.encode_decode(pts, mask=mask))
+        return {"loss_rec": loss_rec, "loss": loss_rec}

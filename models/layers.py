@@ -1,0 +1,318 @@
+"""Building blocks shared by pre-training, classification and segmentation models.
+
+Parameter names follow the released code exactly (see ``shared/reference/``), so released
+checkpoints load without renaming.
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from timm.layers import DropPath, trunc_normal_
+from torch import Tensor, nn
+
+from extensions.pointops import fps, gather_points, knn_query
+
+
+class Group(nn.Module):
+    """Split a cloud into patches: FPS centres, then the K nearest points of each centre.
+
+    Input ``xyz`` (B, N, 3). Output ``neighborhood`` (B, G, K, 3) relative to the centres and
+    ``center`` (B, G, 3). Computed in fp32.
+    """
+
+    def __init__(self, num_group: int, group_size: int):
+        super().__init__()
+        self.num_group = num_group
+        self.group_size = group_size
+
+    def forward(self, xyz: Tensor) -> Tuple[Tensor, Tensor]:
+        xyz = xyz.float()
+        center = fps(xyz, self.num_group)  # B G 3
+        idx = knn_query(self.group_size, xyz, center)  # B G K
+        neighborhood = gather_points(xyz, idx) - center.unsqueeze(2)  # B G K 3
+        return neighborhood, center
+
+
+class TransPooling(nn.Module):
+    """Inter-MAE's ``first_trans``: per-point weights from a K x K attention map.
+
+    Input (BG, C, K) -> output (BG, K, C).
+
+    Kept exactly as released, because checkpoints depend on it: the attention map is softmaxed
+    over its last axis, renormalised over that same axis (a no-op up to 1e-9), and applied with
+    ``einsum('bnn,bnc->bnc')``, which multiplies each point's features by its *own* diagonal
+    weight A[i, i] rather than forming a weighted sum over points.
+    """
+
+    def __init__(self, channels: int = 256):
+        super().__init__()
+        self.q_conv = nn.Conv1d(channels, channels, 1, bias=False)
+        self.k_conv = nn.Conv1d(channels, channels, 1, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        q = self.q_conv(x).transpose(1, 2)  # BG K C
+        k = self.k_conv(x)  # BG C K
+        attention = torch.softmax(torch.bmm(q, k), dim=-1)  # BG K K
+        attention = attention / (1e-9 + attention.sum(dim=-1, keepdim=True))
+        return torch.einsum("bnn,bnc->bnc", attention, x.transpose(1, 2))
+
+
+class InterMAEPatchEmbed(nn.Module):
+    """Inter-MAE patch embedding (bias-free convs, TransPooling, mean+max pooling).
+
+    ``point_groups`` (B, G, K, 3) -> tokens (B, G, C).
+    """
+
+    def __init__(self, encoder_channel: int):
+        super().__init__()
+        self.encoder_channel = encoder_channel
+        self.first_conv = nn.Sequential(
+            nn.Conv1d(3, 128, 1, bias=False), nn.BatchNorm1d(128), nn.ReLU(inplace=True),
+            nn.Conv1d(128, 256, 1, bias=False),
+        )
+        self.first_trans = TransPooling(256)
+        self.second_conv = nn.Sequential(
+            nn.Conv1d(512, 512, 1, bias=False), nn.BatchNorm1d(512), nn.ReLU(inplace=True),
+            nn.Conv1d(512, encoder_channel, 1, bias=False),
+        )
+
+    def forward(self, point_groups: Tensor) -> Tensor:
+        B, G, K, _ = point_groups.shape
+        feature = self.first_conv(point_groups.reshape(B * G, K, 3).transpose(1, 2))  # BG 256 K
+        feature = self.first_trans(feature)  # BG K 256
+        feature = torch.cat([feature.mean(dim=1), feature.amax(dim=1)], dim=-1)  # BG 512
+        feature = feature.reshape(B, G, 512).transpose(1, 2)  # B 512 G: BN statistics over B*G
+        return self.second_conv(feature).transpose(1, 2)  # B G C
+
+
+class PointMAEPatchEmbed(nn.Module):
+    """Point-MAE's mini-PointNet patch embedding (convs with bias).
+
+    ``point_groups`` (B, G, K, 3) -> tokens (B, G, C).
+    """
+
+    def __init__(self, encoder_channel: int):
+        super().__init__()
+        self.encoder_channel = encoder_channel
+        self.first_conv = nn.Sequential(
+            nn.Conv1d(3, 128, 1), nn.BatchNorm1d(128), nn.ReLU(inplace=True), nn.Conv1d(128, 256, 1),
+        )
+        self.second_conv = nn.Sequential(
+            nn.Conv1d(512, 512, 1), nn.BatchNorm1d(512), nn.ReLU(inplace=True), nn.Conv1d(512, encoder_channel, 1),
+        )
+
+    def forward(self, point_groups: Tensor) -> Tensor:
+        B, G, K, _ = point_groups.shape
+        feature = self.first_conv(point_groups.reshape(B * G, K, 3).transpose(1, 2))  # BG 256 K
+        feature_global = feature.amax(dim=2, keepdim=True)  # BG 256 1
+        feature = torch.cat([feature_global.expand(-1, -1, K), feature], dim=1)  # BG 512 K
+        feature = self.second_conv(feature)  # BG C K
+        return feature.amax(dim=2).reshape(B, G, self.encoder_channel)
+
+
+PATCH_EMBEDS = {"inter_mae": InterMAEPatchEmbed, "point_mae": PointMAEPatchEmbed}
+
+
+def build_patch_embed(kind: str, encoder_channel: int) -> nn.Module:
+    if kind not in PATCH_EMBEDS:
+        raise ValueError(f"patch_embed must be one of {sorted(PATCH_EMBEDS)}, got '{kind}'")
+    return PATCH_EMBEDS[kind](encoder_channel)
+
+
+def patch_embed_kind_of_state_dict(state_dict: dict, prefix: str = "") -> Optional[str]:
+    """Which patch embedding a state dict was trained with (None if it has none)."""
+    if any(k.startswith(prefix + "encoder.first_trans.") for k in state_dict):
+        return "inter_mae"
+    if (prefix + "encoder.first_conv.0.bias") in state_dict:
+        return "point_mae"
+    return None
+
+
+class Mlp(nn.Module):
+    def __init__(self, in_features: int, hidden_features: int, drop: float = 0.0):
+        super().__init__()
+        self.fc1 = nn.Linear(in_features, hidden_features)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden_features, in_features)
+        self.drop = nn.Dropout(drop)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention through ``scaled_dot_product_attention``. (B, L, C) -> (B, L, C)."""
+
+    def __init__(self, dim: int, num_heads: int = 8, qkv_bias: bool = False, attn_drop: float = 0.0, proj_drop: float = 0.0):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"attention width {dim} is not divisible by num_heads={num_heads}")
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.attn_drop = attn_drop
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def forward(self, x: Tensor) -> Tensor:
+        B, L, C = x.shape
+        qkv = self.qkv(x).reshape(B, L, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)
+        x = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], dropout_p=self.attn_drop if self.training else 0.0)
+        return self.proj_drop(self.proj(x.transpose(1, 2).reshape(B, L, C)))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block. (B, L, C) -> (B, L, C)."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = False,
+                 drop: float = 0.0, attn_drop: float = 0.0, drop_path: float = 0.0):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = Attention(dim, num_heads=num_heads, qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=drop)
+        self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=drop)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x + self.drop_path(self.attn(self.norm1(x)))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+def _drop_path_rates(drop_path_rate, depth: int):
+    if isinstance(drop_path_rate, (list, tuple)):
+        if len(drop_path_rate) != depth:
+            raise ValueError(f"drop_path_rate list has {len(drop_path_rate)} entries for depth {depth}")
+        return list(drop_path_rate)
+    return [r.item() for r in torch.linspace(0, drop_path_rate, depth)]
+
+
+class TransformerEncoder(nn.Module):
+    """Blocks with the positional embedding added before each. x, pos (B, L, C) -> (B, L, C)."""
+
+    def __init__(self, embed_dim: int = 384, depth: int = 12, num_heads: int = 6, mlp_ratio: float = 4.0,
+                 qkv_bias: bool = False, drop_rate: float = 0.0, attn_drop_rate: float = 0.0, drop_path_rate=0.0):
+        super().__init__()
+        rates = _drop_path_rates(drop_path_rate, depth)
+        self.blocks = nn.ModuleList([
+            Block(embed_dim, num_heads, mlp_ratio, qkv_bias, drop_rate, attn_drop_rate, rates[i]) for i in range(depth)
+        ])
+
+    def forward(self, x: Tensor, pos: Tensor, return_layers: Tuple[int, ...] = ()):
+        """With ``return_layers``, also returns the outputs of those block indices (segmentation)."""
+        outputs = []
+        for i, block in enumerate(self.blocks):
+            x = block(x + pos)
+            if i in return_layers:
+                outputs.append(x)
+        return (x, outputs) if return_layers else x
+
+
+class TransformerDecoder(nn.Module):
+    """Decoder blocks + final LayerNorm. x, pos (B, L, C) -> normalised (B, L, C), whole sequence."""
+
+    def __init__(self, embed_dim: int = 256, depth: int = 4, num_heads: int = 4, mlp_ratio: float = 4.0,
+                 qkv_bias: bool = False, drop_rate: float = 0.0, attn_drop_rate: float = 0.0, drop_path_rate=0.1):
+        super().__init__()
+        rates = _drop_path_rates(drop_path_rate, depth)
+        self.blocks = nn.ModuleList([
+            Block(embed_dim, num_heads, mlp_ratio, qkv_bias, drop_rate, attn_drop_rate, rates[i]) for i in range(depth)
+        ])
+        self.norm = nn.LayerNorm(embed_dim)
+        self.head = nn.Identity()
+        self.apply(init_weights)
+
+    def forward(self, x: Tensor, pos: Tensor) -> Tensor:
+        for block in self.blocks:
+            x = block(x + pos)
+        return self.head(self.norm(x))
+
+
+def init_weights(m: nn.Module) -> None:
+    """Released initialisation: trunc-normal linear and conv weights, unit LayerNorm."""
+    if isinstance(m, nn.Linear):
+        trunc_normal_(m.weight, std=0.02)
+        if m.bias is not None:
+            nn.init.constant_(m.bias, 0)
+    elif isinstance(m, nn.LayerNorm):
+        nn.init.constant_(m.bias, 0)
+        nn.init.constant_(m.weight, 1.0)
+    elif isinstance(m, nn.Conv1d):
+        trunc_normal_(m.weight, std=0.02)
+        if m.bias is not None:
+            nn.init.constant_(m.bias, 0)
+
+
+def pos_embedding(out_dim: int) -> nn.Sequential:
+    """Linear(3,128)-GELU-Linear(128,out_dim) of patch centres (B, G, 3) -> (B, G, out_dim)."""
+    return nn.Sequential(nn.Linear(3, 128), nn.GELU(), nn.Linear(128, out_dim))
+
+
+def random_mask(center: Tensor, ratio: float) -> Tensor:
+    """Mask int(ratio*G) patches per sample uniformly at random. center (B, G, 3) -> (B, G) bool."""
+    B, G, _ = center.shape
+    num_mask = int(ratio * G)
+    if num_mask == 0:
+        return torch.zeros(B, G, dtype=torch.bool, device=center.device)
+    rank = torch.rand(B, G, device=center.device).argsort(dim=1).argsort(dim=1)
+    return rank < num_mask
+
+
+def block_mask(center: Tensor, ratio: float) -> Tensor:
+    """Mask the int(ratio*G) centres nearest to one random centre. (B, G, 3) -> (B, G) bool."""
+    B, G, _ = center.shape
+    num_mask = int(ratio * G)
+    if num_mask == 0:
+        return torch.zeros(B, G, dtype=torch.bool, device=center.device)
+    seed = torch.randint(0, G, (B,), device=center.device)
+    seed_xyz = center[torch.arange(B, device=center.device), seed].unsqueeze(1)  # B 1 3
+    dist = (center.float() - seed_xyz.float()).norm(dim=-1)  # B G
+    rank = dist.argsort(dim=1).argsort(dim=1)
+    return rank < num_mask
+
+
+class MaskTransformer(nn.Module):
+    """The pre-training encoder (``MAE_encoder``): patch embedding, masking, transformer, norm.
+
+    ``neighborhood`` (B, G, K, 3), ``center`` (B, G, 3) -> visible tokens (B, G_vis, C) and the
+    mask (B, G) bool (True = masked). Only visible patches enter the transformer.
+    """
+
+    def __init__(self, trans_dim: int = 384, depth: int = 12, num_heads: int = 6, drop_path_rate: float = 0.1,
+                 mask_ratio: float = 0.6, mask_type: str = "rand", encoder_dims: int = 384,
+                 patch_embed: str = "inter_mae"):
+        super().__init__()
+        if mask_type not in ("rand", "block"):
+            raise ValueError(f"mask_type must be 'rand' or 'block', got '{mask_type}'")
+        self.trans_dim = trans_dim
+        self.mask_ratio = mask_ratio
+        self.mask_type = mask_type
+        self.encoder = build_patch_embed(patch_embed, encoder_dims)
+        self.pos_embed = pos_embedding(trans_dim)
+        self.blocks = TransformerEncoder(trans_dim, depth, num_heads, drop_path_rate=drop_path_rate)
+        self.norm = nn.LayerNorm(trans_dim)
+        self.apply(init_weights)
+
+    def make_mask(self, center: Tensor, noaug: bool = False) -> Tensor:
+        if noaug or self.mask_ratio == 0:
+            return torch.zeros(center.shape[:2], dtype=torch.bool, device=center.device)
+        fn = random_mask if self.mask_type == "rand" else block_mask
+        return fn(center, self.mask_ratio)
+
+    def forward(self, neighborhood: Tensor, center: Tensor, mask: Optional[Tensor] = None, noaug: bool = False):
+        B, G = center.shape[:2]
+        if mask is None:
+            mask = self.make_mask(center, noaug)
+        else:
+            mask = mask.to(device=center.device, dtype=torch.bool)
+            counts = mask.sum(dim=1)
+            if mask.shape != (B, G) or (counts != counts[0]).any():
+                raise ValueError(f"mask must be (B, G) = ({B}, {G}) with the same number of masked patches per sample")
+        visible = ~mask
+        # All patches are embedded, as released, so the BatchNorm statistics of the patch embedding
+        # cover every patch; only the visible tokens enter the transformer.
+        tokens = self.encoder(neighborhood)  # B G C
+        x_vis = tokens[visible].reshape(B, -1, tokens.shape[-1])  # B Gv C
+        pos = self.pos_embed(center[visible].reshape(B, -1, 3))
+        x_vis = self.norm(self.blocks(x_vis, pos))
+        return x_vis, mask

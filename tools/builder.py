@@ -1,0 +1,200 @@
+"""Builders shared by the runners (released names): data loaders, models, optimizer and schedule,
+checkpoint save / resume / load."""
+from __future__ import annotations
+
+import math
+import os
+from typing import List, Optional
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler
+
+from datasets import build_dataset_from_cfg
+from models import build_model_from_cfg
+from utils.checkpoint import (CheckpointError, atomic_save, load_checkpoint_file, load_state_dict_checked,
+                              state_dict_of)
+from utils.config import ConfigError, check_keys, origin_of, to_plain
+from utils.dist_utils import get_dist_info
+from utils.logger import print_log
+from utils.misc import rng_state, set_rng_state, worker_init_fn
+
+
+# ------------------------------------------------------------------------------------------ data
+def dataset_builder(args, config):
+    """``config`` is one entry of ``config.dataset`` (``{_base_, others}``) -> (sampler, loader).
+
+    The sampler is always a DistributedSampler (one replica without torch.distributed), so the
+    shuffling order is a function of (seed, epoch): call ``sampler.set_epoch(epoch)`` each epoch.
+    """
+    if "_base_" not in config or "others" not in config:
+        raise ConfigError("dataset entries need '_base_' and 'others'", origin_of(config))
+    dataset = build_dataset_from_cfg(config._base_, config.others)
+    is_train = config.others.subset == "train"
+    rank, world_size = get_dist_info()
+    sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=is_train,
+                                 seed=getattr(args, "seed", 0), drop_last=is_train)
+    bs = int(config.others.get("bs", 1))
+    loader = DataLoader(
+        dataset, batch_size=bs, sampler=sampler, num_workers=int(getattr(args, "num_workers", 0)),
+        drop_last=is_train and len(dataset) >= bs * world_size, worker_init_fn=worker_init_fn,
+        pin_memory=torch.cuda.is_available(), persistent_workers=False,
+    )
+    return sampler, loader
+
+
+def model_builder(config):
+    return build_model_from_cfg(config)
+
+
+# ------------------------------------------------------------------------------- optimization
+def add_weight_decay(model: nn.Module, weight_decay: float = 1e-5, skip_list=()) -> List[dict]:
+    """Two parameter groups: no decay for 1-D parameters, biases and names containing 'token'."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        if param.ndim <= 1 or name.endswith(".bias") or "token" in name or name in skip_list:
+            no_decay.append(param)
+        else:
+            decay.append(param)
+    return [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": weight_decay}]
+
+
+def cosine_lr(epoch: int, base_lr: float, epochs: int, warmup_epochs: int, lr_min: float = 1e-6,
+              warmup_lr_init: float = 1e-6) -> float:
+    """Learning rate of an epoch: linear warm-up from ``warmup_lr_init`` over ``warmup_epochs``,
+    then cosine from ``base_lr`` to ``lr_min`` over ``epochs`` (timm's CosineLRScheduler with
+    t_in_epochs, as the released CosLR builds it)."""
+    if epoch < warmup_epochs:
+        return warmup_lr_init + epoch * (base_lr - warmup_lr_init) / warmup_epochs
+    if epoch >= epochs:
+        return lr_min
+    return lr_min + 0.5 * (base_lr - lr_min) * (1 + math.cos(math.pi * epoch / epochs))
+
+
+class CosineEpochScheduler:
+    """Sets each group's lr to ``cosine_lr(epoch, group's base lr, ...)`` in ``step(epoch)``."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, epochs: int, initial_epochs: int = 0,
+                 lr_min: float = 1e-6, warmup_lr_init: float = 1e-6):
+        self.optimizer = optimizer
+        self.epochs = epochs
+        self.initial_epochs = initial_epochs
+        self.lr_min = lr_min
+        self.warmup_lr_init = warmup_lr_init
+        for group in optimizer.param_groups:
+            group.setdefault("initial_lr", group["lr"])
+        self.last_epoch = -1
+
+    def lr_at(self, epoch: int, base_lr: float) -> float:
+        return cosine_lr(epoch, base_lr, self.epochs, self.initial_epochs, self.lr_min, self.warmup_lr_init)
+
+    def step(self, epoch: int) -> None:
+        self.last_epoch = epoch
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr_at(epoch, group["initial_lr"])
+
+    def state_dict(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "optimizer"}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.__dict__.update(state)
+
+
+def build_opti_sche(base_model: nn.Module, config):
+    """Optimizer and per-epoch schedule from ``config.optimizer`` / ``config.scheduler``."""
+    opti = config.optimizer
+    check_keys(opti, "optimizer", required=("type", "kwargs"), optional=("part",))
+    kwargs = dict(opti.kwargs)
+    if opti.type == "AdamW":
+        groups = add_weight_decay(base_model, weight_decay=kwargs.pop("weight_decay", 0.05))
+        optimizer = torch.optim.AdamW(groups, **kwargs)
+    elif opti.type == "Adam":
+        optimizer = torch.optim.Adam(base_model.parameters(), **kwargs)
+    elif opti.type == "SGD":
+        optimizer = torch.optim.SGD(base_model.parameters(), nesterov=True, **kwargs)
+    else:
+        raise ConfigError(f"optimizer.type '{opti.type}' is not one of AdamW, Adam, SGD", origin_of(opti))
+
+    sche = config.get("scheduler")
+    if sche is None or sche.type in ("none", None):
+        scheduler = None
+    elif sche.type == "CosLR":
+        check_keys(sche.kwargs, "scheduler.kwargs", required=("epochs",),
+                   optional=("initial_epochs", "lr_min", "warmup_lr_init"))
+        scheduler = CosineEpochScheduler(optimizer, **sche.kwargs)
+    else:
+        raise ConfigError(f"scheduler.type '{sche.type}' is not one of CosLR, none", origin_of(sche))
+    return optimizer, scheduler
+
+
+# -------------------------------------------------------------------------------- checkpoints
+def _unwrap(model: nn.Module) -> nn.Module:
+    return model.module if hasattr(model, "module") else model
+
+
+def save_checkpoint(base_model, optimizer, epoch, metrics, best_metrics, prefix, args, logger=None,
+                    scheduler=None, scaler=None, extra: Optional[dict] = None) -> Optional[str]:
+    """Write ``<experiment_path>/<prefix>.pth`` atomically (rank 0 only).
+
+    The dict holds ``base_model`` (no ``module.`` prefix), ``optimizer``, ``epoch``, ``metrics``,
+    ``best_metrics`` (plain numbers), and for exact resumption ``scheduler``, ``scaler`` and
+    ``rng_state``.
+    """
+    if get_dist_info()[0] != 0:
+        return None
+    path = os.path.join(args.experiment_path, prefix + ".pth")
+    ckpt = {
+        "base_model": _unwrap(base_model).state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "epoch": epoch,
+        "metrics": to_plain(metrics) if metrics is not None else {},
+        "best_metrics": to_plain(best_metrics) if best_metrics is not None else {},
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "scaler": scaler.state_dict() if scaler is not None else None,
+        "rng_state": rng_state(),
+    }
+    if extra:
+        ckpt.update(extra)
+    atomic_save(ckpt, path)
+    print_log(f"Save checkpoint at {path}", logger=logger)
+    return path
+
+
+def resume_model(base_model, args, logger=None):
+    """Load ``ckpt-last.pth`` of the experiment; returns (start_epoch, best_metrics)."""
+    path = os.path.join(args.experiment_path, "ckpt-last.pth")
+    if not os.path.exists(path):
+        raise CheckpointError(f"--resume: no checkpoint at {path}")
+    print_log(f"[RESUME INFO] Loading model weights from {path}...", logger=logger)
+    ckpt = load_checkpoint_file(path)
+    load_state_dict_checked(_unwrap(base_model), state_dict_of(ckpt, path), strict=True, source=path)
+    start_epoch = ckpt["epoch"] + 1
+    best_metrics = ckpt.get("best_metrics", {})
+    print_log(f"[RESUME INFO] resume ckpts @ {start_epoch - 1} epoch (best_metrics = {best_metrics})", logger=logger)
+    return start_epoch, best_metrics
+
+
+def resume_optimizer(optimizer, args, logger=None, scheduler=None, scaler=None) -> None:
+    """Restore optimizer, schedule, grad scaler and RNG states from ``ckpt-last.pth``."""
+    path = os.path.join(args.experiment_path, "ckpt-last.pth")
+    ckpt = load_checkpoint_file(path)
+    optimizer.load_state_dict(ckpt["optimizer"])
+    if scheduler is not None and ckpt.get("scheduler") is not None:
+        scheduler.load_state_dict(ckpt["scheduler"])
+    if scaler is not None and ckpt.get("scaler") is not None:
+        scaler.load_state_dict(ckpt["scaler"])
+    if ckpt.get("rng_state") is not None:
+        set_rng_state(ckpt["rng_state"])
+    print_log(f"[RESUME INFO] optimizer, schedule and RNG states restored from {path}", logger=logger)
+
+
+def load_model(base_model, ckpt_path: str, logger=None, strict: bool = True):
+    """Load a whole model (e.g. for --test); strict by default. Returns (epoch, metrics)."""
+    ckpt = load_checkpoint_file(ckpt_path)
+    report = load_state_dict_checked(_unwrap(base_model), state_dict_of(ckpt, ckpt_path), strict=strict, source=ckpt_path)
+    epoch = ckpt.get("epoch", -1)
+    metrics = ckpt.get("metrics", {})
+    print_log(f"ckpts @ {epoch} epoch (performance = {metrics}); {report.summary()}", logger=logger)
+    return epoch, metrics

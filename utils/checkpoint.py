@@ -1,0 +1,128 @@
+"""Checkpoint files: atomic writes, tolerant reads, strict loads with readable reports."""
+from __future__ import annotations
+
+import os
+import tempfile
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
+
+import torch
+from torch import nn
+
+STRIP_PREFIXES = ("module.", "base_model.")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, unreadable, or does not fit the model. The message names the file."""
+
+
+def atomic_save(obj: Any, path: str) -> None:
+    """``torch.save`` to a temporary file in the same folder, fsync, then rename over ``path``.
+
+    A crash at any point leaves either the old file or the new one, never a truncated file.
+    """
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-" + os.path.basename(path), dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def load_checkpoint_file(path: str, map_location: Any = "cpu") -> Dict[str, Any]:
+    """Read a checkpoint dict; a missing or unreadable file raises CheckpointError naming it."""
+    if path is None or not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint file '{path}' does not exist")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as e:  # corrupt zip, truncated pickle, ...
+        raise CheckpointError(f"checkpoint file '{path}' could not be read: {type(e).__name__}: {e}") from None
+    if not isinstance(ckpt, Mapping):
+        raise CheckpointError(f"checkpoint file '{path}' holds a {type(ckpt).__name__}, expected a dict")
+    return dict(ckpt)
+
+
+def clean_state_dict(state_dict: Mapping[str, Any]) -> "OrderedDict[str, Any]":
+    """Strip DataParallel/DDP ``module.`` and released ``base_model.`` prefixes (repeatedly)."""
+    out = OrderedDict()
+    for key, value in state_dict.items():
+        changed = True
+        while changed:
+            changed = False
+            for prefix in STRIP_PREFIXES:
+                if key.startswith(prefix):
+                    key = key[len(prefix):]
+                    changed = True
+        out[key] = value
+    return out
+
+
+def state_dict_of(ckpt: Mapping[str, Any], path: str = "<checkpoint>") -> "OrderedDict[str, Any]":
+    """The model weights of a checkpoint dict (``base_model``, ``model`` or ``state_dict``), cleaned."""
+    for key in ("base_model", "model", "state_dict"):
+        if key in ckpt and isinstance(ckpt[key], Mapping):
+            return clean_state_dict(ckpt[key])
+    if ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
+        return clean_state_dict(ckpt)
+    raise CheckpointError(f"checkpoint '{path}' has no 'base_model' / 'model' / 'state_dict' entry (keys: {sorted(ckpt)[:10]})")
+
+
+@dataclass
+class LoadReport:
+    """What a state-dict load did."""
+
+    loaded: List[str] = field(default_factory=list)
+    missing: List[str] = field(default_factory=list)
+    unexpected: List[str] = field(default_factory=list)
+    mismatched: List[Tuple[str, tuple, tuple]] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not (self.missing or self.unexpected or self.mismatched)
+
+    def summary(self, limit: int = 20) -> str:
+        lines = [f"loaded {len(self.loaded)} tensors"]
+        for title, items in (("missing", self.missing), ("unexpected", self.unexpected)):
+            if items:
+                shown = ", ".join(items[:limit]) + (f", ... ({len(items) - limit} more)" if len(items) > limit else "")
+                lines.append(f"{len(items)} {title} keys: {shown}")
+        if self.mismatched:
+            shown = ", ".join(f"{k} (checkpoint {a}, model {b})" for k, a, b in self.mismatched[:limit])
+            lines.append(f"{len(self.mismatched)} keys with mismatched shapes: {shown}")
+        return "; ".join(lines)
+
+
+def load_state_dict_checked(model: nn.Module, state_dict: Mapping[str, torch.Tensor], strict: bool = True,
+                            source: str = "<checkpoint>", ignore_missing: Iterable[str] = ()) -> LoadReport:
+    """Load ``state_dict`` into ``model``.
+
+    Strict (default): any missing, unexpected or shape-mismatched key raises CheckpointError with
+    the full list. Non-strict: loads what fits and returns the report. Missing keys that start
+    with a prefix in ``ignore_missing`` (e.g. a freshly initialised head) are reported, not errors.
+    """
+    own = model.state_dict()
+    report = LoadReport()
+    ignore_missing = tuple(ignore_missing)
+    fitting = OrderedDict()
+    for key, value in state_dict.items():
+        if key not in own:
+            report.unexpected.append(key)
+        elif tuple(own[key].shape) != tuple(value.shape):
+            report.mismatched.append((key, tuple(value.shape), tuple(own[key].shape)))
+        else:
+            fitting[key] = value
+            report.loaded.append(key)
+    report.missing = [k for k in own if k not in state_dict]
+    hard_missing = [k for k in report.missing if not k.startswith(ignore_missing)] if ignore_missing else report.missing
+    if strict and (hard_missing or report.unexpected or report.mismatched):
+        raise CheckpointError(f"checkpoint '{source}' does not fit {type(model).__name__}: {report.summary()}")
+    model.load_state_dict(fitting, strict=False)
+    return report
