@@ -56,8 +56,8 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
         loss = losses["loss"]
         if not torch.isfinite(loss.detach()).all():
             raise NonFiniteLossError(
-                f"non-finite loss {loss.item()} at epoch {epoch}, iteration {idx} "
-                f"({ {k: float(v) for k, v in losses.items()} }); stopping. The last checkpoint is untouched.")
+                f"non-finite loss {loss.detach().item()} at epoch {epoch}, iteration {idx} "
+                f"({ {k: float(v.detach()) for k, v in losses.items()} }); stopping. The last checkpoint is untouched.")
         (loss / accum).backward()
         if (idx + 1) % accum == 0 or idx + 1 == n_batches:
             if clip > 0:

@@ -1,0 +1,78 @@
+"""Pre-training through main.py: one run, exact resume, non-finite loss, 2-process torchrun."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import main as main_module
+from conftest import REPO, write_tiny_pretrain_config
+from models.Inter_MAE import Inter_MAE
+from tools.runner_pretrain import NonFiniteLossError
+from utils.checkpoint import load_checkpoint_file
+
+
+def run_main(cfg: Path, exp_root: Path, exp_name: str, *extra: str) -> None:
+    main_module.main(["--config", str(cfg), "--exp_name", exp_name, "--num_workers", "0", "--device", "cpu",
+                      "--experiment_root", str(exp_root), *extra])
+
+
+def test_one_run_writes_layout_and_loss_falls(tmp_path, shapenet55_root):
+    cfg = write_tiny_pretrain_config(tmp_path / "tiny.yaml", shapenet55_root, epochs=2)
+    run_main(cfg, tmp_path / "exp", "one")
+    exp = tmp_path / "exp" / "tiny" / "one"
+    assert (exp / "config.yaml").is_file() and list(exp.glob("*.log"))
+    assert (exp / "ckpt-epoch-001.pth").is_file() and (exp / "ckpt-epoch-002.pth").is_file()
+    assert list((tmp_path / "exp" / "tiny" / "TFBoard" / "one" / "train").glob("events.*"))
+    ckpt = load_checkpoint_file(str(exp / "ckpt-last.pth"))
+    assert ckpt["epoch"] == 1
+    assert not any(k.startswith("module.") for k in ckpt["base_model"])
+    assert all(isinstance(v, float) for v in ckpt["metrics"].values())
+    assert {"optimizer", "scheduler", "rng_state", "best_metrics"} <= set(ckpt)
+
+
+def test_resume_reproduces_the_uninterrupted_run(tmp_path, shapenet55_root):
+    cfg = write_tiny_pretrain_config(tmp_path / "tiny.yaml", shapenet55_root, epochs=3)
+    run_main(cfg, tmp_path / "exp", "full")
+    run_main(cfg, tmp_path / "exp", "split", "--opts", "max_epoch=2")
+    run_main(cfg, tmp_path / "exp", "split", "--resume", "--opts", "max_epoch=3")
+    full = load_checkpoint_file(str(tmp_path / "exp" / "tiny" / "full" / "ckpt-last.pth"))
+    split = load_checkpoint_file(str(tmp_path / "exp" / "tiny" / "split" / "ckpt-last.pth"))
+    assert full["epoch"] == split["epoch"] == 2
+    assert full["metrics"] == split["metrics"]
+    for key, value in full["base_model"].items():
+        assert torch.equal(value, split["base_model"][key]), key
+
+
+def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path, shapenet55_root, monkeypatch):
+    cfg = write_tiny_pretrain_config(tmp_path / "tiny.yaml", shapenet55_root, epochs=1)
+    run_main(cfg, tmp_path / "exp", "nan")
+    path = tmp_path / "exp" / "tiny" / "nan" / "ckpt-last.pth"
+    before = path.read_bytes()
+    original = Inter_MAE.forward
+
+    def nan_forward(self, *args, **kwargs):
+        out = original(self, *args, **kwargs)
+        out["loss"] = out["loss"] * float("nan")
+        return out
+
+    monkeypatch.setattr(Inter_MAE, "forward", nan_forward)
+    with pytest.raises(NonFiniteLossError, match="non-finite loss"):
+        run_main(cfg, tmp_path / "exp", "nan", "--resume", "--opts", "max_epoch=2")
+    assert path.read_bytes() == before
+
+
+def test_torchrun_two_cpu_processes(tmp_path, shapenet55_root):
+    cfg = write_tiny_pretrain_config(tmp_path / "tiny.yaml", shapenet55_root, epochs=1)
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531",
+           str(REPO / "main.py"), "--launcher", "pytorch", "--config", str(cfg), "--exp_name", "ddp",
+           "--num_workers", "0", "--device", "cpu", "--experiment_root", str(tmp_path / "exp")]
+    result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    ckpt = load_checkpoint_file(str(tmp_path / "exp" / "tiny" / "ddp" / "ckpt-last.pth"))
+    assert ckpt["epoch"] == 0 and not any(k.startswith("module.") for k in ckpt["base_model"])
+    logs = list((tmp_path / "exp" / "tiny" / "ddp").glob("*.log"))
+    assert len(logs) == 1 and "world size 2" in logs[0].read_text()
