@@ -124,7 +124,7 @@ def run_net(args, config, train_writer=None, val_writer=None):
     if args.resume:
         start_epoch, best_metrics = builder.resume_model(base_model, args, logger=logger)
     elif args.start_ckpts is not None:
-        builder.load_model(base_model, args.start_ckpts, logger=logger)
+        builder.load_model(base_model, args.start_ckpts, logger=logger, strict=not getattr(args, "partial_load", False))
 
     model = base_model
     if args.distributed:

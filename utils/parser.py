@@ -19,6 +19,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--loss", type=str, default="cd1", help="kept for released scripts; unused")
     parser.add_argument("--start_ckpts", type=str, default=None, help="reload a full model before training")
     parser.add_argument("--ckpts", type=str, default=None, help="checkpoint to fine-tune from or to test")
+    parser.add_argument("--partial_load", action="store_true",
+                        help="load --start_ckpts / --ckpts non-strictly: report missing and unexpected keys instead of failing")
     parser.add_argument("--val_freq", type=int, default=1, help="validate every this many epochs")
     parser.add_argument("--vote", action="store_true", help="voting evaluation (with --test)")
     parser.add_argument("--resume", action="store_true", help="continue the experiment from its ckpt-last.pth")
