@@ -1,0 +1,160 @@
+"""Part segmentation model (SPEC §4), built from the pre-training encoder code in ``models.layers``.
+
+Parameter names follow the released ``segmentation/models/pt.py`` (``encoder``, ``pos_embed``,
+``blocks.blocks.N``, ``norm``, ``label_conv``, ``propagation_0``, ``convs1-3``, ``bns1-2``), so
+the encoder of a pre-training checkpoint loads by removing ``MAE_encoder.``.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from extensions.pointops import gather_points, knn_query
+from models.PointTransformer import backbone_state_dict
+from models.layers import Group, TransformerEncoder, build_patch_embed, init_weights, patch_embed_kind_of_state_dict, pos_embedding
+from segmentation.metrics import NUM_CATEGORIES, NUM_PARTS
+from utils.checkpoint import CheckpointError, LoadReport, load_checkpoint_file, load_state_dict_checked, state_dict_of
+from utils.logger import print_log
+
+HEAD_PREFIXES = ("label_conv.", "propagation_0.", "convs1.", "convs2.", "convs3.", "bns1.", "bns2.")
+
+
+def default_return_layers(depth: int) -> Tuple[int, int, int]:
+    """Blocks whose outputs feed the head: the ends of the three thirds ((3, 7, 11) for depth 12)."""
+    if depth < 3 or depth % 3:
+        raise ValueError(f"the default return layers need a depth divisible by 3, got depth={depth}; pass return_layers")
+    return (depth // 3 - 1, 2 * depth // 3 - 1, depth - 1)
+
+
+class PointNetFeaturePropagation(nn.Module):
+    """Inverse-distance interpolation from patch centres to points over the 3 nearest centres,
+    concatenated after the per-point features, then Conv1d-BN-ReLU layers.
+
+    ``xyz1`` (B, N, 3) points, ``xyz2`` (B, S, 3) centres, ``points1`` (B, D1, N) or None,
+    ``points2`` (B, D2, S) -> (B, mlp[-1], N). Neighbour search and weights in fp32.
+    """
+
+    def __init__(self, in_channel: int, mlp: Sequence[int]):
+        super().__init__()
+        self.mlp_convs = nn.ModuleList()
+        self.mlp_bns = nn.ModuleList()
+        last = in_channel
+        for out in mlp:
+            self.mlp_convs.append(nn.Conv1d(last, out, 1))
+            self.mlp_bns.append(nn.BatchNorm1d(out))
+            last = out
+
+    def interpolate(self, xyz1: Tensor, xyz2: Tensor, points2: Tensor) -> Tensor:
+        """(B, N, 3), (B, S, 3), (B, D, S) -> (B, D, N) fp32."""
+        feats = points2.transpose(1, 2).float()  # B S D
+        if xyz2.shape[1] == 1:
+            return feats.expand(-1, xyz1.shape[1], -1).transpose(1, 2)
+        with torch.autocast(device_type=xyz1.device.type, enabled=False):
+            xyz1, xyz2 = xyz1.float(), xyz2.float()
+            k = min(3, xyz2.shape[1])
+            idx = knn_query(k, xyz2, xyz1)  # B N k
+            dist = (gather_points(xyz2, idx) - xyz1.unsqueeze(2)).square().sum(-1)  # B N k
+            weight = 1.0 / (dist + 1e-8)
+            weight = weight / weight.sum(dim=-1, keepdim=True)
+            out = (gather_points(feats, idx) * weight.unsqueeze(-1)).sum(dim=2)  # B N D
+        return out.transpose(1, 2)
+
+    def forward(self, xyz1: Tensor, xyz2: Tensor, points1: Optional[Tensor], points2: Tensor) -> Tensor:
+        x = self.interpolate(xyz1, xyz2, points2)
+        if points1 is not None:
+            x = torch.cat([points1.float(), x], dim=1)
+        for conv, bn in zip(self.mlp_convs, self.mlp_bns):
+            x = F.relu(bn(conv(x)))
+        return x
+
+
+class PartSegTransformer(nn.Module):
+    """Transformer part segmenter (released ``get_model``).
+
+    ``pts`` (B, N, 3) xyz, or (B, N, 6) xyz + normals when ``normal`` is set; ``category`` (B,)
+    long category ids or (B, 16) one-hot -> part logits (B, 50, N).
+
+    The encoder runs unmasked over ``num_group`` patches without a cls token; the outputs of
+    ``return_layers`` (each through the final LayerNorm) are concatenated to 3C per patch, pooled
+    (max and mean, 6C) with a 64-d label embedding as the global feature, and interpolated to the
+    points by the feature-propagation layer.
+    """
+
+    def __init__(self, num_part: int = NUM_PARTS, trans_dim: int = 384, depth: int = 12, num_heads: int = 6,
+                 drop_path_rate: float = 0.1, num_group: int = 128, group_size: int = 32, patch_embed: str = "inter_mae",
+                 return_layers: Optional[Sequence[int]] = None, normal: bool = False):
+        super().__init__()
+        self.trans_dim = trans_dim
+        self.depth = depth
+        self.num_part = num_part
+        self.normal = normal
+        self.patch_embed_kind = patch_embed
+        self.return_layers = tuple(return_layers) if return_layers is not None else default_return_layers(depth)
+        if len(self.return_layers) != 3 or sorted(set(self.return_layers)) != list(self.return_layers) \
+                or not all(0 <= i < depth for i in self.return_layers):
+            raise ValueError(f"return_layers must be 3 increasing block indices in [0, {depth}), got {self.return_layers}")
+
+        self.group_divider = Group(num_group=num_group, group_size=group_size)
+        self.encoder = build_patch_embed(patch_embed, trans_dim)
+        self.pos_embed = pos_embedding(trans_dim)
+        self.blocks = TransformerEncoder(trans_dim, depth, num_heads, drop_path_rate=drop_path_rate)
+        self.norm = nn.LayerNorm(trans_dim)
+
+        self.label_conv = nn.Sequential(nn.Conv1d(NUM_CATEGORIES, 64, 1, bias=False), nn.BatchNorm1d(64), nn.LeakyReLU(0.2))
+        in_point = 6 if normal else 3
+        self.propagation_0 = PointNetFeaturePropagation(3 * trans_dim + in_point, [4 * trans_dim, 1024])
+        self.convs1 = nn.Conv1d(1024 + 6 * trans_dim + 64, 512, 1)
+        self.dp1 = nn.Dropout(0.5)
+        self.convs2 = nn.Conv1d(512, 256, 1)
+        self.convs3 = nn.Conv1d(256, num_part, 1)
+        self.bns1 = nn.BatchNorm1d(512)
+        self.bns2 = nn.BatchNorm1d(256)
+        self.relu = nn.ReLU()
+        self.apply(init_weights)
+
+    def load_model_from_ckpt(self, ckpt_path: str, logger=None) -> LoadReport:
+        """Load the encoder of a pre-training (or fine-tuned classifier) checkpoint strictly.
+
+        Every encoder tensor must be present and fit; the segmentation head stays freshly
+        initialised. A checkpoint trained with the other patch embedding is an error.
+        """
+        ckpt = load_checkpoint_file(ckpt_path)
+        state = backbone_state_dict(state_dict_of(ckpt, ckpt_path), ckpt_path)
+        dropped = [k for k in ("cls_token", "cls_pos") if state.pop(k, None) is not None]
+        kind = patch_embed_kind_of_state_dict(state)
+        if kind != self.patch_embed_kind:
+            raise CheckpointError(
+                f"checkpoint '{ckpt_path}' uses the '{kind}' patch embedding but the segmentation model is built with "
+                f"'{self.patch_embed_kind}'; use --patch_embed {kind} (or auto)")
+        report = load_state_dict_checked(self, state, strict=True, source=ckpt_path, ignore_missing=HEAD_PREFIXES)
+        note = f" (ignored classifier tokens: {', '.join(dropped)})" if dropped else ""
+        print_log(f"[PartSeg] encoder ({kind} patch embedding) from {ckpt_path}: {report.summary()}; "
+                  f"segmentation head freshly initialised{note}", logger=logger)
+        return report
+
+    def forward(self, pts: Tensor, category: Tensor) -> Tensor:
+        B, N, C = pts.shape
+        if C != (6 if self.normal else 3):
+            raise ValueError(f"expected points (B, N, {6 if self.normal else 3}), got {tuple(pts.shape)}")
+        xyz = pts[..., :3].float().contiguous()
+        neighborhood, center = self.group_divider(xyz)
+        tokens = self.encoder(neighborhood)  # B G C
+        _, feats = self.blocks(tokens, self.pos_embed(center), return_layers=self.return_layers)
+        x = torch.cat([self.norm(f) for f in feats], dim=-1).transpose(1, 2)  # B 3C G
+        one_hot = category if category.dim() == 2 else F.one_hot(category.long().reshape(B), NUM_CATEGORIES)
+        label_feature = self.label_conv(one_hot.float().unsqueeze(-1))  # B 64 1
+        global_feature = torch.cat([x.amax(dim=2, keepdim=True), x.mean(dim=2, keepdim=True),
+                                    label_feature.to(x.dtype)], dim=1).expand(-1, -1, N)  # B 6C+64 N
+        f_level_0 = self.propagation_0(xyz, center, pts.transpose(1, 2), x)  # B 1024 N
+        x = torch.cat([f_level_0.to(global_feature.dtype), global_feature], dim=1)
+        x = self.dp1(self.relu(self.bns1(self.convs1(x))))
+        x = self.relu(self.bns2(self.convs2(x)))
+        return self.convs3(x)  # B 50 N
+
+
+def get_loss(logits: Tensor, target: Tensor) -> Tensor:
+    """Cross-entropy over points (the released NLL of log-softmax). (B, 50, N), (B, N) -> scalar."""
+    return F.cross_entropy(logits.float(), target.long())
