@@ -3,12 +3,16 @@ checkpoint patch-embedding checks, and a smoke run of segmentation/main.py."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from conftest import REPO
 from models.layers import MaskTransformer
 from segmentation.dataset import PartNormalDataset, ShapeNetPartFormatError
 from segmentation.main import main as seg_main
@@ -217,3 +221,17 @@ def test_main_trains_one_epoch_then_tests(tmp_path, part_root):
     tested = seg_main(common + ["--test"])
     assert set(tested) == {"accuracy", "class_avg_accuracy", "class_avg_iou", "instance_avg_iou"}
     assert all(0.0 <= v <= 1.0 for v in tested.values())
+
+
+def test_torchrun_two_cpu_processes(tmp_path, part_root):
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29547",
+           str(REPO / "segmentation" / "main.py"), "--launcher", "pytorch", "--root", str(part_root), "--log_root",
+           str(tmp_path / "log"), "--log_dir", "ddp", "--npoint", "64", "--device", "cpu", "--num_workers", "0",
+           "--batch_size", "4", "--epoch", "1", "--trans_dim", "32", "--depth", "3", "--num_heads", "2",
+           "--num_group", "8", "--group_size", "8"]
+    result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    saved = load_checkpoint_file(str(tmp_path / "log" / "part_seg" / "ddp" / "checkpoints" / "best_model.pth"))
+    assert not any(k.startswith("module.") for k in saved["base_model"])
+    assert "processes: 2" in (tmp_path / "log" / "part_seg" / "ddp" / "logs" / "pt.txt").read_text()
