@@ -122,17 +122,19 @@ class PartSegTransformer(nn.Module):
         initialised. A checkpoint trained with the other patch embedding is an error.
         """
         ckpt = load_checkpoint_file(ckpt_path)
-        state = backbone_state_dict(state_dict_of(ckpt, ckpt_path), ckpt_path)
-        dropped = [k for k in ("cls_token", "cls_pos") if state.pop(k, None) is not None]
+        full = state_dict_of(ckpt, ckpt_path)
+        state = backbone_state_dict(full, ckpt_path)
+        for key in ("cls_token", "cls_pos"):  # a fine-tuned classifier's tokens: the segmenter has none
+            state.pop(key, None)
         kind = patch_embed_kind_of_state_dict(state)
         if kind != self.patch_embed_kind:
             raise CheckpointError(
                 f"checkpoint '{ckpt_path}' uses the '{kind}' patch embedding but the segmentation model is built with "
                 f"'{self.patch_embed_kind}'; use --patch_embed {kind} (or auto)")
         report = load_state_dict_checked(self, state, strict=True, source=ckpt_path, ignore_missing=HEAD_PREFIXES)
-        note = f" (ignored classifier tokens: {', '.join(dropped)})" if dropped else ""
-        print_log(f"[PartSeg] encoder ({kind} patch embedding) from {ckpt_path}: {report.summary()}; "
-                  f"segmentation head freshly initialised{note}", logger=logger)
+        print_log(f"[PartSeg] loaded the complete encoder ({len(report.loaded)} tensors, {kind} patch embedding) from "
+                  f"{ckpt_path}; {len(full) - len(report.loaded)} other checkpoint entries (decoder, heads, image branch) "
+                  f"not used; {len(report.missing)} segmentation-head tensors freshly initialised", logger=logger)
         return report
 
     def forward(self, pts: Tensor, category: Tensor) -> Tensor:

@@ -214,7 +214,7 @@ def test_main_trains_one_epoch_then_tests(tmp_path, part_root):
     assert "encoder.first_trans.q_conv.weight" in saved["base_model"]
     assert saved["metrics"]["instance_avg_iou"] == pytest.approx(best["instance_avg_iou"])
     log = (run / "logs" / "pt.txt").read_text()
-    for text in ("loaded 55 tensors", "class avg accuracy", "class avg mIoU", "instance avg mIoU", "eval mIoU of Bag"):
+    for text in ("loaded the complete encoder (55 tensors, inter_mae patch embedding)", "class avg accuracy", "class avg mIoU", "instance avg mIoU", "eval mIoU of Bag"):
         assert text in log
     assert list((run / "logs").glob("events.*"))
     # --test rebuilds the tiny model from the checkpoint's model_args
