@@ -1,3 +1,6 @@
 from .build import DATASETS, build_dataset_from_cfg
 from . import ShapeNet55Dataset  # noqa: F401  (ShapeNet)
 from . import ShapeNetRenderDataset  # noqa: F401  (ShapeNetRender)
+from . import ModelNetDataset  # noqa: F401  (ModelNet)
+from . import ModelNetDatasetFewShot  # noqa: F401  (ModelNetFewShot)
+from . import ScanObjectNNDataset  # noqa: F401  (ScanObjectNN, ScanObjectNN_hardest)

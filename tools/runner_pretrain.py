@@ -166,6 +166,16 @@ def run_net(args, config, train_writer=None, val_writer=None):
                 val_writer.add_scalar("Metric/val_loss_rec", val_loss, epoch)
             if not best_metrics or val_loss < best_metrics.get("val_loss_rec", math.inf):
                 best_metrics = {"val_loss_rec": val_loss, "epoch": epoch}
+        svm_cfg = config.get("svm_validation")
+        if svm_cfg is not None and svm_cfg.get("enabled", False) and (epoch + 1) % max(int(svm_cfg.get("freq", 1)), 1) == 0:
+            from tools.svm import svm_validate
+
+            svm_acc = svm_validate(base_model, config, args, device, logger=logger)
+            if svm_acc is not None:
+                metrics["svm_acc"] = svm_acc
+                print_log(f"[Validation] EPOCH: {epoch} linear SVM accuracy = {svm_acc:.4f} %", logger=logger)
+                if val_writer is not None:
+                    val_writer.add_scalar("Metric/svm_acc", svm_acc, epoch)
 
         builder.save_checkpoint(base_model, optimizer, epoch, metrics, best_metrics, "ckpt-last", args, logger,
                                 scheduler=scheduler)

@@ -1,0 +1,134 @@
+"""ModelNet40 / ModelNet10 (``modelnet40_normal_resampled``, Point-BERT / Point-MAE release), SPEC §5.
+
+The loader reads the released farthest-point-sampled cache
+``modelnet{NUM_CATEGORY}_{subset}_{N_POINTS}pts_fps.dat`` as it is. When the cache is missing it
+is built once from the ``.txt`` shapes with a batched torch FPS
+(:func:`datasets.modelnet_cache.build_modelnet_cache`).
+"""
+from __future__ import annotations
+
+import os
+import pickle
+from typing import List, Tuple
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from utils.logger import print_log
+
+from .build import DATASETS
+from .common import DatasetFormatError, check_dataset_keys, require_path
+
+LAYOUT = """  <DATA_PATH>/modelnet40_shape_names.txt        40 class names, index = line
+  <DATA_PATH>/modelnet40_{train,test}.txt        shape ids such as night_stand_0001
+  <DATA_PATH>/<class>/<id>.txt                   rows x,y,z,nx,ny,nz
+  <DATA_PATH>/modelnet40_{train,test}_<N>pts_fps.dat   (cache) pickle [list of float32 (N, 6), list of int32 (1,)]
+  (NUM_CATEGORY: 10 uses the modelnet10_* files)"""
+
+
+def pc_normalize(pc: np.ndarray) -> np.ndarray:
+    """(N, 3) -> (N, 3): centred at the centroid, scaled into the unit sphere (released function)."""
+    centroid = np.mean(pc, axis=0)
+    pc = pc - centroid
+    m = np.max(np.sqrt(np.sum(pc ** 2, axis=1)))
+    return pc / m if m > 0 else pc
+
+
+def cache_path(root: str, num_category: int, subset: str, n_points: int) -> str:
+    """Released cache file name."""
+    return os.path.join(root, f"modelnet{num_category}_{subset}_{n_points}pts_fps.dat")
+
+
+def read_lines(path: str) -> List[str]:
+    with open(path) as f:
+        return [line.strip() for line in f if line.strip()]
+
+
+def read_shape_ids(root: str, num_category: int, subset: str) -> Tuple[List[str], List[str]]:
+    """(class names, shape ids of ``subset``) from the released list files."""
+    names_file = require_path(os.path.join(root, f"modelnet{num_category}_shape_names.txt"), "ModelNet", LAYOUT)
+    ids_file = require_path(os.path.join(root, f"modelnet{num_category}_{subset}.txt"), "ModelNet", LAYOUT)
+    return read_lines(names_file), read_lines(ids_file)
+
+
+def class_of_shape_id(shape_id: str) -> str:
+    """``night_stand_0001`` -> ``night_stand`` (the id without its last ``_xxxx``)."""
+    return "_".join(shape_id.split("_")[:-1])
+
+
+def load_cache(path: str, n_points: int) -> Tuple[List[np.ndarray], List[np.ndarray]]:
+    """Read and check a released ``.dat`` cache: ``[points list, labels list]``."""
+    with open(path, "rb") as f:
+        try:
+            data = pickle.load(f)
+        except Exception as e:  # truncated or foreign file
+            raise DatasetFormatError(f"ModelNet cache '{path}' could not be unpickled: {type(e).__name__}: {e}") from None
+    if not (isinstance(data, (list, tuple)) and len(data) == 2 and len(data[0]) == len(data[1])):
+        raise DatasetFormatError(f"ModelNet cache '{path}': expected [list of points, list of labels] of equal length")
+    points, labels = list(data[0]), list(data[1])
+    if not points:
+        raise DatasetFormatError(f"ModelNet cache '{path}' holds no shapes")
+    first = np.asarray(points[0])
+    if first.ndim != 2 or first.shape[0] != n_points or first.shape[1] < 3:
+        raise DatasetFormatError(f"ModelNet cache '{path}': expected ({n_points}, 6) point arrays (N_POINTS: {n_points}), "
+                                 f"got {first.shape}")
+    if np.asarray(labels[0]).size != 1:
+        raise DatasetFormatError(f"ModelNet cache '{path}': expected (1,) labels, got shape {np.asarray(labels[0]).shape}")
+    return points, labels
+
+
+@DATASETS.register_module()
+class ModelNet(Dataset):
+    """Item: ``('ModelNet', 'sample', (points (N_POINTS, 3 or 6) float32, label int))``.
+
+    xyz is normalised into the unit sphere; with ``USE_NORMALS`` the normals follow. Training
+    shuffles the point order (the runner's FPS then starts at a random point), as released.
+    """
+
+    def __init__(self, config):
+        check_dataset_keys(config, "ModelNet", required=("DATA_PATH", "N_POINTS", "NUM_CATEGORY", "USE_NORMALS", "subset"),
+                           optional=("npoints",))
+        self.root = config.DATA_PATH
+        self.npoints = int(config.N_POINTS)
+        self.use_normals = bool(config.USE_NORMALS)
+        self.num_category = int(config.NUM_CATEGORY)
+        self.subset = config.subset
+        if self.num_category not in (10, 40):
+            raise DatasetFormatError(f"ModelNet: NUM_CATEGORY must be 10 or 40, got {self.num_category}")
+        if self.subset not in ("train", "test"):
+            raise DatasetFormatError(f"ModelNet: subset must be 'train' or 'test', got '{self.subset}'")
+        require_path(self.root, "ModelNet", LAYOUT)
+        self.save_path = cache_path(self.root, self.num_category, self.subset, self.npoints)
+        ids_file = os.path.join(self.root, f"modelnet{self.num_category}_{self.subset}.txt")
+        if not os.path.exists(self.save_path):
+            from .modelnet_cache import build_modelnet_cache
+
+            print_log(f"Processing data {self.save_path} (only running the first time)...", logger="ModelNet")
+            build_modelnet_cache(self.root, self.num_category, self.subset, self.npoints)
+        else:
+            print_log(f"Load processed data from {self.save_path}...", logger="ModelNet")
+        self.list_of_points, self.list_of_labels = load_cache(self.save_path, self.npoints)
+        if os.path.exists(ids_file):
+            n_ids = len(read_lines(ids_file))
+            if n_ids != len(self.list_of_points):
+                raise DatasetFormatError(f"ModelNet cache '{self.save_path}' holds {len(self.list_of_points)} shapes but "
+                                         f"'{ids_file}' lists {n_ids}; delete the cache to rebuild it")
+        print_log(f"The size of {self.subset} data is {len(self.list_of_points)}", logger="ModelNet")
+
+    def __len__(self) -> int:
+        return len(self.list_of_points)
+
+    def _get_item(self, index: int):
+        point_set = np.array(self.list_of_points[index], dtype=np.float32)
+        label = int(np.asarray(self.list_of_labels[index]).reshape(-1)[0])
+        point_set[:, 0:3] = pc_normalize(point_set[:, 0:3])
+        if not self.use_normals:
+            point_set = point_set[:, 0:3]
+        return point_set, label
+
+    def __getitem__(self, index: int):
+        points, label = self._get_item(index)
+        if self.subset == "train":
+            points = points[np.random.permutation(points.shape[0])]
+        return "ModelNet", "sample", (torch.from_numpy(np.ascontiguousarray(points)), label)

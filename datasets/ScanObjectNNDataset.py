@@ -1,0 +1,81 @@
+"""ScanObjectNN (released HDF5 files), SPEC §5: OBJ-BG, OBJ-ONLY and PB_T50_RS ("hardest")."""
+from __future__ import annotations
+
+import os
+
+import h5py
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from utils.logger import print_log
+
+from .build import DATASETS
+from .common import DatasetFormatError, check_dataset_keys, require_path
+
+LAYOUT = """  <ROOT> = .../main_split (OBJ-BG, PB_T50_RS) or .../main_split_nobg (OBJ-ONLY)
+  <ROOT>/{training,test}_objectdataset.h5                      (OBJ-BG / OBJ-ONLY)
+  <ROOT>/{training,test}_objectdataset_augmentedrot_scale75.h5  (PB_T50_RS)
+  HDF5 keys: data (n, 2048, 3) float, label (n,) int, mask (n, 2048) (unused)"""
+
+NUM_CLASSES = 15
+
+
+def read_h5(path: str):
+    """-> (points (n, P, 3) float32, labels (n,) int64), checked."""
+    require_path(path, "ScanObjectNN", LAYOUT)
+    with h5py.File(path, "r") as h5:
+        for key in ("data", "label"):
+            if key not in h5:
+                raise DatasetFormatError(f"{path}: HDF5 key '{key}' missing (found {sorted(h5.keys())})")
+        points = np.array(h5["data"]).astype(np.float32)
+        labels = np.array(h5["label"]).astype(np.int64).reshape(-1)
+    if points.ndim != 3 or points.shape[2] != 3:
+        raise DatasetFormatError(f"{path}: 'data' must be (n, P, 3), got {points.shape}")
+    if labels.shape[0] != points.shape[0]:
+        raise DatasetFormatError(f"{path}: {points.shape[0]} clouds but {labels.shape[0]} labels")
+    if labels.size and (labels.min() < 0 or labels.max() >= NUM_CLASSES):
+        raise DatasetFormatError(f"{path}: labels must be in 0..{NUM_CLASSES - 1}, found {labels.min()}..{labels.max()}")
+    return points, labels
+
+
+class _ScanObjectNNBase(Dataset):
+    """Item: ``('ScanObjectNN', 'sample', (points (2048, 3) float32, label int))``; not normalised,
+    point order shuffled for training (as released)."""
+
+    suffix = ""
+    dataset_name = "ScanObjectNN"
+
+    def __init__(self, config):
+        check_dataset_keys(config, self.dataset_name, required=("ROOT", "subset"))
+        self.root = config.ROOT
+        self.subset = config.subset
+        if self.subset not in ("train", "test"):
+            raise DatasetFormatError(f"{self.dataset_name}: subset must be 'train' or 'test', got '{self.subset}'")
+        prefix = "training" if self.subset == "train" else "test"
+        self.path = os.path.join(self.root, f"{prefix}_objectdataset{self.suffix}.h5")
+        self.points, self.labels = read_h5(self.path)
+        print_log(f"Successfully load {self.dataset_name} shape of {self.points.shape} from {self.path}",
+                  logger=self.dataset_name)
+
+    def __len__(self) -> int:
+        return self.points.shape[0]
+
+    def __getitem__(self, idx: int):
+        current = self.points[idx]
+        if self.subset == "train":
+            current = current[np.random.permutation(current.shape[0])]
+        return "ScanObjectNN", "sample", (torch.from_numpy(np.ascontiguousarray(current)), int(self.labels[idx]))
+
+
+@DATASETS.register_module()
+class ScanObjectNN(_ScanObjectNNBase):
+    """OBJ-BG (``ROOT: .../main_split``) or OBJ-ONLY (``ROOT: .../main_split_nobg``)."""
+
+
+@DATASETS.register_module()
+class ScanObjectNN_hardest(_ScanObjectNNBase):
+    """PB_T50_RS: ``{training,test}_objectdataset_augmentedrot_scale75.h5`` in ``main_split``."""
+
+    suffix = "_augmentedrot_scale75"
+    dataset_name = "ScanObjectNN_hardest"

@@ -1,0 +1,273 @@
+"""Fine-tuning and testing of the classifier (SPEC §6): ScanObjectNN, ModelNet40, few-shot.
+
+Training: FPS to ``point_all`` (1200 for 1024 points, 2400 for 2048), a random ``npoints`` of
+those, then per-sample scale-and-translate. Testing: FPS to ``npoints``. Voting (``--test
+--vote``): 10 passes of a random ``npoints`` of an FPS-``point_all`` set with scale-and-translate,
+logits averaged.
+"""
+from __future__ import annotations
+
+import time
+from typing import Callable, Dict, Optional, Tuple
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from datasets.data_transforms import PointcloudScaleAndTranslate
+from extensions.pointops import fps, furthest_point_sample, gather_points
+from tools import builder
+from tools.runner_pretrain import NonFiniteLossError, autocast_context
+from utils.config import ConfigError, check_top_level, origin_of
+from utils.dist_utils import gather_tensor, get_dist_info, reduce_tensor
+from utils.logger import get_logger, print_log
+from utils.misc import resolve_device
+
+VOTE_TIMES = 10
+
+
+def points_for_sampling(npoints: int) -> int:
+    """Size of the FPS set a training / voting subset is drawn from: 1024 -> 1200, 2048 -> 2400,
+    4096 -> 4800 (all npoints * 75 / 64), and 8192 -> 8192, as in the released table."""
+    if npoints >= 8192:
+        return npoints
+    return npoints * 75 // 64
+
+
+def unpack_cls_batch(data, device: torch.device) -> Tuple[Tensor, Tensor]:
+    """A loader's ``(points, label)`` -> points (B, N, C) float, labels (B,) long on ``device``."""
+    points, label = data
+    return points.to(device, non_blocking=True).float(), label.to(device, non_blocking=True).long().view(-1)
+
+
+def fps_then_subset(points: Tensor, npoints: int, point_all: Optional[int] = None) -> Tensor:
+    """(B, N, 3) -> (B, npoints, 3): FPS to ``point_all`` points, then the same random ``npoints``
+    of them (numpy RNG, one choice for the whole batch as released)."""
+    B, N, _ = points.shape
+    if npoints > N:
+        raise ValueError(f"cannot draw {npoints} points from clouds of {N}; raise the dataset's N_POINTS or lower npoints")
+    point_all = min(point_all or points_for_sampling(npoints), N)
+    if point_all == N:
+        # FPS of every point is only a reordering; a random subset of it is a random subset.
+        idx = torch.from_numpy(np.random.choice(N, npoints, replace=False)).to(points.device)
+        return points[:, idx]
+    fps_idx = furthest_point_sample(points[..., :3].contiguous(), point_all)
+    fps_idx = fps_idx[:, torch.from_numpy(np.random.choice(point_all, npoints, replace=False)).to(points.device)]
+    return gather_points(points, fps_idx)
+
+
+def fps_to(points: Tensor, npoints: int) -> Tensor:
+    """Test-time sampling: FPS to ``npoints`` (B, N, 3) -> (B, npoints, 3). With N == npoints the
+    FPS order is a reordering that the model's grouping (FPS from index 0) cannot tell apart."""
+    if points.shape[1] == npoints:
+        return points
+    return fps(points, npoints)
+
+
+@torch.no_grad()
+def vote_logits(model: Callable[[Tensor], Tensor], points: Tensor, npoints: int, times: int = VOTE_TIMES,
+                transform: Optional[Callable[[Tensor], Tensor]] = None) -> Tensor:
+    """Voting (SPEC §6): mean of ``times`` logits (B, classes), each over a random ``npoints``
+    subset of the FPS-``point_all`` set of ``points`` (B, N, 3), transformed by ``transform``
+    (default per-sample scale-and-translate)."""
+    transform = transform or PointcloudScaleAndTranslate()
+    B, N, _ = points.shape
+    point_all = min(points_for_sampling(npoints), N)
+    fps_idx_raw = furthest_point_sample(points[..., :3].contiguous(), point_all)
+    logits = []
+    for _ in range(times):
+        choice = torch.from_numpy(np.random.choice(point_all, npoints, replace=False)).to(points.device)
+        logits.append(model(transform(gather_points(points, fps_idx_raw[:, choice]))).float())
+    return torch.stack(logits, dim=0).mean(dim=0)
+
+
+def train_one_epoch(model: nn.Module, loss_fn, loader, optimizer: torch.optim.Optimizer, device: torch.device,
+                    epoch: int, config, use_amp: bool = False, train_writer=None,
+                    show_progress: bool = True) -> Dict[str, float]:
+    """One pass with the fine-tuning augmentation. Returns epoch means of loss and accuracy (%)."""
+    model.train()
+    augment = PointcloudScaleAndTranslate()
+    npoints = int(config.npoints)
+    accum = int(config.get("step_per_update", 1))
+    clip = float(config.get("grad_norm_clip", 0) or 0)
+    n_batches = len(loader)
+    rank, world_size = get_dist_info()
+    sums = {"loss": 0.0, "acc": 0.0}
+    seen = samples = 0
+    pbar = tqdm(loader, desc=f"epoch {epoch}", disable=not show_progress or rank != 0, dynamic_ncols=True, leave=False)
+    start = time.perf_counter()
+    optimizer.zero_grad(set_to_none=True)
+    for idx, (_, _, data) in enumerate(pbar):
+        points, label = unpack_cls_batch(data, device)
+        points = augment(fps_then_subset(points[..., :3], npoints))
+        with autocast_context(device, use_amp):
+            logits = model(points)
+        loss, acc = loss_fn(logits, label)
+        if not torch.isfinite(loss.detach()).all():
+            raise NonFiniteLossError(f"non-finite loss {loss.detach().item()} at epoch {epoch}, iteration {idx}; "
+                                     "stopping. The last checkpoint is untouched.")
+        (loss / accum).backward()
+        if (idx + 1) % accum == 0 or idx + 1 == n_batches:
+            if clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), clip, norm_type=2)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        loss_v, acc_v = reduce_tensor(loss.detach().float()).item(), reduce_tensor(acc.detach().float()).item()
+        sums["loss"] += loss_v
+        sums["acc"] += acc_v
+        seen += 1
+        samples += points.shape[0] * world_size
+        lr = optimizer.param_groups[0]["lr"]
+        if train_writer is not None:
+            step = epoch * n_batches + idx
+            train_writer.add_scalar("Loss/Batch/Loss", loss_v, step)
+            train_writer.add_scalar("Loss/Batch/TrainAcc", acc_v, step)
+            train_writer.add_scalar("Loss/Batch/LR", lr, step)
+        pbar.set_postfix({"loss": f"{loss_v:.4f}", "acc": f"{acc_v:.1f}", "lr": f"{lr:.2e}",
+                          "samples/s": f"{samples / (time.perf_counter() - start):.1f}"})
+    pbar.close()
+    out = {k: v / max(seen, 1) for k, v in sums.items()}
+    out["samples_per_s"] = samples / max(time.perf_counter() - start, 1e-9)
+    return out
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader, device: torch.device, npoints: int, use_amp: bool = False, vote: bool = False,
+             times: int = VOTE_TIMES, show_progress: bool = False, desc: str = "test") -> float:
+    """Overall accuracy in percent over ``loader`` (all ranks): plain (FPS to ``npoints``) or voting."""
+    model.eval()
+    preds, labels = [], []
+    rank = get_dist_info()[0]
+    for _, _, data in tqdm(loader, desc=desc, disable=not show_progress or rank != 0, dynamic_ncols=True, leave=False):
+        points, label = unpack_cls_batch(data, device)
+        points = points[..., :3]
+        with autocast_context(device, use_amp):
+            if vote:
+                logits = vote_logits(model, points, npoints, times)
+            else:
+                logits = model(fps_to(points, npoints))
+        preds.append(logits.argmax(-1).view(-1))
+        labels.append(label)
+    pred = gather_tensor(torch.cat(preds))
+    label = gather_tensor(torch.cat(labels))
+    return (pred == label).float().mean().item() * 100.0
+
+
+def _check_npoints(config) -> int:
+    npoints = int(config.npoints)
+    if npoints <= 0:
+        raise ConfigError(f"npoints must be positive, got {npoints}", origin_of(config))
+    return npoints
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return model.module if hasattr(model, "module") else model
+
+
+def run_net(args, config, train_writer=None, val_writer=None) -> Dict[str, float]:
+    """Fine-tune (``--finetune_model --ckpts P.pth``) or train from scratch (``--scratch_model``)
+    ``config.model`` on ``config.dataset.train``; validate on ``config.dataset.val`` every
+    ``--val_freq`` epochs; keep ``ckpt-best`` (accuracy) and ``ckpt-last``. Returns best metrics."""
+    logger = get_logger(args.log_name)
+    check_top_level(config, required=("model", "dataset", "optimizer", "max_epoch", "total_bs", "npoints"))
+    npoints = _check_npoints(config)
+    device = resolve_device(getattr(args, "device", None), args.local_rank)
+    use_amp = bool(getattr(args, "amp", False) or config.get("amp", False))
+    show_progress = getattr(args, "progress", True)
+    print_log(f"device: {device}; bf16 autocast: {use_amp}", logger=logger)
+
+    train_sampler, train_dataloader = builder.dataset_builder(args, config.dataset.train)
+    _, val_dataloader = builder.dataset_builder(args, config.dataset.val)
+    base_model = builder.model_builder(config.model)
+
+    start_epoch, best_metrics = 0, {}
+    if args.resume:
+        start_epoch, best_metrics = builder.resume_model(base_model, args, logger=logger)
+    elif args.ckpts is not None and not args.scratch_model:
+        base_model.load_model_from_ckpt(args.ckpts, strict=not getattr(args, "partial_load", False), logger=logger)
+    else:
+        print_log("Training from scratch (no pre-trained weights)", logger=logger)
+    base_model = base_model.to(device)
+
+    model = base_model
+    if args.distributed:
+        if args.sync_bn:
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            print_log("Using synchronized BatchNorm", logger=logger)
+        model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        print_log("Using Distributed Data parallel", logger=logger)
+
+    optimizer, scheduler = builder.build_opti_sche(base_model, config)
+    if args.resume:
+        builder.resume_optimizer(optimizer, args, logger=logger, scheduler=scheduler)
+
+    loss_fn = base_model.get_loss_acc
+    metrics: Dict[str, float] = {}
+    for epoch in range(start_epoch, config.max_epoch):
+        train_sampler.set_epoch(epoch)
+        if scheduler is not None:
+            scheduler.step(epoch)
+        epoch_start = time.time()
+        stats = train_one_epoch(model, loss_fn, train_dataloader, optimizer, device, epoch, config, use_amp,
+                                train_writer, show_progress)
+        print_log(f"[Training] EPOCH: {epoch} EpochTime = {time.time() - epoch_start:.1f} s loss = {stats['loss']:.4f} "
+                  f"train acc = {stats['acc']:.2f} samples/s = {stats['samples_per_s']:.1f} "
+                  f"lr = {optimizer.param_groups[0]['lr']:.6f}", logger=logger)
+        if train_writer is not None:
+            train_writer.add_scalar("Loss/Epoch/Loss", stats["loss"], epoch)
+            train_writer.add_scalar("Loss/Epoch/TrainAcc", stats["acc"], epoch)
+        metrics = {"train_loss": stats["loss"], "train_acc": stats["acc"]}
+
+        if (epoch + 1) % max(args.val_freq, 1) == 0 or epoch + 1 == config.max_epoch:
+            acc = evaluate(model, val_dataloader, device, npoints, use_amp, show_progress=show_progress, desc="validate")
+            metrics["acc"] = acc
+            print_log(f"[Validation] EPOCH: {epoch} acc = {acc:.4f}", logger=logger)
+            if val_writer is not None:
+                val_writer.add_scalar("Metric/ACC", acc, epoch)
+            if not best_metrics or acc > best_metrics.get("acc", -1.0):
+                best_metrics = {"acc": acc, "epoch": epoch}
+                builder.save_checkpoint(base_model, optimizer, epoch, metrics, best_metrics, "ckpt-best", args, logger,
+                                        scheduler=scheduler)
+                print_log("--------------------------------------------------------------------------------------------",
+                          logger=logger)
+        builder.save_checkpoint(base_model, optimizer, epoch, metrics, best_metrics, "ckpt-last", args, logger,
+                                scheduler=scheduler)
+    if best_metrics:
+        print_log(f"[Fine-tuning] best validation accuracy = {best_metrics['acc']:.4f} % (epoch {best_metrics['epoch']})",
+                  logger=logger)
+    if train_writer is not None:
+        train_writer.close()
+    if val_writer is not None:
+        val_writer.close()
+    return best_metrics
+
+
+def test_net(args, config) -> Dict[str, float]:
+    """``--test --ckpts F.pth``: accuracy of a fine-tuned classifier on ``config.dataset.test``;
+    with ``--vote`` also the voting accuracy. Each is logged with its own label."""
+    logger = get_logger(args.log_name)
+    check_top_level(config, required=("model", "dataset", "npoints"))
+    npoints = _check_npoints(config)
+    device = resolve_device(getattr(args, "device", None), args.local_rank)
+    use_amp = bool(getattr(args, "amp", False) or config.get("amp", False))
+    test_cfg = config.dataset.get("test") or config.dataset.val
+    if getattr(args, "shot", -1) != -1:
+        test_cfg.others.update(way=args.way, shot=args.shot, fold=args.fold)
+    _, test_dataloader = builder.dataset_builder(args, test_cfg)
+    base_model = builder.model_builder(config.model)
+    builder.load_model(base_model, args.ckpts, logger=logger, strict=not getattr(args, "partial_load", False))
+    base_model = base_model.to(device)
+    model = base_model
+    if args.distributed:
+        model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    show_progress = getattr(args, "progress", True)
+    results = {"acc": evaluate(model, test_dataloader, device, npoints, use_amp, show_progress=show_progress)}
+    print_log(f"[TEST] plain accuracy (FPS {npoints} points, 1 pass) = {results['acc']:.4f} %", logger=logger)
+    if args.vote:
+        results["vote_acc"] = evaluate(model, test_dataloader, device, npoints, use_amp, vote=True,
+                                       show_progress=show_progress, desc="vote")
+        print_log(f"[TEST_VOTE] voting accuracy ({VOTE_TIMES} passes of {npoints} of FPS "
+                  f"{points_for_sampling(npoints)} with scale-and-translate, logits averaged) = {results['vote_acc']:.4f} %",
+                  logger=logger)
+    return results
