@@ -105,7 +105,7 @@ class ModelNet(Dataset):
             from .modelnet_cache import build_modelnet_cache
 
             print_log(f"Processing data {self.save_path} (only running the first time)...", logger="ModelNet")
-            build_modelnet_cache(self.root, self.num_category, self.subset, self.npoints)
+            build_modelnet_cache(self.root, self.subset, self.npoints, num_category=self.num_category)
         else:
             print_log(f"Load processed data from {self.save_path}...", logger="ModelNet")
         self.list_of_points, self.list_of_labels = load_cache(self.save_path, self.npoints)

@@ -394,3 +394,51 @@ def _tiny_pretrain_model_cfg(cfg_path: Path):
     from utils.config import cfg_from_yaml_file
 
     return cfg_from_yaml_file(str(cfg_path)).model
+
+
+def test_finetune_resume_reproduces_the_uninterrupted_run(tmp_path):
+    write_modelnet(tmp_path / "mn", ids_per_split=(("train", 8), ("test", 6)), n_rows=130, cache_points=96)
+    cfg = tmp_path / "tiny_ft.yaml"
+    cfg.write_text(TINY_FINETUNE.format(root=tmp_path / "mn", epochs=3))
+    exp_root = str(tmp_path / "exp")
+    run_main("--config", str(cfg), "--scratch_model", "--exp_name", "full", "--experiment_root", exp_root)
+    run_main("--config", str(cfg), "--scratch_model", "--exp_name", "split", "--experiment_root", exp_root, "--opts", "max_epoch=2")
+    run_main("--config", str(cfg), "--scratch_model", "--exp_name", "split", "--experiment_root", exp_root, "--resume",
+             "--opts", "max_epoch=3")
+    full = load_checkpoint_file(f"{exp_root}/tiny_ft/full/ckpt-last.pth")
+    split = load_checkpoint_file(f"{exp_root}/tiny_ft/split/ckpt-last.pth")
+    assert full["epoch"] == split["epoch"] == 2 and full["metrics"] == split["metrics"]
+    assert full["best_metrics"] == split["best_metrics"]
+    for key, value in full["base_model"].items():
+        assert torch.equal(value, split["base_model"][key]), key
+
+
+def test_fewshot_generator_split_counts_read_by_the_loader(tmp_path):
+    make_fewshot = pytest.importorskip("tools.make_fewshot", reason="tools/make_fewshot.py is not in the tree")
+    rng = np.random.default_rng(3)
+    n_cls = 12
+    tr_lab = [np.array([c], np.int32) for c in range(n_cls) for _ in range(25)]
+    te_lab = [np.array([c], np.int32) for c in range(n_cls) for _ in range(22)]
+    tr_pts = [rng.normal(size=(32, 6)).astype(np.float32) + float(l[0]) for l in tr_lab]
+    te_pts = [rng.normal(size=(32, 6)).astype(np.float32) + float(l[0]) for l in te_lab]
+    make_fewshot.make_fewshot_splits(tr_pts, tr_lab, te_pts, te_lab, str(tmp_path), ways=(5, 10), shots=(10, 20),
+                                     folds=2, seed=0)
+    for way in (5, 10):
+        for shot in (10, 20):
+            for fold in (0, 1):
+                with open(tmp_path / f"{way}way_{shot}shot" / f"{fold}.pkl", "rb") as f:
+                    split = pickle.load(f)
+                for name, per_class in (("train", shot), ("test", 20)):
+                    items = split[name]
+                    assert len(items) == way * per_class
+                    labels = [it[1] for it in items]
+                    assert all(labels.count(k) == per_class for k in range(way))
+                    orig = {it[1]: it[2] for it in items}
+                    assert len(set(orig.values())) == way  # distinct original classes
+                    for pts, label, cls in items:  # a point cloud of the stated original class
+                        assert pts.dtype == np.float32 and pts.shape == (32, 6) and orig[label] == cls
+                        assert abs(float(pts.mean()) - cls) < 1.0
+                ds = build_dataset_from_cfg(EasyDict(NAME="ModelNetFewShot", DATA_PATH=str(tmp_path), N_POINTS=32,
+                                                     NUM_CATEGORY=40, USE_NORMALS=True, subset="train", way=way,
+                                                     shot=shot, fold=fold))
+                assert len(ds) == way * shot and ds[0][2][0].shape == (32, 6)
