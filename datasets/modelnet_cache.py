@@ -1,0 +1,141 @@
+"""Build the released ModelNet ``modelnet{C}_{split}_{N}pts_fps.dat`` caches from the ``.txt`` shapes.
+
+Format (as written by the released Point-BERT / Point-MAE ``ModelNetDataset``):
+``pickle.dump([list_of_points, list_of_labels], f)`` with float32 (N, 6) arrays
+(x, y, z, nx, ny, nz; farthest-point sampled on xyz, not normalised) and int32 (1,) labels.
+
+Difference from the release: the released numpy ``farthest_point_sample`` starts at a random
+index; we start at index 0 (as the CUDA kernel does), so the cache is deterministic. Shapes with
+the same row count are sampled together with the batched torch FPS of ``extensions.pointops``.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import tempfile
+from collections import defaultdict
+from typing import List, Optional, Tuple, Union
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+__all__ = ["build_modelnet_cache", "cache_file_name", "read_modelnet_txt"]
+
+logger = logging.getLogger(__name__)
+
+
+def cache_file_name(num_category: int, split: str, npoints: int) -> str:
+    """``modelnet{num_category}_{split}_{npoints}pts_fps.dat``."""
+    return f"modelnet{num_category}_{split}_{npoints}pts_fps.dat"
+
+
+def read_modelnet_txt(path: str) -> np.ndarray:
+    """One ModelNet shape file (rows ``x,y,z,nx,ny,nz``) -> float32 (rows, 6)."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"ModelNet shape file '{path}' does not exist")
+    try:
+        data = np.loadtxt(path, delimiter=",", dtype=np.float32, ndmin=2)
+    except ValueError as e:
+        raise ValueError(f"'{path}': expected rows of 6 comma-separated floats x,y,z,nx,ny,nz ({e})") from None
+    if data.shape[1] != 6:
+        raise ValueError(f"'{path}': expected 6 comma-separated columns x,y,z,nx,ny,nz, got {data.shape[1]}")
+    return data
+
+
+def _read_lines(path: str) -> List[str]:
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"ModelNet list file '{path}' does not exist")
+    with open(path) as f:
+        return [ln.strip() for ln in f if ln.strip()]
+
+
+def build_modelnet_cache(root: str, split: Union[str, int], npoints: Union[int, str], num_category: int = 40,
+                         use_normals: bool = True, batch_size: int = 64, device: Optional[str] = None,
+                         out_path: Optional[str] = None, progress: bool = True) -> str:
+    """Write ``<root>/modelnet{num_category}_{split}_{npoints}pts_fps.dat`` and return its path.
+
+    Args:
+        root: ``modelnet40_normal_resampled`` folder (shape names, split lists, ``<class>/<id>.txt``).
+        split: 'train' or 'test'.
+        npoints: points kept per shape by farthest point sampling (start index 0).
+        num_category: 40 or 10 (selects the ``modelnet10_*`` list files).
+        use_normals: kept for the released signature; the cache always stores all 6 columns,
+            as released (the loader drops normals when ``USE_NORMALS`` is false).
+        batch_size: shapes per FPS batch (shapes are grouped by equal row count).
+        device: torch device for FPS; default CUDA when available, else CPU.
+        out_path: override of the output file.
+    The call ``build_modelnet_cache(root, num_category, split, npoints)`` (positional order used
+    by ``datasets/ModelNetDataset.py``) is accepted too: an int ``split`` with a str ``npoints``
+    is read in that order.
+    """
+    from extensions.pointops import furthest_point_sample
+
+    if isinstance(split, int) and isinstance(npoints, str):  # (root, num_category, split, npoints)
+        split, npoints, num_category = npoints, num_category, split
+    npoints = int(npoints)
+    if split not in ("train", "test"):
+        raise ValueError(f"build_modelnet_cache: split must be 'train' or 'test', got '{split}'")
+    if num_category not in (10, 40):
+        raise ValueError(f"build_modelnet_cache: num_category must be 10 or 40, got {num_category}")
+    names = _read_lines(os.path.join(root, f"modelnet{num_category}_shape_names.txt"))
+    classes = {name: i for i, name in enumerate(names)}
+    ids = _read_lines(os.path.join(root, f"modelnet{num_category}_{split}.txt"))
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+    labels: List[np.ndarray] = []
+    for shape_id in ids:
+        cls = "_".join(shape_id.split("_")[:-1])
+        if cls not in classes:
+            raise ValueError(f"{root}/modelnet{num_category}_{split}.txt: id '{shape_id}' has class '{cls}' "
+                             f"not in modelnet{num_category}_shape_names.txt")
+        labels.append(np.array([classes[cls]], dtype=np.int32))
+    points: List[Optional[np.ndarray]] = [None] * len(ids)
+    groups = defaultdict(list)
+    shapes_by_index = {}
+    bar = tqdm(total=len(ids), desc=f"modelnet{num_category} {split} FPS {npoints}", disable=not progress, leave=False)
+
+    def flush(rows: int) -> None:
+        idx = groups.pop(rows)
+        data = np.stack([shapes_by_index[i] for i in idx])
+        xyz = torch.from_numpy(data[:, :, :3]).to(device)
+        threads = torch.get_num_threads()
+        if device.type == "cpu":  # FPS is a loop of small ops: one CPU thread is much faster
+            torch.set_num_threads(1)
+        try:
+            sel = furthest_point_sample(xyz, npoints).cpu().numpy()
+        finally:
+            torch.set_num_threads(threads)
+        for j, i in enumerate(idx):
+            points[i] = np.ascontiguousarray(data[j][sel[j]], dtype=np.float32)
+            del shapes_by_index[i]
+        bar.update(len(idx))
+
+    for i, shape_id in enumerate(ids):
+        cls = "_".join(shape_id.split("_")[:-1])
+        data = read_modelnet_txt(os.path.join(root, cls, shape_id + ".txt"))
+        if data.shape[0] < npoints:
+            raise ValueError(f"'{os.path.join(root, cls, shape_id + '.txt')}': {data.shape[0]} rows, "
+                             f"need at least npoints={npoints}")
+        shapes_by_index[i] = data
+        groups[data.shape[0]].append(i)
+        if len(groups[data.shape[0]]) >= batch_size:
+            flush(data.shape[0])
+    for rows in list(groups):
+        flush(rows)
+    bar.close()
+
+    path = out_path or os.path.join(root, cache_file_name(num_category, split, npoints))
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".tmp_", suffix=".dat")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            pickle.dump([points, labels], f)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    logger.info("wrote %s (%d shapes)", path, len(points))
+    return path
