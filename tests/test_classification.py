@@ -386,7 +386,8 @@ def test_svm_validation_during_pretraining_and_cli(tmp_path, shapenet55_root):
     expected = (svm.predict(feats["test"][0]) == feats["test"][1]).mean() * 100
     assert logged == pytest.approx(expected, abs=1e-6)
     cli = svm_tool.main(["--config", str(cfg), "--ckpts", str(tmp_path / "exp" / "tiny_pre" / "svm" / "ckpt-last.pth"),
-                         "--modelnet_root", str(tmp_path / "mn"), "--num_workers", "0", "--device", "cpu"])
+                         "--modelnet_root", str(tmp_path / "mn"), "--modelnet_npoints", "256", "--num_workers", "0",
+                         "--device", "cpu"])
     assert cli == pytest.approx(expected, abs=1e-6)
 
 

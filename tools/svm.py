@@ -152,6 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--C", type=float, default=None, help=f"LinearSVC C (default: svm_validation.C or {DEFAULT_C})")
     parser.add_argument("--modelnet_root", default=None,
                         help="DATA_PATH of the SVM's ModelNet40 train/test sets (e.g. data/demo/ModelNet/modelnet40_normal_resampled)")
+    parser.add_argument("--modelnet_npoints", type=int, default=None,
+                        help="N_POINTS of the ModelNet40 cache to read (default 8192, as released; 1024 skips the FPS per batch)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--partial_load", action="store_true", help="load the checkpoint non-strictly")
     parser.add_argument("--opts", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides")
@@ -171,9 +173,14 @@ def main(argv=None) -> float:
     overrides = {}
     if args.C is not None:
         overrides["C"] = args.C
-    if args.modelnet_root is not None:
-        for split in ("train", "test"):
-            overrides[split] = {"others": {"DATA_PATH": args.modelnet_root}}
+    for split in ("train", "test"):
+        others = {}
+        if args.modelnet_root is not None:
+            others["DATA_PATH"] = args.modelnet_root
+        if args.modelnet_npoints is not None:
+            others["N_POINTS"] = args.modelnet_npoints
+        if others:
+            overrides[split] = {"others": others}
     if overrides:
         config.svm_validation = merge_into(config.get("svm_validation") or {}, overrides)
     device = resolve_device(args.device)
