@@ -1,0 +1,248 @@
+"""t-SNE of point-cloud features on a classification dataset, as a PNG coloured by class.
+
+    python tools/tsne.py --config cfgs/finetune_modelnet.yaml --ckpts PRETRAIN_OR_FINETUNED.pth --out tsne.png
+
+``--config`` is a fine-tuning config (model ``PointTransformer``); its ``dataset.test`` entry
+(``dataset.val`` when there is no test entry, or ``--split``) gives the shapes. Features:
+
+* a pre-training checkpoint (``MAE_encoder.*`` weights, Inter-MAE or Point-MAE): the encoder is
+  loaded with ``PointTransformer.load_model_from_ckpt`` and a shape is described by the mean and
+  the max of the encoder's patch outputs (the classifier's cls token is not trained then);
+* a fine-tuned classifier: ``forward_features`` (cls output ++ max of patch outputs);
+* no ``--ckpts``: the randomly initialised encoder (a baseline), features as for pre-training.
+
+Also written: ``<out>.npz`` (features, embedding, labels) and, in the log, the leave-one-out
+5-nearest-neighbour accuracy of the features (cosine), a number to go with the picture.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from types import SimpleNamespace
+from typing import List, Optional, Tuple
+
+if __package__ in (None, ""):
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Subset
+
+from datasets.common import DatasetFormatError
+from extensions.pointops import fps
+from tools import builder
+from tools.vis_utils import class_colours, new_figure, save_figure
+from utils.checkpoint import CheckpointError, load_checkpoint_file, state_dict_of
+from utils.config import ConfigError, apply_opts, cfg_from_yaml_file, origin_of
+from utils.logger import print_log
+from utils.misc import resolve_device, set_random_seed
+
+SCANOBJECTNN_CLASSES = ["bag", "bin", "box", "cabinet", "chair", "desk", "display", "door", "shelf", "table", "bed",
+                        "pillow", "sink", "sofa", "toilet"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="t-SNE of pre-trained or fine-tuned point-cloud features")
+    p.add_argument("--config", required=True, help="fine-tuning config (model PointTransformer, dataset.test / val)")
+    p.add_argument("--ckpts", default=None, help="pre-training or fine-tuned checkpoint (none: random encoder)")
+    p.add_argument("--out", default="tsne.png", help="output PNG")
+    p.add_argument("--split", choices=["test", "val", "train"], default=None, help="dataset entry (default: test, else val)")
+    p.add_argument("--features", choices=["auto", "patch", "cls"], default="auto",
+                   help="patch: mean+max of patch outputs; cls: forward_features; auto: patch for pre-training "
+                        "checkpoints and no checkpoint, cls for fine-tuned classifiers")
+    p.add_argument("--max_samples", type=int, default=1000, help="at most this many shapes (a seeded random subset)")
+    p.add_argument("--perplexity", type=float, default=30.0, help="t-SNE perplexity (lowered for tiny sets)")
+    p.add_argument("--max_iter", type=int, default=1000, help="t-SNE iterations (>= 250)")
+    p.add_argument("--batch_size", type=int, default=32)
+    p.add_argument("--num_workers", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: CUDA when present)")
+    p.add_argument("--opts", nargs="*", default=[], metavar="KEY=VALUE", help="override config entries")
+    return p
+
+
+def checkpoint_kind(path: str) -> str:
+    """'pretrain' (MAE_encoder.* weights) or 'finetune' (classifier weights) of a checkpoint file."""
+    state = state_dict_of(load_checkpoint_file(path), path)
+    if any(k.startswith("MAE_encoder.") for k in state):
+        return "pretrain"
+    if any(k.startswith("encoder.") for k in state) and any(k.startswith("blocks.") for k in state):
+        return "finetune"
+    raise CheckpointError(f"checkpoint '{path}' holds neither a pre-trained encoder (MAE_encoder.*) nor a "
+                          f"PointTransformer classifier (encoder.*, blocks.*)")
+
+
+def build_feature_model(config, ckpts: Optional[str], device: torch.device) -> Tuple[torch.nn.Module, str]:
+    """The classifier of ``config.model`` with the checkpoint's weights -> (model in eval mode, kind)."""
+    if config.model.get("NAME") != "PointTransformer":
+        raise ConfigError(f"tools/tsne.py needs a fine-tuning config (model.NAME PointTransformer), got "
+                          f"'{config.model.get('NAME')}'", origin_of(config.model))
+    model = builder.model_builder(config.model)
+    kind = "random"
+    if ckpts is not None:
+        kind = checkpoint_kind(ckpts)
+        if kind == "pretrain":
+            model.load_model_from_ckpt(ckpts, strict=True)
+        else:
+            builder.load_model(model, ckpts, strict=True)
+    return model.to(device).eval(), kind
+
+
+@torch.no_grad()
+def patch_features(model, pts: Tensor) -> Tensor:
+    """Encoder of a PointTransformer without its cls token: (B, N, 3) -> (B, 2C) mean ++ max of
+    the normalised patch outputs."""
+    neighborhood, center = model.group_divider(pts)
+    x = model.norm(model.blocks(model.encoder(neighborhood), model.pos_embed(center)))
+    return torch.cat([x.mean(dim=1), x.amax(dim=1)], dim=-1)
+
+
+def dataset_entry(config, split: Optional[str]):
+    order = [split] if split else ["test", "val"]
+    for name in order:
+        entry = config.get("dataset", {}).get(name)
+        if entry is not None:
+            return name, entry
+    raise ConfigError(f"the config has no dataset.{' / dataset.'.join(order)} entry", origin_of(config))
+
+
+def class_names(dataset, num_classes: int) -> List[str]:
+    """Class names from the dataset's files where known (ModelNet shape_names, ScanObjectNN), else 'class i'."""
+    root = getattr(dataset, "root", None)
+    num_category = getattr(dataset, "num_category", None)
+    if root is not None and num_category is not None:
+        names_file = os.path.join(root, f"modelnet{num_category}_shape_names.txt")
+        if os.path.isfile(names_file):
+            with open(names_file) as f:
+                names = [line.strip() for line in f if line.strip()]
+            if len(names) >= num_classes:
+                return names
+    if type(dataset).__name__.startswith("ScanObjectNN") and num_classes <= len(SCANOBJECTNN_CLASSES):
+        return SCANOBJECTNN_CLASSES
+    return [f"class {i}" for i in range(num_classes)]
+
+
+@torch.no_grad()
+def extract_features(model, dataset, indices: List[int], npoints: int, feature: str, device: torch.device,
+                     batch_size: int = 32, num_workers: int = 0) -> Tuple[np.ndarray, np.ndarray]:
+    """Features (S, D) float32 and labels (S,) int64 of the items ``indices`` of a classification
+    dataset (items ``(name, 'sample', (points, label))``)."""
+    loader = DataLoader(Subset(dataset, indices), batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    feats, labels = [], []
+    for item in loader:
+        if not (isinstance(item, (list, tuple)) and len(item) == 3 and isinstance(item[2], (list, tuple))):
+            raise DatasetFormatError(f"{type(dataset).__name__}: expected classification items "
+                                     f"(name, 'sample', (points, label)); is this a classification dataset?")
+        points, label = item[2][0], item[2][1]
+        points = points[..., :3].float().to(device)
+        if npoints and points.shape[1] > npoints:
+            points = fps(points, npoints)
+        f = patch_features(model, points) if feature == "patch" else model.forward_features(points)
+        feats.append(f.float().cpu())
+        labels.append(torch.as_tensor(label).reshape(-1).long())
+    return torch.cat(feats).numpy(), torch.cat(labels).numpy()
+
+
+def knn_accuracy(features: np.ndarray, labels: np.ndarray, k: int = 5) -> float:
+    """Leave-one-out k-NN accuracy in percent (cosine similarity, majority vote, ties -> nearest)."""
+    n = len(labels)
+    if n < 2:
+        return float("nan")
+    f = torch.nn.functional.normalize(torch.from_numpy(features).double(), dim=1)
+    sim = f @ f.T
+    sim.fill_diagonal_(-float("inf"))
+    k = min(k, n - 1)
+    nn_idx = sim.topk(k, dim=1).indices.numpy()
+    correct = 0
+    for i in range(n):
+        votes = labels[nn_idx[i]]
+        counts = np.bincount(votes)
+        best = np.flatnonzero(counts == counts.max())
+        pred = next(v for v in votes if v in best)  # the nearest among the tied classes
+        correct += int(pred == labels[i])
+    return 100.0 * correct / n
+
+
+def tsne_embedding(features: np.ndarray, perplexity: float, seed: int, max_iter: int = 1000) -> Tuple[np.ndarray, float]:
+    """(S, D) -> (S, 2) with sklearn's TSNE (PCA init); perplexity lowered below S when needed.
+    Returns (embedding, perplexity used)."""
+    from sklearn.manifold import TSNE
+    from threadpoolctl import threadpool_limits
+
+    n = features.shape[0]
+    if n < 3:
+        raise ValueError(f"t-SNE needs at least 3 samples, got {n}")
+    used = min(perplexity, max(1.0, (n - 1) / 3.0))
+    tsne = TSNE(n_components=2, perplexity=used, init="pca", learning_rate="auto", random_state=seed,
+                max_iter=max(250, max_iter))
+    # One OpenMP thread: sklearn's Barnes-Hut threads spin against torch's OpenMP pool otherwise
+    # (10x slower on a loaded CPU).
+    with threadpool_limits(limits=1, user_api="openmp"):
+        return tsne.fit_transform(features.astype(np.float64)), used
+
+
+def plot_tsne(path: str, embedding: np.ndarray, labels: np.ndarray, names: List[str], title: str) -> str:
+    """Scatter of the 2-D embedding, one colour per class, legend on the right. Returns ``path``."""
+    present = np.unique(labels)
+    colours = class_colours(len(present))
+    ncol = 1 if len(present) <= 20 else 2
+    fig = new_figure(8 + 1.6 * ncol, 7)
+    ax = fig.add_subplot(1, 1, 1)
+    for colour, c in zip(colours, present):
+        sel = labels == c
+        name = names[c] if c < len(names) else f"class {c}"
+        ax.scatter(embedding[sel, 0], embedding[sel, 1], s=10, color=colour, label=name, linewidths=0)
+    ax.set_title(title, fontsize=10)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7, ncol=ncol, markerscale=1.5, frameon=False)
+    return save_figure(fig, path, dpi=120)
+
+
+def main(argv=None) -> dict:
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except (CheckpointError, ConfigError, DatasetFormatError, ValueError) as e:
+        raise SystemExit(f"tools/tsne.py: {e}") from None
+
+
+def run(args) -> dict:
+    if args.max_samples < 3:
+        raise ValueError(f"--max_samples must be >= 3, got {args.max_samples}")
+    config = cfg_from_yaml_file(args.config)
+    apply_opts(config, args.opts)
+    set_random_seed(args.seed)
+    device = resolve_device(args.device)
+    model, kind = build_feature_model(config, args.ckpts, device)
+    feature = args.features if args.features != "auto" else ("cls" if kind == "finetune" else "patch")
+
+    split, entry = dataset_entry(config, args.split)
+    _, loader = builder.dataset_builder(SimpleNamespace(seed=args.seed, num_workers=args.num_workers), entry)
+    dataset = loader.dataset
+    n = len(dataset)
+    rng = np.random.default_rng(args.seed)
+    indices = sorted(rng.choice(n, args.max_samples, replace=False).tolist()) if n > args.max_samples else list(range(n))
+    npoints = int(config.get("npoints", 0) or 0)
+    print_log(f"t-SNE of {len(indices)} / {n} shapes of dataset.{split}, {feature} features of the "
+              f"{kind} model{'' if args.ckpts is None else ' ' + args.ckpts}", logger="tsne")
+    feats, labels = extract_features(model, dataset, indices, npoints, feature, device, args.batch_size, args.num_workers)
+
+    knn = knn_accuracy(feats, labels)
+    embedding, perplexity = tsne_embedding(feats, args.perplexity, args.seed, args.max_iter)
+    names = class_names(dataset, int(labels.max()) + 1)
+    source = os.path.basename(args.ckpts) if args.ckpts else "random init"
+    title = (f"t-SNE of {feature} features ({kind}: {source}), dataset.{split}, {len(labels)} shapes, "
+             f"perplexity {perplexity:g}\n5-NN accuracy of the features: {knn:.1f}%")
+    out = plot_tsne(args.out, embedding, labels, names, title)
+    np.savez(os.path.splitext(args.out)[0] + ".npz", features=feats, embedding=embedding, labels=labels)
+    print_log(f"{len(labels)} shapes, {len(np.unique(labels))} classes; leave-one-out 5-NN accuracy of the "
+              f"features {knn:.2f}%", logger="tsne")
+    print_log(f"t-SNE picture: {out}", logger="tsne")
+    return {"out": out, "knn_acc": knn, "n": len(labels), "perplexity": perplexity, "kind": kind, "feature": feature}
+
+
+if __name__ == "__main__":
+    main()
