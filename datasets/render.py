@@ -66,9 +66,9 @@ def project_points(points: Tensor, azimuths: Tensor, elevations: Tensor, image_s
 def estimate_normals(points: Tensor, k: int = 16) -> Tensor:
     """Unoriented normals (B,N,3) of (B,N,3) points: smallest principal axis of the k nearest points."""
     out = []
-    for pts in points:  # per cloud, to bound the (N,N) distance matrix
+    for pts in points:  # per cloud and in row chunks, to bound the distance matrix
         k_eff = min(k, pts.shape[0])
-        idx = torch.cdist(pts, pts).topk(k_eff, largest=False).indices
+        idx = torch.cat([torch.cdist(q, pts).topk(k_eff, largest=False).indices for q in pts.split(2048)])
         nb = pts[idx]
         nb = nb - nb.mean(1, keepdim=True)
         cov = nb.transpose(1, 2) @ nb
