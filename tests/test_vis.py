@@ -143,6 +143,14 @@ def write_modelnet_cache(root: Path, per_class: int = 4, seed: int = 0):
     return np.array([int(lbl[0]) for lbl in labels])
 
 
+def normalised_cache_points(root: Path) -> np.ndarray:
+    """xyz of the cache's shapes, centred and scaled into the unit sphere (ModelNet's pc_normalize)."""
+    with open(root / f"modelnet40_test_{NPOINTS}pts_fps.dat", "rb") as f:
+        pts = np.stack(pickle.load(f)[0])[:, :, :3].astype(np.float64)
+    centred = pts - pts.mean(axis=1, keepdims=True)
+    return (centred / np.linalg.norm(centred, axis=2).max(axis=1)[:, None, None]).astype(np.float32)
+
+
 def test_tsne_of_pretrained_encoder_writes_png_and_features(pretrain_setup):
     from tools import tsne
 
@@ -162,16 +170,35 @@ def test_tsne_of_pretrained_encoder_writes_png_and_features(pretrain_setup):
 
     # The features are those of the pre-training model's own encoder (all patches visible):
     # mean ++ max of its normalised patch outputs.
-    with open(tmp / "modelnet" / f"modelnet40_test_{NPOINTS}pts_fps.dat", "rb") as f:
-        pts = np.stack(pickle.load(f)[0])[:, :, :3]
-    centred = pts - pts.mean(axis=1, keepdims=True)
-    pts = centred / np.linalg.norm(centred, axis=2).max(axis=1)[:, None, None]
+    pts = normalised_cache_points(tmp / "modelnet")
     pretrain_model.eval()
     with torch.no_grad():
-        nb, center = pretrain_model.group_divider(torch.from_numpy(pts).float())
+        nb, center = pretrain_model.group_divider(torch.from_numpy(pts))
         x, _ = pretrain_model.MAE_encoder(nb, center, noaug=True)
     ref = torch.cat([x.mean(1), x.amax(1)], dim=-1).numpy()
     np.testing.assert_allclose(saved["features"], ref, rtol=1e-4, atol=1e-5)
+
+
+def test_tsne_of_finetuned_classifier_uses_forward_features(pretrain_setup):
+    from tools import tsne
+
+    tmp = pretrain_setup[0]
+    labels = write_modelnet_cache(tmp / "modelnet_ft", per_class=2)
+    cfg = tmp / "ft_cls.yaml"
+    cfg.write_text(FT_CONFIG.format(root=tmp / "modelnet_ft"))
+    torch.manual_seed(1)
+    classifier = build_model_from_cfg(cfg_from_yaml_file(cfg).model).eval()
+    ckpt = tmp / "finetuned.pth"
+    atomic_save({"base_model": classifier.state_dict(), "epoch": 3}, str(ckpt))
+    res = tsne.main(["--config", str(cfg), "--ckpts", str(ckpt), "--out", str(tmp / "tsne_cls.png"),
+                     "--max_iter", "250", "--device", "cpu"])
+    assert res["kind"] == "finetune" and res["feature"] == "cls"
+    saved = np.load(tmp / "tsne_cls.npz")
+    pts = normalised_cache_points(tmp / "modelnet_ft")
+    with torch.no_grad():
+        ref = classifier.forward_features(torch.from_numpy(pts)).numpy()
+    np.testing.assert_allclose(saved["features"], ref, rtol=1e-4, atol=1e-5)
+    np.testing.assert_array_equal(saved["labels"], labels)
 
 
 def test_knn_accuracy_matches_brute_force():
