@@ -235,7 +235,7 @@ def make_shapenet_render(root: str, seed: int = 0, shapes_per_class: int = 8, n_
 
 # ----------------------------------------------------------------------------- ModelNet40
 
-def make_modelnet(root: str, seed: int = 0, train_per_class: int = 5, test_per_class: int = 3, n_rows: int = 1200,
+def make_modelnet(root: str, seed: int = 0, train_per_class: int = 4, test_per_class: int = 3, n_rows: int = 1200,
                   cache_points: Sequence[int] = (1024,), force: bool = False) -> Optional[dict]:
     """ModelNet/modelnet40_normal_resampled/: shape names, split lists (40 and 10), ``<class>/<id>.txt``
     with ``n_rows`` rows ``x,y,z,nx,ny,nz`` (real data: 10,000; demo default 1200), and the FPS caches
@@ -313,7 +313,7 @@ def make_fewshot_from_cache(root: str, seed: int = 0, ways: Sequence[int] = (5, 
 
 # ----------------------------------------------------------------------------- ShapeNetPart
 
-def make_shapenetpart(root: str, seed: int = 0, shapes_per_class: int = 7, n_points: int = 2600,
+def make_shapenetpart(root: str, seed: int = 0, shapes_per_class: int = 6, n_points: int = 2600,
                       force: bool = False) -> Optional[dict]:
     """shapenetcore_partanno_segmentation_benchmark_v0_normal/ with all 16 categories: labelled
     procedural objects, rows ``x y z nx ny nz part`` (global part id as a float), JSON split lists
@@ -401,7 +401,7 @@ def _write_h5(path: str, data: np.ndarray, label: np.ndarray, mask: np.ndarray) 
     os.replace(tmp, path)
 
 
-def make_scanobjectnn(root: str, seed: int = 0, train_per_class: int = 8, test_per_class: int = 4, n_points: int = 2048,
+def make_scanobjectnn(root: str, seed: int = 0, train_per_class: int = 6, test_per_class: int = 4, n_points: int = 2048,
                       hardest_copies: int = 2, force: bool = False) -> Optional[dict]:
     """ScanObjectNN/main_split/{training,test}_objectdataset.h5 (OBJ-BG: object + floor / clutter),
     main_split_nobg/ (OBJ-ONLY) and main_split/*_augmentedrot_scale75.h5 (PB_T50_RS: ``hardest_copies``
