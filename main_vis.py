@@ -18,7 +18,6 @@ and ``<out_dir>/reconstructions.png`` with one row per sample. ``.txt`` files ho
 from __future__ import annotations
 
 import os
-import sys
 import time
 from typing import Dict, Iterator, List, Tuple
 

@@ -233,8 +233,8 @@ def run(args) -> dict:
     knn = knn_accuracy(feats, labels)
     embedding, perplexity = tsne_embedding(feats, args.perplexity, args.seed, args.max_iter)
     names = class_names(dataset, int(labels.max()) + 1)
-    source = os.path.basename(args.ckpts) if args.ckpts else "random init"
-    title = (f"t-SNE of {feature} features ({kind}: {source}), dataset.{split}, {len(labels)} shapes, "
+    source = f"{kind}: {os.path.basename(args.ckpts)}" if args.ckpts else "randomly initialised encoder"
+    title = (f"t-SNE of {feature} features ({source}), dataset.{split}, {len(labels)} shapes, "
              f"perplexity {perplexity:g}\n5-NN accuracy of the features: {knn:.1f}%")
     out = plot_tsne(args.out, embedding, labels, names, title)
     np.savez(os.path.splitext(args.out)[0] + ".npz", features=feats, embedding=embedding, labels=labels)
