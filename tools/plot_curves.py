@@ -4,9 +4,9 @@
 
 Every ``*tfevents*`` file under the folder is read (``train/`` and ``test/`` writers; tags are
 prefixed by the sub-folder). Panels: losses, learning rate, accuracy / metrics, with per-iteration
-(``.../Batch/...``) and per-epoch series on separate panels. Per-iteration series are drawn raw
-(faint) and smoothed (TensorBoard's debiased exponential moving average, ``--smooth``). When a run
-was resumed, the value written last for a step wins.
+(``.../Batch/...``) and per-epoch series on separate panels. Per-iteration series other than the
+learning rate are drawn raw (faint) and smoothed (TensorBoard's debiased exponential moving
+average, ``--smooth``). When a run was resumed, the value written last for a step wins.
 
 The event files are TFRecord files: records of ``uint64 length, uint32 masked CRC-32C of the
 length, data, uint32 masked CRC-32C of the data``, each ``data`` a serialised ``Event`` proto
@@ -192,7 +192,7 @@ def plot_run(scalars: Dict[str, Series], out: str, title: str = "", smooth: floa
         for j, tag in enumerate(panels[key]):
             steps, values = scalars[tag]
             colour = f"C{j % 10}"
-            if unit == "iteration" and smooth > 0 and len(values) > 20:
+            if unit == "iteration" and quantity != "Learning rate" and smooth > 0 and len(values) > 20:
                 ax.plot(steps, values, color=colour, alpha=0.25, linewidth=0.8)
                 ax.plot(steps, ema(values, smooth), color=colour, linewidth=1.5, label=tag)
             else:
