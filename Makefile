@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-requirements
 DEMO_ROOT ?= data/demo
 WORKERS ?= 2
 
-.PHONY: install test demo data demo-pretrain bench clean-demo
+.PHONY: install test demo data demo-pretrain demo-finetune demo-vis demo-seg bench clean-demo
 
 install: $(STAMP)
 
@@ -26,11 +26,32 @@ data: install
 demo-pretrain: data
 	$(PY) main.py --config cfgs/demo/pretrain_demo.yaml --exp_name demo --num_workers $(WORKERS)
 
-demo: demo-pretrain
+PRETRAINED := experiments/pretrain_demo/demo/ckpt-last.pth
+
+demo-finetune: demo-pretrain
+	$(PY) main.py --config cfgs/demo/finetune_demo.yaml --finetune_model --ckpts $(PRETRAINED) --exp_name demo --num_workers $(WORKERS)
+	$(PY) main.py --config cfgs/demo/finetune_demo.yaml --scratch_model --exp_name demo_scratch --num_workers $(WORKERS)
+	$(PY) main.py --config cfgs/demo/finetune_demo.yaml --test --vote --ckpts experiments/finetune_demo/demo/ckpt-best.pth --exp_name demo --num_workers $(WORKERS)
+	$(PY) tools/svm.py --config cfgs/demo/pretrain_demo.yaml --ckpts $(PRETRAINED) --modelnet_root $(DEMO_ROOT)/ModelNet/modelnet40_normal_resampled --modelnet_npoints 1024 --num_workers $(WORKERS)
+
+demo-vis: demo-pretrain
+	$(PY) main_vis.py --test --ckpts $(PRETRAINED) --config cfgs/demo/pretrain_demo.yaml --exp_name demo --num_samples 6 --num_workers $(WORKERS)
+	$(PY) tools/tsne.py --config cfgs/demo/finetune_demo.yaml --ckpts $(PRETRAINED) --out experiments/pretrain_demo/demo/tsne.png
+	$(PY) tools/plot_curves.py experiments/pretrain_demo/TFBoard/demo --out experiments/pretrain_demo/demo/curves.png
+
+SEG_ROOT := $(DEMO_ROOT)/shapenetcore_partanno_segmentation_benchmark_v0_normal
+
+demo-seg: demo-pretrain
+	$(PY) segmentation/main.py --ckpts $(PRETRAINED) --root $(SEG_ROOT) --log_dir demo \
+	    --trans_dim 192 --depth 6 --num_heads 3 --npoint 256 --num_group 16 --group_size 32 \
+	    --batch_size 8 --epoch 8 --warmup_epoch 0 --learning_rate 0.001 --num_workers $(WORKERS)
+	$(PY) segmentation/main.py --test --log_dir demo --npoint 256 --root $(SEG_ROOT) --num_workers $(WORKERS)
+
+demo: demo-pretrain demo-finetune demo-seg demo-vis
 
 bench: install
 	$(PY) bench/bench_ops.py
 	$(PY) bench/bench_pretrain.py
 
 clean-demo:
-	rm -rf experiments/pretrain_demo experiments/finetune_demo $(DEMO_ROOT)
+	rm -rf experiments/pretrain_demo experiments/finetune_demo segmentation/log/part_seg/demo $(DEMO_ROOT)

@@ -83,7 +83,7 @@ SHAPENETPART_CATEGORIES: List[Tuple[str, str, int, int]] = [
     ("Chair", "03001627", 12, 4), ("Earphone", "03261776", 16, 3), ("Guitar", "03467517", 19, 3),
     ("Knife", "03624134", 22, 2), ("Lamp", "03636649", 24, 4), ("Laptop", "03642806", 28, 2),
     ("Motorbike", "03790512", 30, 6), ("Mug", "03797390", 36, 2), ("Pistol", "03948459", 38, 3),
-    ("Rocket", "04099429", 41, 3), ("Skateboard", "04225943", 44, 3), ("Table", "04379243", 47, 3),
+    ("Rocket", "04099429", 41, 3), ("Skateboard", "04225987", 44, 3), ("Table", "04379243", 47, 3),
 ]
 
 # ScanObjectNN's 15 classes (label = index) -> (family, proportion range).
