@@ -9,6 +9,7 @@ from torch.utils.data import Dataset
 
 from .build import DATASETS
 from .common import DatasetFormatError, check_dataset_keys, pc_norm, random_subset, require_path
+from .views import VIEW_KEYS, check_view_config, choose_views, project_views
 
 LAYOUT = """  <DATA_PATH>/{train,test}.txt   lines '<synset>-<model>.npy'
   <PC_PATH>/<synset>-<model>.npy  float (8192, 3)"""
@@ -16,10 +17,19 @@ LAYOUT = """  <DATA_PATH>/{train,test}.txt   lines '<synset>-<model>.npy'
 
 @DATASETS.register_module()
 class ShapeNet(Dataset):
-    """Item: (taxonomy_id, model_id, points (npoints, 3) float32, unit-sphere normalised)."""
+    """Item: (taxonomy_id, model_id, points (npoints, 3) float32, unit-sphere normalised).
+
+    With ``n_imgs > 0`` (IMG_SOURCE must be 'projected': ShapeNet-55 has no renderings) the data
+    is {'points', 'imgs': (n_imgs, 3, IMG_SIZE, IMG_SIZE)}: the sample's points rendered on white.
+    """
 
     def __init__(self, config):
-        check_dataset_keys(config, "ShapeNet", required=("DATA_PATH", "PC_PATH", "N_POINTS", "subset", "npoints"))
+        check_dataset_keys(config, "ShapeNet", required=("DATA_PATH", "PC_PATH", "N_POINTS", "subset", "npoints"),
+                           optional=VIEW_KEYS)
+        self.n_imgs = int(config.get("n_imgs", 0))
+        if self.n_imgs:
+            check_view_config(config, "ShapeNet", allowed_sources=("projected",))
+        self.img_size = int(config.get("IMG_SIZE", 224))
         self.data_root = config.DATA_PATH
         self.pc_path = config.PC_PATH
         self.subset = config.subset
@@ -51,4 +61,7 @@ class ShapeNet(Dataset):
         if data.ndim != 2 or data.shape[1] < 3:
             raise DatasetFormatError(f"{path}: expected an (N, 3) array, got {data.shape}")
         data = pc_norm(random_subset(data[:, :3], self.sample_points_num))
-        return sample["taxonomy_id"], sample["model_id"], torch.from_numpy(data)
+        if not self.n_imgs:
+            return sample["taxonomy_id"], sample["model_id"], torch.from_numpy(data)
+        imgs = project_views(data, choose_views(self.n_imgs), self.img_size)
+        return sample["taxonomy_id"], sample["model_id"], {"points": torch.from_numpy(data), "imgs": imgs}

@@ -1,6 +1,6 @@
 """ShapeNetRender (CrossPoint's release): point clouds + 24 rendered views per shape, SPEC §5.
 
-This module reads the points; the rendered views feed the image branch.
+Items carry the points and, with ``n_imgs > 0``, views for the image branch (datasets/views.py).
 """
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ from torch.utils.data import Dataset
 
 from .build import DATASETS
 from .common import DatasetFormatError, check_dataset_keys, pc_norm, random_subset, require_path
+from .views import (VIEW_KEYS, FeatureCache, check_view_config, choose_views, load_rgba_on_white, project_views,
+                    rendered_view_paths)
 
 LAYOUT = """  <DATA_PATH>/ShapeNet/<synset>/<model>.ply                       (x, y, z vertices, >= N_POINTS)
   <DATA_PATH>/ShapeNetRendering/<synset>/<model>/rendering/00.png .. 23.png   (137x137 RGBA)
@@ -21,15 +23,29 @@ LAYOUT = """  <DATA_PATH>/ShapeNet/<synset>/<model>.ply                       (x
 
 @DATASETS.register_module()
 class ShapeNetRender(Dataset):
-    """Item: (taxonomy_id, model_id, points (npoints, 3) float32): the first N_POINTS points of
-    the PLY, a random ``npoints`` of them, unit-sphere normalised."""
+    """Item: (taxonomy_id, model_id, data). Points are the first N_POINTS points of the PLY, a
+    random ``npoints`` of them, unit-sphere normalised, (npoints, 3) float32.
+
+    ``n_imgs == 0``: data = points. Otherwise data = {'points', 'imgs': (n_imgs, 3, IMG_SIZE,
+    IMG_SIZE) in [0, 1]} (random distinct views; RGBA composited on white) or, with IMG_SOURCE
+    'cached', {'points', 'img_feats': (n_imgs, F)}.
+    """
 
     def __init__(self, config):
-        check_dataset_keys(config, "ShapeNetRender", required=("DATA_PATH", "N_POINTS", "subset", "npoints"))
+        check_dataset_keys(config, "ShapeNetRender", required=("DATA_PATH", "N_POINTS", "subset", "npoints"),
+                           optional=VIEW_KEYS)
+        check_view_config(config, "ShapeNetRender")
         self.data_root = config.DATA_PATH
         self.subset = config.subset
         self.npoints = config.N_POINTS
         self.sample_points_num = config.npoints
+        self.n_imgs = int(config.get("n_imgs", 1))
+        self.img_source = config.get("IMG_SOURCE", "rendered")
+        self.img_size = int(config.get("IMG_SIZE", 224))
+        self.render_root = os.path.join(self.data_root, "ShapeNetRendering")
+        self.feature_cache = FeatureCache(config.FEATURE_CACHE) if self.n_imgs and self.img_source == "cached" else None
+        if self.n_imgs and self.img_source == "rendered":
+            require_path(self.render_root, "ShapeNetRender", LAYOUT)
         pc_root = os.path.join(self.data_root, "ShapeNet")
         require_path(pc_root, "ShapeNetRender", LAYOUT)
         split_file = os.path.join(self.data_root, f"{self.subset}.txt")
@@ -63,6 +79,20 @@ class ShapeNetRender(Dataset):
         points = random_subset(points[: self.npoints], self.sample_points_num)
         return pc_norm(points).astype(np.float32)
 
+    def load_views(self, idx: int, points: np.ndarray, views) -> dict:
+        sample = self.file_list[idx]
+        if self.img_source == "cached":
+            return {"img_feats": self.feature_cache.features(sample["taxonomy_id"], sample["model_id"], views)}
+        if self.img_source == "projected":
+            return {"imgs": project_views(points, views, self.img_size)}
+        paths = rendered_view_paths(self.render_root, sample["taxonomy_id"], sample["model_id"], views)
+        return {"imgs": torch.stack([load_rgba_on_white(p, self.img_size) for p in paths])}
+
     def __getitem__(self, idx: int):
         sample = self.file_list[idx]
-        return sample["taxonomy_id"], sample["model_id"], torch.from_numpy(self.load_points(idx))
+        points = self.load_points(idx)
+        if not self.n_imgs:
+            return sample["taxonomy_id"], sample["model_id"], torch.from_numpy(points)
+        views = choose_views(self.n_imgs)
+        data = {"points": torch.from_numpy(points), **self.load_views(idx, points, views)}
+        return sample["taxonomy_id"], sample["model_id"], data

@@ -17,6 +17,7 @@ from extensions.emd import EarthMoverDistance
 from utils.config import ConfigError, check_keys, origin_of
 
 from .build import MODELS
+from .image_encoder import ImageBranch
 from .layers import Group, MaskTransformer, TransformerDecoder, pos_embedding
 
 TRANSFORMER_KEYS = (
@@ -129,7 +130,8 @@ class _MaskedPointAutoencoder(nn.Module):
 
 @MODELS.register_module()
 class Inter_MAE(_MaskedPointAutoencoder):
-    """Inter-MAE pre-training model. ``pts`` (B, N, 3) [, ``imgs`` (B, V, 3, H, W)] -> losses.
+    """Inter-MAE pre-training model. ``pts`` (B, N, 3) [, ``imgs`` (B, V, 3, H, W) or cached image
+    features (B, V, F)] -> losses.
 
     ``forward`` returns a dict with ``loss`` (what to back-propagate), ``loss_rec`` (Chamfer) and,
     when images are given, ``loss_con`` (weighted inter-modal contrastive loss, SPEC §4).
@@ -151,8 +153,11 @@ class Inter_MAE(_MaskedPointAutoencoder):
             nn.Linear(2 * self.decoder_dim, 256, bias=False), nn.BatchNorm1d(256), nn.ReLU(inplace=True),
             nn.Linear(256, 256, bias=False),
         )
-        # The image branch (rendered views -> ViT -> inv_head) and its contrastive loss.
+        # The image branch (views -> timm encoder -> inv_head) and its weighted NT-Xent loss.
+        branch_cfg = config.get("image_branch")
         self.image_branch = None
+        if branch_cfg is not None and branch_cfg.get("enabled", True):
+            self.image_branch = ImageBranch.from_config(branch_cfg)
 
     def _decoder_dim(self, tc) -> int:
         return tc.get("decoder_embed_dim", 256)

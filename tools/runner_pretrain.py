@@ -23,9 +23,12 @@ class NonFiniteLossError(FloatingPointError):
 
 
 def unpack_batch(data, device: torch.device) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-    """A loader's ``data`` -> (points (B, N, 3), images (B, V, 3, H, W) or None) on ``device``."""
+    """A loader's ``data`` -> (points (B, N, 3), image input or None) on ``device``.
+
+    The image input is the views (B, V, 3, H, W) or cached encoder features (B, V, F).
+    """
     if isinstance(data, dict):
-        imgs = data.get("imgs")
+        imgs = data.get("imgs", data.get("img_feats"))
         return data["points"].to(device, non_blocking=True), (imgs.to(device, non_blocking=True) if imgs is not None else None)
     return data.to(device, non_blocking=True), None
 
@@ -45,12 +48,15 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
     sums: Dict[str, float] = {}
     seen = 0
     rank, world_size = get_dist_info()
+    has_image_branch = getattr(_unwrap(model), "image_branch", None) is not None
     pbar = tqdm(loader, desc=f"epoch {epoch}", disable=not show_progress or rank != 0, dynamic_ncols=True, leave=False)
     start = time.perf_counter()
     optimizer.zero_grad(set_to_none=True)
     for idx, (_, _, data) in enumerate(pbar):
         points, imgs = unpack_batch(data, device)
         points = augment(points)
+        if not has_image_branch:
+            imgs = None  # e.g. a point-only model on ShapeNetRender with n_imgs > 0
         with autocast_context(device, use_amp):
             losses = model(points, imgs)
         loss = losses["loss"]

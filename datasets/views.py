@@ -1,0 +1,100 @@
+"""Views of a shape for the image branch: rendered PNGs, on-the-fly projections, or cached features.
+
+Dataset config keys (ShapeNetRender, ShapeNet):
+    n_imgs       views per sample (0: points only)
+    IMG_SOURCE   'rendered' (ShapeNetRendering PNGs), 'projected' (the sample's own points
+                 rendered by datasets/render.py), or 'cached' (encoder features written by
+                 tools/cache_image_features.py)
+    IMG_SIZE     side of the returned images (default 224)
+    FEATURE_CACHE  the .npy written by tools/cache_image_features.py ('cached' only)
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Dict, List, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from .common import DatasetFormatError
+
+N_RENDERED_VIEWS = 24
+IMAGE_SOURCES = ("rendered", "projected", "cached")
+VIEW_KEYS = ("n_imgs", "IMG_SOURCE", "IMG_SIZE", "FEATURE_CACHE")
+
+
+def choose_views(n_imgs: int, n_views: int = N_RENDERED_VIEWS) -> np.ndarray:
+    """``n_imgs`` distinct random view indices (NumPy RNG, seeded per loader worker)."""
+    if n_imgs > n_views:
+        raise ValueError(f"n_imgs={n_imgs} but only {n_views} views exist per shape")
+    return np.random.choice(n_views, n_imgs, replace=False)
+
+
+def load_rgba_on_white(path: str, size: int) -> torch.Tensor:
+    """A view PNG -> (3, size, size) float in [0, 1], RGBA composited on white, bilinear resize."""
+    try:
+        with Image.open(path) as img:
+            rgba = np.asarray(img.convert("RGBA"), dtype=np.float32) / 255.0
+    except (OSError, ValueError) as e:
+        raise DatasetFormatError(f"{path}: not a readable image ({e}); expected a 137x137 RGBA PNG") from None
+    rgb, alpha = rgba[..., :3], rgba[..., 3:]
+    composite = torch.from_numpy(rgb * alpha + (1.0 - alpha)).permute(2, 0, 1)
+    if composite.shape[-1] != size or composite.shape[-2] != size:
+        composite = F.interpolate(composite[None], size=(size, size), mode="bilinear", align_corners=False)[0]
+    return composite.clamp_(0.0, 1.0)
+
+
+def rendered_view_paths(render_root: str, synset: str, model: str, views) -> List[str]:
+    folder = os.path.join(render_root, synset, model, "rendering")
+    return [os.path.join(folder, f"{int(v):02d}.png") for v in views]
+
+
+def project_views(points: np.ndarray, views, size: int) -> torch.Tensor:
+    """Render the sample's points from the given grid views, on white. (N,3) -> (V, 3, size, size)."""
+    from .render import default_view_grid, render_views
+
+    az, el = default_view_grid(N_RENDERED_VIEWS)
+    idx = torch.as_tensor(np.asarray(views), dtype=torch.long)
+    rgba = render_views(torch.from_numpy(np.ascontiguousarray(points[:, :3]))[None], None, az[idx], el[idx],
+                        image_size=size, background="white")[0]  # V,4,H,W
+    return rgba[:, :3].clamp(0.0, 1.0)
+
+
+class FeatureCache:
+    """Read-only access to a feature cache: ``<name>.npy`` (S, 24, F) float32 + ``<name>.json``."""
+
+    def __init__(self, path: str):
+        index_path = os.path.splitext(path)[0] + ".json"
+        for p in (path, index_path):
+            if not os.path.isfile(p):
+                raise DatasetFormatError(f"feature cache file '{p}' does not exist; build it with "
+                                         "python tools/cache_image_features.py")
+        with open(index_path) as f:
+            self.meta: Dict = json.load(f)
+        self.path = path
+        self.row = {name: i for i, name in enumerate(self.meta["shapes"])}
+        self._array: Optional[np.ndarray] = None
+
+    @property
+    def array(self) -> np.ndarray:
+        if self._array is None:  # opened lazily, once per loader worker
+            self._array = np.load(self.path, mmap_mode="r")
+        return self._array
+
+    def features(self, synset: str, model: str, views) -> torch.Tensor:
+        key = f"{synset}/{model}"
+        if key not in self.row:
+            raise DatasetFormatError(f"feature cache {self.path} has no entry for shape {key}; rebuild it")
+        return torch.from_numpy(np.array(self.array[self.row[key], np.asarray(views)], dtype=np.float32))
+
+
+def check_view_config(config, dataset: str, allowed_sources=IMAGE_SOURCES) -> None:
+    source = config.get("IMG_SOURCE", "rendered")
+    if source not in allowed_sources:
+        raise DatasetFormatError(f"{dataset}: IMG_SOURCE must be one of {list(allowed_sources)}, got '{source}'")
+    if source == "cached" and not config.get("FEATURE_CACHE"):
+        raise DatasetFormatError(f"{dataset}: IMG_SOURCE 'cached' needs FEATURE_CACHE (the .npy of "
+                                 "tools/cache_image_features.py)")

@@ -1,0 +1,247 @@
+"""Image side of Inter-MAE's inter-modal branch (SPEC §4): rendered views -> timm encoder ->
+``inv_head`` -> NT-Xent against the projected point features.
+
+The released code built a fresh, randomly initialised ViT (and a throw-away ResNet-50 wrapper,
+whose ``inv_head`` it used) inside every forward pass, so nothing on the image side was ever
+trained or saved. Here the encoder and ``inv_head`` are registered sub-modules; the released
+behaviour is kept as the off-by-default option ``fresh_encoder_every_step``.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from typing import Mapping, Optional, Sequence, Tuple
+
+import timm
+import torch
+import torch.nn.functional as F
+from timm.data import resolve_model_data_config
+from torch import Tensor, nn
+
+from utils.checkpoint import load_state_dict_checked
+from utils.config import ConfigError, check_keys, origin_of
+from utils.logger import print_log
+
+IMAGE_BRANCH_KEYS = ("enabled", "model", "model_kwargs", "pretrained", "trainable", "normalize", "mean", "std", "weight",
+                     "temperature", "fresh_encoder_every_step")
+PROJ_DIM = 256  # width of pro_head's output, which inv_head must match
+
+
+def nt_xent(z1: Tensor, z2: Tensor, temperature: float = 0.1) -> Tensor:
+    """NT-Xent (SimCLR) between paired embeddings ``z1`` (B, D) and ``z2`` (B, D).
+
+    The 2B embeddings are L2-normalised; for each of them the positive is its partner and the
+    negatives are the other 2B-2 embeddings (both modalities); cross-entropy over the
+    cosine similarities / ``temperature``, averaged over all 2B anchors (both directions).
+    Computed in fp32. Returns a scalar.
+    """
+    if z1.shape != z2.shape or z1.dim() != 2:
+        raise ValueError(f"nt_xent expects two (B, D) tensors of the same shape, got {tuple(z1.shape)} and {tuple(z2.shape)}")
+    B = z1.shape[0]
+    if B < 2:
+        raise ValueError("nt_xent needs a batch of at least 2 pairs (no negatives otherwise)")
+    z = F.normalize(torch.cat([z1, z2], dim=0).float(), dim=1)
+    sim = z @ z.t() / temperature
+    sim = sim.masked_fill(torch.eye(2 * B, dtype=torch.bool, device=z.device), float("-inf"))
+    targets = torch.cat([torch.arange(B, 2 * B), torch.arange(0, B)]).to(z.device)
+    return F.cross_entropy(sim, targets)
+
+
+def build_inv_head(in_dim: int, out_dim: int = PROJ_DIM) -> nn.Sequential:
+    """``inv_head`` (CrossPoint's, SPEC §4): Linear(F,512,no bias)-BN-ReLU-Linear(512,out,no bias)."""
+    return nn.Sequential(nn.Linear(in_dim, 512, bias=False), nn.BatchNorm1d(512), nn.ReLU(inplace=True),
+                         nn.Linear(512, out_dim, bias=False))
+
+
+def create_encoder(name: str, model_kwargs: Optional[Mapping] = None) -> nn.Module:
+    """A timm model without its classifier (``num_classes=0``): images (N,3,H,W) -> (N, num_features)."""
+    try:
+        return timm.create_model(name, pretrained=False, num_classes=0, **dict(model_kwargs or {}))
+    except RuntimeError as e:
+        if "Unknown model" in str(e):
+            raise ConfigError(f"model.image_branch.model: '{name}' is not a timm model name "
+                              f"(timm.list_models() lists them)") from None
+        raise
+
+
+def _classifier_prefixes(model: nn.Module) -> Tuple[str, ...]:
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    names = cfg.get("classifier") or ()
+    if isinstance(names, str):
+        names = (names,)
+    return tuple(f"{n}." for n in names)
+
+
+def load_encoder_weights(model: nn.Module, path: str) -> str:
+    """Load a local weights file into a timm encoder; returns a one-line report.
+
+    ``.npz``: timm's big_vision / JAX loader (``model.load_pretrained``, ViTs). ``.safetensors``
+    and ``.pth``/``.pt``/``.bin``: a state dict (or a dict holding one under ``state_dict``,
+    ``model`` or ``state_dict_ema``), passed through the timm architecture's
+    ``checkpoint_filter_fn`` (converts released formats, resamples position embeddings). Classifier
+    weights are dropped (the encoder has none); every other key must match exactly.
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"model.image_branch.pretrained: weights file '{path}' does not exist "
+                                f"(expected a local .pth / .safetensors / .npz file; nothing is downloaded)")
+    ext = os.path.splitext(path)[1].lower()
+    if ext == ".npz":
+        if not hasattr(model, "load_pretrained"):
+            raise ConfigError(f"model.image_branch.pretrained: '{path}' is an .npz file, which timm loads only for "
+                              f"ViT-style models; {type(model).__name__} has no npz loader")
+        model.load_pretrained(path)
+        return f"loaded {path} with timm's npz loader"
+    if ext == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(path, device="cpu")
+    elif ext in (".pth", ".pt", ".bin"):
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        for key in ("state_dict_ema", "state_dict", "model"):
+            if isinstance(state, dict) and isinstance(state.get(key), dict):
+                state = state[key]
+                break
+    else:
+        raise ConfigError(f"model.image_branch.pretrained: '{path}' has extension '{ext}'; "
+                          f"expected .pth, .pt, .bin, .safetensors or .npz")
+    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
+        raise ConfigError(f"model.image_branch.pretrained: '{path}' does not hold a state dict of tensors")
+    state = {(k[7:] if k.startswith("module.") else k): v for k, v in state.items()}
+    filter_fn = getattr(sys.modules.get(type(model).__module__), "checkpoint_filter_fn", None)
+    if filter_fn is not None:
+        state = filter_fn(state, model)
+    prefixes = _classifier_prefixes(model)
+    dropped = [k for k in state if prefixes and k.startswith(prefixes)]
+    state = {k: v for k, v in state.items() if k not in dropped}
+    report = load_state_dict_checked(model, state, strict=True, source=path)
+    return f"image encoder weights from {path}: {report.summary()}" + (
+        f"; dropped {len(dropped)} classifier tensors" if dropped else "")
+
+
+class ImageBranch(nn.Module):
+    """Rendered views (B, V, 3, H, W) in [0, 1] (or cached encoder features (B, V, F)) -> (B, 256).
+
+    Args:
+        model: timm model name; built with ``pretrained=False, num_classes=0``.
+        model_kwargs: extra ``timm.create_model`` arguments (e.g. ``img_size``, ``depth``).
+        pretrained: local weights file for the encoder, or None (random initialisation).
+        trainable: train the encoder (True) or freeze it (False: no gradients, always eval mode).
+        normalize: normalise images with the encoder's ``mean``/``std`` (from timm's pretrained
+            config unless given).
+        weight: factor of the NT-Xent loss (released 1e-4).
+        temperature: NT-Xent temperature (released 0.1).
+        fresh_encoder_every_step: released behaviour: a new random encoder and ``inv_head`` every
+            call, never registered, trained or saved (ablations only).
+    """
+
+    def __init__(self, model: str = "vit_small_patch16_224", model_kwargs: Optional[Mapping] = None,
+                 pretrained: Optional[str] = None, trainable: bool = True, normalize: bool = True,
+                 mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None,
+                 weight: float = 1e-4, temperature: float = 0.1, fresh_encoder_every_step: bool = False,
+                 logger=None):
+        super().__init__()
+        self.model_name = model
+        self.model_kwargs = dict(model_kwargs or {})
+        self.trainable = bool(trainable)
+        self.normalize = bool(normalize)
+        self.weight = float(weight)
+        self.temperature = float(temperature)
+        self.fresh_encoder_every_step = bool(fresh_encoder_every_step)
+        if self.fresh_encoder_every_step and pretrained:
+            raise ConfigError("model.image_branch: fresh_encoder_every_step builds random encoders; "
+                              "it cannot be combined with 'pretrained'")
+        encoder = create_encoder(model, self.model_kwargs)
+        self.num_features = int(encoder.num_features)
+        data_cfg = resolve_model_data_config(encoder)
+        size = getattr(getattr(encoder, "patch_embed", None), "img_size", None) or data_cfg["input_size"][1:]
+        self.input_size: Tuple[int, int] = (int(size[0]), int(size[1]))
+        self.register_buffer("mean", torch.tensor(list(mean or data_cfg["mean"]), dtype=torch.float32).view(1, 3, 1, 1),
+                             persistent=False)
+        self.register_buffer("std", torch.tensor(list(std or data_cfg["std"]), dtype=torch.float32).view(1, 3, 1, 1),
+                             persistent=False)
+        if self.fresh_encoder_every_step:
+            # Not registered: the released code rebuilt encoder and inv_head in every forward pass.
+            self.encoder = None
+            self.inv_head = None
+            return
+        if pretrained:
+            print_log(load_encoder_weights(encoder, pretrained), logger=logger)
+        self.encoder = encoder
+        if not self.trainable:
+            self.encoder.requires_grad_(False)
+            self.encoder.eval()
+        self.inv_head = build_inv_head(self.num_features)
+
+    @classmethod
+    def from_config(cls, cfg: Mapping, logger=None) -> "ImageBranch":
+        """Build from a config's ``model.image_branch`` section (keys: IMAGE_BRANCH_KEYS)."""
+        check_keys(cfg, "model.image_branch", optional=IMAGE_BRANCH_KEYS)
+        kwargs = {k: cfg[k] for k in IMAGE_BRANCH_KEYS if k in cfg and cfg[k] is not None and k != "enabled"}
+        if "model_kwargs" in kwargs and not isinstance(kwargs["model_kwargs"], Mapping):
+            raise ConfigError("model.image_branch.model_kwargs must be a mapping", origin_of(cfg))
+        for key in ("mean", "std"):
+            if key in kwargs and len(kwargs[key]) != 3:
+                raise ConfigError(f"model.image_branch.{key} must have 3 values (RGB)", origin_of(cfg))
+        return cls(**kwargs, logger=logger)
+
+    def train(self, mode: bool = True) -> "ImageBranch":
+        super().train(mode)
+        if self.encoder is not None and not self.trainable:
+            self.encoder.eval()
+        return self
+
+    def build_fresh(self, device: torch.device) -> Tuple[nn.Module, nn.Module]:
+        """A new random encoder and inv_head on ``device`` (``fresh_encoder_every_step``)."""
+        encoder = create_encoder(self.model_name, self.model_kwargs).to(device)
+        inv_head = build_inv_head(self.num_features).to(device).train(self.training)
+        return encoder, inv_head
+
+    def preprocess(self, imgs: Tensor) -> Tensor:
+        """(N, 3, H, W) in [0, 1] -> resized to the encoder's input size and normalised."""
+        imgs = imgs.float()
+        if tuple(imgs.shape[-2:]) != self.input_size:
+            imgs = F.interpolate(imgs, size=self.input_size, mode="bilinear", align_corners=False, antialias=True)
+        if self.normalize:
+            imgs = (imgs - self.mean) / self.std
+        return imgs
+
+    def encode(self, imgs: Tensor, encoder: Optional[nn.Module] = None) -> Tensor:
+        """Encoder features of every view, before ``inv_head``: (B, V, 3, H, W) -> (B, V, F)."""
+        if imgs.dim() != 5 or imgs.shape[2] != 3:
+            raise ValueError(f"image branch expects images (B, V, 3, H, W), got {tuple(imgs.shape)}")
+        encoder = encoder if encoder is not None else self.encoder
+        B, V = imgs.shape[:2]
+        x = self.preprocess(imgs.flatten(0, 1))
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self.trainable and encoder is self.encoder):
+            feats = encoder(x)
+        return feats.reshape(B, V, -1)
+
+    def project(self, feats: Tensor, inv_head: Optional[nn.Module] = None) -> Tensor:
+        """(B, V, F) encoder features -> (B, 256): ``inv_head`` of every view, mean over views."""
+        inv_head = inv_head if inv_head is not None else self.inv_head
+        B, V, Fd = feats.shape
+        return inv_head(feats.reshape(B * V, Fd)).reshape(B, V, -1).mean(dim=1)
+
+    def forward(self, imgs_or_feats: Tensor) -> Tensor:
+        """Images (B, V, 3, H, W) or cached encoder features (B, V, F) -> image embedding (B, 256)."""
+        if self.fresh_encoder_every_step:
+            if imgs_or_feats.dim() != 5:
+                raise ValueError("fresh_encoder_every_step needs images (B, V, 3, H, W), not cached features")
+            encoder, inv_head = self.build_fresh(imgs_or_feats.device)
+            return self.project(self.encode(imgs_or_feats, encoder), inv_head)
+        if imgs_or_feats.dim() == 5:
+            return self.project(self.encode(imgs_or_feats))
+        if imgs_or_feats.dim() == 3:
+            if self.trainable:
+                raise ValueError("cached image features need a frozen encoder (model.image_branch.trainable: false)")
+            if imgs_or_feats.shape[-1] != self.num_features:
+                raise ValueError(f"cached image features are {imgs_or_feats.shape[-1]} wide but the encoder "
+                                 f"'{self.model_name}' gives {self.num_features}; rebuild the cache")
+            return self.project(imgs_or_feats.to(self.inv_head[0].weight.dtype))
+        raise ValueError(f"image branch expects images (B, V, 3, H, W) or features (B, V, F), got {tuple(imgs_or_feats.shape)}")
+
+    def loss(self, point_feats: Tensor, imgs_or_feats: Tensor) -> Tensor:
+        """``weight`` * NT-Xent between point features (B, 256) and the image embedding (B, 256)."""
+        if point_feats.shape[0] != imgs_or_feats.shape[0]:
+            raise ValueError(f"batch sizes differ: {point_feats.shape[0]} point clouds, {imgs_or_feats.shape[0]} image sets")
+        return self.weight * nt_xent(point_feats, self(imgs_or_feats), self.temperature)
