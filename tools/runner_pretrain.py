@@ -82,7 +82,7 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
             for k, v in logged.items():
                 train_writer.add_scalar(f"Loss/Batch/{k}", v, step)
             train_writer.add_scalar("Loss/Batch/LR", lr, step)
-        pbar.set_postfix({**{k: f"{v:.4f}" for k, v in logged.items() if k != "loss"},
+        pbar.set_postfix({**{k: f"{v:.4g}" for k, v in logged.items() if k != "loss"},
                           "lr": f"{lr:.2e}", "samples/s": f"{samples_per_s:.1f}"})
     pbar.close()
     means = {k: v / max(seen, 1) for k, v in sums.items()}
@@ -156,7 +156,7 @@ def run_net(args, config, train_writer=None, val_writer=None):
         epoch_start = time.time()
         stats = train_one_epoch(model, train_dataloader, optimizer, device, epoch, config, use_amp, train_writer,
                                 show_progress=getattr(args, "progress", True))
-        stats_text = " ".join(f"{k}={v:.4f}" for k, v in stats.items())
+        stats_text = " ".join(f"{k}={v:.5g}" for k, v in stats.items())
         print_log(f"[Training] EPOCH: {epoch} EpochTime = {time.time() - epoch_start:.1f} s {stats_text} "
                   f"lr = {optimizer.param_groups[0]['lr']:.6f}", logger=logger)
         if train_writer is not None:
