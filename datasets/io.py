@@ -6,10 +6,11 @@ properties (normals, colours, ...) and other elements (faces, edges) are skipped
 from __future__ import annotations
 
 import os
-import tempfile
 from typing import List, Optional, Tuple
 
 import numpy as np
+
+from utils.checkpoint import atomic_write
 
 __all__ = ["read_ply", "write_ply", "PLY_TYPES"]
 
@@ -162,18 +163,11 @@ def write_ply(path: str, xyz: np.ndarray, normals: Optional[np.ndarray] = None, 
     data = np.concatenate(cols, axis=1)
     header = "ply\nformat {} 1.0\nelement vertex {}\n{}end_header\n".format(
         "binary_little_endian" if binary else "ascii", len(data), "".join(f"property float {n}\n" for n in names))
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp_", suffix=".ply")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(header.encode("ascii"))
-            if binary:
-                f.write(np.ascontiguousarray(data, dtype="<f4").tobytes())
-            else:
-                np.savetxt(f, data, fmt="%.6f")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    def write(f):
+        f.write(header.encode("ascii"))
+        if binary:
+            f.write(np.ascontiguousarray(data, dtype="<f4").tobytes())
+        else:
+            np.savetxt(f, data, fmt="%.6f")
+
+    atomic_write(path, write)

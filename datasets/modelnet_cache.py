@@ -13,13 +13,14 @@ from __future__ import annotations
 import logging
 import os
 import pickle
-import tempfile
 from collections import defaultdict
 from typing import List, Optional, Tuple, Union
 
 import numpy as np
 import torch
 from tqdm import tqdm
+
+from utils.checkpoint import atomic_write
 
 __all__ = ["build_modelnet_cache", "cache_file_name", "read_modelnet_txt"]
 
@@ -127,15 +128,6 @@ def build_modelnet_cache(root: str, split: Union[str, int], npoints: Union[int, 
     bar.close()
 
     path = out_path or os.path.join(root, cache_file_name(num_category, split, npoints))
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".tmp_", suffix=".dat")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            pickle.dump([points, labels], f)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    atomic_write(path, lambda f: pickle.dump([points, labels], f))
     logger.info("wrote %s (%d shapes)", path, len(points))
     return path

@@ -5,7 +5,7 @@ import os
 import tempfile
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
+from typing import Any, BinaryIO, Callable, Dict, Iterable, List, Mapping, Optional, Tuple
 
 import torch
 from torch import nn
@@ -17,8 +17,8 @@ class CheckpointError(RuntimeError):
     """A checkpoint is missing, unreadable, or does not fit the model. The message names the file."""
 
 
-def atomic_save(obj: Any, path: str) -> None:
-    """``torch.save`` to a temporary file in the same folder, fsync, then rename over ``path``.
+def atomic_write(path: str, write: Callable[[BinaryIO], None]) -> None:
+    """Call ``write(f)`` on a temporary file in the same folder, fsync, then rename over ``path``.
 
     A crash at any point leaves either the old file or the new one, never a truncated file.
     """
@@ -27,14 +27,20 @@ def atomic_save(obj: Any, path: str) -> None:
     fd, tmp = tempfile.mkstemp(prefix=".tmp-" + os.path.basename(path), dir=folder)
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def atomic_save(obj: Any, path: str) -> None:
+    """``torch.save`` through :func:`atomic_write`."""
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def load_checkpoint_file(path: str, map_location: Any = "cpu") -> Dict[str, Any]:
