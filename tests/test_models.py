@@ -10,7 +10,8 @@ from models import build_model_from_cfg
 from models.layers import InterMAEPatchEmbed, TransPooling, block_mask, random_mask
 from utils.config import ConfigError, cfg_from_yaml_file
 
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
+# Copies of shared/reference/ (the released state-dict listings), so a clone is self-contained.
+REFERENCE = Path(__file__).resolve().parent / "reference"
 REPO = Path(__file__).resolve().parents[1]
 
 
