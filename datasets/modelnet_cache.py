@@ -14,7 +14,7 @@ import logging
 import os
 import pickle
 from collections import defaultdict
-from typing import List, Optional, Tuple, Union
+from typing import List, Optional, Union
 
 import numpy as np
 import torch

@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Optional
-
 import torch
 from timm.layers import trunc_normal_
 from torch import Tensor, nn

@@ -1,6 +1,4 @@
 """Config loading and errors; checkpoint writing, reading and strict loading."""
-import os
-
 import pytest
 import torch
 from torch import nn

@@ -129,6 +129,21 @@ def build_opti_sche(base_model: nn.Module, config):
     return optimizer, scheduler
 
 
+def wrap_distributed(model: nn.Module, args, device: torch.device, logger=None,
+                     find_unused_parameters: bool = False) -> nn.Module:
+    """Under ``--launcher pytorch``: optional SyncBatchNorm (``--sync_bn``), then DDP on ``device``
+    (CUDA: its GPU; CPU: gloo). Without torch.distributed the model is returned as it is."""
+    if not getattr(args, "distributed", False):
+        return model
+    if getattr(args, "sync_bn", False):
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        print_log("Using synchronized BatchNorm", logger=logger)
+    model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                                find_unused_parameters=find_unused_parameters)
+    print_log("Using Distributed Data parallel", logger=logger)
+    return model
+
+
 # -------------------------------------------------------------------------------- checkpoints
 def _unwrap(model: nn.Module) -> nn.Module:
     return model.module if hasattr(model, "module") else model

@@ -190,13 +190,7 @@ def run_net(args, config, train_writer=None, val_writer=None) -> Dict[str, float
         print_log("Training from scratch (no pre-trained weights)", logger=logger)
     base_model = base_model.to(device)
 
-    model = base_model
-    if args.distributed:
-        if args.sync_bn:
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-            print_log("Using synchronized BatchNorm", logger=logger)
-        model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-        print_log("Using Distributed Data parallel", logger=logger)
+    model = builder.wrap_distributed(base_model, args, device, logger)
 
     optimizer, scheduler = builder.build_opti_sche(base_model, config)
     if args.resume:
@@ -258,9 +252,7 @@ def test_net(args, config) -> Dict[str, float]:
     base_model = builder.model_builder(config.model)
     builder.load_model(base_model, args.ckpts, logger=logger, strict=not getattr(args, "partial_load", False))
     base_model = base_model.to(device)
-    model = base_model
-    if args.distributed:
-        model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    model = builder.wrap_distributed(base_model, args, device, logger)
     show_progress = getattr(args, "progress", True)
     results = {"acc": evaluate(model, test_dataloader, device, npoints, use_amp, show_progress=show_progress)}
     print_log(f"[TEST] plain accuracy (FPS {npoints} points, 1 pass) = {results['acc']:.4f} %", logger=logger)

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import math
-import os
 import time
 from typing import Dict, Optional, Tuple
 
@@ -132,16 +131,9 @@ def run_net(args, config, train_writer=None, val_writer=None):
     elif args.start_ckpts is not None:
         builder.load_model(base_model, args.start_ckpts, logger=logger, strict=not getattr(args, "partial_load", False))
 
-    model = base_model
-    if args.distributed:
-        if args.sync_bn:
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-            print_log("Using synchronized BatchNorm", logger=logger)
-        # pro_head is idle without an image branch, so DDP must tolerate unused parameters then.
-        unused = getattr(base_model, "image_branch", None) is None and hasattr(base_model, "pro_head")
-        model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=unused)
-        print_log("Using Distributed Data parallel", logger=logger)
+    # pro_head is idle without an image branch, so DDP must tolerate unused parameters then.
+    unused = getattr(base_model, "image_branch", None) is None and hasattr(base_model, "pro_head")
+    model = builder.wrap_distributed(base_model, args, device, logger, find_unused_parameters=unused)
 
     optimizer, scheduler = builder.build_opti_sche(base_model, config)
     if args.resume:

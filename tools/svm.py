@@ -22,7 +22,7 @@ from typing import Optional, Tuple
 import numpy as np
 import torch
 from easydict import EasyDict
-from torch import Tensor, nn
+from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
