@@ -145,7 +145,8 @@ def wrap_distributed(model: nn.Module, args, device: torch.device, logger=None,
 
 
 # -------------------------------------------------------------------------------- checkpoints
-def _unwrap(model: nn.Module) -> nn.Module:
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The model inside a DistributedDataParallel wrapper (or the model itself)."""
     return model.module if hasattr(model, "module") else model
 
 
@@ -161,7 +162,7 @@ def save_checkpoint(base_model, optimizer, epoch, metrics, best_metrics, prefix,
         return None
     path = os.path.join(args.experiment_path, prefix + ".pth")
     ckpt = {
-        "base_model": _unwrap(base_model).state_dict(),
+        "base_model": unwrap_model(base_model).state_dict(),
         "optimizer": optimizer.state_dict(),
         "epoch": epoch,
         "metrics": to_plain(metrics) if metrics is not None else {},
@@ -184,7 +185,7 @@ def resume_model(base_model, args, logger=None):
         raise CheckpointError(f"--resume: no checkpoint at {path}")
     print_log(f"[RESUME INFO] Loading model weights from {path}...", logger=logger)
     ckpt = load_checkpoint_file(path)
-    load_state_dict_checked(_unwrap(base_model), state_dict_of(ckpt, path), strict=True, source=path)
+    load_state_dict_checked(unwrap_model(base_model), state_dict_of(ckpt, path), strict=True, source=path)
     start_epoch = ckpt["epoch"] + 1
     best_metrics = ckpt.get("best_metrics", {})
     print_log(f"[RESUME INFO] resume ckpts @ {start_epoch - 1} epoch (best_metrics = {best_metrics})", logger=logger)
@@ -208,7 +209,7 @@ def resume_optimizer(optimizer, args, logger=None, scheduler=None, scaler=None) 
 def load_model(base_model, ckpt_path: str, logger=None, strict: bool = True):
     """Load a whole model (e.g. for --test); strict by default. Returns (epoch, metrics)."""
     ckpt = load_checkpoint_file(ckpt_path)
-    report = load_state_dict_checked(_unwrap(base_model), state_dict_of(ckpt, ckpt_path), strict=strict, source=ckpt_path)
+    report = load_state_dict_checked(unwrap_model(base_model), state_dict_of(ckpt, ckpt_path), strict=strict, source=ckpt_path)
     epoch = ckpt.get("epoch", -1)
     metrics = ckpt.get("metrics", {})
     print_log(f"ckpts @ {epoch} epoch (performance = {metrics}); {report.summary()}", logger=logger)

@@ -161,10 +161,6 @@ def _check_npoints(config) -> int:
     return npoints
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    return model.module if hasattr(model, "module") else model
-
-
 def run_net(args, config, train_writer=None, val_writer=None) -> Dict[str, float]:
     """Fine-tune (``--finetune_model --ckpts P.pth``) or train from scratch (``--scratch_model``)
     ``config.model`` on ``config.dataset.train``; validate on ``config.dataset.val`` every

@@ -47,7 +47,7 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
     sums: Dict[str, float] = {}
     seen = 0
     rank, world_size = get_dist_info()
-    has_image_branch = getattr(_unwrap(model), "image_branch", None) is not None
+    has_image_branch = getattr(builder.unwrap_model(model), "image_branch", None) is not None
     pbar = tqdm(loader, desc=f"epoch {epoch}", disable=not show_progress or rank != 0, dynamic_ncols=True, leave=False)
     start = time.perf_counter()
     optimizer.zero_grad(set_to_none=True)
@@ -105,10 +105,6 @@ def validate_reconstruction(model: nn.Module, loader, device: torch.device, use_
             total += losses["loss_rec"].float() * points.shape[0]
             count += points.shape[0]
     return reduce_tensor(total / max(count, 1)).item()
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    return model.module if hasattr(model, "module") else model
 
 
 def run_net(args, config, train_writer=None, val_writer=None):

@@ -30,6 +30,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from datasets import build_dataset_from_cfg  # noqa: E402
+from tools import builder  # noqa: E402
 from utils.config import ConfigError, cfg_from_yaml_file, check_keys, merge_into, origin_of  # noqa: E402
 from utils.logger import print_log  # noqa: E402
 
@@ -68,7 +69,7 @@ def _resolve(path: str) -> str:
 
 
 def _encoder_of(model: nn.Module) -> nn.Module:
-    model = model.module if hasattr(model, "module") else model
+    model = builder.unwrap_model(model)
     if not hasattr(model, "MAE_encoder") or not hasattr(model, "group_divider"):
         raise TypeError(f"{type(model).__name__} has no MAE_encoder / group_divider; the SVM needs a pre-training model")
     return model
@@ -161,7 +162,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> float:
-    from tools import builder
     from utils.config import apply_opts
     from utils.misc import resolve_device, set_random_seed
 
