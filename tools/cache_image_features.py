@@ -102,13 +102,9 @@ def main(argv=None) -> str:
     others.pop("FEATURE_CACHE", None)
     dataset = build_dataset_from_cfg(train._base_, others)
     path = cache_features(branch, dataset, args.out, resolve_device(args.device), args.batch_size,
-                          weights=args.ckpts or branch_weights(config))
+                          weights=args.ckpts or str(config.model.image_branch.get("pretrained") or ""))
     print_log(f"wrote {path} ({len(dataset)} shapes x {N_RENDERED_VIEWS} views x {branch.num_features})")
     return path
-
-
-def branch_weights(config) -> str:
-    return str(config.model.image_branch.get("pretrained") or "")
 
 
 if __name__ == "__main__":
