@@ -18,21 +18,13 @@ from torch.utils.data import Dataset
 from utils.logger import print_log
 
 from .build import DATASETS
-from .common import DatasetFormatError, check_dataset_keys, require_path
+from .common import DatasetFormatError, check_dataset_keys, pc_normalize, require_path
 
 LAYOUT = """  <DATA_PATH>/modelnet40_shape_names.txt        40 class names, index = line
   <DATA_PATH>/modelnet40_{train,test}.txt        shape ids such as night_stand_0001
   <DATA_PATH>/<class>/<id>.txt                   rows x,y,z,nx,ny,nz
   <DATA_PATH>/modelnet40_{train,test}_<N>pts_fps.dat   (cache) pickle [list of float32 (N, 6), list of int32 (1,)]
   (NUM_CATEGORY: 10 uses the modelnet10_* files)"""
-
-
-def pc_normalize(pc: np.ndarray) -> np.ndarray:
-    """(N, 3) -> (N, 3): centred at the centroid, scaled into the unit sphere (released function)."""
-    centroid = np.mean(pc, axis=0)
-    pc = pc - centroid
-    m = np.max(np.sqrt(np.sum(pc ** 2, axis=1)))
-    return pc / m if m > 0 else pc
 
 
 def cache_path(root: str, num_category: int, subset: str, n_points: int) -> str:

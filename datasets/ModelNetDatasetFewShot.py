@@ -11,8 +11,7 @@ from torch.utils.data import Dataset
 from utils.logger import print_log
 
 from .build import DATASETS
-from .common import DatasetFormatError, check_dataset_keys, require_path
-from .ModelNetDataset import pc_normalize
+from .common import DatasetFormatError, check_dataset_keys, pc_normalize, require_path
 
 LAYOUT = """  <DATA_PATH>/{way}way_{shot}shot/{fold}.pkl   ways 5/10, shots 10/20, folds 0-9
   each a pickled dict {'train': [...], 'test': [...]} of tuples

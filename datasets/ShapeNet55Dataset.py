@@ -8,7 +8,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .build import DATASETS
-from .common import DatasetFormatError, check_dataset_keys, pc_norm, random_subset, require_path
+from .common import DatasetFormatError, check_dataset_keys, pc_normalize, random_subset, require_path
 from .views import VIEW_KEYS, check_view_config, choose_views, project_views
 
 LAYOUT = """  <DATA_PATH>/{train,test}.txt   lines '<synset>-<model>.npy'
@@ -60,7 +60,7 @@ class ShapeNet(Dataset):
         data = np.load(path).astype(np.float32)
         if data.ndim != 2 or data.shape[1] < 3:
             raise DatasetFormatError(f"{path}: expected an (N, 3) array, got {data.shape}")
-        data = pc_norm(random_subset(data[:, :3], self.sample_points_num))
+        data = pc_normalize(random_subset(data[:, :3], self.sample_points_num))
         if not self.n_imgs:
             return sample["taxonomy_id"], sample["model_id"], torch.from_numpy(data)
         imgs = project_views(data, choose_views(self.n_imgs), self.img_size)

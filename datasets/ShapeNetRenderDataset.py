@@ -12,7 +12,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .build import DATASETS
-from .common import DatasetFormatError, check_dataset_keys, pc_norm, random_subset, require_path
+from .common import DatasetFormatError, check_dataset_keys, pc_normalize, random_subset, require_path
 from .views import (VIEW_KEYS, FeatureCache, check_view_config, choose_views, load_rgba_on_white, project_views,
                     rendered_view_paths)
 
@@ -77,7 +77,7 @@ class ShapeNetRender(Dataset):
         if points.shape[0] < self.npoints:
             raise DatasetFormatError(f"{sample['ply']}: {points.shape[0]} points, expected at least N_POINTS={self.npoints}")
         points = random_subset(points[: self.npoints], self.sample_points_num)
-        return pc_norm(points).astype(np.float32)
+        return pc_normalize(points).astype(np.float32)
 
     def load_views(self, idx: int, points: np.ndarray, views) -> dict:
         sample = self.file_list[idx]

@@ -27,8 +27,11 @@ def check_dataset_keys(config, name: str, required: Iterable[str], optional: Ite
     check_keys(config, f"dataset ({name})", required=tuple(required), optional=tuple(optional) + COMMON_KEYS)
 
 
-def pc_norm(pc: np.ndarray) -> np.ndarray:
-    """Centre at the centroid and scale into the unit sphere. (N, 3+) -> same; xyz only."""
+def pc_normalize(pc: np.ndarray) -> np.ndarray:
+    """Centre at the centroid and scale into the unit sphere (the released ``pc_normalize``).
+
+    (N, 3+) -> a normalised copy; only the xyz columns change, extra columns (normals) are kept.
+    """
     pc = pc.copy()
     centroid = pc[:, :3].mean(axis=0)
     pc[:, :3] -= centroid

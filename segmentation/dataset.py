@@ -17,6 +17,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from torch.utils.data import Dataset
 
+from datasets.common import pc_normalize
 from segmentation.metrics import CATEGORIES, NUM_PARTS
 
 LAYOUT = ("synsetoffset2category.txt, train_test_split/shuffled_{train,val,test}_file_list.json "
@@ -26,13 +27,6 @@ SPLITS = {"train": ("train",), "val": ("val",), "trainval": ("train", "val"), "t
 
 class ShapeNetPartFormatError(ValueError):
     """The ShapeNetPart folder is missing or does not have the expected layout."""
-
-
-def pc_normalize(pc: np.ndarray) -> np.ndarray:
-    """Centre on the centroid and scale into the unit sphere. (N, 3) -> (N, 3)."""
-    pc = pc - pc.mean(axis=0)
-    scale = np.sqrt((pc ** 2).sum(axis=1)).max()
-    return pc / scale if scale > 0 else pc
 
 
 def read_category_file(root: str) -> List[Tuple[str, str]]:
