@@ -29,8 +29,8 @@ from torch.utils.data import DataLoader, Subset
 from datasets.common import DatasetFormatError
 from datasets.io import write_ply
 from extensions.pointops import fps
-from tools import builder
-from tools.vis_utils import plot_cloud_rows, view_for_category
+from engine import builder
+from utils.vis import plot_cloud_rows, view_for_category
 from utils.checkpoint import CheckpointError
 from utils.config import ConfigError, apply_opts, cfg_from_yaml_file, check_top_level, origin_of
 from utils.logger import get_root_logger, print_log

@@ -4,7 +4,7 @@
 
 1. Fine-tuning samples/s of the released ModelNet40 (1024 points of an 8192-point cache, 64 x 32
    groups) and ScanObjectNN (2048 points, 128 x 32) recipes: full model (384 wide, depth 12),
-   one optimizer step per batch including the SPEC §6 augmentation (FPS, random subset,
+   one optimizer step per batch including the released augmentation (FPS, random subset,
    scale-and-translate), forward, backward, grad clip and AdamW.
 2. ModelNet cache building shapes/s: the released per-shape numpy FPS loop (reimplemented below
    exactly as in Point-BERT / Point-MAE's ModelNetDataset) against the batched torch FPS, both
@@ -13,19 +13,19 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
+from pathlib import Path
 import time
 
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere: the checkout's packages first
 
 from datasets.data_transforms import PointcloudScaleAndTranslate  # noqa: E402
 from extensions.pointops import furthest_point_sample  # noqa: E402
-from tools import builder  # noqa: E402
-from tools.runner_finetune import fps_then_subset  # noqa: E402
+from engine import builder  # noqa: E402
+from engine.finetune import fps_then_subset  # noqa: E402
 from utils.config import cfg_from_yaml_file  # noqa: E402
 from utils.misc import resolve_device  # noqa: E402
 

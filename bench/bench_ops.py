@@ -9,14 +9,14 @@ between (B*G, K, 3) predicted and true patches. Times are medians in millisecond
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
+from pathlib import Path
 import time
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere: the checkout's packages first
 
 from extensions.chamfer_dist import ChamferDistanceL2  # noqa: E402
 from extensions.pointops import furthest_point_sample, knn_query  # noqa: E402

@@ -12,17 +12,17 @@ from __future__ import annotations
 
 import argparse
 import copy
-import os
 import sys
+from pathlib import Path
 import time
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere: the checkout's packages first
 
 from datasets.data_transforms import PointcloudScaleAndTranslate  # noqa: E402
 from models import build_model_from_cfg  # noqa: E402
-from tools import builder  # noqa: E402
+from engine import builder  # noqa: E402
 from utils.config import apply_opts, cfg_from_yaml_file  # noqa: E402
 from utils.misc import resolve_device  # noqa: E402
 

@@ -14,16 +14,14 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere: the checkout's packages first
 
 import torch  # noqa: E402
 
-from segmentation.main import random_scale_shift  # noqa: E402
-from segmentation.metrics import CATEGORIES, SEG_CLASSES  # noqa: E402
-from segmentation.model import PartSegTransformer, get_loss  # noqa: E402
-from tools.builder import add_weight_decay  # noqa: E402
+from datasets.ShapeNetPartDataset import CATEGORIES, SEG_CLASSES  # noqa: E402
+from engine.builder import add_weight_decay  # noqa: E402
+from engine.partseg import get_loss, random_scale_shift  # noqa: E402
+from models.PartSegTransformer import PartSegTransformer  # noqa: E402
 from utils.misc import resolve_device  # noqa: E402
 
 

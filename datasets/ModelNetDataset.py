@@ -1,4 +1,4 @@
-"""ModelNet40 / ModelNet10 (``modelnet40_normal_resampled``, Point-BERT / Point-MAE release), SPEC §5.
+"""ModelNet40 / ModelNet10 (``modelnet40_normal_resampled``, Point-BERT / Point-MAE release).
 
 The loader reads the released farthest-point-sampled cache
 ``modelnet{NUM_CATEGORY}_{subset}_{N_POINTS}pts_fps.dat`` as it is. When the cache is missing it
@@ -18,7 +18,7 @@ from torch.utils.data import Dataset
 from utils.logger import print_log
 
 from .build import DATASETS
-from .common import DatasetFormatError, check_dataset_keys, pc_normalize, require_path
+from .common import DatasetFormatError, dataset_schema, pc_normalize, require_path
 
 LAYOUT = """  <DATA_PATH>/modelnet40_shape_names.txt        40 class names, index = line
   <DATA_PATH>/modelnet40_{train,test}.txt        shape ids such as night_stand_0001
@@ -78,9 +78,9 @@ class ModelNet(Dataset):
     shuffles the point order (the runner's FPS then starts at a random point), as released.
     """
 
+    config_schema = dataset_schema(required=("DATA_PATH", "N_POINTS", "NUM_CATEGORY", "USE_NORMALS", "subset"))
+
     def __init__(self, config):
-        check_dataset_keys(config, "ModelNet", required=("DATA_PATH", "N_POINTS", "NUM_CATEGORY", "USE_NORMALS", "subset"),
-                           optional=("npoints",))
         self.root = config.DATA_PATH
         self.npoints = int(config.N_POINTS)
         self.use_normals = bool(config.USE_NORMALS)

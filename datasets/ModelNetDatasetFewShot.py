@@ -1,17 +1,20 @@
-"""Few-shot ModelNet40 (``ModelNetFewshot/{way}way_{shot}shot/{fold}.pkl``, Point-BERT release), SPEC §5."""
+"""Few-shot ModelNet40 (``ModelNetFewshot/{way}way_{shot}shot/{fold}.pkl``, Point-BERT release)."""
 from __future__ import annotations
 
+import logging
 import os
 import pickle
+from typing import List, Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from utils.checkpoint import atomic_write
 from utils.logger import print_log
 
 from .build import DATASETS
-from .common import DatasetFormatError, check_dataset_keys, pc_normalize, require_path
+from .common import DatasetFormatError, dataset_schema, pc_normalize, require_path
 
 LAYOUT = """  <DATA_PATH>/{way}way_{shot}shot/{fold}.pkl   ways 5/10, shots 10/20, folds 0-9
   each a pickled dict {'train': [...], 'test': [...]} of tuples
@@ -25,10 +28,10 @@ class ModelNetFewShot(Dataset):
     ``way``, ``shot``, ``fold`` come from main.py's ``--way --shot --fold``.
     """
 
+    config_schema = dataset_schema(required=("DATA_PATH", "N_POINTS", "NUM_CATEGORY", "USE_NORMALS", "subset"),
+                                   optional=("way", "shot", "fold"))
+
     def __init__(self, config):
-        check_dataset_keys(config, "ModelNetFewShot",
-                           required=("DATA_PATH", "N_POINTS", "NUM_CATEGORY", "USE_NORMALS", "subset"),
-                           optional=("way", "shot", "fold"))
         self.root = config.DATA_PATH
         self.npoints = int(config.N_POINTS)
         self.use_normals = bool(config.USE_NORMALS)
@@ -70,3 +73,56 @@ class ModelNetFewShot(Dataset):
         if self.subset == "train":
             points = points[np.random.permutation(points.shape[0])]
         return "ModelNet", "sample", (torch.from_numpy(np.ascontiguousarray(points)), int(label))
+
+
+def _pick(rng: np.random.Generator, pool: np.ndarray, k: int, what: str) -> np.ndarray:
+    if len(pool) == 0:
+        raise ValueError(f"few-shot: no {what} samples")
+    if len(pool) < k:
+        logging.getLogger("make_fewshot").warning("few-shot: only %d %s samples, need %d: sampling with replacement", len(pool), what, k)
+        return rng.choice(pool, k, replace=True)
+    return rng.choice(pool, k, replace=False)
+
+
+def make_fewshot_splits(train_points: Sequence[np.ndarray], train_labels: Sequence, test_points: Sequence[np.ndarray],
+                        test_labels: Sequence, out_dir: str, ways: Sequence[int] = (5, 10), shots: Sequence[int] = (10, 20),
+                        folds: int = 10, seed: int = 0, n_test_per_class: int = 20) -> List[str]:
+    """Write ``out_dir/{way}way_{shot}shot/{fold}.pkl`` for every way, shot and fold < ``folds``.
+
+    Per file (seeded by ``(seed, way, shot, fold)``, so every file is deterministic on its own):
+    ``way`` distinct classes are drawn among those present in both splits; label = position in
+    that draw; then ``shot`` train shapes per class from the train set and ``n_test_per_class``
+    test shapes per class from the test set, without replacement. A class with fewer shapes
+    than needed is sampled WITH replacement (a warning is logged) -- only small demo sets hit this.
+
+    Args:
+        train_points / test_points: float32 (N, 6) arrays; train_labels / test_labels: ints or (1,) arrays.
+    Returns:
+        the written paths.
+    """
+    # one float32 array object per shape, so that pickle stores a shape drawn twice only once
+    train_points = [np.asarray(p, dtype=np.float32) for p in train_points]
+    test_points = [np.asarray(p, dtype=np.float32) for p in test_points]
+    tr_lab = np.array([int(np.asarray(x).reshape(-1)[0]) for x in train_labels])
+    te_lab = np.array([int(np.asarray(x).reshape(-1)[0]) for x in test_labels])
+    classes = np.intersect1d(np.unique(tr_lab), np.unique(te_lab))
+    written = []
+    for way in ways:
+        if way > len(classes):
+            raise ValueError(f"few-shot: way={way} but only {len(classes)} classes have train and test samples")
+        for shot in shots:
+            folder = os.path.join(out_dir, f"{way}way_{shot}shot")
+            os.makedirs(folder, exist_ok=True)
+            for fold in range(folds):
+                rng = np.random.default_rng([seed, way, shot, fold])
+                chosen = rng.choice(classes, way, replace=False)
+                data = {"train": [], "test": []}
+                for new_label, cls in enumerate(chosen):
+                    for split, lab, pts, k in (("train", tr_lab, train_points, shot),
+                                               ("test", te_lab, test_points, n_test_per_class)):
+                        for i in _pick(rng, np.flatnonzero(lab == cls), k, f"{split} class {cls}"):
+                            data[split].append((pts[i], new_label, int(cls)))
+                path = os.path.join(folder, f"{fold}.pkl")
+                atomic_write(path, lambda f, data=data: pickle.dump(data, f))
+                written.append(path)
+    return written

@@ -1,4 +1,4 @@
-"""ScanObjectNN (released HDF5 files), SPEC §5: OBJ-BG, OBJ-ONLY and PB_T50_RS ("hardest")."""
+"""ScanObjectNN (released HDF5 files): OBJ-BG, OBJ-ONLY and PB_T50_RS ("hardest")."""
 from __future__ import annotations
 
 import os
@@ -11,7 +11,7 @@ from torch.utils.data import Dataset
 from utils.logger import print_log
 
 from .build import DATASETS
-from .common import DatasetFormatError, check_dataset_keys, require_path
+from .common import DatasetFormatError, dataset_schema, require_path
 
 LAYOUT = """  <ROOT> = .../main_split (OBJ-BG, PB_T50_RS) or .../main_split_nobg (OBJ-ONLY)
   <ROOT>/{training,test}_objectdataset.h5                      (OBJ-BG / OBJ-ONLY)
@@ -46,8 +46,9 @@ class _ScanObjectNNBase(Dataset):
     suffix = ""
     dataset_name = "ScanObjectNN"
 
+    config_schema = dataset_schema(required=("ROOT", "subset"))
+
     def __init__(self, config):
-        check_dataset_keys(config, self.dataset_name, required=("ROOT", "subset"))
         self.root = config.ROOT
         self.subset = config.subset
         if self.subset not in ("train", "test"):

@@ -1,4 +1,4 @@
-"""ShapeNet-55 point clouds (Point-BERT / Point-MAE release), SPEC §5."""
+"""ShapeNet-55 point clouds (Point-BERT / Point-MAE release)."""
 from __future__ import annotations
 
 import os
@@ -8,7 +8,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .build import DATASETS
-from .common import DatasetFormatError, check_dataset_keys, pc_normalize, random_subset, require_path
+from .common import DatasetFormatError, dataset_schema, pc_normalize, random_subset, require_path
 from .views import VIEW_KEYS, check_view_config, choose_views, project_views
 
 LAYOUT = """  <DATA_PATH>/{train,test}.txt   lines '<synset>-<model>.npy'
@@ -23,9 +23,9 @@ class ShapeNet(Dataset):
     is {'points', 'imgs': (n_imgs, 3, IMG_SIZE, IMG_SIZE)}: the sample's points rendered on white.
     """
 
+    config_schema = dataset_schema(required=("DATA_PATH", "PC_PATH", "N_POINTS", "subset", "npoints"), optional=VIEW_KEYS)
+
     def __init__(self, config):
-        check_dataset_keys(config, "ShapeNet", required=("DATA_PATH", "PC_PATH", "N_POINTS", "subset", "npoints"),
-                           optional=VIEW_KEYS)
         self.n_imgs = int(config.get("n_imgs", 0))
         if self.n_imgs:
             check_view_config(config, "ShapeNet", allowed_sources=("projected",))

@@ -1,4 +1,4 @@
-"""ShapeNetRender (CrossPoint's release): point clouds + 24 rendered views per shape, SPEC §5.
+"""ShapeNetRender (CrossPoint's release): point clouds + 24 rendered views per shape.
 
 Items carry the points and, with ``n_imgs > 0``, views for the image branch (datasets/views.py).
 """
@@ -12,7 +12,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .build import DATASETS
-from .common import DatasetFormatError, check_dataset_keys, pc_normalize, random_subset, require_path
+from .common import DatasetFormatError, dataset_schema, pc_normalize, random_subset, require_path
 from .views import (VIEW_KEYS, FeatureCache, check_view_config, choose_views, load_rgba_on_white, project_views,
                     rendered_view_paths)
 
@@ -31,9 +31,9 @@ class ShapeNetRender(Dataset):
     'cached', {'points', 'img_feats': (n_imgs, F)}.
     """
 
+    config_schema = dataset_schema(required=("DATA_PATH", "N_POINTS", "subset", "npoints"), optional=VIEW_KEYS)
+
     def __init__(self, config):
-        check_dataset_keys(config, "ShapeNetRender", required=("DATA_PATH", "N_POINTS", "subset", "npoints"),
-                           optional=VIEW_KEYS)
         check_view_config(config, "ShapeNetRender")
         self.data_root = config.DATA_PATH
         self.subset = config.subset

@@ -6,7 +6,7 @@ from typing import Iterable
 
 import numpy as np
 
-from utils.config import check_keys
+from utils.config import Schema
 
 # Keys every dataset accepts from a config's ``others`` entry.
 COMMON_KEYS = ("NAME", "subset", "npoints", "bs", "whole")
@@ -23,8 +23,9 @@ def require_path(path: str, dataset: str, layout: str) -> str:
     return path
 
 
-def check_dataset_keys(config, name: str, required: Iterable[str], optional: Iterable[str] = ()) -> None:
-    check_keys(config, f"dataset ({name})", required=tuple(required), optional=tuple(optional) + COMMON_KEYS)
+def dataset_schema(required: Iterable[str], optional: Iterable[str] = ()) -> Schema:
+    """A dataset class's ``config_schema``: its own keys plus the keys every dataset accepts."""
+    return Schema(required=tuple(required), optional=tuple(optional) + COMMON_KEYS)
 
 
 def pc_normalize(pc: np.ndarray) -> np.ndarray:

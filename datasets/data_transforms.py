@@ -22,15 +22,3 @@ class PointcloudScaleAndTranslate:
         shift = torch.empty(B, 1, 3, device=pc.device).uniform_(-self.translate_range, self.translate_range)
         xyz = pc[..., :3] * scale + shift
         return torch.cat([xyz, pc[..., 3:]], dim=-1) if pc.shape[-1] > 3 else xyz
-
-
-class PointcloudRotate:
-    """Random rotation about the up (y) axis per sample. (B, N, 3) -> (B, N, 3)."""
-
-    def __call__(self, pc: Tensor) -> Tensor:
-        B = pc.shape[0]
-        angle = torch.rand(B, device=pc.device) * 2 * torch.pi
-        c, s = torch.cos(angle), torch.sin(angle)
-        zero, one = torch.zeros_like(c), torch.ones_like(c)
-        rot = torch.stack([c, zero, s, zero, one, zero, -s, zero, c], dim=-1).reshape(B, 3, 3)
-        return torch.bmm(pc[..., :3], rot.to(pc.dtype))

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from utils.checkpoint import atomic_write
 
-__all__ = ["build_modelnet_cache", "cache_file_name", "read_modelnet_txt"]
+__all__ = ["build_modelnet_cache", "cache_file_name", "load_modelnet_cache", "read_modelnet_txt"]
 
 logger = logging.getLogger(__name__)
 
@@ -131,3 +131,15 @@ def build_modelnet_cache(root: str, split: Union[str, int], npoints: Union[int, 
     atomic_write(path, lambda f: pickle.dump([points, labels], f))
     logger.info("wrote %s (%d shapes)", path, len(points))
     return path
+
+
+def load_modelnet_cache(cache_root: str, split: str, npoints: int, build: bool = True):
+    """Released ModelNet40 cache ``[points list, labels list]``; built from the txt shapes if missing."""
+    path = os.path.join(cache_root, f"modelnet40_{split}_{npoints}pts_fps.dat")
+    if not os.path.isfile(path):
+        if not build:
+            raise FileNotFoundError(f"ModelNet40 cache '{path}' does not exist")
+        build_modelnet_cache(cache_root, split, npoints, num_category=40)
+    with open(path, "rb") as f:
+        points, labels = pickle.load(f)
+    return points, labels

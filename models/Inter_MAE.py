@@ -1,8 +1,9 @@
 """Pre-training models: Inter-MAE, and the Point-MAE baseline it extends.
 
-``Inter_MAE`` follows SPEC §4: masked patch autoencoder whose decoder sees mask tokens only
-("shifting mask tokens"), a Chamfer reconstruction loss, and ``pro_head`` projecting the decoded
-sequence for the inter-modal contrastive loss with an image branch.
+``Inter_MAE``: a masked patch autoencoder (``MAE_encoder`` sees the visible patches; learned mask
+tokens enter only the decoder), a Chamfer reconstruction loss of the masked patches, and
+``pro_head`` projecting the decoded sequence for the inter-modal contrastive loss with the image
+branch (released ``models/Inter_MAE.py``).
 """
 from __future__ import annotations
 
@@ -14,16 +15,81 @@ from torch import Tensor, nn
 
 from extensions.chamfer_dist import ChamferDistanceL1, ChamferDistanceL2
 from extensions.emd import EarthMoverDistance
-from utils.config import ConfigError, check_keys, origin_of
+from utils.config import ConfigError, Schema, origin_of
 
+from .backbone import PointEncoder, first_max_pool
 from .build import MODELS
-from .image_encoder import ImageBranch
-from .layers import Group, MaskTransformer, TransformerDecoder, pos_embedding
+from .image_encoder import IMAGE_BRANCH_SCHEMA, ImageBranch
+from .layers import TransformerDecoder, init_weights, pos_embedding
 
 TRANSFORMER_KEYS = (
     "mask_ratio", "mask_type", "trans_dim", "encoder_dims", "depth", "drop_path_rate", "num_heads",
     "decoder_depth", "decoder_num_heads",
 )
+
+
+def random_mask(center: Tensor, ratio: float) -> Tensor:
+    """Mask int(ratio*G) patches per sample uniformly at random. center (B, G, 3) -> (B, G) bool."""
+    B, G, _ = center.shape
+    num_mask = int(ratio * G)
+    if num_mask == 0:
+        return torch.zeros(B, G, dtype=torch.bool, device=center.device)
+    rank = torch.rand(B, G, device=center.device).argsort(dim=1).argsort(dim=1)
+    return rank < num_mask
+
+
+def block_mask(center: Tensor, ratio: float) -> Tensor:
+    """Mask the int(ratio*G) centres nearest to one random centre. (B, G, 3) -> (B, G) bool."""
+    B, G, _ = center.shape
+    num_mask = int(ratio * G)
+    if num_mask == 0:
+        return torch.zeros(B, G, dtype=torch.bool, device=center.device)
+    seed = torch.randint(0, G, (B,), device=center.device)
+    seed_xyz = center[torch.arange(B, device=center.device), seed].unsqueeze(1)  # B 1 3
+    dist = (center.float() - seed_xyz.float()).norm(dim=-1)  # B G
+    rank = dist.argsort(dim=1).argsort(dim=1)
+    return rank < num_mask
+
+
+class MaskTransformer(PointEncoder):
+    """The pre-training encoder (``MAE_encoder``): a :class:`PointEncoder` that masks patches.
+
+    ``neighborhood`` (B, G, K, 3), ``center`` (B, G, 3) -> visible tokens (B, G_vis, C) and the
+    mask (B, G) bool (True = masked). Only visible patches enter the transformer.
+    """
+
+    def __init__(self, trans_dim: int = 384, depth: int = 12, num_heads: int = 6, drop_path_rate: float = 0.1,
+                 mask_ratio: float = 0.6, mask_type: str = "rand", encoder_dims: int = 384,
+                 patch_embed: str = "inter_mae", num_group: int = 64, group_size: int = 32):
+        if mask_type not in ("rand", "block"):
+            raise ValueError(f"mask_type must be 'rand' or 'block', got '{mask_type}'")
+        super().__init__(trans_dim, depth, num_heads, drop_path_rate, encoder_dims, num_group, group_size, patch_embed)
+        self.mask_ratio = mask_ratio
+        self.mask_type = mask_type
+        self.apply(init_weights)
+
+    def make_mask(self, center: Tensor, noaug: bool = False) -> Tensor:
+        if noaug or self.mask_ratio == 0:
+            return torch.zeros(center.shape[:2], dtype=torch.bool, device=center.device)
+        fn = random_mask if self.mask_type == "rand" else block_mask
+        return fn(center, self.mask_ratio)
+
+    def forward(self, neighborhood: Tensor, center: Tensor, mask: Optional[Tensor] = None, noaug: bool = False):
+        B, G = center.shape[:2]
+        if mask is None:
+            mask = self.make_mask(center, noaug)
+        else:
+            mask = mask.to(device=center.device, dtype=torch.bool)
+            counts = mask.sum(dim=1)
+            if mask.shape != (B, G) or (counts != counts[0]).any():
+                raise ValueError(f"mask must be (B, G) = ({B}, {G}) with the same number of masked patches per sample")
+        visible = ~mask
+        # All patches are embedded, as released, so the BatchNorm statistics of the patch embedding
+        # cover every patch; only the visible tokens enter the transformer.
+        tokens = self.encoder(neighborhood)  # B G C
+        x_vis = tokens[visible].reshape(B, -1, tokens.shape[-1])  # B Gv C
+        pos = self.pos_embed(center[visible].reshape(B, -1, 3))
+        return self.transform(x_vis, pos), mask
 
 
 def build_reconstruction_loss(name: str) -> nn.Module:
@@ -40,16 +106,13 @@ class _MaskedPointAutoencoder(nn.Module):
     reconstruction head.
     """
 
-    model_keys = ("NAME", "group_size", "num_group", "loss", "transformer_config", "patch_embed")
-    transformer_keys = TRANSFORMER_KEYS
+    config_schema = Schema(required=("NAME", "group_size", "num_group", "loss"), optional=("patch_embed",),
+                           sections={"transformer_config": Schema(required=TRANSFORMER_KEYS)})
     default_patch_embed = "inter_mae"
 
     def __init__(self, config):
         super().__init__()
-        check_keys(config, f"model ({config.NAME})", required=("NAME", "group_size", "num_group", "loss", "transformer_config"),
-                   optional=self.model_keys)
         tc = config.transformer_config
-        check_keys(tc, "model.transformer_config", required=self.transformer_keys[:9], optional=self.transformer_keys)
         self.config = config
         self.trans_dim = tc.trans_dim
         self.group_size = config.group_size
@@ -58,7 +121,8 @@ class _MaskedPointAutoencoder(nn.Module):
         self.MAE_encoder = MaskTransformer(
             trans_dim=tc.trans_dim, depth=tc.depth, num_heads=tc.num_heads, drop_path_rate=tc.drop_path_rate,
             mask_ratio=tc.mask_ratio, mask_type=tc.mask_type, encoder_dims=tc.encoder_dims,
-            patch_embed=config.get("patch_embed", self.default_patch_embed),
+            patch_embed=config.get("patch_embed", self.default_patch_embed), num_group=self.num_group,
+            group_size=self.group_size,
         )
         self.mask_token = nn.Parameter(torch.zeros(1, 1, self.trans_dim))
         self.decoder_dim = self._decoder_dim(tc)
@@ -67,7 +131,7 @@ class _MaskedPointAutoencoder(nn.Module):
             embed_dim=self.decoder_dim, depth=tc.decoder_depth, num_heads=tc.decoder_num_heads,
             drop_path_rate=[r.item() for r in torch.linspace(0, self.drop_path_rate, tc.decoder_depth)],
         )
-        self.group_divider = Group(num_group=self.num_group, group_size=self.group_size)
+        self.group_divider = self.MAE_encoder.group_divider
         self.loss_func = build_reconstruction_loss(config.loss)
         trunc_normal_(self.mask_token, std=0.02)
 
@@ -134,11 +198,13 @@ class Inter_MAE(_MaskedPointAutoencoder):
     features (B, V, F)] -> losses.
 
     ``forward`` returns a dict with ``loss`` (what to back-propagate), ``loss_rec`` (Chamfer) and,
-    when images are given, ``loss_con`` (weighted inter-modal contrastive loss, SPEC §4).
+    when images are given, ``loss_con`` (the inter-modal NT-Xent loss times its weight).
     """
 
-    model_keys = _MaskedPointAutoencoder.model_keys + ("image_branch",)
-    transformer_keys = TRANSFORMER_KEYS + ("embed_dim", "decoder_embed_dim")
+    config_schema = Schema(
+        required=("NAME", "group_size", "num_group", "loss"), optional=("patch_embed",),
+        sections={"transformer_config": Schema(required=TRANSFORMER_KEYS, optional=("embed_dim", "decoder_embed_dim")),
+                  "image_branch": IMAGE_BRANCH_SCHEMA})
 
     def __init__(self, config):
         super().__init__(config)
@@ -170,8 +236,9 @@ class Inter_MAE(_MaskedPointAutoencoder):
         return self.pre_head(x_rec.transpose(1, 2)).transpose(1, 2).reshape(B, M, self.group_size, 3)
 
     def point_features(self, decoded: Tensor) -> Tensor:
-        """Decoded sequence (B, G, Cd) -> projected point feature (B, 256): first token ++ max of the rest."""
-        return self.pro_head(torch.cat([decoded[:, 0], decoded[:, 1:].amax(dim=1)], dim=-1))
+        """Decoded sequence (B, G, Cd) -> projected point feature (B, 256): ``pro_head`` of
+        :func:`first_max_pool` (first token ++ max of the rest)."""
+        return self.pro_head(first_max_pool(decoded))
 
     def forward(self, pts: Tensor, imgs: Optional[Tensor] = None, mask: Optional[Tensor] = None) -> Dict[str, Tensor]:
         out = self.encode_decode(pts, mask=mask)

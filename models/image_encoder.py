@@ -1,4 +1,4 @@
-"""Image side of Inter-MAE's inter-modal branch (SPEC §4): rendered views -> timm encoder ->
+"""Image side of Inter-MAE's inter-modal branch: rendered views -> timm encoder ->
 ``inv_head`` -> NT-Xent against the projected point features.
 
 The released code built a fresh, randomly initialised ViT (and a throw-away ResNet-50 wrapper,
@@ -19,11 +19,12 @@ from timm.data import resolve_model_data_config
 from torch import Tensor, nn
 
 from utils.checkpoint import load_state_dict_checked
-from utils.config import ConfigError, check_keys, origin_of
+from utils.config import ConfigError, Schema, origin_of
 from utils.logger import print_log
 
 IMAGE_BRANCH_KEYS = ("enabled", "model", "model_kwargs", "pretrained", "trainable", "normalize", "mean", "std", "weight",
                      "temperature", "fresh_encoder_every_step")
+IMAGE_BRANCH_SCHEMA = Schema(optional=IMAGE_BRANCH_KEYS)
 PROJ_DIM = 256  # width of pro_head's output, which inv_head must match
 
 
@@ -48,7 +49,7 @@ def nt_xent(z1: Tensor, z2: Tensor, temperature: float = 0.1) -> Tensor:
 
 
 def build_inv_head(in_dim: int, out_dim: int = PROJ_DIM) -> nn.Sequential:
-    """``inv_head`` (CrossPoint's, SPEC §4): Linear(F,512,no bias)-BN-ReLU-Linear(512,out,no bias)."""
+    """``inv_head`` (CrossPoint's): Linear(F,512,no bias)-BN-ReLU-Linear(512,out,no bias)."""
     return nn.Sequential(nn.Linear(in_dim, 512, bias=False), nn.BatchNorm1d(512), nn.ReLU(inplace=True),
                          nn.Linear(512, out_dim, bias=False))
 
@@ -175,7 +176,7 @@ class ImageBranch(nn.Module):
     @classmethod
     def from_config(cls, cfg: Mapping, logger=None) -> "ImageBranch":
         """Build from a config's ``model.image_branch`` section (keys: IMAGE_BRANCH_KEYS)."""
-        check_keys(cfg, "model.image_branch", optional=IMAGE_BRANCH_KEYS)
+        IMAGE_BRANCH_SCHEMA.check(cfg, "model.image_branch")
         kwargs = {k: cfg[k] for k in IMAGE_BRANCH_KEYS if k in cfg and cfg[k] is not None and k != "enabled"}
         if "model_kwargs" in kwargs and not isinstance(kwargs["model_kwargs"], Mapping):
             raise ConfigError("model.image_branch.model_kwargs must be a mapping", origin_of(cfg))

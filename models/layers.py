@@ -1,11 +1,11 @@
 """Building blocks shared by pre-training, classification and segmentation models.
 
-Parameter names follow the released code exactly (see ``shared/reference/``), so released
+Parameter names follow the released code exactly (``tests/reference/`` lists them), so released
 checkpoints load without renaming.
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Tuple
 
 import torch
 import torch.nn.functional as F
@@ -119,15 +119,6 @@ def build_patch_embed(kind: str, encoder_channel: int) -> nn.Module:
     if kind not in PATCH_EMBEDS:
         raise ValueError(f"patch_embed must be one of {sorted(PATCH_EMBEDS)}, got '{kind}'")
     return PATCH_EMBEDS[kind](encoder_channel)
-
-
-def patch_embed_kind_of_state_dict(state_dict: dict, prefix: str = "") -> Optional[str]:
-    """Which patch embedding a state dict was trained with (None if it has none)."""
-    if any(k.startswith(prefix + "encoder.first_trans.") for k in state_dict):
-        return "inter_mae"
-    if (prefix + "encoder.first_conv.0.bias") in state_dict:
-        return "point_mae"
-    return None
 
 
 class Mlp(nn.Module):
@@ -246,73 +237,3 @@ def init_weights(m: nn.Module) -> None:
 def pos_embedding(out_dim: int) -> nn.Sequential:
     """Linear(3,128)-GELU-Linear(128,out_dim) of patch centres (B, G, 3) -> (B, G, out_dim)."""
     return nn.Sequential(nn.Linear(3, 128), nn.GELU(), nn.Linear(128, out_dim))
-
-
-def random_mask(center: Tensor, ratio: float) -> Tensor:
-    """Mask int(ratio*G) patches per sample uniformly at random. center (B, G, 3) -> (B, G) bool."""
-    B, G, _ = center.shape
-    num_mask = int(ratio * G)
-    if num_mask == 0:
-        return torch.zeros(B, G, dtype=torch.bool, device=center.device)
-    rank = torch.rand(B, G, device=center.device).argsort(dim=1).argsort(dim=1)
-    return rank < num_mask
-
-
-def block_mask(center: Tensor, ratio: float) -> Tensor:
-    """Mask the int(ratio*G) centres nearest to one random centre. (B, G, 3) -> (B, G) bool."""
-    B, G, _ = center.shape
-    num_mask = int(ratio * G)
-    if num_mask == 0:
-        return torch.zeros(B, G, dtype=torch.bool, device=center.device)
-    seed = torch.randint(0, G, (B,), device=center.device)
-    seed_xyz = center[torch.arange(B, device=center.device), seed].unsqueeze(1)  # B 1 3
-    dist = (center.float() - seed_xyz.float()).norm(dim=-1)  # B G
-    rank = dist.argsort(dim=1).argsort(dim=1)
-    return rank < num_mask
-
-
-class MaskTransformer(nn.Module):
-    """The pre-training encoder (``MAE_encoder``): patch embedding, masking, transformer, norm.
-
-    ``neighborhood`` (B, G, K, 3), ``center`` (B, G, 3) -> visible tokens (B, G_vis, C) and the
-    mask (B, G) bool (True = masked). Only visible patches enter the transformer.
-    """
-
-    def __init__(self, trans_dim: int = 384, depth: int = 12, num_heads: int = 6, drop_path_rate: float = 0.1,
-                 mask_ratio: float = 0.6, mask_type: str = "rand", encoder_dims: int = 384,
-                 patch_embed: str = "inter_mae"):
-        super().__init__()
-        if mask_type not in ("rand", "block"):
-            raise ValueError(f"mask_type must be 'rand' or 'block', got '{mask_type}'")
-        self.trans_dim = trans_dim
-        self.mask_ratio = mask_ratio
-        self.mask_type = mask_type
-        self.encoder = build_patch_embed(patch_embed, encoder_dims)
-        self.pos_embed = pos_embedding(trans_dim)
-        self.blocks = TransformerEncoder(trans_dim, depth, num_heads, drop_path_rate=drop_path_rate)
-        self.norm = nn.LayerNorm(trans_dim)
-        self.apply(init_weights)
-
-    def make_mask(self, center: Tensor, noaug: bool = False) -> Tensor:
-        if noaug or self.mask_ratio == 0:
-            return torch.zeros(center.shape[:2], dtype=torch.bool, device=center.device)
-        fn = random_mask if self.mask_type == "rand" else block_mask
-        return fn(center, self.mask_ratio)
-
-    def forward(self, neighborhood: Tensor, center: Tensor, mask: Optional[Tensor] = None, noaug: bool = False):
-        B, G = center.shape[:2]
-        if mask is None:
-            mask = self.make_mask(center, noaug)
-        else:
-            mask = mask.to(device=center.device, dtype=torch.bool)
-            counts = mask.sum(dim=1)
-            if mask.shape != (B, G) or (counts != counts[0]).any():
-                raise ValueError(f"mask must be (B, G) = ({B}, {G}) with the same number of masked patches per sample")
-        visible = ~mask
-        # All patches are embedded, as released, so the BatchNorm statistics of the patch embedding
-        # cover every patch; only the visible tokens enter the transformer.
-        tokens = self.encoder(neighborhood)  # B G C
-        x_vis = tokens[visible].reshape(B, -1, tokens.shape[-1])  # B Gv C
-        pos = self.pos_embed(center[visible].reshape(B, -1, 3))
-        x_vis = self.norm(self.blocks(x_vis, pos))
-        return x_vis, mask

@@ -7,13 +7,13 @@ import torch
 from easydict import EasyDict
 from PIL import Image
 
-from conftest import write_shapenet55
 from datasets import build_dataset_from_cfg
 from datasets.io import write_ply
+from engine.pretrain import unpack_batch
 from models import build_model_from_cfg
 from models.image_encoder import ImageBranch, nt_xent
 from tools.cache_image_features import cache_features
-from tools.runner_pretrain import unpack_batch
+from writers import write_shapenet55
 
 TINY_VIT = dict(model="vit_tiny_patch16_224", model_kwargs=dict(img_size=32, depth=1, embed_dim=48, num_heads=2))
 

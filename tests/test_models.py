@@ -7,10 +7,11 @@ import torch
 from easydict import EasyDict
 
 from models import build_model_from_cfg
-from models.layers import InterMAEPatchEmbed, TransPooling, block_mask, random_mask
+from models.Inter_MAE import block_mask, random_mask
+from models.layers import InterMAEPatchEmbed, TransPooling
 from utils.config import ConfigError, cfg_from_yaml_file
 
-# Copies of shared/reference/ (the released state-dict listings), so a clone is self-contained.
+# The released state-dict listings (models/Inter_MAE.py, models/Point_MAE.py of the release).
 REFERENCE = Path(__file__).resolve().parent / "reference"
 REPO = Path(__file__).resolve().parents[1]
 

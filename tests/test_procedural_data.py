@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from datasets import procedural as P
+from datasets.ModelNetDatasetFewShot import make_fewshot_splits
 from datasets.io import read_ply
-from tools import make_demo_data as M
-from tools.make_fewshot import make_fewshot_splits
+from demo import generate as M
+from demo import shapes as P
 
 
 # ----------------------------------------------------------------------------- shapes

@@ -10,15 +10,15 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import write_tiny_pretrain_config
 from datasets.io import read_ply
 from models import build_model_from_cfg
 from utils.checkpoint import atomic_save
 from utils.config import ConfigError, cfg_from_yaml_file
+from writers import write_tiny_pretrain_config
 
 pytestmark = pytest.mark.filterwarnings("error::matplotlib.MatplotlibDeprecationWarning")
 
-G, K, NPOINTS = 16, 16, 256  # the tiny pre-training config of conftest
+G, K, NPOINTS = 16, 16, 256  # the tiny pre-training config of writers.py
 
 
 @pytest.fixture(scope="module")
@@ -169,13 +169,13 @@ def test_tsne_of_pretrained_encoder_writes_png_and_features(pretrain_setup):
     assert saved["embedding"].shape == (len(labels), 2) and np.isfinite(saved["embedding"]).all()
 
     # The features are those of the pre-training model's own encoder (all patches visible):
-    # mean ++ max of its normalised patch outputs.
+    # max ++ mean of its normalised patch outputs (models.backbone.max_mean_pool's order).
     pts = normalised_cache_points(tmp / "modelnet")
     pretrain_model.eval()
     with torch.no_grad():
         nb, center = pretrain_model.group_divider(torch.from_numpy(pts))
         x, _ = pretrain_model.MAE_encoder(nb, center, noaug=True)
-    ref = torch.cat([x.mean(1), x.amax(1)], dim=-1).numpy()
+    ref = torch.cat([x.amax(1), x.mean(1)], dim=-1).numpy()
     np.testing.assert_allclose(saved["features"], ref, rtol=1e-4, atol=1e-5)
 
 

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere: the checkout's packages first
 
 from datasets import build_dataset_from_cfg  # noqa: E402
 from datasets.views import N_RENDERED_VIEWS, load_rgba_on_white, rendered_view_paths  # noqa: E402

@@ -20,16 +20,16 @@ import os
 import re
 import struct
 import sys
+from pathlib import Path
 from typing import Dict, Iterator, List, Tuple
 
-if __package__ in (None, ""):
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere: the checkout's packages first
 
 import numpy as np
 from tensorboardX.crc32c import crc32c
 from tensorboardX.proto import event_pb2
 
-from tools.vis_utils import new_figure, save_figure
+from utils.vis import new_figure, save_figure
 from utils.logger import print_log
 
 Series = Tuple[np.ndarray, np.ndarray]  # (steps, values)

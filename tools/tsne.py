@@ -6,8 +6,8 @@
 (``dataset.val`` when there is no test entry, or ``--split``) gives the shapes. Features:
 
 * a pre-training checkpoint (``MAE_encoder.*`` weights, Inter-MAE or Point-MAE): the encoder is
-  loaded with ``PointTransformer.load_model_from_ckpt`` and a shape is described by the mean and
-  the max of the encoder's patch outputs (the classifier's cls token is not trained then);
+  loaded with ``PointTransformer.load_model_from_ckpt`` and a shape is described by
+  ``max_mean_pool`` of the encoder's patch outputs (the classifier's cls token is not trained then);
 * a fine-tuned classifier: ``forward_features`` (cls output ++ max of patch outputs);
 * no ``--ckpts``: the randomly initialised encoder (a baseline), features as for pre-training.
 
@@ -19,21 +19,21 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 from types import SimpleNamespace
 from typing import List, Optional, Tuple
 
-if __package__ in (None, ""):
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere: the checkout's packages first
 
 import numpy as np
 import torch
-from torch import Tensor
 from torch.utils.data import DataLoader, Subset
 
 from datasets.common import DatasetFormatError
-from extensions.pointops import fps
-from tools import builder
-from tools.vis_utils import class_colours, new_figure, save_figure
+from engine import svm
+from models import backbone
+from engine import builder
+from utils.vis import class_colours, new_figure, save_figure
 from utils.checkpoint import CheckpointError, load_checkpoint_file, state_dict_of
 from utils.config import ConfigError, apply_opts, cfg_from_yaml_file, origin_of
 from utils.logger import print_log
@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="tsne.png", help="output PNG")
     p.add_argument("--split", choices=["test", "val", "train"], default=None, help="dataset entry (default: test, else val)")
     p.add_argument("--features", choices=["auto", "patch", "cls"], default="auto",
-                   help="patch: mean+max of patch outputs; cls: forward_features; auto: patch for pre-training "
+                   help="patch: max+mean of patch outputs; cls: forward_features; auto: patch for pre-training "
                         "checkpoints and no checkpoint, cls for fine-tuned classifiers")
     p.add_argument("--max_samples", type=int, default=1000, help="at most this many shapes (a seeded random subset)")
     p.add_argument("--perplexity", type=float, default=30.0, help="t-SNE perplexity (lowered for tiny sets)")
@@ -65,10 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def checkpoint_kind(path: str) -> str:
     """'pretrain' (MAE_encoder.* weights) or 'finetune' (classifier weights) of a checkpoint file."""
-    state = state_dict_of(load_checkpoint_file(path), path)
-    if any(k.startswith("MAE_encoder.") for k in state):
+    kind = backbone.checkpoint_kind(state_dict_of(load_checkpoint_file(path), path))
+    if kind == "pretrain":
         return "pretrain"
-    if any(k.startswith("encoder.") for k in state) and any(k.startswith("blocks.") for k in state):
+    if kind in ("classifier", "encoder"):
         return "finetune"
     raise CheckpointError(f"checkpoint '{path}' holds neither a pre-trained encoder (MAE_encoder.*) nor a "
                           f"PointTransformer classifier (encoder.*, blocks.*)")
@@ -88,15 +88,6 @@ def build_feature_model(config, ckpts: Optional[str], device: torch.device) -> T
         else:
             builder.load_model(model, ckpts, strict=True)
     return model.to(device).eval(), kind
-
-
-@torch.no_grad()
-def patch_features(model, pts: Tensor) -> Tensor:
-    """Encoder of a PointTransformer without its cls token: (B, N, 3) -> (B, 2C) mean ++ max of
-    the normalised patch outputs."""
-    neighborhood, center = model.group_divider(pts)
-    x = model.norm(model.blocks(model.encoder(neighborhood), model.pos_embed(center)))
-    return torch.cat([x.mean(dim=1), x.amax(dim=1)], dim=-1)
 
 
 def dataset_entry(config, split: Optional[str]):
@@ -124,25 +115,13 @@ def class_names(dataset, num_classes: int) -> List[str]:
     return [f"class {i}" for i in range(num_classes)]
 
 
-@torch.no_grad()
 def extract_features(model, dataset, indices: List[int], npoints: int, feature: str, device: torch.device,
                      batch_size: int = 32, num_workers: int = 0) -> Tuple[np.ndarray, np.ndarray]:
     """Features (S, D) float32 and labels (S,) int64 of the items ``indices`` of a classification
-    dataset (items ``(name, 'sample', (points, label))``)."""
+    dataset: ``max_mean_pool`` of the patch tokens (``patch``) or ``forward_features`` (``cls``)."""
     loader = DataLoader(Subset(dataset, indices), batch_size=batch_size, shuffle=False, num_workers=num_workers)
-    feats, labels = [], []
-    for item in loader:
-        if not (isinstance(item, (list, tuple)) and len(item) == 3 and isinstance(item[2], (list, tuple))):
-            raise DatasetFormatError(f"{type(dataset).__name__}: expected classification items "
-                                     f"(name, 'sample', (points, label)); is this a classification dataset?")
-        points, label = item[2][0], item[2][1]
-        points = points[..., :3].float().to(device)
-        if npoints and points.shape[1] > npoints:
-            points = fps(points, npoints)
-        f = patch_features(model, points) if feature == "patch" else model.forward_features(points)
-        feats.append(f.float().cpu())
-        labels.append(torch.as_tensor(label).reshape(-1).long())
-    return torch.cat(feats).numpy(), torch.cat(labels).numpy()
+    features = (lambda p: backbone.max_mean_pool(model.patch_tokens(p))) if feature == "patch" else model.forward_features
+    return svm.extract_features(features, loader, device, npoints)
 
 
 def knn_accuracy(features: np.ndarray, labels: np.ndarray, k: int = 5) -> float:

@@ -72,8 +72,9 @@ def clean_state_dict(state_dict: Mapping[str, Any]) -> "OrderedDict[str, Any]":
 
 
 def state_dict_of(ckpt: Mapping[str, Any], path: str = "<checkpoint>") -> "OrderedDict[str, Any]":
-    """The model weights of a checkpoint dict (``base_model``, ``model`` or ``state_dict``), cleaned."""
-    for key in ("base_model", "model", "state_dict"):
+    """The model weights of a checkpoint dict, cleaned: ``base_model`` (ours and the released
+    runners'), ``model_state_dict`` (the released segmentation script's), ``model`` or ``state_dict``."""
+    for key in ("base_model", "model_state_dict", "model", "state_dict"):
         if key in ckpt and isinstance(ckpt[key], Mapping):
             return clean_state_dict(ckpt[key])
     if ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()):

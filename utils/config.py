@@ -1,16 +1,22 @@
-"""YAML configs with ``_base_`` merging, ``--opts`` overrides and key checking.
+"""YAML configs: loading (``_base_`` merging, ``--opts`` overrides) and validation, in one place.
 
 Layout as released (Point-BERT / Point-MAE): a dataset entry is
 ``{_base_: cfgs/dataset_configs/X.yaml, others: {subset: train, npoints: 1024}}``; loading replaces
 the ``_base_`` path by the contents of that file. Every node remembers the file it came from, so a
 missing or unknown key is reported with the key and the file.
+
+Validation: every section has a :class:`Schema` (required and optional keys, sub-sections). The
+top-level, optimizer and scheduler schemas are here; each registered model and dataset class
+declares its own ``config_schema``. :func:`validate_config` checks a whole run config at start-up;
+the registries check a section again whenever they build from it.
 """
 from __future__ import annotations
 
 import copy
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Optional
+from typing import Any, Dict, Iterable, Mapping, Optional, Tuple
 
 import yaml
 from easydict import EasyDict
@@ -44,6 +50,37 @@ TOP_LEVEL_KEYS = {
     "ckpt_period": "also keep ckpt-epoch-XXX every this many epochs (0: never)",
     "svm_validation": "linear-SVM validation of pre-trained features during pre-training",
 }
+
+
+# Top-level keys each job needs.
+JOB_REQUIRED_KEYS = {
+    "pretrain": ("model", "dataset", "optimizer", "max_epoch", "total_bs"),
+    "finetune": ("model", "dataset", "optimizer", "max_epoch", "total_bs", "npoints"),
+    "test": ("model", "dataset", "npoints"),
+}
+
+
+@dataclass(frozen=True)
+class Schema:
+    """The keys of one config section: ``required``, ``optional`` and ``sections`` (keys whose
+    value is a mapping with a schema of its own; checked when present)."""
+
+    required: Tuple[str, ...] = ()
+    optional: Tuple[str, ...] = ()
+    sections: Dict[str, "Schema"] = field(default_factory=dict)
+
+    def check(self, node: Mapping, where: str) -> None:
+        """Raise ConfigError naming ``where.key`` and the file for an unknown or missing key."""
+        check_keys(node, where, required=self.required, optional=self.optional + tuple(self.sections))
+        for key, schema in self.sections.items():
+            if isinstance(node.get(key), Mapping):
+                schema.check(node[key], f"{where}.{key}")
+
+
+OPTIMIZER_SCHEMA = Schema(required=("type", "kwargs"), optional=("part",))
+SCHEDULER_SCHEMA = Schema(required=("type",), sections={  # CosLR, the only schedule the released configs use
+    "kwargs": Schema(required=("epochs",), optional=("initial_epochs", "lr_min", "warmup_lr_init"))})
+SVM_SCHEMA = Schema(optional=("enabled", "train", "test", "C", "freq"))
 
 
 # ----------------------------------------------------------------------------------- origins
@@ -85,7 +122,7 @@ def merge_into(base: Mapping, overrides: Mapping) -> EasyDict:
 
 
 # ----------------------------------------------------------------------------------- loading
-def _resolve_base(path: str, including_file: str) -> Path:
+def resolve_base_path(path: str, including_file: str) -> Path:
     """``_base_`` paths are relative to the working directory in the released configs; we also
     accept them relative to the repository root and to the including file."""
     candidates = [Path(path), REPO_ROOT / path, Path(including_file).parent / path]
@@ -116,7 +153,7 @@ def merge_new_config(config: EasyDict, new_config: Mapping, source: str) -> Easy
     for key, val in new_config.items():
         if not isinstance(val, dict):
             if key == "_base_":
-                base_path = _resolve_base(str(val), source)
+                base_path = resolve_base_path(str(val), source)
                 base = EasyDict()
                 merge_new_config(base, _load_yaml(base_path), str(base_path))
                 _set_origin(base, str(base_path))
@@ -161,6 +198,25 @@ def check_keys(node: Mapping, where: str, required: Iterable[str] = (), optional
     for key in required:
         if key not in node:
             raise ConfigError(f"missing key '{where}.{key}'", source)
+
+
+def validate_config(config: Mapping, job: str, models, datasets) -> None:
+    """Check a run config before anything is built: top-level keys for ``job`` (``pretrain``,
+    ``finetune`` or ``test``), the model section against its class's schema (``models``: the
+    MODELS registry), every dataset entry against its class's schema (``datasets``: DATASETS),
+    the optimizer and the scheduler."""
+    check_top_level(config, required=JOB_REQUIRED_KEYS[job])
+    models.check(config.model, "model")
+    for split, entry in config.dataset.items():
+        if not isinstance(entry, Mapping) or "_base_" not in entry or "others" not in entry:
+            raise ConfigError(f"dataset.{split} needs '_base_' and 'others'", origin_of(config.dataset))
+        datasets.check(merge_into(entry._base_, entry.others), f"dataset.{split}")
+    if "optimizer" in config:
+        OPTIMIZER_SCHEMA.check(config.optimizer, "optimizer")
+    if isinstance(config.get("scheduler"), Mapping):
+        SCHEDULER_SCHEMA.check(config.scheduler, "scheduler")
+    if isinstance(config.get("svm_validation"), Mapping):
+        SVM_SCHEMA.check(config.svm_validation, "svm_validation")
 
 
 def _parse_value(text: str) -> Any:

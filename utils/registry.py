@@ -38,20 +38,29 @@ class Registry:
             return _register(module)
         return _register
 
+    def check(self, cfg: Any, where: str) -> type:
+        """Check ``cfg`` against the ``config_schema`` of the class its ``NAME`` picks; returns the class."""
+        from utils.config import ConfigError, origin_of
+
+        if not isinstance(cfg, dict) or "NAME" not in cfg:
+            raise ConfigError(f"{where}: a {self.name} config needs a 'NAME' key", origin_of(cfg))
+        try:
+            cls = self.get(cfg["NAME"])
+        except KeyError as e:
+            raise ConfigError(f"{where}.NAME: {e.args[0]}", origin_of(cfg)) from None
+        schema = getattr(cls, "config_schema", None)
+        if schema is not None:
+            schema.check(cfg, f"{where} ({cfg['NAME']})")
+        return cls
+
     def build(self, cfg: Any, default_args: Optional[dict] = None) -> Any:
-        """Build ``cfg.NAME`` with the config itself as the only argument.
+        """Check ``cfg`` (see :meth:`check`) and build ``cfg.NAME`` with it as the only argument.
 
         ``default_args`` (e.g. a dataset's ``others``) are merged into a copy of ``cfg`` first;
         their values win, as in the released ``build_dataset_from_cfg(cfg._base_, cfg.others)``.
         """
-        from utils.config import ConfigError, merge_into, origin_of
+        from utils.config import merge_into
 
-        if not isinstance(cfg, dict) or "NAME" not in cfg:
-            raise ConfigError(f"{self.name} config needs a 'NAME' key", origin_of(cfg))
         if default_args:
             cfg = merge_into(cfg, default_args)
-        try:
-            cls = self.get(cfg["NAME"])
-        except KeyError as e:
-            raise ConfigError(str(e.args[0]), origin_of(cfg)) from None
-        return cls(cfg)
+        return self.check(cfg, self.name.rstrip("s"))(cfg)

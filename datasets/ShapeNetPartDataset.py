@@ -1,4 +1,5 @@
-"""ShapeNetPart loader (``shapenetcore_partanno_segmentation_benchmark_v0_normal``, SPEC §5).
+"""ShapeNetPart loader (``shapenetcore_partanno_segmentation_benchmark_v0_normal``) and its
+category / part tables (released ``segmentation/dataset.py``).
 
 Layout under ``root``::
 
@@ -12,13 +13,35 @@ from __future__ import annotations
 
 import json
 import os
+from collections import OrderedDict
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+import torch
+from torch import Tensor
 from torch.utils.data import Dataset
 
-from datasets.common import pc_normalize
-from segmentation.metrics import CATEGORIES, NUM_PARTS
+from .common import pc_normalize
+
+NUM_PARTS = 50
+NUM_CATEGORIES = 16
+
+# Category -> global part ids, in the order of synsetoffset2category.txt (= category index).
+SEG_CLASSES: "OrderedDict[str, List[int]]" = OrderedDict([
+    ("Airplane", [0, 1, 2, 3]), ("Bag", [4, 5]), ("Cap", [6, 7]), ("Car", [8, 9, 10, 11]),
+    ("Chair", [12, 13, 14, 15]), ("Earphone", [16, 17, 18]), ("Guitar", [19, 20, 21]), ("Knife", [22, 23]),
+    ("Lamp", [24, 25, 26, 27]), ("Laptop", [28, 29]), ("Motorbike", [30, 31, 32, 33, 34, 35]), ("Mug", [36, 37]),
+    ("Pistol", [38, 39, 40]), ("Rocket", [41, 42, 43]), ("Skateboard", [44, 45, 46]), ("Table", [47, 48, 49]),
+])
+CATEGORIES: List[str] = list(SEG_CLASSES)
+
+
+def category_part_mask(device=None) -> Tensor:
+    """(16, 50) bool: which global parts belong to each category."""
+    mask = torch.zeros(NUM_CATEGORIES, NUM_PARTS, dtype=torch.bool, device=device)
+    for c, parts in enumerate(SEG_CLASSES.values()):
+        mask[c, parts] = True
+    return mask
 
 LAYOUT = ("synsetoffset2category.txt, train_test_split/shuffled_{train,val,test}_file_list.json "
           "and <synset>/<token>.txt files with rows 'x y z nx ny nz part'")

@@ -1,8 +1,8 @@
-"""Part segmentation: ShapeNetPart loader format, metrics by hand, model shape and masking,
-checkpoint patch-embedding checks, and a smoke run of segmentation/main.py."""
+"""Part segmentation: metrics by hand (engine/partseg.py), model shape and category-restricted eval
+(models/PartSegTransformer.py), feature propagation against numpy, loading pre-training
+checkpoints, and runs of segmentation/main.py (train + test, 2-process torchrun)."""
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -13,84 +13,17 @@ import pytest
 import torch
 
 from conftest import REPO
-from models.layers import MaskTransformer
-from segmentation.dataset import PartNormalDataset, ShapeNetPartFormatError
+from engine.partseg import PartSegMeter, restrict_to_category, shape_iou
+from models.Inter_MAE import MaskTransformer
+from models.PartSegTransformer import PartSegTransformer, PointNetFeaturePropagation
 from segmentation.main import main as seg_main
-from segmentation.metrics import SEG_CLASSES, PartSegMeter, restrict_to_category, shape_iou
-from segmentation.model import PartSegTransformer, PointNetFeaturePropagation
 from utils.checkpoint import CheckpointError, load_checkpoint_file
-
-SYNSETS = ["02691156", "02773838", "02954340", "02958343", "03001627", "03261776", "03467517", "03624134",
-           "03636649", "03642806", "03790512", "03797390", "03948459", "04099429", "04225987", "04379243"]
-CATS = list(SEG_CLASSES)
-
-
-def write_shapenetpart(root: Path, spec: dict, rows: int = 40, seed: int = 0) -> Path:
-    """The released layout. ``spec`` = {category name: (n_train, n_val, n_test)}. Part j of a shape
-    is a blob centred at x = 3 j, so parts are separable."""
-    rng = np.random.default_rng(seed)
-    (root / "train_test_split").mkdir(parents=True, exist_ok=True)
-    (root / "synsetoffset2category.txt").write_text("".join(f"{n}\t{s}\n" for n, s in zip(CATS, SYNSETS)))
-    lists = {"train": [], "val": [], "test": []}
-    for name, counts in spec.items():
-        synset = SYNSETS[CATS.index(name)]
-        (root / synset).mkdir(exist_ok=True)
-        parts = SEG_CLASSES[name]
-        for split, n in zip(("train", "val", "test"), counts):
-            for i in range(n):
-                token = f"{split}{name.lower()}{i:03d}"
-                labels = np.array(parts)[np.arange(rows) % len(parts)]
-                xyz = rng.normal(scale=0.3, size=(rows, 3)) + np.stack([3.0 * (labels - parts[0]), 0 * labels, 0 * labels], 1)
-                normals = rng.normal(size=(rows, 3))
-                np.savetxt(root / synset / f"{token}.txt", np.column_stack([xyz, normals, labels]), fmt="%.6f")
-                lists[split].append(f"shape_data/{synset}/{token}")
-    for split, entries in lists.items():
-        (root / "train_test_split" / f"shuffled_{split}_file_list.json").write_text(json.dumps(entries))
-    return root
+from writers import CATS, SEG_CLASSES, write_shapenetpart
 
 
 @pytest.fixture(scope="module")
 def part_root(tmp_path_factory) -> Path:
     return write_shapenetpart(tmp_path_factory.mktemp("shapenetpart"), {"Bag": (3, 1, 2), "Table": (3, 1, 2)})
-
-
-# ------------------------------------------------------------------------------------- loader
-def test_loader_reads_released_layout(part_root):
-    train = PartNormalDataset(str(part_root), npoints=64, split="trainval")
-    test = PartNormalDataset(str(part_root), npoints=64, split="test", normal_channel=True)
-    assert len(train) == 8 and len(test) == 4
-    for dataset, channels in ((train, 3), (test, 6)):
-        for index in range(len(dataset)):
-            points, category, parts = dataset[index]
-            name, path = dataset.datapath[index]
-            assert points.shape == (64, channels) and points.dtype == np.float32
-            assert category.tolist() == [CATS.index(name)] and parts.shape == (64,)
-            raw = np.loadtxt(path)
-            centroid = raw[:, :3].mean(0)
-            scale = np.linalg.norm(raw[:, :3] - centroid, axis=1).max()
-            # Every sampled point is a row of the file, normalised to the unit sphere, with its label.
-            restored = points[:, :3] * scale + centroid
-            row = np.abs(restored[:, None, :] - raw[None, :, :3]).sum(-1).argmin(1)
-            np.testing.assert_allclose(restored, raw[row, :3], atol=1e-4)
-            np.testing.assert_array_equal(parts, raw[row, 6].astype(int))
-            if channels == 6:
-                np.testing.assert_allclose(points[:, 3:], raw[row, 3:6], atol=1e-5)
-            assert np.linalg.norm(points[:, :3], axis=1).max() <= 1.0 + 1e-5
-
-
-def test_loader_errors_name_the_problem(tmp_path, part_root):
-    with pytest.raises(ShapeNetPartFormatError, match="synsetoffset2category.txt"):
-        PartNormalDataset(str(tmp_path), split="test")
-    with pytest.raises(ShapeNetPartFormatError, match="does not exist"):
-        PartNormalDataset(str(tmp_path / "nowhere"), split="test")
-    broken = write_shapenetpart(tmp_path / "broken", {"Mug": (1, 0, 1)}, rows=8)
-    token_file = next((broken / SYNSETS[CATS.index("Mug")]).glob("test*.txt"))
-    token_file.write_text("0.1 0.2 0.3 7\n")
-    with pytest.raises(ShapeNetPartFormatError, match=token_file.name):
-        PartNormalDataset(str(broken), split="test")[0]
-    token_file.unlink()
-    with pytest.raises(ShapeNetPartFormatError, match="listed in the test split"):
-        PartNormalDataset(str(broken), split="test")
 
 
 # ------------------------------------------------------------------------------------ metrics
@@ -127,6 +60,8 @@ def test_meter_several_categories():
     assert m["class_avg_accuracy"] == pytest.approx((1 + 1 / 2 + 3 / 4 + 1) / 4)
     merged = PartSegMeter.merged([meter.state(), PartSegMeter().state()])
     assert merged.compute() == m
+    meter.sync()  # a single process: nothing to merge, the metrics stay
+    assert meter.compute() == m
 
 
 def test_restrict_to_category_against_brute_force():
@@ -176,6 +111,7 @@ def test_feature_propagation_matches_numpy():
             np.testing.assert_allclose(out[b, :, n], (feats[b].numpy()[:, near] * (w / w.sum())).sum(1), rtol=1e-4, atol=1e-5)
 
 
+# -------------------------------------------------------------------------------- checkpoints
 def save_pretrain_ckpt(path: Path, patch_embed: str) -> dict:
     encoder = MaskTransformer(trans_dim=32, depth=3, num_heads=2, encoder_dims=32, patch_embed=patch_embed)
     state = {f"MAE_encoder.{k}": v for k, v in encoder.state_dict().items()}
@@ -200,7 +136,7 @@ def test_checkpoint_loads_encoder_strictly_and_rejects_other_embedding(tmp_path)
                   str(tmp_path / "log"), "--trans_dim", "32", "--depth", "3", "--num_heads", "2", "--device", "cpu"])
 
 
-# ----------------------------------------------------------------------------------- smoke run
+# ----------------------------------------------------------------------------------- runs
 def test_main_trains_one_epoch_then_tests(tmp_path, part_root):
     ckpt = tmp_path / "intermae.pth"
     save_pretrain_ckpt(ckpt, "inter_mae")
@@ -214,7 +150,8 @@ def test_main_trains_one_epoch_then_tests(tmp_path, part_root):
     assert "encoder.first_trans.q_conv.weight" in saved["base_model"]
     assert saved["metrics"]["instance_avg_iou"] == pytest.approx(best["instance_avg_iou"])
     log = (run / "logs" / "pt.txt").read_text()
-    for text in ("loaded the complete encoder (55 tensors, inter_mae patch embedding)", "class avg accuracy", "class avg mIoU", "instance avg mIoU", "eval mIoU of Bag"):
+    loaded = f"[PartSegTransformer] pretrain checkpoint {ckpt}: loaded 55 tensors into the encoder (inter_mae patch embedding)"
+    for text in (loaded, "Train accuracy is:", "class avg accuracy", "class avg mIoU", "instance avg mIoU", "eval mIoU of Bag"):
         assert text in log
     assert list((run / "logs").glob("events.*"))
     # --test rebuilds the tiny model from the checkpoint's model_args
@@ -225,7 +162,8 @@ def test_main_trains_one_epoch_then_tests(tmp_path, part_root):
 
 def test_torchrun_two_cpu_processes(tmp_path, part_root):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29547",
+    # --standalone: a rendezvous on a free local port, so runs can overlap and repeat.
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            str(REPO / "segmentation" / "main.py"), "--launcher", "pytorch", "--root", str(part_root), "--log_root",
            str(tmp_path / "log"), "--log_dir", "ddp", "--npoint", "64", "--device", "cpu", "--num_workers", "0",
            "--batch_size", "4", "--epoch", "1", "--trans_dim", "32", "--depth", "3", "--num_heads", "2",

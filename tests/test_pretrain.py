@@ -1,4 +1,5 @@
-"""Pre-training through main.py: one run, exact resume, non-finite loss, 2-process torchrun."""
+"""Pre-training through main.py (engine/pretrain.py): one run, exact resume, non-finite loss,
+2-process torchrun."""
 import os
 import subprocess
 import sys
@@ -8,10 +9,11 @@ import pytest
 import torch
 
 import main as main_module
-from conftest import REPO, write_tiny_pretrain_config
+from conftest import REPO
+from engine.engine import NonFiniteLossError
 from models.Inter_MAE import Inter_MAE
-from tools.runner_pretrain import NonFiniteLossError
 from utils.checkpoint import load_checkpoint_file
+from writers import write_tiny_pretrain_config
 
 
 def run_main(cfg: Path, exp_root: Path, exp_name: str, *extra: str) -> None:
@@ -67,7 +69,8 @@ def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path, shapenet55_ro
 def test_torchrun_two_cpu_processes(tmp_path, shapenet55_root):
     cfg = write_tiny_pretrain_config(tmp_path / "tiny.yaml", shapenet55_root, epochs=1)
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531",
+    # --standalone: a rendezvous on a free local port, so runs can overlap and repeat.
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            str(REPO / "main.py"), "--launcher", "pytorch", "--config", str(cfg), "--exp_name", "ddp",
            "--num_workers", "0", "--device", "cpu", "--experiment_root", str(tmp_path / "exp")]
     result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)

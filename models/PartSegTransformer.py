@@ -1,4 +1,4 @@
-"""Part segmentation model (SPEC §4), built from the pre-training encoder code in ``models.layers``.
+"""Part segmentation model: a :class:`PointEncoder` with the released segmentation head.
 
 Parameter names follow the released ``segmentation/models/pt.py`` (``encoder``, ``pos_embed``,
 ``blocks.blocks.N``, ``norm``, ``label_conv``, ``propagation_0``, ``convs1-3``, ``bns1-2``), so
@@ -12,14 +12,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from datasets.ShapeNetPartDataset import NUM_CATEGORIES, NUM_PARTS
 from extensions.pointops import gather_points, knn_query
-from models.PointTransformer import backbone_state_dict
-from models.layers import Group, TransformerEncoder, build_patch_embed, init_weights, patch_embed_kind_of_state_dict, pos_embedding
-from segmentation.metrics import NUM_CATEGORIES, NUM_PARTS
-from utils.checkpoint import CheckpointError, LoadReport, load_checkpoint_file, load_state_dict_checked, state_dict_of
-from utils.logger import print_log
+from utils.checkpoint import LoadReport
 
-HEAD_PREFIXES = ("label_conv.", "propagation_0.", "convs1.", "convs2.", "convs3.", "bns1.", "bns2.")
+from .backbone import PointEncoder, load_encoder, max_mean_pool
+from .layers import init_weights
 
 
 def default_return_layers(depth: int) -> Tuple[int, int, int]:
@@ -71,7 +69,7 @@ class PointNetFeaturePropagation(nn.Module):
         return x
 
 
-class PartSegTransformer(nn.Module):
+class PartSegTransformer(PointEncoder):
     """Transformer part segmenter (released ``get_model``).
 
     ``pts`` (B, N, 3) xyz, or (B, N, 6) xyz + normals when ``normal`` is set; ``category`` (B,)
@@ -79,29 +77,22 @@ class PartSegTransformer(nn.Module):
 
     The encoder runs unmasked over ``num_group`` patches without a cls token; the outputs of
     ``return_layers`` (each through the final LayerNorm) are concatenated to 3C per patch, pooled
-    (max and mean, 6C) with a 64-d label embedding as the global feature, and interpolated to the
+    (:func:`max_mean_pool`, 6C) with a 64-d label embedding as the global feature, and interpolated to the
     points by the feature-propagation layer.
     """
 
     def __init__(self, num_part: int = NUM_PARTS, trans_dim: int = 384, depth: int = 12, num_heads: int = 6,
                  drop_path_rate: float = 0.1, num_group: int = 128, group_size: int = 32, patch_embed: str = "inter_mae",
                  return_layers: Optional[Sequence[int]] = None, normal: bool = False):
-        super().__init__()
-        self.trans_dim = trans_dim
+        super().__init__(trans_dim, depth, num_heads, drop_path_rate, trans_dim, num_group, group_size, patch_embed)
         self.depth = depth
         self.num_part = num_part
         self.normal = normal
-        self.patch_embed_kind = patch_embed
         self.return_layers = tuple(return_layers) if return_layers is not None else default_return_layers(depth)
         if len(self.return_layers) != 3 or sorted(set(self.return_layers)) != list(self.return_layers) \
                 or not all(0 <= i < depth for i in self.return_layers):
             raise ValueError(f"return_layers must be 3 increasing block indices in [0, {depth}), got {self.return_layers}")
 
-        self.group_divider = Group(num_group=num_group, group_size=group_size)
-        self.encoder = build_patch_embed(patch_embed, trans_dim)
-        self.pos_embed = pos_embedding(trans_dim)
-        self.blocks = TransformerEncoder(trans_dim, depth, num_heads, drop_path_rate=drop_path_rate)
-        self.norm = nn.LayerNorm(trans_dim)
 
         self.label_conv = nn.Sequential(nn.Conv1d(NUM_CATEGORIES, 64, 1, bias=False), nn.BatchNorm1d(64), nn.LeakyReLU(0.2))
         in_point = 6 if normal else 3
@@ -116,26 +107,9 @@ class PartSegTransformer(nn.Module):
         self.apply(init_weights)
 
     def load_model_from_ckpt(self, ckpt_path: str, logger=None) -> LoadReport:
-        """Load the encoder of a pre-training (or fine-tuned classifier) checkpoint strictly.
-
-        Every encoder tensor must be present and fit; the segmentation head stays freshly
-        initialised. A checkpoint trained with the other patch embedding is an error.
-        """
-        ckpt = load_checkpoint_file(ckpt_path)
-        full = state_dict_of(ckpt, ckpt_path)
-        state = backbone_state_dict(full, ckpt_path)
-        for key in ("cls_token", "cls_pos"):  # a fine-tuned classifier's tokens: the segmenter has none
-            state.pop(key, None)
-        kind = patch_embed_kind_of_state_dict(state)
-        if kind != self.patch_embed_kind:
-            raise CheckpointError(
-                f"checkpoint '{ckpt_path}' uses the '{kind}' patch embedding but the segmentation model is built with "
-                f"'{self.patch_embed_kind}'; use --patch_embed {kind} (or auto)")
-        report = load_state_dict_checked(self, state, strict=True, source=ckpt_path, ignore_missing=HEAD_PREFIXES)
-        print_log(f"[PartSeg] loaded the complete encoder ({len(report.loaded)} tensors, {kind} patch embedding) from "
-                  f"{ckpt_path}; {len(full) - len(report.loaded)} other checkpoint entries (decoder, heads, image branch) "
-                  f"not used; {len(report.missing)} segmentation-head tensors freshly initialised", logger=logger)
-        return report
+        """Load the encoder of a pre-training (or classifier) checkpoint strictly; the segmentation
+        head stays as initialised. See :func:`load_encoder`."""
+        return load_encoder(self, ckpt_path, strict=True, logger=logger)
 
     def forward(self, pts: Tensor, category: Tensor) -> Tensor:
         B, N, C = pts.shape
@@ -144,19 +118,15 @@ class PartSegTransformer(nn.Module):
         xyz = pts[..., :3].float().contiguous()
         neighborhood, center = self.group_divider(xyz)
         tokens = self.encoder(neighborhood)  # B G C
-        _, feats = self.blocks(tokens, self.pos_embed(center), return_layers=self.return_layers)
-        x = torch.cat([self.norm(f) for f in feats], dim=-1).transpose(1, 2)  # B 3C G
+        feats = torch.cat(self.transform_layers(tokens, self.pos_embed(center), self.return_layers), dim=-1)  # B G 3C
+        x = feats.transpose(1, 2)  # B 3C G
         one_hot = category if category.dim() == 2 else F.one_hot(category.long().reshape(B), NUM_CATEGORIES)
         label_feature = self.label_conv(one_hot.float().unsqueeze(-1))  # B 64 1
-        global_feature = torch.cat([x.amax(dim=2, keepdim=True), x.mean(dim=2, keepdim=True),
-                                    label_feature.to(x.dtype)], dim=1).expand(-1, -1, N)  # B 6C+64 N
+        global_feature = torch.cat([max_mean_pool(feats).unsqueeze(-1), label_feature.to(x.dtype)],
+                                   dim=1).expand(-1, -1, N)  # B 6C+64 N
         f_level_0 = self.propagation_0(xyz, center, pts.transpose(1, 2), x)  # B 1024 N
         x = torch.cat([f_level_0.to(global_feature.dtype), global_feature], dim=1)
         x = self.dp1(self.relu(self.bns1(self.convs1(x))))
         x = self.relu(self.bns2(self.convs2(x)))
         return self.convs3(x)  # B 50 N
 
-
-def get_loss(logits: Tensor, target: Tensor) -> Tensor:
-    """Cross-entropy over points (the released NLL of log-softmax). (B, 50, N), (B, N) -> scalar."""
-    return F.cross_entropy(logits.float(), target.long())

@@ -1,4 +1,5 @@
-"""Fine-tuning and testing of the classifier (SPEC §6): ScanObjectNN, ModelNet40, few-shot.
+"""Fine-tuning and testing of the classifier (``--finetune_model`` / ``--scratch_model`` /
+``--test``): ScanObjectNN, ModelNet40, few-shot ModelNet40.
 
 Training: FPS to ``point_all`` (1200 for 1024 points, 2400 for 2048), a random ``npoints`` of
 those, then per-sample scale-and-translate. Testing: FPS to ``npoints``. Voting (``--test
@@ -13,14 +14,12 @@ from typing import Callable, Dict, Optional, Tuple
 import numpy as np
 import torch
 from torch import Tensor, nn
-from tqdm import tqdm
 
 from datasets.data_transforms import PointcloudScaleAndTranslate
+from engine import builder
+from engine.engine import AccuracyMeter, evaluate, log_scalars, train_one_epoch
 from extensions.pointops import fps, furthest_point_sample, gather_points
-from tools import builder
-from tools.runner_pretrain import NonFiniteLossError, autocast_context
-from utils.config import ConfigError, check_top_level, origin_of
-from utils.dist_utils import gather_tensor, get_dist_info, reduce_tensor
+from utils.config import ConfigError, origin_of
 from utils.logger import get_logger, print_log
 from utils.misc import resolve_device
 
@@ -68,9 +67,9 @@ def fps_to(points: Tensor, npoints: int) -> Tensor:
 @torch.no_grad()
 def vote_logits(model: Callable[[Tensor], Tensor], points: Tensor, npoints: int, times: int = VOTE_TIMES,
                 transform: Optional[Callable[[Tensor], Tensor]] = None) -> Tensor:
-    """Voting (SPEC §6): mean of ``times`` logits (B, classes), each over a random ``npoints``
-    subset of the FPS-``point_all`` set of ``points`` (B, N, 3), transformed by ``transform``
-    (default per-sample scale-and-translate)."""
+    """Voting: mean of ``times`` logits (B, classes), each over a random ``npoints`` subset of
+    the FPS-``point_all`` set of ``points`` (B, N, 3), transformed by ``transform`` (default
+    per-sample scale-and-translate)."""
     transform = transform or PointcloudScaleAndTranslate()
     B, N, _ = points.shape
     point_all = min(points_for_sampling(npoints), N)
@@ -82,79 +81,38 @@ def vote_logits(model: Callable[[Tensor], Tensor], points: Tensor, npoints: int,
     return torch.stack(logits, dim=0).mean(dim=0)
 
 
-def train_one_epoch(model: nn.Module, loss_fn, loader, optimizer: torch.optim.Optimizer, device: torch.device,
-                    epoch: int, config, use_amp: bool = False, train_writer=None,
-                    show_progress: bool = True) -> Dict[str, float]:
-    """One pass with the fine-tuning augmentation. Returns epoch means of loss and accuracy (%)."""
-    model.train()
+def make_train_step(device: torch.device, npoints: int, loss_fn):
+    """Train step: FPS subset + scale-and-translate -> logits -> ``loss`` and ``acc`` (%)."""
     augment = PointcloudScaleAndTranslate()
-    npoints = int(config.npoints)
-    accum = int(config.get("step_per_update", 1))
-    clip = float(config.get("grad_norm_clip", 0) or 0)
-    n_batches = len(loader)
-    rank, world_size = get_dist_info()
-    sums = {"loss": 0.0, "acc": 0.0}
-    seen = samples = 0
-    pbar = tqdm(loader, desc=f"epoch {epoch}", disable=not show_progress or rank != 0, dynamic_ncols=True, leave=False)
-    start = time.perf_counter()
-    optimizer.zero_grad(set_to_none=True)
-    for idx, (_, _, data) in enumerate(pbar):
-        points, label = unpack_cls_batch(data, device)
-        points = augment(fps_then_subset(points[..., :3], npoints))
-        with autocast_context(device, use_amp):
-            logits = model(points)
-        loss, acc = loss_fn(logits, label)
-        if not torch.isfinite(loss.detach()).all():
-            raise NonFiniteLossError(f"non-finite loss {loss.detach().item()} at epoch {epoch}, iteration {idx}; "
-                                     "stopping. The last checkpoint is untouched.")
-        (loss / accum).backward()
-        if (idx + 1) % accum == 0 or idx + 1 == n_batches:
-            if clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), clip, norm_type=2)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-        loss_v, acc_v = reduce_tensor(loss.detach().float()).item(), reduce_tensor(acc.detach().float()).item()
-        sums["loss"] += loss_v
-        sums["acc"] += acc_v
-        seen += 1
-        samples += points.shape[0] * world_size
-        lr = optimizer.param_groups[0]["lr"]
-        if train_writer is not None:
-            step = epoch * n_batches + idx
-            train_writer.add_scalar("Loss/Batch/Loss", loss_v, step)
-            train_writer.add_scalar("Loss/Batch/TrainAcc", acc_v, step)
-            train_writer.add_scalar("Loss/Batch/LR", lr, step)
-        pbar.set_postfix({"loss": f"{loss_v:.4f}", "acc": f"{acc_v:.1f}", "lr": f"{lr:.2e}",
-                          "samples/s": f"{samples / (time.perf_counter() - start):.1f}"})
-    pbar.close()
-    out = {k: v / max(seen, 1) for k, v in sums.items()}
-    out["samples_per_s"] = samples / max(time.perf_counter() - start, 1e-9)
-    return out
+
+    def step(model: nn.Module, batch) -> Dict[str, Tensor]:
+        points, label = unpack_cls_batch(batch[2], device)
+        loss, acc = loss_fn(model(augment(fps_then_subset(points[..., :3], npoints))), label)
+        return {"loss": loss, "acc": acc}
+
+    return step
 
 
-@torch.no_grad()
-def evaluate(model: nn.Module, loader, device: torch.device, npoints: int, use_amp: bool = False, vote: bool = False,
-             times: int = VOTE_TIMES, show_progress: bool = False, desc: str = "test") -> float:
-    """Overall accuracy in percent over ``loader`` (all ranks): plain (FPS to ``npoints``) or voting."""
-    model.eval()
-    preds, labels = [], []
-    rank = get_dist_info()[0]
-    for _, _, data in tqdm(loader, desc=desc, disable=not show_progress or rank != 0, dynamic_ncols=True, leave=False):
-        points, label = unpack_cls_batch(data, device)
+def make_eval_step(device: torch.device, npoints: int, vote: bool = False, times: int = VOTE_TIMES):
+    """Eval step: plain (FPS to ``npoints``) or voting logits into an :class:`AccuracyMeter`."""
+
+    def step(model: nn.Module, batch, meter: AccuracyMeter) -> None:
+        points, label = unpack_cls_batch(batch[2], device)
         points = points[..., :3]
-        with autocast_context(device, use_amp):
-            if vote:
-                logits = vote_logits(model, points, npoints, times)
-            else:
-                logits = model(fps_to(points, npoints))
-        preds.append(logits.argmax(-1).view(-1))
-        labels.append(label)
-    pred = gather_tensor(torch.cat(preds))
-    label = gather_tensor(torch.cat(labels))
-    return (pred == label).float().mean().item() * 100.0
+        logits = vote_logits(model, points, npoints, times) if vote else model(fps_to(points, npoints))
+        meter.update(logits, label)
+
+    return step
 
 
-def _check_npoints(config) -> int:
+def accuracy(model: nn.Module, loader, device: torch.device, npoints: int, use_amp: bool = False, vote: bool = False,
+             show_progress: bool = False, desc: str = "test") -> float:
+    """Overall accuracy in percent over ``loader`` (all processes): plain or voting."""
+    return evaluate(model, make_eval_step(device, npoints, vote), loader, device, AccuracyMeter(device), amp=use_amp,
+                    progress=show_progress, desc=desc).compute()["acc"]
+
+
+def _npoints(config) -> int:
     npoints = int(config.npoints)
     if npoints <= 0:
         raise ConfigError(f"npoints must be positive, got {npoints}", origin_of(config))
@@ -166,8 +124,7 @@ def run_net(args, config, train_writer=None, val_writer=None) -> Dict[str, float
     ``config.model`` on ``config.dataset.train``; validate on ``config.dataset.val`` every
     ``--val_freq`` epochs; keep ``ckpt-best`` (accuracy) and ``ckpt-last``. Returns best metrics."""
     logger = get_logger(args.log_name)
-    check_top_level(config, required=("model", "dataset", "optimizer", "max_epoch", "total_bs", "npoints"))
-    npoints = _check_npoints(config)
+    npoints = _npoints(config)
     device = resolve_device(getattr(args, "device", None), args.local_rank)
     use_amp = bool(getattr(args, "amp", False) or config.get("amp", False))
     show_progress = getattr(args, "progress", True)
@@ -185,51 +142,42 @@ def run_net(args, config, train_writer=None, val_writer=None) -> Dict[str, float
     else:
         print_log("Training from scratch (no pre-trained weights)", logger=logger)
     base_model = base_model.to(device)
-
     model = builder.wrap_distributed(base_model, args, device, logger)
 
     optimizer, scheduler = builder.build_opti_sche(base_model, config)
     if args.resume:
         builder.resume_optimizer(optimizer, args, logger=logger, scheduler=scheduler)
 
-    loss_fn = base_model.get_loss_acc
+    train_step = make_train_step(device, npoints, base_model.get_loss_acc)
     metrics: Dict[str, float] = {}
     for epoch in range(start_epoch, config.max_epoch):
         train_sampler.set_epoch(epoch)
         if scheduler is not None:
             scheduler.step(epoch)
         epoch_start = time.time()
-        stats = train_one_epoch(model, loss_fn, train_dataloader, optimizer, device, epoch, config, use_amp,
-                                train_writer, show_progress)
+        stats = train_one_epoch(model, train_step, train_dataloader, optimizer, device, epoch,
+                                accum=int(config.get("step_per_update", 1)), clip=float(config.get("grad_norm_clip", 0) or 0),
+                                amp=use_amp, writer=train_writer, progress=show_progress)
         print_log(f"[Training] EPOCH: {epoch} EpochTime = {time.time() - epoch_start:.1f} s loss = {stats['loss']:.4f} "
                   f"train acc = {stats['acc']:.2f} samples/s = {stats['samples_per_s']:.1f} "
                   f"lr = {optimizer.param_groups[0]['lr']:.6f}", logger=logger)
-        if train_writer is not None:
-            train_writer.add_scalar("Loss/Epoch/Loss", stats["loss"], epoch)
-            train_writer.add_scalar("Loss/Epoch/TrainAcc", stats["acc"], epoch)
+        log_scalars(train_writer, "Loss/Epoch", {"Loss": stats["loss"], "TrainAcc": stats["acc"]}, epoch)
         metrics = {"train_loss": stats["loss"], "train_acc": stats["acc"]}
 
         if (epoch + 1) % max(args.val_freq, 1) == 0 or epoch + 1 == config.max_epoch:
-            acc = evaluate(model, val_dataloader, device, npoints, use_amp, show_progress=show_progress, desc="validate")
+            acc = accuracy(model, val_dataloader, device, npoints, use_amp, show_progress=show_progress, desc="validate")
             metrics["acc"] = acc
             print_log(f"[Validation] EPOCH: {epoch} acc = {acc:.4f}", logger=logger)
-            if val_writer is not None:
-                val_writer.add_scalar("Metric/ACC", acc, epoch)
+            log_scalars(val_writer, "Metric", {"ACC": acc}, epoch)
             if not best_metrics or acc > best_metrics.get("acc", -1.0):
                 best_metrics = {"acc": acc, "epoch": epoch}
                 builder.save_checkpoint(base_model, optimizer, epoch, metrics, best_metrics, "ckpt-best", args, logger,
                                         scheduler=scheduler)
-                print_log("--------------------------------------------------------------------------------------------",
-                          logger=logger)
         builder.save_checkpoint(base_model, optimizer, epoch, metrics, best_metrics, "ckpt-last", args, logger,
                                 scheduler=scheduler)
     if best_metrics:
         print_log(f"[Fine-tuning] best validation accuracy = {best_metrics['acc']:.4f} % (epoch {best_metrics['epoch']})",
                   logger=logger)
-    if train_writer is not None:
-        train_writer.close()
-    if val_writer is not None:
-        val_writer.close()
     return best_metrics
 
 
@@ -237,8 +185,7 @@ def test_net(args, config) -> Dict[str, float]:
     """``--test --ckpts F.pth``: accuracy of a fine-tuned classifier on ``config.dataset.test``;
     with ``--vote`` also the voting accuracy. Each is logged with its own label."""
     logger = get_logger(args.log_name)
-    check_top_level(config, required=("model", "dataset", "npoints"))
-    npoints = _check_npoints(config)
+    npoints = _npoints(config)
     device = resolve_device(getattr(args, "device", None), args.local_rank)
     use_amp = bool(getattr(args, "amp", False) or config.get("amp", False))
     test_cfg = config.dataset.get("test") or config.dataset.val
@@ -250,10 +197,10 @@ def test_net(args, config) -> Dict[str, float]:
     base_model = base_model.to(device)
     model = builder.wrap_distributed(base_model, args, device, logger)
     show_progress = getattr(args, "progress", True)
-    results = {"acc": evaluate(model, test_dataloader, device, npoints, use_amp, show_progress=show_progress)}
+    results = {"acc": accuracy(model, test_dataloader, device, npoints, use_amp, show_progress=show_progress)}
     print_log(f"[TEST] plain accuracy (FPS {npoints} points, 1 pass) = {results['acc']:.4f} %", logger=logger)
     if args.vote:
-        results["vote_acc"] = evaluate(model, test_dataloader, device, npoints, use_amp, vote=True,
+        results["vote_acc"] = accuracy(model, test_dataloader, device, npoints, use_amp, vote=True,
                                        show_progress=show_progress, desc="vote")
         print_log(f"[TEST_VOTE] voting accuracy ({VOTE_TIMES} passes of {npoints} of FPS "
                   f"{points_for_sampling(npoints)} with scale-and-translate, logits averaged) = {results['vote_acc']:.4f} %",

@@ -1,4 +1,4 @@
-"""Procedural shape library for the embedded demo data (no downloads needed).
+"""Analytic shape library of the procedural demo data (``demo.generate`` writes the datasets).
 
 Shapes are unions of analytic surface *patches* (rectangles, triangles, annuli, frustum sides,
 spherical zones, ellipsoids, tori, helix tubes). Each patch knows its area and samples points
@@ -195,6 +195,20 @@ def _unit_sphere(k: int, rng: np.random.Generator) -> Array:
     return v / np.linalg.norm(v, axis=1, keepdims=True)
 
 
+def _rejection_sample(k: int, rng: np.random.Generator, propose: Callable[[int], Array],
+                      density: Callable[[Array], Array], bound: float) -> Array:
+    """``k`` draws of ``propose(m)`` (m candidates at a time), each kept with probability
+    ``density(x) / bound`` (``bound`` >= the density's maximum)."""
+    got: List[Array] = []
+    m = 0
+    while m < k:
+        x = propose(2 * (k - m) + 16)
+        x = x[rng.random(len(x)) * bound < density(x)]
+        got.append(x)
+        m += len(x)
+    return np.concatenate(got)[:k]
+
+
 def ellipsoid(a: float, b: float, c: float) -> List[Patch]:
     """Ellipsoid with semi-axes a, b, c: rejection sampling of the sphere map by its area factor."""
     abc = np.array([a, b, c], dtype=np.float64)
@@ -203,16 +217,9 @@ def ellipsoid(a: float, b: float, c: float) -> List[Patch]:
     inv = 1.0 / abc
 
     def s(k, rng):
-        got: List[Array] = []
-        m = 0
-        fmax = float(np.max(inv))
-        while m < k:
-            u = _unit_sphere(2 * (k - m) + 16, rng)
-            f = np.linalg.norm(u * inv, axis=1)  # area element ~ |M^-T u| (up to det M)
-            keep = u[rng.random(len(u)) * fmax < f]
-            got.append(keep)
-            m += len(keep)
-        u = np.concatenate(got)[:k]
+        # area element ~ |M^-T u| (up to det M)
+        u = _rejection_sample(k, rng, lambda m: _unit_sphere(m, rng), lambda u: np.linalg.norm(u * inv, axis=1),
+                              float(np.max(inv)))
         n = u * inv
         return u * abc, n / np.linalg.norm(n, axis=1, keepdims=True)
     return [Patch(area, s)]
@@ -224,14 +231,7 @@ def torus(R: float, r: float, u_range: Tuple[float, float] = (0.0, 2 * math.pi))
     area = du * 2 * math.pi * R * r
 
     def s(k, rng):
-        got: List[Array] = []
-        m = 0
-        while m < k:
-            v = rng.uniform(0, 2 * math.pi, size=2 * (k - m) + 16)
-            v = v[rng.random(len(v)) * (R + r) < R + r * np.cos(v)]
-            got.append(v)
-            m += len(v)
-        v = np.concatenate(got)[:k]
+        v = _rejection_sample(k, rng, lambda m: rng.uniform(0, 2 * math.pi, size=m), lambda v: R + r * np.cos(v), R + r)
         u = rng.uniform(*u_range, size=k)
         n = np.stack([np.cos(v) * np.cos(u), np.cos(v) * np.sin(u), np.sin(v)], 1)
         pts = np.stack([(R + r * np.cos(v)) * np.cos(u), (R + r * np.cos(v)) * np.sin(u), r * np.sin(v)], 1)
@@ -251,14 +251,8 @@ def helix_tube(R: float, r: float, pitch: float, turns: float) -> List[Patch]:
     area = 2 * math.pi * r * speed * tmax
 
     def s(k, rng):
-        got: List[Array] = []
-        m = 0
-        while m < k:
-            th = rng.uniform(0, 2 * math.pi, size=2 * (k - m) + 16)
-            th = th[rng.random(len(th)) * (1 + kappa * r) < 1 - kappa * r * np.cos(th)]
-            got.append(th)
-            m += len(th)
-        th = np.concatenate(got)[:k]
+        th = _rejection_sample(k, rng, lambda m: rng.uniform(0, 2 * math.pi, size=m),
+                               lambda th: 1 - kappa * r * np.cos(th), 1 + kappa * r)
         t = rng.uniform(0, tmax, size=k)
         c = np.stack([R * np.cos(t), R * np.sin(t), b * t - b * tmax / 2], 1)
         T = np.stack([-R * np.sin(t), R * np.cos(t), np.full(k, b)], 1) / speed
@@ -366,9 +360,13 @@ def fam_torus(rng, p):
     return torus(1.0, 0.12 + 0.45 * p)
 
 
-def fam_capsule(rng, p):
-    r, L = 0.4, 0.3 + 2.2 * p
+def _capsule(r: float, L: float) -> List[Patch]:
+    """Open cylinder of radius r and length L along z (centred) closed by two hemispheres."""
     return cylinder(r, L, caps=False) + move(sphere_zone(r, 0, 1), t=(0, 0, L / 2)) + move(sphere_zone(r, -1, 0), t=(0, 0, -L / 2))
+
+
+def fam_capsule(rng, p):
+    return _capsule(0.4, 0.3 + 2.2 * p)
 
 
 def fam_pyramid(rng, p):
@@ -493,10 +491,7 @@ def fam_tent(rng, p):
 
 def fam_airplane(rng, p, parts=False):
     """Fuselage (0), wings (1), tail (2), engines (3, optional)."""
-    L, r = 2.0, 0.13
-    out = label(cylinder(r, L, caps=False) + move(sphere_zone(r, 0, 1), t=(0, 0, L / 2))
-                + move(sphere_zone(r, -1, 0), t=(0, 0, -L / 2)), 0)
-    out = move(out, R=rot_axis(1, 90))  # fuselage along x
+    out = move(label(_capsule(0.13, 2.0), 0), R=rot_axis(1, 90))  # fuselage along x
     span = 0.7 + 0.6 * p
     out += label(triangle((0.35, 0, 0), (-0.2, span, 0), (-0.35, 0, 0), two_sided=True)
                  + triangle((0.35, 0, 0), (-0.35, 0, 0), (-0.2, -span, 0), two_sided=True), 1)

@@ -1,5 +1,5 @@
-"""Builders shared by the runners (released names): data loaders, models, optimizer and schedule,
-checkpoint save / resume / load."""
+"""Builders shared by the jobs (the released ``tools/builder.py`` names): data loaders, models,
+optimizer and schedule, DDP wrapping, checkpoint save / resume / load."""
 from __future__ import annotations
 
 import math
@@ -14,7 +14,7 @@ from datasets import build_dataset_from_cfg
 from models import build_model_from_cfg
 from utils.checkpoint import (CheckpointError, atomic_save, load_checkpoint_file, load_state_dict_checked,
                               state_dict_of)
-from utils.config import ConfigError, check_keys, origin_of, to_plain
+from utils.config import ConfigError, origin_of, to_plain
 from utils.dist_utils import get_dist_info
 from utils.logger import print_log
 from utils.misc import rng_state, set_rng_state, worker_init_fn
@@ -105,7 +105,6 @@ class CosineEpochScheduler:
 def build_opti_sche(base_model: nn.Module, config):
     """Optimizer and per-epoch schedule from ``config.optimizer`` / ``config.scheduler``."""
     opti = config.optimizer
-    check_keys(opti, "optimizer", required=("type", "kwargs"), optional=("part",))
     kwargs = dict(opti.kwargs)
     if opti.type == "AdamW":
         groups = add_weight_decay(base_model, weight_decay=kwargs.pop("weight_decay", 0.05))
@@ -121,8 +120,6 @@ def build_opti_sche(base_model: nn.Module, config):
     if sche is None or sche.type in ("none", None):
         scheduler = None
     elif sche.type == "CosLR":
-        check_keys(sche.kwargs, "scheduler.kwargs", required=("epochs",),
-                   optional=("initial_epochs", "lr_min", "warmup_lr_init"))
         scheduler = CosineEpochScheduler(optimizer, **sche.kwargs)
     else:
         raise ConfigError(f"scheduler.type '{sche.type}' is not one of CosLR, none", origin_of(sche))

@@ -1,0 +1,187 @@
+"""The training engine shared by pre-training, fine-tuning and part segmentation.
+
+One :func:`train_one_epoch` and one :func:`evaluate`, in the spirit of facebookresearch/mae's
+``engine_pretrain.py`` / ``engine_finetune.py``. A job supplies only what differs:
+
+* a *train step* ``step(model, batch) -> dict of scalar tensors`` with the ``loss`` to
+  back-propagate and any other figures to log (e.g. ``loss_rec``, ``acc``);
+* an *eval step* ``step(model, batch, meter)`` that adds a batch's outcome to a *meter*
+  (:class:`MeanMeter`, :class:`AccuracyMeter`, or a job's own with ``update`` / ``sync`` /
+  ``compute``).
+
+AMP (bf16 autocast), gradient accumulation, clipping, the finite-loss check, progress bars and
+TensorBoard live here once. Figures stay on the device and are read (one host sync, one
+all-reduce under DDP) every ``log_interval`` steps and at the end of the epoch.
+"""
+from __future__ import annotations
+
+import contextlib
+import time
+from typing import Callable, Dict, Optional
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from utils.dist_utils import get_dist_info, is_dist
+
+TrainStep = Callable[[nn.Module, object], Dict[str, Tensor]]
+EvalStep = Callable[[nn.Module, object, object], None]
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss became NaN or infinite; training stops before the next checkpoint is written."""
+
+
+def autocast(device: torch.device, enabled: bool):
+    """bf16 autocast on ``device`` when ``enabled`` (geometry ops cast themselves back to fp32)."""
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
+def batch_size_of(batch) -> int:
+    """Leading size of the first tensor in a (nested) batch."""
+    if isinstance(batch, Tensor):
+        return batch.shape[0]
+    items = batch.values() if isinstance(batch, dict) else batch if isinstance(batch, (list, tuple)) else ()
+    for item in items:
+        size = batch_size_of(item)
+        if size:
+            return size
+    return 0
+
+
+def all_reduce_sum(tensor: Tensor) -> Tensor:
+    """Sum over processes (a no-op without torch.distributed)."""
+    if is_dist():
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def train_one_epoch(model: nn.Module, step: TrainStep, loader, optimizer: torch.optim.Optimizer, device: torch.device,
+                    epoch: int, *, accum: int = 1, clip: float = 0.0, amp: bool = False, writer=None,
+                    log_interval: int = 20, progress: bool = True) -> Dict[str, float]:
+    """One pass over ``loader``: ``step`` under autocast, ``loss / accum`` back-propagated, an
+    optimizer step (after clipping to ``clip``, when > 0) every ``accum`` batches and at the end.
+
+    Returns the epoch means of the step's figures over all processes, plus ``samples_per_s``.
+    Raises :class:`NonFiniteLossError` at the first check after a NaN / Inf loss on any process.
+    """
+    model.train()
+    rank, world_size = get_dist_info()
+    n_batches = len(loader)
+    names, sums, logged = None, None, None
+    first_bad = torch.full((), -1, dtype=torch.long, device=device)
+    samples, start = 0, time.perf_counter()
+    pbar = tqdm(loader, desc=f"epoch {epoch}", disable=not progress or rank != 0, dynamic_ncols=True, leave=False)
+    optimizer.zero_grad(set_to_none=True)
+    for idx, batch in enumerate(pbar):
+        with autocast(device, amp):
+            out = step(model, batch)
+        loss = out["loss"]
+        (loss / accum).backward()
+        if (idx + 1) % accum == 0 or idx + 1 == n_batches:
+            if clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+        values = torch.stack([v.detach().float().reshape(()) for v in out.values()])
+        if names is None:
+            names, sums = list(out), torch.zeros_like(values)
+            logged = torch.zeros_like(values)
+        sums += values
+        first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss.detach()), torch.tensor(idx, device=device), first_bad)
+        samples += batch_size_of(batch) * world_size
+        if (idx + 1) % log_interval == 0 or idx + 1 == n_batches:
+            interval = (idx % log_interval) + 1
+            totals = all_reduce_sum(torch.cat([sums, (first_bad >= 0).float().reshape(1)])) / world_size
+            if totals[-1] > 0:
+                local = f" (iteration {int(first_bad)} on this process)" if int(first_bad) >= 0 else ""
+                raise NonFiniteLossError(
+                    f"non-finite loss at epoch {epoch}{local}; stopping. The last checkpoint is untouched.")
+            recent = (totals[:-1] - logged) / interval
+            logged = totals[:-1].clone()
+            lr = optimizer.param_groups[0]["lr"]
+            means = dict(zip(names, recent.tolist()))
+            if writer is not None:
+                global_step = epoch * n_batches + idx
+                for key, value in means.items():
+                    writer.add_scalar(f"Loss/Batch/{key}", value, global_step)
+                writer.add_scalar("Loss/Batch/LR", lr, global_step)
+            pbar.set_postfix({**{k: f"{v:.4g}" for k, v in means.items()}, "lr": f"{lr:.2e}",
+                              "samples/s": f"{samples / (time.perf_counter() - start):.1f}"})
+    pbar.close()
+    if names is None:
+        return {"samples_per_s": 0.0}
+    stats = dict(zip(names, (logged / n_batches).tolist()))
+    stats["samples_per_s"] = samples / max(time.perf_counter() - start, 1e-9)
+    return stats
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, step: EvalStep, loader, device: torch.device, meter, *, amp: bool = False,
+             seed: Optional[int] = None, progress: bool = False, desc: str = "test"):
+    """``step(model, batch, meter)`` over ``loader`` in eval mode; returns the meter, synchronised
+    across processes. With ``seed`` the random draws (e.g. masks) are the same every call and
+    the training RNG streams are left untouched."""
+    model.eval()
+    rng = contextlib.nullcontext()
+    if seed is not None:
+        rng = torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else [])
+    with rng:
+        if seed is not None:
+            torch.manual_seed(seed)
+        for batch in tqdm(loader, desc=desc, disable=not progress or get_dist_info()[0] != 0, dynamic_ncols=True,
+                          leave=False):
+            with autocast(device, amp):
+                step(model, batch, meter)
+    meter.sync()
+    return meter
+
+
+class MeanMeter:
+    """Sample-weighted means of named figures: ``update(name=(batch mean tensor, n), ...)``."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.sums: Dict[str, Tensor] = {}
+        self.count = torch.zeros((), device=device)
+
+    def update(self, n: int, **values: Tensor) -> None:
+        for key, value in values.items():
+            self.sums[key] = self.sums.get(key, torch.zeros((), device=self.device)) + value.detach().float() * n
+        self.count += n
+
+    def sync(self) -> None:
+        keys = sorted(self.sums)
+        totals = all_reduce_sum(torch.stack([self.sums[k] for k in keys] + [self.count]))
+        self.sums, self.count = dict(zip(keys, totals[:-1])), totals[-1]
+
+    def compute(self) -> Dict[str, float]:
+        return {k: (v / self.count.clamp(min=1)).item() for k, v in self.sums.items()}
+
+
+class AccuracyMeter:
+    """Overall accuracy in percent: ``update(logits (B, classes), labels (B,))``."""
+
+    def __init__(self, device: torch.device):
+        self.counts = torch.zeros(2, device=device)  # correct, seen
+
+    def update(self, logits: Tensor, labels: Tensor) -> None:
+        self.counts += torch.stack([(logits.argmax(-1).view(-1) == labels.view(-1)).sum().float(),
+                                    torch.tensor(float(labels.numel()), device=self.counts.device)])
+
+    def sync(self) -> None:
+        all_reduce_sum(self.counts)
+
+    def compute(self) -> Dict[str, float]:
+        correct, seen = self.counts.tolist()
+        return {"acc": correct / max(seen, 1.0) * 100.0}
+
+
+def log_scalars(writer, prefix: str, values: Dict[str, float], epoch: int) -> None:
+    """``writer.add_scalar(prefix/key, value, epoch)`` for each entry (nothing without a writer)."""
+    if writer is not None:
+        for key, value in values.items():
+            writer.add_scalar(f"{prefix}/{key}", value, epoch)

@@ -1,0 +1,157 @@
+"""The point encoder every model is built on, its feature poolings and its checkpoint loading.
+
+``PointEncoder`` is the stack grouping -> patch embedding (``encoder``) -> positional MLP
+(``pos_embed``) -> transformer blocks (``blocks``) -> LayerNorm (``norm``). The pre-training encoder
+(``MAE_encoder`` of ``Inter_MAE`` / ``Point_MAE``), the classifier (``PointTransformer``) and the
+part segmenter (``PartSegTransformer``) subclass it, so the parameters keep the released names
+(``encoder.*``, ``pos_embed.*``, ``blocks.blocks.N.*``, ``norm.*``) and a checkpoint of one loads into
+the others through :func:`load_encoder`.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Mapping, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from utils.checkpoint import CheckpointError, LoadReport, load_checkpoint_file, load_state_dict_checked, state_dict_of
+from utils.logger import print_log
+
+from .layers import Group, TransformerEncoder, build_patch_embed, pos_embedding
+
+# Top-level names of a PointEncoder's parameters (classifier / segmenter) and their prefix inside a
+# pre-training model.
+ENCODER_PREFIXES = ("encoder.", "pos_embed.", "blocks.", "norm.")
+PRETRAIN_PREFIX = "MAE_encoder."
+
+
+# ----------------------------------------------------------------------------------- poolings
+def max_mean_pool(tokens: Tensor) -> Tensor:
+    """(B, L, C) -> (B, 2C): ``[max over L, mean over L]``, in this order.
+
+    The global feature of frozen-feature protocols (linear SVM, t-SNE, feature extraction) and of
+    the segmentation head (over its 3C concatenated block outputs).
+    """
+    return torch.cat([tokens.amax(dim=1), tokens.mean(dim=1)], dim=-1)
+
+
+def first_max_pool(tokens: Tensor) -> Tensor:
+    """(B, 1 + L, C) -> (B, 2C): ``[token 0, max over tokens 1..L]``, in this order.
+
+    The classifier's head input (token 0 is the cls token) and the point side of the inter-modal
+    loss (``pro_head`` over the decoded sequence), as released.
+    """
+    return torch.cat([tokens[:, 0], tokens[:, 1:].amax(dim=1)], dim=-1)
+
+
+# ------------------------------------------------------------------------------------ encoder
+class PointEncoder(nn.Module):
+    """Patches of a cloud -> normalised transformer tokens.
+
+    Args:
+        trans_dim: token width C.
+        depth, num_heads, drop_path_rate: the transformer (drop path linspace(0, rate, depth)).
+        encoder_dims: output width of the patch embedding (equal to ``trans_dim`` in every released model).
+        num_group, group_size: G patches of K points (FPS centres, kNN).
+        patch_embed: ``inter_mae`` (bias-free convs + TransPooling) or ``point_mae`` (mini-PointNet).
+    """
+
+    def __init__(self, trans_dim: int = 384, depth: int = 12, num_heads: int = 6, drop_path_rate: float = 0.1,
+                 encoder_dims: int = 384, num_group: int = 64, group_size: int = 32, patch_embed: str = "inter_mae"):
+        super().__init__()
+        self.trans_dim = trans_dim
+        self.patch_embed_kind = patch_embed
+        self.group_divider = Group(num_group=num_group, group_size=group_size)
+        self.encoder = build_patch_embed(patch_embed, encoder_dims)
+        self.pos_embed = pos_embedding(trans_dim)
+        self.blocks = TransformerEncoder(trans_dim, depth, num_heads, drop_path_rate=drop_path_rate)
+        self.norm = nn.LayerNorm(trans_dim)
+
+    def transform(self, tokens: Tensor, pos: Tensor) -> Tensor:
+        """Tokens and positional embeddings (B, L, C) -> normalised output of the last block (B, L, C)."""
+        return self.norm(self.blocks(tokens, pos))
+
+    def transform_layers(self, tokens: Tensor, pos: Tensor, layers: Sequence[int]) -> Tuple[Tensor, ...]:
+        """Like :meth:`transform`, but the normalised outputs of the blocks ``layers`` (each (B, L, C))."""
+        _, outputs = self.blocks(tokens, pos, return_layers=tuple(layers))
+        return tuple(self.norm(out) for out in outputs)
+
+    def patch_tokens(self, pts: Tensor) -> Tensor:
+        """Points (B, N, 3) -> normalised tokens of all G patches (B, G, C), unmasked, no cls token."""
+        neighborhood, center = self.group_divider(pts)
+        return self.transform(self.encoder(neighborhood), self.pos_embed(center))
+
+
+# -------------------------------------------------------------------------------- checkpoints
+def checkpoint_kind(state: Mapping[str, Tensor]) -> str:
+    """What a (prefix-cleaned) state dict holds: ``pretrain`` (``MAE_encoder.*``), ``classifier``
+    (``cls_head_finetune.*``), ``segmentation`` (``label_conv.*``), ``encoder`` (bare encoder) or
+    ``unknown``."""
+    if any(k.startswith(PRETRAIN_PREFIX) for k in state):
+        return "pretrain"
+    if any(k.startswith("cls_head_finetune.") for k in state):
+        return "classifier"
+    if any(k.startswith("label_conv.") for k in state):
+        return "segmentation"
+    if any(k.startswith(ENCODER_PREFIXES) for k in state):
+        return "encoder"
+    return "unknown"
+
+
+def encoder_state_dict(state: Mapping[str, Tensor], source: str = "<checkpoint>") -> "OrderedDict[str, Tensor]":
+    """The ``PointEncoder`` weights of any checkpoint, named as in a classifier / segmenter.
+
+    Pre-training checkpoints keep the encoder under ``MAE_encoder.``; classifiers and segmenters
+    at the top level. Decoder, heads, tokens and the image branch are left out.
+    """
+    kind = checkpoint_kind(state)
+    if kind == "pretrain":
+        out = OrderedDict((k[len(PRETRAIN_PREFIX):], v) for k, v in state.items() if k.startswith(PRETRAIN_PREFIX))
+    else:
+        out = OrderedDict((k, v) for k, v in state.items() if k.startswith(ENCODER_PREFIXES))
+    if not out:
+        raise CheckpointError(f"checkpoint '{source}' holds no point encoder weights (no 'MAE_encoder.*' or 'encoder.*' keys)")
+    return out
+
+
+def patch_embed_kind(state: Mapping[str, Tensor]) -> Optional[str]:
+    """Which patch embedding an encoder state dict was trained with (None if it has none)."""
+    if any(k.startswith("encoder.first_trans.") for k in state):
+        return "inter_mae"
+    if "encoder.first_conv.0.bias" in state:
+        return "point_mae"
+    return None
+
+
+def read_encoder(path: str) -> Tuple[str, "OrderedDict[str, Tensor]", "OrderedDict[str, Tensor]"]:
+    """(kind, full state dict, encoder state dict) of a checkpoint file."""
+    state = state_dict_of(load_checkpoint_file(path), path)
+    return checkpoint_kind(state), state, encoder_state_dict(state, path)
+
+
+def load_encoder(model: PointEncoder, path: str, strict: bool = True, extra_keys: Sequence[str] = (),
+                 logger=None) -> LoadReport:
+    """Load the encoder of any checkpoint (pre-training, classifier, segmenter) into ``model``.
+
+    ``extra_keys``: further entries the model takes when the checkpoint has them (a classifier's
+    ``cls_token`` and ``cls_pos``). The patch embedding must match the model's. With ``strict`` every encoder
+    tensor must be present and fit; the model's own head stays as initialised. Logs one line
+    per group: what was loaded, what is new, what the checkpoint had that was not used.
+    """
+    kind, state, encoder = read_encoder(path)
+    embed = patch_embed_kind(encoder)
+    if embed is not None and embed != model.patch_embed_kind:
+        raise CheckpointError(
+            f"checkpoint '{path}' uses the '{embed}' patch embedding but the model is built with "
+            f"'{model.patch_embed_kind}'; set model.patch_embed: {embed} (segmentation: --patch_embed {embed})")
+    wanted = OrderedDict(encoder)
+    wanted.update((k, state[k]) for k in extra_keys if k in state)
+    head = tuple(k for k in model.state_dict() if not k.startswith(ENCODER_PREFIXES))
+    report = load_state_dict_checked(model, wanted, strict=strict, source=path, ignore_missing=head)
+    new = sorted({k.split(".")[0] for k in report.missing})
+    print_log(f"[{type(model).__name__}] {kind} checkpoint {path}: loaded {len(report.loaded)} tensors into the encoder "
+              f"({embed or 'unknown'} patch embedding); new: {', '.join(new) or 'nothing'} "
+              f"({len(report.missing)} tensors); not used: {len(state) - len(report.loaded)} checkpoint tensors",
+              logger=logger)
+    return report

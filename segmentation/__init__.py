@@ -1,1 +1,0 @@
-"""ShapeNetPart part segmentation with a pre-trained Inter-MAE / Point-MAE encoder (SPEC §4-§6)."""
