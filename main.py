@@ -33,7 +33,6 @@ def job_of(args) -> str:
 
 def main(argv=None):
     args = parser.get_args(argv)
-    args.use_gpu = torch.cuda.is_available()
     args.distributed = args.launcher != "none"
     if args.distributed:
         dist_utils.init_dist(args.launcher)

@@ -8,8 +8,6 @@ is built once from the ``.txt`` shapes with a batched torch FPS
 from __future__ import annotations
 
 import os
-import pickle
-from typing import List, Tuple
 
 import numpy as np
 import torch
@@ -19,55 +17,13 @@ from utils.logger import print_log
 
 from .build import DATASETS
 from .common import DatasetFormatError, dataset_schema, pc_normalize, require_path
+from .modelnet_cache import build_modelnet_cache, cache_file_name, load_cache, read_lines
 
 LAYOUT = """  <DATA_PATH>/modelnet40_shape_names.txt        40 class names, index = line
   <DATA_PATH>/modelnet40_{train,test}.txt        shape ids such as night_stand_0001
   <DATA_PATH>/<class>/<id>.txt                   rows x,y,z,nx,ny,nz
   <DATA_PATH>/modelnet40_{train,test}_<N>pts_fps.dat   (cache) pickle [list of float32 (N, 6), list of int32 (1,)]
   (NUM_CATEGORY: 10 uses the modelnet10_* files)"""
-
-
-def cache_path(root: str, num_category: int, subset: str, n_points: int) -> str:
-    """Released cache file name."""
-    return os.path.join(root, f"modelnet{num_category}_{subset}_{n_points}pts_fps.dat")
-
-
-def read_lines(path: str) -> List[str]:
-    with open(path) as f:
-        return [line.strip() for line in f if line.strip()]
-
-
-def read_shape_ids(root: str, num_category: int, subset: str) -> Tuple[List[str], List[str]]:
-    """(class names, shape ids of ``subset``) from the released list files."""
-    names_file = require_path(os.path.join(root, f"modelnet{num_category}_shape_names.txt"), "ModelNet", LAYOUT)
-    ids_file = require_path(os.path.join(root, f"modelnet{num_category}_{subset}.txt"), "ModelNet", LAYOUT)
-    return read_lines(names_file), read_lines(ids_file)
-
-
-def class_of_shape_id(shape_id: str) -> str:
-    """``night_stand_0001`` -> ``night_stand`` (the id without its last ``_xxxx``)."""
-    return "_".join(shape_id.split("_")[:-1])
-
-
-def load_cache(path: str, n_points: int) -> Tuple[List[np.ndarray], List[np.ndarray]]:
-    """Read and check a released ``.dat`` cache: ``[points list, labels list]``."""
-    with open(path, "rb") as f:
-        try:
-            data = pickle.load(f)
-        except Exception as e:  # truncated or foreign file
-            raise DatasetFormatError(f"ModelNet cache '{path}' could not be unpickled: {type(e).__name__}: {e}") from None
-    if not (isinstance(data, (list, tuple)) and len(data) == 2 and len(data[0]) == len(data[1])):
-        raise DatasetFormatError(f"ModelNet cache '{path}': expected [list of points, list of labels] of equal length")
-    points, labels = list(data[0]), list(data[1])
-    if not points:
-        raise DatasetFormatError(f"ModelNet cache '{path}' holds no shapes")
-    first = np.asarray(points[0])
-    if first.ndim != 2 or first.shape[0] != n_points or first.shape[1] < 3:
-        raise DatasetFormatError(f"ModelNet cache '{path}': expected ({n_points}, 6) point arrays (N_POINTS: {n_points}), "
-                                 f"got {first.shape}")
-    if np.asarray(labels[0]).size != 1:
-        raise DatasetFormatError(f"ModelNet cache '{path}': expected (1,) labels, got shape {np.asarray(labels[0]).shape}")
-    return points, labels
 
 
 @DATASETS.register_module()
@@ -91,11 +47,9 @@ class ModelNet(Dataset):
         if self.subset not in ("train", "test"):
             raise DatasetFormatError(f"ModelNet: subset must be 'train' or 'test', got '{self.subset}'")
         require_path(self.root, "ModelNet", LAYOUT)
-        self.save_path = cache_path(self.root, self.num_category, self.subset, self.npoints)
+        self.save_path = os.path.join(self.root, cache_file_name(self.num_category, self.subset, self.npoints))
         ids_file = os.path.join(self.root, f"modelnet{self.num_category}_{self.subset}.txt")
         if not os.path.exists(self.save_path):
-            from .modelnet_cache import build_modelnet_cache
-
             print_log(f"Processing data {self.save_path} (only running the first time)...", logger="ModelNet")
             build_modelnet_cache(self.root, self.subset, self.npoints, num_category=self.num_category)
         else:

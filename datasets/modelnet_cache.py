@@ -14,15 +14,19 @@ import logging
 import os
 import pickle
 from collections import defaultdict
-from typing import List, Optional, Union
+from typing import List, Optional, Tuple
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
+from extensions.pointops import furthest_point_sample
 from utils.checkpoint import atomic_write
 
-__all__ = ["build_modelnet_cache", "cache_file_name", "load_modelnet_cache", "read_modelnet_txt"]
+from .common import DatasetFormatError
+
+__all__ = ["build_modelnet_cache", "cache_file_name", "class_of_shape_id", "load_cache", "load_modelnet_cache",
+           "read_lines", "read_modelnet_txt"]
 
 logger = logging.getLogger(__name__)
 
@@ -45,14 +49,41 @@ def read_modelnet_txt(path: str) -> np.ndarray:
     return data
 
 
-def _read_lines(path: str) -> List[str]:
+def read_lines(path: str) -> List[str]:
+    """The non-empty lines of a released list file (shape names, split ids)."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"ModelNet list file '{path}' does not exist")
     with open(path) as f:
         return [ln.strip() for ln in f if ln.strip()]
 
 
-def build_modelnet_cache(root: str, split: Union[str, int], npoints: Union[int, str], num_category: int = 40,
+def class_of_shape_id(shape_id: str) -> str:
+    """``night_stand_0001`` -> ``night_stand`` (the id without its last ``_xxxx``)."""
+    return "_".join(shape_id.split("_")[:-1])
+
+
+def load_cache(path: str, n_points: int) -> Tuple[List[np.ndarray], List[np.ndarray]]:
+    """Read and check a released ``.dat`` cache: ``[points list, labels list]``."""
+    with open(path, "rb") as f:
+        try:
+            data = pickle.load(f)
+        except Exception as e:  # truncated or foreign file
+            raise DatasetFormatError(f"ModelNet cache '{path}' could not be unpickled: {type(e).__name__}: {e}") from None
+    if not (isinstance(data, (list, tuple)) and len(data) == 2 and len(data[0]) == len(data[1])):
+        raise DatasetFormatError(f"ModelNet cache '{path}': expected [list of points, list of labels] of equal length")
+    points, labels = list(data[0]), list(data[1])
+    if not points:
+        raise DatasetFormatError(f"ModelNet cache '{path}' holds no shapes")
+    first = np.asarray(points[0])
+    if first.ndim != 2 or first.shape[0] != n_points or first.shape[1] < 3:
+        raise DatasetFormatError(f"ModelNet cache '{path}': expected ({n_points}, 6) point arrays (N_POINTS: {n_points}), "
+                                 f"got {first.shape}")
+    if np.asarray(labels[0]).size != 1:
+        raise DatasetFormatError(f"ModelNet cache '{path}': expected (1,) labels, got shape {np.asarray(labels[0]).shape}")
+    return points, labels
+
+
+def build_modelnet_cache(root: str, split: str, npoints: int, num_category: int = 40,
                          use_normals: bool = True, batch_size: int = 64, device: Optional[str] = None,
                          out_path: Optional[str] = None, progress: bool = True) -> str:
     """Write ``<root>/modelnet{num_category}_{split}_{npoints}pts_fps.dat`` and return its path.
@@ -67,27 +98,20 @@ def build_modelnet_cache(root: str, split: Union[str, int], npoints: Union[int, 
         batch_size: shapes per FPS batch (shapes are grouped by equal row count).
         device: torch device for FPS; default CUDA when available, else CPU.
         out_path: override of the output file.
-    The call ``build_modelnet_cache(root, num_category, split, npoints)`` (positional order used
-    by ``datasets/ModelNetDataset.py``) is accepted too: an int ``split`` with a str ``npoints``
-    is read in that order.
     """
-    from extensions.pointops import furthest_point_sample
-
-    if isinstance(split, int) and isinstance(npoints, str):  # (root, num_category, split, npoints)
-        split, npoints, num_category = npoints, num_category, split
     npoints = int(npoints)
     if split not in ("train", "test"):
         raise ValueError(f"build_modelnet_cache: split must be 'train' or 'test', got '{split}'")
     if num_category not in (10, 40):
         raise ValueError(f"build_modelnet_cache: num_category must be 10 or 40, got {num_category}")
-    names = _read_lines(os.path.join(root, f"modelnet{num_category}_shape_names.txt"))
+    names = read_lines(os.path.join(root, f"modelnet{num_category}_shape_names.txt"))
     classes = {name: i for i, name in enumerate(names)}
-    ids = _read_lines(os.path.join(root, f"modelnet{num_category}_{split}.txt"))
+    ids = read_lines(os.path.join(root, f"modelnet{num_category}_{split}.txt"))
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
     labels: List[np.ndarray] = []
     for shape_id in ids:
-        cls = "_".join(shape_id.split("_")[:-1])
+        cls = class_of_shape_id(shape_id)
         if cls not in classes:
             raise ValueError(f"{root}/modelnet{num_category}_{split}.txt: id '{shape_id}' has class '{cls}' "
                              f"not in modelnet{num_category}_shape_names.txt")
@@ -114,7 +138,7 @@ def build_modelnet_cache(root: str, split: Union[str, int], npoints: Union[int, 
         bar.update(len(idx))
 
     for i, shape_id in enumerate(ids):
-        cls = "_".join(shape_id.split("_")[:-1])
+        cls = class_of_shape_id(shape_id)
         data = read_modelnet_txt(os.path.join(root, cls, shape_id + ".txt"))
         if data.shape[0] < npoints:
             raise ValueError(f"'{os.path.join(root, cls, shape_id + '.txt')}': {data.shape[0]} rows, "
@@ -135,11 +159,9 @@ def build_modelnet_cache(root: str, split: Union[str, int], npoints: Union[int, 
 
 def load_modelnet_cache(cache_root: str, split: str, npoints: int, build: bool = True):
     """Released ModelNet40 cache ``[points list, labels list]``; built from the txt shapes if missing."""
-    path = os.path.join(cache_root, f"modelnet40_{split}_{npoints}pts_fps.dat")
+    path = os.path.join(cache_root, cache_file_name(40, split, npoints))
     if not os.path.isfile(path):
         if not build:
             raise FileNotFoundError(f"ModelNet40 cache '{path}' does not exist")
         build_modelnet_cache(cache_root, split, npoints, num_category=40)
-    with open(path, "rb") as f:
-        points, labels = pickle.load(f)
-    return points, labels
+    return load_cache(path, npoints)

@@ -22,24 +22,27 @@ from utils.misc import rng_state, set_rng_state, worker_init_fn
 
 # ------------------------------------------------------------------------------------------ data
 def dataset_builder(args, config):
-    """``config`` is one entry of ``config.dataset`` (``{_base_, others}``) -> (sampler, loader).
-
-    The sampler is always a DistributedSampler (one replica without torch.distributed), so the
-    shuffling order is a function of (seed, epoch): call ``sampler.set_epoch(epoch)`` each epoch.
-    """
+    """``config`` is one entry of ``config.dataset`` (``{_base_, others}``) -> (sampler, loader);
+    training when ``others.subset`` is ``train``. See :func:`build_loader`."""
     if "_base_" not in config or "others" not in config:
         raise ConfigError("dataset entries need '_base_' and 'others'", origin_of(config))
     dataset = build_dataset_from_cfg(config._base_, config.others)
-    is_train = config.others.subset == "train"
+    return build_loader(dataset, int(config.others.get("bs", 1)), config.others.subset == "train",
+                        seed=getattr(args, "seed", 0), num_workers=int(getattr(args, "num_workers", 0)))
+
+
+def build_loader(dataset, batch_size: int, train: bool, seed: int = 0, num_workers: int = 0):
+    """(sampler, loader) over this process's share of ``dataset``, ``batch_size`` per process.
+
+    The sampler is always a DistributedSampler (one replica without torch.distributed), so the
+    shuffling order is a function of (seed, epoch): call ``sampler.set_epoch(epoch)`` each epoch.
+    Training shuffles and drops the last incomplete batch (unless the set is smaller than one).
+    """
     rank, world_size = get_dist_info()
-    sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=is_train,
-                                 seed=getattr(args, "seed", 0), drop_last=is_train)
-    bs = int(config.others.get("bs", 1))
-    loader = DataLoader(
-        dataset, batch_size=bs, sampler=sampler, num_workers=int(getattr(args, "num_workers", 0)),
-        drop_last=is_train and len(dataset) >= bs * world_size, worker_init_fn=worker_init_fn,
-        pin_memory=torch.cuda.is_available(), persistent_workers=False,
-    )
+    sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=train, seed=seed, drop_last=train)
+    loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
+                        drop_last=train and len(dataset) >= batch_size * world_size, worker_init_fn=worker_init_fn,
+                        pin_memory=torch.cuda.is_available())
     return sampler, loader
 
 
@@ -175,32 +178,24 @@ def save_checkpoint(base_model, optimizer, epoch, metrics, best_metrics, prefix,
     return path
 
 
-def resume_model(base_model, args, logger=None):
-    """Load ``ckpt-last.pth`` of the experiment; returns (start_epoch, best_metrics)."""
+def resume(base_model, optimizer, args, logger=None, scheduler=None, scaler=None):
+    """Continue the experiment from its ``ckpt-last.pth``: weights (strict), optimizer, schedule,
+    grad scaler and RNG states. Returns (start_epoch, best_metrics)."""
     path = os.path.join(args.experiment_path, "ckpt-last.pth")
     if not os.path.exists(path):
         raise CheckpointError(f"--resume: no checkpoint at {path}")
-    print_log(f"[RESUME INFO] Loading model weights from {path}...", logger=logger)
     ckpt = load_checkpoint_file(path)
     load_state_dict_checked(unwrap_model(base_model), state_dict_of(ckpt, path), strict=True, source=path)
-    start_epoch = ckpt["epoch"] + 1
-    best_metrics = ckpt.get("best_metrics", {})
-    print_log(f"[RESUME INFO] resume ckpts @ {start_epoch - 1} epoch (best_metrics = {best_metrics})", logger=logger)
-    return start_epoch, best_metrics
-
-
-def resume_optimizer(optimizer, args, logger=None, scheduler=None, scaler=None) -> None:
-    """Restore optimizer, schedule, grad scaler and RNG states from ``ckpt-last.pth``."""
-    path = os.path.join(args.experiment_path, "ckpt-last.pth")
-    ckpt = load_checkpoint_file(path)
     optimizer.load_state_dict(ckpt["optimizer"])
-    if scheduler is not None and ckpt.get("scheduler") is not None:
-        scheduler.load_state_dict(ckpt["scheduler"])
-    if scaler is not None and ckpt.get("scaler") is not None:
-        scaler.load_state_dict(ckpt["scaler"])
+    for target, key in ((scheduler, "scheduler"), (scaler, "scaler")):
+        if target is not None and ckpt.get(key) is not None:
+            target.load_state_dict(ckpt[key])
     if ckpt.get("rng_state") is not None:
         set_rng_state(ckpt["rng_state"])
-    print_log(f"[RESUME INFO] optimizer, schedule and RNG states restored from {path}", logger=logger)
+    best_metrics = ckpt.get("best_metrics", {})
+    print_log(f"[RESUME INFO] resumed from {path} after epoch {ckpt['epoch']} (best_metrics = {best_metrics}): "
+              f"weights, optimizer, schedule and RNG states", logger=logger)
+    return ckpt["epoch"] + 1, best_metrics
 
 
 def load_model(base_model, ckpt_path: str, logger=None, strict: bool = True):

@@ -9,22 +9,24 @@ One :func:`train_one_epoch` and one :func:`evaluate`, in the spirit of facebookr
   (:class:`MeanMeter`, :class:`AccuracyMeter`, or a job's own with ``update`` / ``sync`` /
   ``compute``).
 
-AMP (bf16 autocast), gradient accumulation, clipping, the finite-loss check, progress bars and
-TensorBoard live here once. Figures stay on the device and are read (one host sync, one
-all-reduce under DDP) every ``log_interval`` steps and at the end of the epoch.
+and :func:`fit` runs the epoch loop of every job: schedule, one training epoch, validation when
+due, the best-so-far rule and the checkpoint writes the job asks for. AMP (bf16 autocast),
+gradient accumulation, clipping, the finite-loss check, progress bars, logging and TensorBoard
+live here once. Figures stay on the device and are read (one host sync, one all-reduce under
+DDP) every ``log_interval`` steps and at the end of the epoch.
 """
 from __future__ import annotations
 
 import contextlib
 import time
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, Optional, Tuple
 
 import torch
-import torch.distributed as dist
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from utils.dist_utils import get_dist_info, is_dist
+from utils.dist_utils import all_reduce_sum, get_dist_info
+from utils.logger import print_log
 
 TrainStep = Callable[[nn.Module, object], Dict[str, Tensor]]
 EvalStep = Callable[[nn.Module, object, object], None]
@@ -49,13 +51,6 @@ def batch_size_of(batch) -> int:
         if size:
             return size
     return 0
-
-
-def all_reduce_sum(tensor: Tensor) -> Tensor:
-    """Sum over processes (a no-op without torch.distributed)."""
-    if is_dist():
-        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
-    return tensor
 
 
 def train_one_epoch(model: nn.Module, step: TrainStep, loader, optimizer: torch.optim.Optimizer, device: torch.device,
@@ -185,3 +180,47 @@ def log_scalars(writer, prefix: str, values: Dict[str, float], epoch: int) -> No
     if writer is not None:
         for key, value in values.items():
             writer.add_scalar(f"{prefix}/{key}", value, epoch)
+
+
+def fit(model: nn.Module, step: TrainStep, loader, sampler, optimizer: torch.optim.Optimizer, scheduler,
+        device: torch.device, *, start_epoch: int, max_epoch: int, accum: int = 1, clip: float = 0.0,
+        amp: bool = False, validate: Optional[Callable[[int], Dict[str, float]]] = None, val_freq: int = 1,
+        better: Optional[Callable[[Dict[str, float], Dict[str, float]], bool]] = None,
+        save: Optional[Callable[[str, int, Dict[str, float], Dict[str, float]], None]] = None,
+        best: Optional[Dict[str, float]] = None, writers=(None, None), progress: bool = True,
+        logger=None) -> Tuple[Dict[str, float], Dict[str, float]]:
+    """Epochs ``start_epoch .. max_epoch - 1``: ``scheduler.step(epoch)``, one
+    :func:`train_one_epoch`, then, every ``val_freq`` epochs and after the last one,
+    ``validate(epoch) -> metrics`` (may be empty: nothing due). When ``better(metrics, best)`` says so, ``best`` becomes
+    ``{**metrics, 'epoch': epoch}`` and ``save('best', ...)`` is called; ``save('last', epoch,
+    metrics, best)`` follows every epoch. ``metrics`` holds the epoch's training means as
+    ``train_<name>`` and the validation figures. Returns (last metrics, best)."""
+    train_writer, val_writer = writers
+    best = dict(best or {})
+    metrics: Dict[str, float] = {}
+    for epoch in range(start_epoch, max_epoch):
+        sampler.set_epoch(epoch)
+        if scheduler is not None:
+            scheduler.step(epoch)
+        start = time.time()
+        stats = train_one_epoch(model, step, loader, optimizer, device, epoch, accum=accum, clip=clip, amp=amp,
+                                writer=train_writer, progress=progress)
+        print_log(f"[Training] EPOCH: {epoch} EpochTime = {time.time() - start:.1f} s "
+                  + " ".join(f"{k} = {v:.5g}" for k, v in stats.items())
+                  + f" lr = {optimizer.param_groups[0]['lr']:.6f}", logger=logger)
+        log_scalars(train_writer, "Loss/Epoch", stats, epoch)
+        metrics = {f"train_{k}": v for k, v in stats.items() if k != "samples_per_s"}
+        if validate is not None and ((epoch + 1) % max(val_freq, 1) == 0 or epoch + 1 == max_epoch):
+            figures = validate(epoch)
+            if figures:
+                print_log(f"[Validation] EPOCH: {epoch} " + " ".join(f"{k} = {v:.6g}" for k, v in figures.items()),
+                          logger=logger)
+            log_scalars(val_writer, "Metric", figures, epoch)
+            metrics.update(figures)
+            if figures and better is not None and better(figures, best):
+                best = {**figures, "epoch": epoch}
+                if save is not None:
+                    save("best", epoch, metrics, best)
+        if save is not None:
+            save("last", epoch, metrics, best)
+    return metrics, best

@@ -8,7 +8,6 @@ logits averaged.
 """
 from __future__ import annotations
 
-import time
 from typing import Callable, Dict, Optional, Tuple
 
 import numpy as np
@@ -17,7 +16,7 @@ from torch import Tensor, nn
 
 from datasets.data_transforms import PointcloudScaleAndTranslate
 from engine import builder
-from engine.engine import AccuracyMeter, evaluate, log_scalars, train_one_epoch
+from engine.engine import AccuracyMeter, evaluate, fit
 from extensions.pointops import fps, furthest_point_sample, gather_points
 from utils.config import ConfigError, origin_of
 from utils.logger import get_logger, print_log
@@ -132,49 +131,31 @@ def run_net(args, config, train_writer=None, val_writer=None) -> Dict[str, float
 
     train_sampler, train_dataloader = builder.dataset_builder(args, config.dataset.train)
     _, val_dataloader = builder.dataset_builder(args, config.dataset.val)
-    base_model = builder.model_builder(config.model)
-
+    base_model = builder.model_builder(config.model).to(device)
+    optimizer, scheduler = builder.build_opti_sche(base_model, config)
     start_epoch, best_metrics = 0, {}
     if args.resume:
-        start_epoch, best_metrics = builder.resume_model(base_model, args, logger=logger)
+        start_epoch, best_metrics = builder.resume(base_model, optimizer, args, logger, scheduler)
     elif args.ckpts is not None and not args.scratch_model:
         base_model.load_model_from_ckpt(args.ckpts, strict=not getattr(args, "partial_load", False), logger=logger)
     else:
         print_log("Training from scratch (no pre-trained weights)", logger=logger)
-    base_model = base_model.to(device)
     model = builder.wrap_distributed(base_model, args, device, logger)
 
-    optimizer, scheduler = builder.build_opti_sche(base_model, config)
-    if args.resume:
-        builder.resume_optimizer(optimizer, args, logger=logger, scheduler=scheduler)
+    def validate(epoch: int) -> Dict[str, float]:
+        return {"acc": accuracy(model, val_dataloader, device, npoints, use_amp, show_progress=show_progress,
+                                desc="validate")}
 
-    train_step = make_train_step(device, npoints, base_model.get_loss_acc)
-    metrics: Dict[str, float] = {}
-    for epoch in range(start_epoch, config.max_epoch):
-        train_sampler.set_epoch(epoch)
-        if scheduler is not None:
-            scheduler.step(epoch)
-        epoch_start = time.time()
-        stats = train_one_epoch(model, train_step, train_dataloader, optimizer, device, epoch,
-                                accum=int(config.get("step_per_update", 1)), clip=float(config.get("grad_norm_clip", 0) or 0),
-                                amp=use_amp, writer=train_writer, progress=show_progress)
-        print_log(f"[Training] EPOCH: {epoch} EpochTime = {time.time() - epoch_start:.1f} s loss = {stats['loss']:.4f} "
-                  f"train acc = {stats['acc']:.2f} samples/s = {stats['samples_per_s']:.1f} "
-                  f"lr = {optimizer.param_groups[0]['lr']:.6f}", logger=logger)
-        log_scalars(train_writer, "Loss/Epoch", {"Loss": stats["loss"], "TrainAcc": stats["acc"]}, epoch)
-        metrics = {"train_loss": stats["loss"], "train_acc": stats["acc"]}
-
-        if (epoch + 1) % max(args.val_freq, 1) == 0 or epoch + 1 == config.max_epoch:
-            acc = accuracy(model, val_dataloader, device, npoints, use_amp, show_progress=show_progress, desc="validate")
-            metrics["acc"] = acc
-            print_log(f"[Validation] EPOCH: {epoch} acc = {acc:.4f}", logger=logger)
-            log_scalars(val_writer, "Metric", {"ACC": acc}, epoch)
-            if not best_metrics or acc > best_metrics.get("acc", -1.0):
-                best_metrics = {"acc": acc, "epoch": epoch}
-                builder.save_checkpoint(base_model, optimizer, epoch, metrics, best_metrics, "ckpt-best", args, logger,
-                                        scheduler=scheduler)
-        builder.save_checkpoint(base_model, optimizer, epoch, metrics, best_metrics, "ckpt-last", args, logger,
+    def save(tag: str, epoch: int, metrics: Dict[str, float], best: Dict[str, float]) -> None:
+        builder.save_checkpoint(base_model, optimizer, epoch, metrics, best, f"ckpt-{tag}", args, logger,
                                 scheduler=scheduler)
+
+    _, best_metrics = fit(model, make_train_step(device, npoints, base_model.get_loss_acc), train_dataloader,
+                          train_sampler, optimizer, scheduler, device, start_epoch=start_epoch,
+                          max_epoch=config.max_epoch, accum=int(config.get("step_per_update", 1)),
+                          clip=float(config.get("grad_norm_clip", 0) or 0), amp=use_amp, validate=validate,
+                          val_freq=args.val_freq, better=lambda m, b: m["acc"] > b.get("acc", -1.0), save=save,
+                          best=best_metrics, writers=(train_writer, val_writer), progress=show_progress, logger=logger)
     if best_metrics:
         print_log(f"[Fine-tuning] best validation accuracy = {best_metrics['acc']:.4f} % (epoch {best_metrics['epoch']})",
                   logger=logger)

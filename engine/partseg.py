@@ -25,11 +25,11 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from tensorboardX import SummaryWriter
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, DistributedSampler, Subset
+from torch.utils.data import DataLoader, Subset
 
 from datasets.ShapeNetPartDataset import CATEGORIES, NUM_PARTS, SEG_CLASSES, PartNormalDataset, category_part_mask
 from engine import builder
-from engine.engine import evaluate, log_scalars, train_one_epoch
+from engine.engine import evaluate, fit
 from models.backbone import patch_embed_kind, read_encoder
 from models.PartSegTransformer import PartSegTransformer
 from utils import dist_utils
@@ -154,11 +154,11 @@ def make_loaders(args, world_size: int, rank: int):
     per_rank = args.batch_size // world_size
     if per_rank < 1 or args.batch_size % world_size:
         raise ValueError(f"--batch_size {args.batch_size} is not divisible by the {world_size} processes")
-    sampler = DistributedSampler(train_set, num_replicas=world_size, rank=rank, shuffle=True, seed=args.seed, drop_last=True)
-    common = dict(num_workers=args.num_workers, worker_init_fn=worker_init_fn, pin_memory=torch.cuda.is_available())
-    train_loader = DataLoader(train_set, batch_size=per_rank, sampler=sampler, drop_last=len(train_set) >= args.batch_size, **common)
+    sampler, train_loader = builder.build_loader(train_set, per_rank, train=True, seed=args.seed, num_workers=args.num_workers)
     # Each process evaluates a disjoint slice of the test set, so no shape is counted twice.
-    test_loader = DataLoader(Subset(test_set, range(rank, len(test_set), world_size)), batch_size=per_rank, shuffle=False, **common)
+    test_loader = DataLoader(Subset(test_set, range(rank, len(test_set), world_size)), batch_size=per_rank,
+                             num_workers=args.num_workers, worker_init_fn=worker_init_fn,
+                             pin_memory=torch.cuda.is_available())
     return train_set, test_set, sampler, train_loader, test_loader
 
 
@@ -273,32 +273,30 @@ def train(args, device, rank, world_size, ckpt_dir: Path, log_dir: Path, logger)
     scheduler = builder.CosineEpochScheduler(optimizer, epochs=args.epoch, initial_epochs=args.warmup_epoch)
 
     writer = SummaryWriter(str(log_dir)) if rank == 0 else None
-    train_step, eval_step = make_train_step(device), make_eval_step(device)
-    best = {"accuracy": 0.0, "class_avg_iou": 0.0, "instance_avg_iou": -1.0}
+    eval_step = make_eval_step(device)
+    best = {"accuracy": 0.0, "class_avg_iou": 0.0, "instance_avg_iou": -1.0}  # each the best of any epoch
     model_args = {k: getattr(args, k) for k in MODEL_ARGS}
     model_args["return_layers"] = list(base_model.return_layers)
-    for epoch in range(args.epoch):
-        scheduler.step(epoch)
-        lr = optimizer.param_groups[0]["lr"]
-        print_log(f"Epoch {epoch + 1} ({epoch + 1}/{args.epoch}): lr {lr:.6f}", logger=logger)
-        sampler.set_epoch(epoch)
-        train = train_one_epoch(model, train_step, train_loader, optimizer, device, epoch, clip=args.clip, amp=args.amp,
-                                progress=rank == 0)
-        print_log(f"Train accuracy is: {train['acc']:.5f}  loss: {train['loss']:.5f}  "
-                  f"({train['samples_per_s']:.1f} samples/s)", logger=logger)
+
+    def validate(epoch: int) -> Dict[str, float]:
         meter = evaluate(model, eval_step, test_loader, device, PartSegMeter(), amp=args.amp, progress=rank == 0)
         metrics = log_metrics(f"Epoch {epoch + 1} test", meter, logger)
-        log_scalars(writer, "train", {"loss": train["loss"], "accuracy": train["acc"], "lr": lr}, epoch)
-        log_scalars(writer, "test", metrics, epoch)
-        if metrics["instance_avg_iou"] >= best["instance_avg_iou"] and rank == 0:
-            best_state = {"epoch": epoch, "train_acc": train["acc"], **metrics}
-            path = ckpt_dir / "best_model.pth"
-            atomic_save({"base_model": base_model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
-                         "metrics": best_state, "best_metrics": best_state, "model_args": model_args}, str(path))
-            print_log(f"Saving best model (instance mIoU {metrics['instance_avg_iou']:.5f}) at {path}", logger=logger)
-        best = {key: max(best[key], metrics[key]) for key in best}
+        best.update({key: max(best[key], metrics[key]) for key in best})
         print_log(f"Best accuracy is: {best['accuracy']:.5f}  Best class avg mIoU is: {best['class_avg_iou']:.5f}  "
                   f"Best instance avg mIoU is: {best['instance_avg_iou']:.5f}", logger=logger)
+        return metrics
+
+    def save(tag: str, epoch: int, metrics: Dict[str, float], best_state: Dict[str, float]) -> None:
+        if tag == "best" and rank == 0:
+            path = ckpt_dir / "best_model.pth"
+            atomic_save({"base_model": base_model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
+                         "metrics": metrics, "best_metrics": best_state, "model_args": model_args}, str(path))
+            print_log(f"Saving best model (instance mIoU {metrics['instance_avg_iou']:.5f}) at {path}", logger=logger)
+
+    fit(model, make_train_step(device), train_loader, sampler, optimizer, scheduler, device, start_epoch=0,
+        max_epoch=args.epoch, clip=args.clip, amp=args.amp, validate=validate,
+        better=lambda m, b: m["instance_avg_iou"] >= b.get("instance_avg_iou", -1.0), save=save,
+        writers=(writer, writer), progress=rank == 0, logger=logger)
     if writer is not None:
         writer.close()
     return best

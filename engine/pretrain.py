@@ -6,7 +6,6 @@ validation (reconstruction loss with fixed masks) and linear-SVM validation of t
 from __future__ import annotations
 
 import math
-import time
 from typing import Dict, Optional, Tuple
 
 import torch
@@ -14,7 +13,7 @@ from torch import Tensor, nn
 
 from datasets.data_transforms import PointcloudScaleAndTranslate
 from engine import builder
-from engine.engine import MeanMeter, evaluate, log_scalars, train_one_epoch
+from engine.engine import MeanMeter, evaluate, fit
 from engine.svm import svm_validate
 from utils.logger import get_logger, print_log
 from utils.misc import resolve_device
@@ -64,9 +63,10 @@ def run_net(args, config, train_writer=None, val_writer=None) -> Dict[str, float
         _, val_dataloader = builder.dataset_builder(args, config.dataset.val)
 
     base_model = builder.model_builder(config.model).to(device)
+    optimizer, scheduler = builder.build_opti_sche(base_model, config)
     start_epoch, best_metrics = 0, {}
     if args.resume:
-        start_epoch, best_metrics = builder.resume_model(base_model, args, logger=logger)
+        start_epoch, best_metrics = builder.resume(base_model, optimizer, args, logger, scheduler)
     elif args.start_ckpts is not None:
         builder.load_model(base_model, args.start_ckpts, logger=logger, strict=not getattr(args, "partial_load", False))
 
@@ -75,46 +75,34 @@ def run_net(args, config, train_writer=None, val_writer=None) -> Dict[str, float
     unused = not has_image_branch and hasattr(base_model, "pro_head")
     model = builder.wrap_distributed(base_model, args, device, logger, find_unused_parameters=unused)
 
-    optimizer, scheduler = builder.build_opti_sche(base_model, config)
-    if args.resume:
-        builder.resume_optimizer(optimizer, args, logger=logger, scheduler=scheduler)
+    svm_cfg = config.get("svm_validation") or {}
+    svm_freq = max(int(svm_cfg.get("freq", 1)), 1) if svm_cfg.get("enabled", False) else 0
 
-    train_step = make_train_step(device, has_image_branch)
-    ckpt_period = int(config.get("ckpt_period", 0) or 0)
-    svm_cfg = config.get("svm_validation")
-    metrics: Dict[str, float] = {}
-    for epoch in range(start_epoch, config.max_epoch):
-        train_sampler.set_epoch(epoch)
-        if scheduler is not None:
-            scheduler.step(epoch)
-        epoch_start = time.time()
-        stats = train_one_epoch(model, train_step, train_dataloader, optimizer, device, epoch,
-                                accum=int(config.get("step_per_update", 1)), clip=float(config.get("grad_norm_clip", 0) or 0),
-                                amp=use_amp, writer=train_writer, progress=getattr(args, "progress", True))
-        stats_text = " ".join(f"{k}={v:.5g}" for k, v in stats.items())
-        print_log(f"[Training] EPOCH: {epoch} EpochTime = {time.time() - epoch_start:.1f} s {stats_text} "
-                  f"lr = {optimizer.param_groups[0]['lr']:.6f}", logger=logger)
-        log_scalars(train_writer, "Loss/Epoch", stats, epoch)
-        metrics = {k: v for k, v in stats.items() if k.startswith("loss")}
-
+    def validate(epoch: int) -> Dict[str, float]:
+        figures = {}
         if val_dataloader is not None and (epoch + 1) % max(args.val_freq, 1) == 0:
-            val_loss = evaluate(model, make_val_step(device), val_dataloader, device, MeanMeter(device), amp=use_amp,
-                                seed=0).compute()["loss_rec"]
-            metrics["val_loss_rec"] = val_loss
-            print_log(f"[Validation] EPOCH: {epoch} reconstruction loss = {val_loss:.6f}", logger=logger)
-            log_scalars(val_writer, "Metric", {"val_loss_rec": val_loss}, epoch)
-            if not best_metrics or val_loss < best_metrics.get("val_loss_rec", math.inf):
-                best_metrics = {"val_loss_rec": val_loss, "epoch": epoch}
-        if svm_cfg is not None and svm_cfg.get("enabled", False) and (epoch + 1) % max(int(svm_cfg.get("freq", 1)), 1) == 0:
+            figures["val_loss_rec"] = evaluate(model, make_val_step(device), val_dataloader, device, MeanMeter(device),
+                                               amp=use_amp, seed=0).compute()["loss_rec"]
+        if svm_freq and (epoch + 1) % svm_freq == 0:
             svm_acc = svm_validate(base_model, config, args, device, logger=logger)
             if svm_acc is not None:
-                metrics["svm_acc"] = svm_acc
-                print_log(f"[Validation] EPOCH: {epoch} linear SVM accuracy = {svm_acc:.4f} %", logger=logger)
-                log_scalars(val_writer, "Metric", {"svm_acc": svm_acc}, epoch)
+                figures["svm_acc"] = svm_acc
+        return figures
 
-        builder.save_checkpoint(base_model, optimizer, epoch, metrics, best_metrics, "ckpt-last", args, logger,
-                                scheduler=scheduler)
+    ckpt_period = int(config.get("ckpt_period", 0) or 0)
+
+    def save(tag: str, epoch: int, metrics: Dict[str, float], best: Dict[str, float]) -> None:
+        if tag != "last":
+            return
+        builder.save_checkpoint(base_model, optimizer, epoch, metrics, best, "ckpt-last", args, logger, scheduler=scheduler)
         if ckpt_period > 0 and (epoch + 1) % ckpt_period == 0:
-            builder.save_checkpoint(base_model, optimizer, epoch, metrics, best_metrics, f"ckpt-epoch-{epoch + 1:03d}",
-                                    args, logger, scheduler=scheduler)
+            builder.save_checkpoint(base_model, optimizer, epoch, metrics, best, f"ckpt-epoch-{epoch + 1:03d}", args, logger,
+                                    scheduler=scheduler)
+
+    metrics, _ = fit(model, make_train_step(device, has_image_branch), train_dataloader, train_sampler, optimizer,
+                     scheduler, device, start_epoch=start_epoch, max_epoch=config.max_epoch,
+                     accum=int(config.get("step_per_update", 1)), clip=float(config.get("grad_norm_clip", 0) or 0),
+                     amp=use_amp, validate=validate, better=lambda m, b: m.get("val_loss_rec", math.inf) <
+                     b.get("val_loss_rec", math.inf), save=save, best=best_metrics, writers=(train_writer, val_writer),
+                     progress=getattr(args, "progress", True), logger=logger)
     return metrics

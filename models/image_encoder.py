@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from timm.data import resolve_model_data_config
 from torch import Tensor, nn
 
-from utils.checkpoint import load_state_dict_checked
+from utils.checkpoint import CheckpointError, load_state_dict_checked, state_dict_of
 from utils.config import ConfigError, Schema, origin_of
 from utils.logger import print_log
 
@@ -77,8 +77,8 @@ def load_encoder_weights(model: nn.Module, path: str) -> str:
     """Load a local weights file into a timm encoder; returns a one-line report.
 
     ``.npz``: timm's big_vision / JAX loader (``model.load_pretrained``, ViTs). ``.safetensors``
-    and ``.pth``/``.pt``/``.bin``: a state dict (or a dict holding one under ``state_dict``,
-    ``model`` or ``state_dict_ema``), passed through the timm architecture's
+    and ``.pth``/``.pt``/``.bin``: a state dict (or a dict holding one, see
+    :func:`utils.checkpoint.state_dict_of`), passed through the timm architecture's
     ``checkpoint_filter_fn`` (converts released formats, resamples position embeddings). Classifier
     weights are dropped (the encoder has none); every other key must match exactly.
     """
@@ -98,16 +98,13 @@ def load_encoder_weights(model: nn.Module, path: str) -> str:
         state = load_file(path, device="cpu")
     elif ext in (".pth", ".pt", ".bin"):
         state = torch.load(path, map_location="cpu", weights_only=True)
-        for key in ("state_dict_ema", "state_dict", "model"):
-            if isinstance(state, dict) and isinstance(state.get(key), dict):
-                state = state[key]
-                break
     else:
         raise ConfigError(f"model.image_branch.pretrained: '{path}' has extension '{ext}'; "
                           f"expected .pth, .pt, .bin, .safetensors or .npz")
-    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
-        raise ConfigError(f"model.image_branch.pretrained: '{path}' does not hold a state dict of tensors")
-    state = {(k[7:] if k.startswith("module.") else k): v for k, v in state.items()}
+    try:
+        state = state_dict_of(state, path)
+    except (CheckpointError, AttributeError):  # not a dict of tensors
+        raise ConfigError(f"model.image_branch.pretrained: '{path}' does not hold a state dict of tensors") from None
     filter_fn = getattr(sys.modules.get(type(model).__module__), "checkpoint_filter_fn", None)
     if filter_fn is not None:
         state = filter_fn(state, model)

@@ -11,7 +11,6 @@ and ``logs/`` (``pt.txt`` log and TensorBoard events). The job itself is ``engin
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 from typing import Dict
@@ -19,6 +18,7 @@ from typing import Dict
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere: the checkout's packages first
 
 from engine.partseg import run  # noqa: E402
+from utils.parser import add_common_args  # noqa: E402
 
 DEFAULT_LOG_ROOT = Path(__file__).resolve().parent / "log"
 
@@ -40,14 +40,8 @@ def get_args(argv=None) -> argparse.Namespace:
     p.add_argument("--log_dir", type=str, default=None, help="run name under log/part_seg/ (default: timestamp)")
     p.add_argument("--log_root", type=str, default=str(DEFAULT_LOG_ROOT), help="folder holding part_seg/")
     p.add_argument("--test", action="store_true", help="evaluate a saved segmentation model and exit")
-    p.add_argument("--device", type=str, default=None, help="cuda, cuda:N or cpu (default: CUDA when present)")
     p.add_argument("--gpu", type=str, default=None, help="GPU index (same as --device cuda:N)")
-    p.add_argument("--amp", action="store_true", help="bf16 autocast")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--deterministic", action="store_true")
-    p.add_argument("--num_workers", type=int, default=4)
-    p.add_argument("--launcher", choices=["none", "pytorch"], default="none")
-    p.add_argument("--local_rank", "--local-rank", type=int, default=int(os.environ.get("LOCAL_RANK", 0)))
+    add_common_args(p, "device", "amp", "seed", "deterministic", "num_workers", "launcher", "local_rank")
     g = p.add_argument_group("model (defaults: released sizes; must match the pre-training checkpoint)")
     g.add_argument("--patch_embed", choices=["auto", "inter_mae", "point_mae"], default="auto",
                    help="patch embedding; auto = the checkpoint's (inter_mae without one)")

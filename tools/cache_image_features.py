@@ -34,6 +34,7 @@ from utils.checkpoint import load_checkpoint_file, load_state_dict_checked, stat
 from utils.config import ConfigError, apply_opts, cfg_from_yaml_file, merge_into  # noqa: E402
 from utils.logger import print_log  # noqa: E402
 from utils.misc import resolve_device  # noqa: E402
+from utils.parser import add_common_args  # noqa: E402
 
 
 def build_branch(config, ckpts: str | None = None) -> ImageBranch:
@@ -90,9 +91,8 @@ def main(argv=None) -> str:
     parser.add_argument("--config", required=True, help="pre-training config (model.image_branch, dataset.train)")
     parser.add_argument("--out", required=True, help="output .npy (an index .json is written beside it)")
     parser.add_argument("--ckpts", default=None, help="take the encoder from this pre-training checkpoint")
-    parser.add_argument("--device", default=None)
     parser.add_argument("--batch_size", type=int, default=96, help="images per encoder call")
-    parser.add_argument("--opts", nargs="*", default=[], metavar="KEY=VALUE")
+    add_common_args(parser, "device", "opts")
     args = parser.parse_args(argv)
     config = apply_opts(cfg_from_yaml_file(args.config), args.opts)
     branch = build_branch(config, args.ckpts)

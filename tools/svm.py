@@ -18,23 +18,20 @@ from engine import builder  # noqa: E402
 from engine.svm import DEFAULT_C, svm_validate  # noqa: E402
 from utils.config import apply_opts, cfg_from_yaml_file, merge_into  # noqa: E402
 from utils.misc import resolve_device, set_random_seed  # noqa: E402
+from utils.parser import add_common_args  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Linear SVM on frozen pre-trained features (ModelNet40)")
     parser.add_argument("--config", required=True, help="pre-training config (model section; optional svm_validation)")
     parser.add_argument("--ckpts", required=True, help="pre-training checkpoint")
-    parser.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: CUDA when present)")
-    parser.add_argument("--num_workers", type=int, default=4)
+    add_common_args(parser, "device", "num_workers", "seed", "partial_load", "opts")
     parser.add_argument("--svm_batch_size", type=int, default=32)
     parser.add_argument("--C", type=float, default=None, help=f"LinearSVC C (default: svm_validation.C or {DEFAULT_C})")
     parser.add_argument("--modelnet_root", default=None,
                         help="DATA_PATH of the SVM's ModelNet40 train/test sets (e.g. data/demo/ModelNet/modelnet40_normal_resampled)")
     parser.add_argument("--modelnet_npoints", type=int, default=None,
                         help="N_POINTS of the ModelNet40 cache to read (default 8192, as released; 1024 skips the FPS per batch)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--partial_load", action="store_true", help="load the checkpoint non-strictly")
-    parser.add_argument("--opts", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides")
     return parser
 
 

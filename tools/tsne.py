@@ -38,6 +38,7 @@ from utils.checkpoint import CheckpointError, load_checkpoint_file, state_dict_o
 from utils.config import ConfigError, apply_opts, cfg_from_yaml_file, origin_of
 from utils.logger import print_log
 from utils.misc import resolve_device, set_random_seed
+from utils.parser import add_common_args
 
 SCANOBJECTNN_CLASSES = ["bag", "bin", "box", "cabinet", "chair", "desk", "display", "door", "shelf", "table", "bed",
                         "pillow", "sink", "sofa", "toilet"]
@@ -56,10 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--perplexity", type=float, default=30.0, help="t-SNE perplexity (lowered for tiny sets)")
     p.add_argument("--max_iter", type=int, default=1000, help="t-SNE iterations (>= 250)")
     p.add_argument("--batch_size", type=int, default=32)
-    p.add_argument("--num_workers", type=int, default=0)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: CUDA when present)")
-    p.add_argument("--opts", nargs="*", default=[], metavar="KEY=VALUE", help="override config entries")
+    add_common_args(p, "num_workers", "seed", "device", "opts", num_workers=0)
     return p
 
 

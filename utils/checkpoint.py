@@ -73,8 +73,9 @@ def clean_state_dict(state_dict: Mapping[str, Any]) -> "OrderedDict[str, Any]":
 
 def state_dict_of(ckpt: Mapping[str, Any], path: str = "<checkpoint>") -> "OrderedDict[str, Any]":
     """The model weights of a checkpoint dict, cleaned: ``base_model`` (ours and the released
-    runners'), ``model_state_dict`` (the released segmentation script's), ``model`` or ``state_dict``."""
-    for key in ("base_model", "model_state_dict", "model", "state_dict"):
+    runners'), ``model_state_dict`` (the released segmentation script's), ``state_dict_ema`` (timm's),
+    ``state_dict`` or ``model``; or the dict itself when it holds only tensors."""
+    for key in ("base_model", "model_state_dict", "state_dict_ema", "state_dict", "model"):
         if key in ckpt and isinstance(ckpt[key], Mapping):
             return clean_state_dict(ckpt[key])
     if ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()):

@@ -33,26 +33,11 @@ def get_dist_info() -> Tuple[int, int]:
     return 0, 1
 
 
-def is_main_process() -> bool:
-    return get_dist_info()[0] == 0
-
-
-def reduce_tensor(tensor: torch.Tensor, args=None) -> torch.Tensor:
-    """Mean of ``tensor`` over all processes (a copy; no-op without a process group)."""
-    if not is_dist():
-        return tensor
-    out = tensor.detach().clone()
-    dist.all_reduce(out, op=dist.ReduceOp.SUM)
-    return out / dist.get_world_size()
-
-
-def gather_tensor(tensor: torch.Tensor, args=None) -> torch.Tensor:
-    """Concatenate ``tensor`` from all processes along dim 0 (equal shapes)."""
-    if not is_dist():
-        return tensor
-    parts = [torch.zeros_like(tensor) for _ in range(dist.get_world_size())]
-    dist.all_gather(parts, tensor.contiguous())
-    return torch.cat(parts, dim=0)
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum ``tensor`` over all processes in place (a no-op without a process group); returns it."""
+    if is_dist():
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
 
 
 def barrier() -> None:

@@ -1,26 +1,47 @@
-"""Command-line arguments of main.py (released flags, plus --device and --opts)."""
+"""Command-line arguments: main.py's (released flags, plus --device and --opts), and the flags
+several commands share, defined once (:func:`add_common_args`)."""
 from __future__ import annotations
 
 import argparse
 import os
 from pathlib import Path
 
+# name -> (flags, add_argument keywords)
+COMMON_ARGS = {
+    "launcher": (("--launcher",), dict(choices=["none", "pytorch"], default="none",
+                                       help="job launcher: none, or pytorch under torchrun")),
+    "local_rank": (("--local_rank", "--local-rank"), dict(type=int, default=int(os.environ.get("LOCAL_RANK", 0)),
+                                                          help="set by torchrun")),
+    "num_workers": (("--num_workers",), dict(type=int, default=4, help="data-loading worker processes")),
+    "seed": (("--seed",), dict(type=int, default=0, help="random seed")),
+    "deterministic": (("--deterministic",), dict(action="store_true", help="deterministic kernels (slower)")),
+    "device": (("--device",), dict(type=str, default=None, help="cuda, cuda:N or cpu (default: CUDA when present)")),
+    "amp": (("--amp",), dict(action="store_true", help="bf16 autocast (same as amp: true in the config)")),
+    "partial_load": (("--partial_load",), dict(action="store_true", help="load checkpoints non-strictly: report "
+                                                                            "missing and unexpected keys instead of failing")),
+    "opts": (("--opts",), dict(nargs="*", default=[], metavar="KEY=VALUE",
+                               help="override config entries, e.g. --opts total_bs=8 model.transformer_config.mask_ratio=0.7")),
+}
+
+
+def add_common_args(parser: argparse.ArgumentParser, *names: str, **defaults) -> argparse.ArgumentParser:
+    """Add the :data:`COMMON_ARGS` ``names`` to ``parser``; ``defaults`` override their defaults."""
+    for name in names:
+        flags, kwargs = COMMON_ARGS[name]
+        parser.add_argument(*flags, **{**kwargs, **({"default": defaults[name]} if name in defaults else {})})
+    return parser
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Inter-MAE: pre-training, fine-tuning and testing")
     parser.add_argument("--config", type=str, required=True, help="yaml config file")
-    parser.add_argument("--launcher", choices=["none", "pytorch"], default="none", help="job launcher")
-    parser.add_argument("--local_rank", "--local-rank", type=int, default=0)
-    parser.add_argument("--num_workers", type=int, default=4)
-    parser.add_argument("--seed", type=int, default=0, help="random seed")
-    parser.add_argument("--deterministic", action="store_true", help="deterministic kernels (slower)")
+    add_common_args(parser, "launcher", "local_rank", "num_workers", "seed", "deterministic")
     parser.add_argument("--sync_bn", action="store_true", help="synchronised BatchNorm across processes")
     parser.add_argument("--exp_name", type=str, default="default", help="experiment name")
     parser.add_argument("--loss", type=str, default="cd1", help="kept for released scripts; unused")
     parser.add_argument("--start_ckpts", type=str, default=None, help="reload a full model before training")
     parser.add_argument("--ckpts", type=str, default=None, help="checkpoint to fine-tune from or to test")
-    parser.add_argument("--partial_load", action="store_true",
-                        help="load --start_ckpts / --ckpts non-strictly: report missing and unexpected keys instead of failing")
+    add_common_args(parser, "partial_load")
     parser.add_argument("--val_freq", type=int, default=1, help="validate every this many epochs")
     parser.add_argument("--vote", action="store_true", help="voting evaluation (with --test)")
     parser.add_argument("--resume", action="store_true", help="continue the experiment from its ckpt-last.pth")
@@ -31,11 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--way", type=int, default=-1)
     parser.add_argument("--shot", type=int, default=-1)
     parser.add_argument("--fold", type=int, default=-1)
-    parser.add_argument("--device", type=str, default=None, help="cuda, cuda:N or cpu (default: CUDA when present)")
-    parser.add_argument("--amp", action="store_true", help="bf16 autocast (same as amp: true in the config)")
+    add_common_args(parser, "device", "amp")
     parser.add_argument("--experiment_root", type=str, default="./experiments", help="where experiments go")
-    parser.add_argument("--opts", nargs="*", default=[], metavar="KEY=VALUE",
-                        help="override config entries, e.g. --opts total_bs=8 model.transformer_config.mask_ratio=0.7")
+    add_common_args(parser, "opts")
     return parser
 
 

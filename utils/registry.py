@@ -17,10 +17,6 @@ class Registry:
     def __repr__(self) -> str:
         return f"Registry(name={self.name}, items={sorted(self._modules)})"
 
-    @property
-    def module_dict(self) -> Dict[str, type]:
-        return dict(self._modules)
-
     def get(self, key: str) -> type:
         if key not in self._modules:
             raise KeyError(f"'{key}' is not a registered {self.name} name; known: {sorted(self._modules)}")

@@ -35,47 +35,41 @@ def chamfer_distance(xyz1: Tensor, xyz2: Tensor) -> Tuple[Tensor, Tensor]:
     return dist1, dist2
 
 
-def _drop_zero_rows(xyz1: Tensor, xyz2: Tensor, ignore_zeros: bool):
-    # As released: with batch size 1, all-zero padding points can be dropped.
-    if ignore_zeros and xyz1.shape[0] == 1:
-        xyz1 = xyz1[:, xyz1.abs().sum(-1) != 0]
-        xyz2 = xyz2[:, xyz2.abs().sum(-1) != 0]
-    return xyz1, xyz2
-
-
-class ChamferDistanceL2(nn.Module):
-    """mean(dist1) + mean(dist2) of squared distances. (B,N,3), (B,M,3) -> scalar."""
+class _ChamferBase(nn.Module):
+    """Holds ``ignore_zeros``: as released, with batch size 1 all-zero padding points are dropped."""
 
     def __init__(self, ignore_zeros: bool = False):
         super().__init__()
         self.ignore_zeros = ignore_zeros
 
+    def distances(self, xyz1: Tensor, xyz2: Tensor) -> Tuple[Tensor, Tensor]:
+        if self.ignore_zeros and xyz1.shape[0] == 1:
+            xyz1 = xyz1[:, xyz1.abs().sum(-1) != 0]
+            xyz2 = xyz2[:, xyz2.abs().sum(-1) != 0]
+        return chamfer_distance(xyz1, xyz2)
+
+
+class ChamferDistanceL2(_ChamferBase):
+    """mean(dist1) + mean(dist2) of squared distances. (B,N,3), (B,M,3) -> scalar."""
+
     def forward(self, xyz1: Tensor, xyz2: Tensor) -> Tensor:
-        dist1, dist2 = chamfer_distance(*_drop_zero_rows(xyz1, xyz2, self.ignore_zeros))
+        dist1, dist2 = self.distances(xyz1, xyz2)
         return dist1.mean() + dist2.mean()
 
 
-class ChamferDistanceL2_split(nn.Module):
+class ChamferDistanceL2_split(_ChamferBase):
     """(mean(dist1), mean(dist2)) of squared distances."""
 
-    def __init__(self, ignore_zeros: bool = False):
-        super().__init__()
-        self.ignore_zeros = ignore_zeros
-
     def forward(self, xyz1: Tensor, xyz2: Tensor) -> Tuple[Tensor, Tensor]:
-        dist1, dist2 = chamfer_distance(*_drop_zero_rows(xyz1, xyz2, self.ignore_zeros))
+        dist1, dist2 = self.distances(xyz1, xyz2)
         return dist1.mean(), dist2.mean()
 
 
-class ChamferDistanceL1(nn.Module):
+class ChamferDistanceL1(_ChamferBase):
     """(mean(sqrt dist1) + mean(sqrt dist2)) / 2."""
 
-    def __init__(self, ignore_zeros: bool = False):
-        super().__init__()
-        self.ignore_zeros = ignore_zeros
-
     def forward(self, xyz1: Tensor, xyz2: Tensor) -> Tensor:
-        dist1, dist2 = chamfer_distance(*_drop_zero_rows(xyz1, xyz2, self.ignore_zeros))
+        dist1, dist2 = self.distances(xyz1, xyz2)
         # sqrt has an infinite gradient at 0 (a predicted point exactly on a target point);
         # the released CUDA op has the same singularity, so we only guard against NaN.
         return (torch.sqrt(dist1.clamp_min(1e-12)).mean() + torch.sqrt(dist2.clamp_min(1e-12)).mean()) / 2
