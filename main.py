@@ -17,11 +17,12 @@ from tensorboardX import SummaryWriter
 
 from datasets import DATASETS
 from engine import finetune, pretrain
+from extensions.pointops import resolve_fps_backend, set_fps_backend
 from models import MODELS
 from utils import dist_utils, parser
 from utils.config import get_config, log_config_to_file, validate_config
 from utils.logger import get_root_logger, print_log
-from utils.misc import set_random_seed
+from utils.misc import resolve_device, set_random_seed
 
 
 def job_of(args) -> str:
@@ -67,6 +68,8 @@ def main(argv=None):
         print_log(f"args.{key} : {val}", logger=logger)
     log_config_to_file(config, "config", logger=logger)
     print_log(f"Distributed training: {args.distributed} (world size {world_size})", logger=logger)
+    set_fps_backend(args.fps_backend or config.get("fps_backend"))
+    print_log(f"FPS backend: {resolve_fps_backend(resolve_device(args.device, args.local_rank))}", logger=logger)
     set_random_seed(args.seed + rank, deterministic=args.deterministic)
 
     try:

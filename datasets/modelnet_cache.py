@@ -129,7 +129,7 @@ def build_modelnet_cache(root: str, split: str, npoints: int, num_category: int 
         if device.type == "cpu":  # FPS is a loop of small ops: one CPU thread is much faster
             torch.set_num_threads(1)
         try:
-            sel = furthest_point_sample(xyz, npoints).cpu().numpy()
+            sel = furthest_point_sample(xyz, npoints, skip_origin=False).cpu().numpy()  # released numpy FPS: no skip rule
         finally:
             torch.set_num_threads(threads)
         for j, i in enumerate(idx):

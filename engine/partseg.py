@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader, Subset
 from datasets.ShapeNetPartDataset import CATEGORIES, NUM_PARTS, SEG_CLASSES, PartNormalDataset, category_part_mask
 from engine import builder
 from engine.engine import evaluate, fit
+from extensions.pointops import resolve_fps_backend, set_fps_backend
 from models.backbone import patch_embed_kind, read_encoder
 from models.PartSegTransformer import PartSegTransformer
 from utils import dist_utils
@@ -227,7 +228,9 @@ def run(args) -> Dict[str, float]:
     logger = get_logger("part_seg", log_file=str(log_dir / f"{'test' if args.test else args.model}.txt"))
     print_log(f"Command: {' '.join(sys.argv)}", logger=logger)
     print_log(f"PARAMETER ... {vars(args)}", logger=logger)
-    print_log(f"device: {device}; bf16 autocast: {args.amp}; processes: {world_size}", logger=logger)
+    set_fps_backend(args.fps_backend)
+    print_log(f"device: {device}; bf16 autocast: {args.amp}; processes: {world_size}; "
+              f"FPS backend: {resolve_fps_backend(device)}", logger=logger)
     try:
         return test(args, device, rank, world_size, ckpt_dir, logger) if args.test else \
             train(args, device, rank, world_size, ckpt_dir, log_dir, logger)

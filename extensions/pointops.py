@@ -3,20 +3,38 @@
 These replace the CUDA extensions of the released code (``pointnet2_ops`` furthest point
 sampling, ``knn_cuda`` and ``chamfer_dist``). They run on any device, need nothing compiled,
 and always compute in fp32, also under autocast. Indices are ``torch.long``.
+
+Farthest point sampling has interchangeable backends (see :func:`furthest_point_sample`): the
+batched torch loop, a Triton kernel (``extensions.fps_triton``, imported only when used) and the
+released ``pointnet2_ops`` extension when installed.
 """
 from __future__ import annotations
+
+import os
+from typing import Optional, Union
 
 import torch
 from torch import Tensor
 
 __all__ = [
+    "FPS_BACKENDS",
+    "FPS_BACKEND_ENV",
+    "SKIP_NORM2",
     "furthest_point_sample",
     "fps",
+    "set_fps_backend",
+    "get_fps_backend",
+    "resolve_fps_backend",
     "gather_points",
     "square_distance",
     "knn_query",
     "nearest_neighbor",
 ]
+
+FPS_BACKENDS = ("auto", "torch", "triton", "pointnet2_ops")
+FPS_BACKEND_ENV = "INTERMAE_FPS_BACKEND"
+_configured_backend: Optional[str] = None
+_triton_ok: Optional[bool] = None
 
 # (query rows x reference points) per chunk when building distance matrices; bounds memory to
 # about 4 * _CHUNK_ELEMS bytes per batch element.
@@ -32,36 +50,173 @@ def _check_points(name: str, x: Tensor) -> None:
         raise ValueError(f"{name}: expected a (B, N, 3) tensor of points, got shape {tuple(x.shape)}")
 
 
+# The released kernel compares the fp32 squared norm against the double 1e-3; float32(1e-3) is
+# slightly above 1e-3, so the equivalent fp32 threshold is the float just below it.
+SKIP_NORM2 = 0.0009999999310821295
+# Running minimum distance before any pick, as in the released kernel.
+_FAR = 1e10
+
+
+def _parse_backend(name: str, source: str) -> str:
+    if name not in FPS_BACKENDS:
+        raise ValueError(f"{source}: unknown FPS backend {name!r}; expected one of {', '.join(FPS_BACKENDS)}")
+    return name
+
+
+def set_fps_backend(name: Optional[str]) -> None:
+    """Select the backend that ``backend="auto"`` resolves to, process-wide (config key / CLI flag).
+
+    ``"torch"``, ``"triton"`` or ``"pointnet2_ops"`` force that backend for CUDA tensors (CPU tensors
+    keep the torch loop, the other two being CUDA-only); ``"auto"`` restores the device rule; ``None``
+    clears the setting so the environment variable ``INTERMAE_FPS_BACKEND`` (else ``"auto"``) applies.
+    """
+    global _configured_backend
+    _configured_backend = None if name is None else _parse_backend(name, "set_fps_backend")
+
+
+def get_fps_backend() -> str:
+    """The configured backend name: ``set_fps_backend``'s, else ``$INTERMAE_FPS_BACKEND``, else ``"auto"``."""
+    if _configured_backend is not None:
+        return _configured_backend
+    env = os.environ.get(FPS_BACKEND_ENV, "").strip()
+    return _parse_backend(env, FPS_BACKEND_ENV) if env else "auto"
+
+
+def _load_triton_fps():
+    """The ``extensions.fps_triton`` module, or RuntimeError saying why it cannot be used."""
+    try:
+        from extensions import fps_triton
+    except ImportError as exc:
+        raise RuntimeError(
+            f"FPS backend 'triton' needs the triton package (>= 3.0), which could not be imported ({exc}); "
+            "install triton or use backend 'torch'"
+        ) from exc
+    return fps_triton
+
+
+def _triton_available() -> bool:
+    global _triton_ok
+    if _triton_ok is None:
+        try:
+            _load_triton_fps()
+            _triton_ok = True
+        except RuntimeError:
+            _triton_ok = False
+    return _triton_ok
+
+
+def _load_pointnet2_ops():
+    try:
+        from pointnet2_ops import pointnet2_utils
+    except ImportError as exc:
+        raise RuntimeError(
+            "FPS backend 'pointnet2_ops' was asked for but the pointnet2_ops package is not installed "
+            f"({exc}); build it from the released code (pointnet2_ops_lib) or use backend 'torch' / 'triton'"
+        ) from exc
+    return pointnet2_utils
+
+
+def resolve_fps_backend(device: Union[torch.device, str], backend: str = "auto") -> str:
+    """The concrete backend ("torch", "triton" or "pointnet2_ops") that FPS uses on ``device``.
+
+    ``"auto"`` takes the configured backend (:func:`get_fps_backend`) for CUDA tensors when one is
+    forced, else triton on CUDA when triton imports, else torch; on other devices it is always torch.
+    An explicit name is returned as given. Raises RuntimeError when the resolved backend cannot run
+    (package missing, or a CUDA-only backend on a CPU device), so a start-up log line fails early.
+    """
+    device = torch.device(device)
+    backend = _parse_backend(backend, "furthest_point_sample")
+    if backend == "auto":
+        configured = get_fps_backend()
+        if device.type != "cuda":
+            return "torch"
+        if configured == "auto":
+            return "triton" if _triton_available() else "torch"
+        backend = configured
+    if backend == "triton":
+        module = _load_triton_fps()
+        if device.type != "cuda" and not module.INTERPRETED:
+            raise RuntimeError(
+                f"FPS backend 'triton' needs a CUDA tensor, got device {device} "
+                "(set TRITON_INTERPRET=1 before triton is imported to run it on CPU, slowly)"
+            )
+    elif backend == "pointnet2_ops":
+        _load_pointnet2_ops()
+        if device.type != "cuda":
+            raise RuntimeError(f"FPS backend 'pointnet2_ops' needs a CUDA tensor, got device {device}")
+    return backend
+
+
+def _fps_torch(xyz: Tensor, npoint: int, skip_origin: bool) -> Tensor:
+    """Batched FPS loop: xyz (B, N, 3) fp32 -> (B, npoint) long."""
+    B, N, _ = xyz.shape
+    # Coordinates as three contiguous (B, N) planes: the per-step distance update is then three
+    # fused element-wise passes instead of a reduction over a length-3 axis (about 4x faster on CPU).
+    planes = xyz.permute(2, 0, 1).contiguous()
+    x, y, z = planes
+    flat = planes.reshape(3, B * N)
+    min_dist = torch.full((B, N), _FAR, dtype=torch.float32, device=xyz.device)
+    if skip_origin:
+        # Skipped points sit at -1 for good: min() with a distance >= 0 keeps them there, so they are
+        # never the argmax unless every point is skipped, and then argmax's first-index rule gives 0.
+        min_dist.masked_fill_(x.square() + y.square() + z.square() <= SKIP_NORM2, -1.0)
+    offsets = torch.arange(B, device=xyz.device) * N
+    farthest = torch.zeros(B, dtype=torch.long, device=xyz.device)
+    picks = [farthest]
+    dist, tmp = torch.empty_like(min_dist), torch.empty_like(min_dist)
+    for _ in range(npoint - 1):
+        p = flat.index_select(1, farthest + offsets).unsqueeze(-1)  # (3, B, 1)
+        torch.sub(x, p[0], out=dist).square_()
+        dist.add_(torch.sub(y, p[1], out=tmp).square_())
+        dist.add_(torch.sub(z, p[2], out=tmp).square_())
+        torch.minimum(min_dist, dist, out=min_dist)
+        farthest = min_dist.argmax(-1)
+        picks.append(farthest)
+    return torch.stack(picks, 1)
+
+
+def _fps_pointnet2_ops(xyz: Tensor, npoint: int, skip_origin: bool) -> Tensor:
+    if not skip_origin:
+        raise ValueError("FPS backend 'pointnet2_ops' always applies the skip rule; use skip_origin=True "
+                         "or backend 'torch' / 'triton'")
+    return _load_pointnet2_ops().furthest_point_sample(xyz, npoint).long()
+
+
+def _fps_triton(xyz: Tensor, npoint: int, skip_origin: bool) -> Tensor:
+    return _load_triton_fps().furthest_point_sample_triton(xyz, npoint, SKIP_NORM2, skip_origin)
+
+
+_FPS_IMPLS = {"torch": _fps_torch, "triton": _fps_triton, "pointnet2_ops": _fps_pointnet2_ops}
+
+
 @torch.no_grad()
-def furthest_point_sample(xyz: Tensor, npoint: int) -> Tensor:
-    """Farthest point sampling.
+def furthest_point_sample(xyz: Tensor, npoint: int, *, backend: str = "auto", skip_origin: bool = True) -> Tensor:
+    """Farthest point sampling with the semantics of the released CUDA kernel.
+
+    The first pick is index 0. Each later pick is the point with the largest running minimum squared
+    distance (initialised to 1e10) to the points already picked. With ``skip_origin`` (default, as the
+    released ``pointnet2_ops`` kernel does) a point with x^2+y^2+z^2 <= 1e-3 is never picked after
+    the first pick and its distance is never updated; when every point is skipped the pick is index
+    0. ``skip_origin=False`` gives plain FPS. Ties go to the lowest index in the torch and triton
+    backends, which therefore agree exactly; the CUDA kernel's tie order follows its thread reduction.
+    All arithmetic is fp32, also under autocast.
 
     Args:
         xyz: (B, N, 3) points.
-        npoint: number of points to pick (<= N).
+        npoint: number of points to pick, 1 <= npoint <= N.
+        backend: "auto" (the configured backend, see :func:`set_fps_backend`; by default triton on
+            CUDA when triton imports, else torch), "torch", "triton" or "pointnet2_ops".
+        skip_origin: apply the released kernel's skip rule for points near the origin.
     Returns:
-        (B, npoint) long indices. The first pick is index 0, as in the reference CUDA kernel; each
-        later pick is the point farthest from those already picked (ties: lowest index).
+        (B, npoint) long indices.
     """
     _check_points("furthest_point_sample", xyz)
-    B, N, _ = xyz.shape
+    N = xyz.shape[1]
     if not 0 < npoint <= N:
         raise ValueError(f"furthest_point_sample: npoint must be in [1, {N}], got {npoint}")
+    name = resolve_fps_backend(xyz.device, backend)
     with torch.autocast(device_type=xyz.device.type, enabled=False):
-        # Coordinates as three contiguous (B, N) planes: the per-step distance update is then three
-        # fused element-wise passes instead of a reduction over a length-3 axis (about 4x faster on CPU).
-        x, y, z = _fp32(xyz).permute(2, 0, 1).contiguous()
-        idx = torch.empty(B, npoint, dtype=torch.long, device=xyz.device)
-        min_dist = torch.full((B, N), float("inf"), device=xyz.device)
-        farthest = torch.zeros(B, dtype=torch.long, device=xyz.device)
-        batch = torch.arange(B, device=xyz.device)
-        for i in range(npoint):
-            idx[:, i] = farthest
-            px, py, pz = x[batch, farthest, None], y[batch, farthest, None], z[batch, farthest, None]
-            dist = (x - px).square_().add_((y - py).square_()).add_((z - pz).square_())
-            torch.minimum(min_dist, dist, out=min_dist)
-            farthest = min_dist.argmax(-1)
-    return idx
+        return _FPS_IMPLS[name](_fp32(xyz).contiguous(), npoint, skip_origin)
 
 
 def gather_points(points: Tensor, idx: Tensor) -> Tensor:
@@ -72,12 +227,15 @@ def gather_points(points: Tensor, idx: Tensor) -> Tensor:
     return out.reshape(*idx.shape, points.shape[-1])
 
 
-def fps(xyz: Tensor, npoint: int) -> Tensor:
-    """Farthest point sampling returning the points: (B, N, C) -> (B, npoint, C).
+def fps(xyz: Tensor, npoint: int, *, backend: str = "auto", skip_origin: bool = True) -> Tensor:
+    """Farthest point sampling returning the points: (B, N, C) -> (B, npoint, C), C >= 3.
 
     Sampling uses the first three channels; any further channels (normals) are carried along.
+    ``backend`` and ``skip_origin`` are those of :func:`furthest_point_sample`.
     """
-    idx = furthest_point_sample(xyz[..., :3].contiguous(), npoint)
+    if xyz.dim() != 3 or xyz.shape[-1] < 3:
+        raise ValueError(f"fps: expected a (B, N, C>=3) tensor of points, got shape {tuple(xyz.shape)}")
+    idx = furthest_point_sample(xyz[..., :3].contiguous(), npoint, backend=backend, skip_origin=skip_origin)
     return gather_points(xyz, idx)
 
 

@@ -41,7 +41,7 @@ def get_args(argv=None) -> argparse.Namespace:
     p.add_argument("--log_root", type=str, default=str(DEFAULT_LOG_ROOT), help="folder holding part_seg/")
     p.add_argument("--test", action="store_true", help="evaluate a saved segmentation model and exit")
     p.add_argument("--gpu", type=str, default=None, help="GPU index (same as --device cuda:N)")
-    add_common_args(p, "device", "amp", "seed", "deterministic", "num_workers", "launcher", "local_rank")
+    add_common_args(p, "device", "amp", "fps_backend", "seed", "deterministic", "num_workers", "launcher", "local_rank")
     g = p.add_argument_group("model (defaults: released sizes; must match the pre-training checkpoint)")
     g.add_argument("--patch_embed", choices=["auto", "inter_mae", "point_mae"], default="auto",
                    help="patch embedding; auto = the checkpoint's (inter_mae without one)")

@@ -5,6 +5,10 @@ segmentation/main.py, commit d4dbecd), to 1e-6.
 
 The losses are read where every job hands them to autograd (``Tensor.backward``), so the test
 does not depend on how the engine is organised.
+
+One figure changed on purpose since: the fifth fine-tuning loss, when farthest point sampling
+started to skip points within 1e-3 (squared norm) of the origin as the released pointnet2_ops
+kernel does (before: 3.857391357421875; with ``skip_origin=False`` it is reproduced).
 """
 from __future__ import annotations
 
@@ -20,7 +24,7 @@ from writers import (TINY_FINETUNE, TINY_TC, write_modelnet, write_shapenet55, w
 
 RECORDED = {
     "pretrain": [0.660708487033844, 0.6516212821006775, 0.6540737152099609, 0.6421807408332825, 0.5644617080688477],
-    "finetune": [3.7413992881774902, 3.4829866886138916, 3.7497947216033936, 3.986008644104004, 3.857391357421875],
+    "finetune": [3.7413992881774902, 3.4829866886138916, 3.7497947216033936, 3.986008644104004, 3.828697919845581],
     "segmentation": [3.8652002811431885, 3.7842984199523926, 3.7216711044311523, 3.616826057434082, 3.4918432235717773],
 }
 

@@ -48,6 +48,7 @@ TOP_LEVEL_KEYS = {
     "consider_metric": "metric that selects ckpt-best",
     "amp": "bf16 autocast on (true) or off (false)",
     "ckpt_period": "also keep ckpt-epoch-XXX every this many epochs (0: never)",
+    "fps_backend": "farthest point sampling on CUDA: auto | torch | triton | pointnet2_ops",
     "svm_validation": "linear-SVM validation of pre-trained features during pre-training",
 }
 

@@ -16,6 +16,10 @@ COMMON_ARGS = {
     "seed": (("--seed",), dict(type=int, default=0, help="random seed")),
     "deterministic": (("--deterministic",), dict(action="store_true", help="deterministic kernels (slower)")),
     "device": (("--device",), dict(type=str, default=None, help="cuda, cuda:N or cpu (default: CUDA when present)")),
+    "fps_backend": (("--fps_backend",), dict(choices=["auto", "torch", "triton", "pointnet2_ops"], default=None,
+                                             help="farthest point sampling on CUDA: auto (triton when it imports, "
+                                                  "else torch), torch, triton, pointnet2_ops (default: the config's "
+                                                  "fps_backend, else $INTERMAE_FPS_BACKEND, else auto)")),
     "amp": (("--amp",), dict(action="store_true", help="bf16 autocast (same as amp: true in the config)")),
     "partial_load": (("--partial_load",), dict(action="store_true", help="load checkpoints non-strictly: report "
                                                                             "missing and unexpected keys instead of failing")),
@@ -52,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--way", type=int, default=-1)
     parser.add_argument("--shot", type=int, default=-1)
     parser.add_argument("--fold", type=int, default=-1)
-    add_common_args(parser, "device", "amp")
+    add_common_args(parser, "device", "amp", "fps_backend")
     parser.add_argument("--experiment_root", type=str, default="./experiments", help="where experiments go")
     add_common_args(parser, "opts")
     return parser
