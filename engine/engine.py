@@ -32,13 +32,60 @@ TrainStep = Callable[[nn.Module, object], Dict[str, Tensor]]
 EvalStep = Callable[[nn.Module, object, object], None]
 
 
+AMP_MODES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
 class NonFiniteLossError(FloatingPointError):
     """The loss became NaN or infinite; training stops before the next checkpoint is written."""
 
 
-def autocast(device: torch.device, enabled: bool):
-    """bf16 autocast on ``device`` when ``enabled`` (geometry ops cast themselves back to fp32)."""
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
+def amp_mode(cli: Optional[str], config_value=None) -> str:
+    """``off``, ``bf16`` or ``fp16``: the ``--amp`` flag when given, else the config's ``amp``
+    (``true`` means bf16, as before fp16 existed)."""
+    value = cli if cli is not None else config_value
+    if value is None or value is False:
+        return "off"
+    if value is True:
+        return "bf16"
+    if str(value) not in AMP_MODES:
+        raise ValueError(f"amp: expected one of off, bf16, fp16 (or true / false), got {value!r}")
+    return str(value)
+
+
+def cpu_has_native_bf16() -> bool:
+    """avx512_bf16 or AMX: without them bf16 matmuls fall back to slow reference kernels."""
+    checks = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    return any(check() for check in checks if check is not None)
+
+
+def resolve_amp(mode: str, device: torch.device, logger=None) -> Optional[torch.dtype]:
+    """The autocast dtype for ``mode`` on ``device``, or None (fp32). A precision the device
+    cannot run fast is not used: one log line says why and the run continues in fp32."""
+    dtype = AMP_MODES[mode]
+    reason = None
+    if dtype is torch.float16 and device.type != "cuda":
+        reason = f"fp16 autocast (with loss scaling) needs a CUDA device, not {device.type}"
+    elif dtype is torch.bfloat16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        reason = f"{torch.cuda.get_device_name(device)} has no bf16 support; use --amp fp16"
+    elif dtype is torch.bfloat16 and device.type == "cpu" and not cpu_has_native_bf16():
+        reason = ("this CPU has no native bf16 instructions (avx512_bf16 / AMX), where bf16 autocast runs "
+                  "about 16x slower than fp32")
+    elif dtype is not None and device.type not in ("cuda", "cpu"):
+        reason = f"autocast is not set up for {device.type}"
+    if reason:
+        print_log(f"--amp {mode} refused: {reason}; training in fp32", logger=logger)
+        return None
+    return dtype
+
+
+def autocast(device: torch.device, dtype: Optional[torch.dtype]):
+    """Autocast to ``dtype`` on ``device`` (None: off). Geometry ops cast themselves back to fp32."""
+    return torch.autocast(device_type=device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None)
+
+
+def grad_scaler(device: torch.device, dtype: Optional[torch.dtype]) -> torch.amp.GradScaler:
+    """Loss scaling for fp16; a disabled scaler (a no-op) otherwise."""
+    return torch.amp.GradScaler(device.type, enabled=dtype is torch.float16)
 
 
 def batch_size_of(batch) -> int:
@@ -54,15 +101,18 @@ def batch_size_of(batch) -> int:
 
 
 def train_one_epoch(model: nn.Module, step: TrainStep, loader, optimizer: torch.optim.Optimizer, device: torch.device,
-                    epoch: int, *, accum: int = 1, clip: float = 0.0, amp: bool = False, writer=None,
-                    log_interval: int = 20, progress: bool = True) -> Dict[str, float]:
-    """One pass over ``loader``: ``step`` under autocast, ``loss / accum`` back-propagated, an
-    optimizer step (after clipping to ``clip``, when > 0) every ``accum`` batches and at the end.
+                    epoch: int, *, accum: int = 1, clip: float = 0.0, amp: Optional[torch.dtype] = None,
+                    scaler: Optional[torch.amp.GradScaler] = None, writer=None, log_interval: int = 20,
+                    progress: bool = True) -> Dict[str, float]:
+    """One pass over ``loader``: ``step`` under autocast to ``amp``, ``loss / accum`` back-propagated
+    (through ``scaler`` for fp16), an optimizer step (after clipping to ``clip``, when > 0) every
+    ``accum`` batches and at the end.
 
     Returns the epoch means of the step's figures over all processes, plus ``samples_per_s``.
     Raises :class:`NonFiniteLossError` at the first check after a NaN / Inf loss on any process.
     """
     model.train()
+    scaler = scaler or grad_scaler(device, None)
     rank, world_size = get_dist_info()
     n_batches = len(loader)
     names, sums, logged = None, None, None
@@ -74,11 +124,13 @@ def train_one_epoch(model: nn.Module, step: TrainStep, loader, optimizer: torch.
         with autocast(device, amp):
             out = step(model, batch)
         loss = out["loss"]
-        (loss / accum).backward()
+        scaler.scale(loss / accum).backward()
         if (idx + 1) % accum == 0 or idx + 1 == n_batches:
             if clip > 0:
+                scaler.unscale_(optimizer)
                 torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
-            optimizer.step()
+            scaler.step(optimizer)
+            scaler.update()
             optimizer.zero_grad(set_to_none=True)
 
         values = torch.stack([v.detach().float().reshape(()) for v in out.values()])
@@ -115,7 +167,7 @@ def train_one_epoch(model: nn.Module, step: TrainStep, loader, optimizer: torch.
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, step: EvalStep, loader, device: torch.device, meter, *, amp: bool = False,
+def evaluate(model: nn.Module, step: EvalStep, loader, device: torch.device, meter, *, amp: Optional[torch.dtype] = None,
              seed: Optional[int] = None, progress: bool = False, desc: str = "test"):
     """``step(model, batch, meter)`` over ``loader`` in eval mode; returns the meter, synchronised
     across processes. With ``seed`` the random draws (e.g. masks) are the same every call and
@@ -184,7 +236,7 @@ def log_scalars(writer, prefix: str, values: Dict[str, float], epoch: int) -> No
 
 def fit(model: nn.Module, step: TrainStep, loader, sampler, optimizer: torch.optim.Optimizer, scheduler,
         device: torch.device, *, start_epoch: int, max_epoch: int, accum: int = 1, clip: float = 0.0,
-        amp: bool = False, validate: Optional[Callable[[int], Dict[str, float]]] = None, val_freq: int = 1,
+        amp: Optional[torch.dtype] = None, scaler: Optional[torch.amp.GradScaler] = None, validate: Optional[Callable[[int], Dict[str, float]]] = None, val_freq: int = 1,
         better: Optional[Callable[[Dict[str, float], Dict[str, float]], bool]] = None,
         save: Optional[Callable[[str, int, Dict[str, float], Dict[str, float]], None]] = None,
         best: Optional[Dict[str, float]] = None, writers=(None, None), progress: bool = True,
@@ -204,7 +256,7 @@ def fit(model: nn.Module, step: TrainStep, loader, sampler, optimizer: torch.opt
             scheduler.step(epoch)
         start = time.time()
         stats = train_one_epoch(model, step, loader, optimizer, device, epoch, accum=accum, clip=clip, amp=amp,
-                                writer=train_writer, progress=progress)
+                                scaler=scaler, writer=train_writer, progress=progress)
         print_log(f"[Training] EPOCH: {epoch} EpochTime = {time.time() - start:.1f} s "
                   + " ".join(f"{k} = {v:.5g}" for k, v in stats.items())
                   + f" lr = {optimizer.param_groups[0]['lr']:.6f}", logger=logger)

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from datasets.data_transforms import PointcloudScaleAndTranslate
 from engine import builder
-from engine.engine import AccuracyMeter, evaluate, fit
+from engine.engine import AccuracyMeter, amp_mode, evaluate, fit, grad_scaler, resolve_amp
 from extensions.pointops import fps, furthest_point_sample, gather_points
 from utils.config import ConfigError, origin_of
 from utils.logger import get_logger, print_log
@@ -104,10 +104,10 @@ def make_eval_step(device: torch.device, npoints: int, vote: bool = False, times
     return step
 
 
-def accuracy(model: nn.Module, loader, device: torch.device, npoints: int, use_amp: bool = False, vote: bool = False,
+def accuracy(model: nn.Module, loader, device: torch.device, npoints: int, amp: Optional[torch.dtype] = None, vote: bool = False,
              show_progress: bool = False, desc: str = "test") -> float:
     """Overall accuracy in percent over ``loader`` (all processes): plain or voting."""
-    return evaluate(model, make_eval_step(device, npoints, vote), loader, device, AccuracyMeter(device), amp=use_amp,
+    return evaluate(model, make_eval_step(device, npoints, vote), loader, device, AccuracyMeter(device), amp=amp,
                     progress=show_progress, desc=desc).compute()["acc"]
 
 
@@ -125,17 +125,18 @@ def run_net(args, config, train_writer=None, val_writer=None) -> Dict[str, float
     logger = get_logger(args.log_name)
     npoints = _npoints(config)
     device = resolve_device(getattr(args, "device", None), args.local_rank)
-    use_amp = bool(getattr(args, "amp", False) or config.get("amp", False))
+    amp = resolve_amp(amp_mode(getattr(args, "amp", None), config.get("amp")), device, logger)
     show_progress = getattr(args, "progress", True)
-    print_log(f"device: {device}; bf16 autocast: {use_amp}", logger=logger)
+    print_log(f"device: {device}; autocast: {amp or 'off'}", logger=logger)
 
     train_sampler, train_dataloader = builder.dataset_builder(args, config.dataset.train)
     _, val_dataloader = builder.dataset_builder(args, config.dataset.val)
     base_model = builder.model_builder(config.model).to(device)
     optimizer, scheduler = builder.build_opti_sche(base_model, config)
+    scaler = grad_scaler(device, amp)
     start_epoch, best_metrics = 0, {}
     if args.resume:
-        start_epoch, best_metrics = builder.resume(base_model, optimizer, args, logger, scheduler)
+        start_epoch, best_metrics = builder.resume(base_model, optimizer, args, logger, scheduler, scaler)
     elif args.ckpts is not None and not args.scratch_model:
         base_model.load_model_from_ckpt(args.ckpts, strict=not getattr(args, "partial_load", False), logger=logger)
     else:
@@ -143,17 +144,17 @@ def run_net(args, config, train_writer=None, val_writer=None) -> Dict[str, float
     model = builder.wrap_distributed(base_model, args, device, logger)
 
     def validate(epoch: int) -> Dict[str, float]:
-        return {"acc": accuracy(model, val_dataloader, device, npoints, use_amp, show_progress=show_progress,
+        return {"acc": accuracy(model, val_dataloader, device, npoints, amp, show_progress=show_progress,
                                 desc="validate")}
 
     def save(tag: str, epoch: int, metrics: Dict[str, float], best: Dict[str, float]) -> None:
         builder.save_checkpoint(base_model, optimizer, epoch, metrics, best, f"ckpt-{tag}", args, logger,
-                                scheduler=scheduler)
+                                scheduler=scheduler, scaler=scaler)
 
     _, best_metrics = fit(model, make_train_step(device, npoints, base_model.get_loss_acc), train_dataloader,
                           train_sampler, optimizer, scheduler, device, start_epoch=start_epoch,
                           max_epoch=config.max_epoch, accum=int(config.get("step_per_update", 1)),
-                          clip=float(config.get("grad_norm_clip", 0) or 0), amp=use_amp, validate=validate,
+                          clip=float(config.get("grad_norm_clip", 0) or 0), amp=amp, scaler=scaler, validate=validate,
                           val_freq=args.val_freq, better=lambda m, b: m["acc"] > b.get("acc", -1.0), save=save,
                           best=best_metrics, writers=(train_writer, val_writer), progress=show_progress, logger=logger)
     if best_metrics:
@@ -168,7 +169,7 @@ def test_net(args, config) -> Dict[str, float]:
     logger = get_logger(args.log_name)
     npoints = _npoints(config)
     device = resolve_device(getattr(args, "device", None), args.local_rank)
-    use_amp = bool(getattr(args, "amp", False) or config.get("amp", False))
+    amp = resolve_amp(amp_mode(getattr(args, "amp", None), config.get("amp")), device, logger)
     test_cfg = config.dataset.get("test") or config.dataset.val
     if getattr(args, "shot", -1) != -1:
         test_cfg.others.update(way=args.way, shot=args.shot, fold=args.fold)
@@ -178,10 +179,10 @@ def test_net(args, config) -> Dict[str, float]:
     base_model = base_model.to(device)
     model = builder.wrap_distributed(base_model, args, device, logger)
     show_progress = getattr(args, "progress", True)
-    results = {"acc": accuracy(model, test_dataloader, device, npoints, use_amp, show_progress=show_progress)}
+    results = {"acc": accuracy(model, test_dataloader, device, npoints, amp, show_progress=show_progress)}
     print_log(f"[TEST] plain accuracy (FPS {npoints} points, 1 pass) = {results['acc']:.4f} %", logger=logger)
     if args.vote:
-        results["vote_acc"] = accuracy(model, test_dataloader, device, npoints, use_amp, vote=True,
+        results["vote_acc"] = accuracy(model, test_dataloader, device, npoints, amp, vote=True,
                                        show_progress=show_progress, desc="vote")
         print_log(f"[TEST_VOTE] voting accuracy ({VOTE_TIMES} passes of {npoints} of FPS "
                   f"{points_for_sampling(npoints)} with scale-and-translate, logits averaged) = {results['vote_acc']:.4f} %",

@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, Subset
 
 from datasets.ShapeNetPartDataset import CATEGORIES, NUM_PARTS, SEG_CLASSES, PartNormalDataset, category_part_mask
 from engine import builder
-from engine.engine import evaluate, fit
+from engine.engine import amp_mode, evaluate, fit, grad_scaler, resolve_amp
 from extensions.pointops import resolve_fps_backend, set_fps_backend
 from models.backbone import patch_embed_kind, read_encoder
 from models.PartSegTransformer import PartSegTransformer
@@ -229,7 +229,8 @@ def run(args) -> Dict[str, float]:
     print_log(f"Command: {' '.join(sys.argv)}", logger=logger)
     print_log(f"PARAMETER ... {vars(args)}", logger=logger)
     set_fps_backend(args.fps_backend)
-    print_log(f"device: {device}; bf16 autocast: {args.amp}; processes: {world_size}; "
+    args.amp_dtype = resolve_amp(amp_mode(args.amp), device, logger)
+    print_log(f"device: {device}; autocast: {args.amp_dtype or 'off'}; processes: {world_size}; "
               f"FPS backend: {resolve_fps_backend(device)}", logger=logger)
     try:
         return test(args, device, rank, world_size, ckpt_dir, logger) if args.test else \
@@ -255,7 +256,7 @@ def test(args, device, rank, world_size, ckpt_dir: Path, logger) -> Dict[str, fl
     print_log(f"[PartSeg] segmentation model from {path} (epoch {ckpt.get('epoch', '?')}): {report.summary()}", logger=logger)
     _, test_set, _, _, test_loader = make_loaders(args, world_size, rank)
     print_log(f"The number of test data is: {len(test_set)}", logger=logger)
-    meter = evaluate(model, make_eval_step(device), test_loader, device, PartSegMeter(), amp=args.amp,
+    meter = evaluate(model, make_eval_step(device), test_loader, device, PartSegMeter(), amp=args.amp_dtype,
                      progress=rank == 0)
     return log_metrics("Test", meter, logger)
 
@@ -282,7 +283,7 @@ def train(args, device, rank, world_size, ckpt_dir: Path, log_dir: Path, logger)
     model_args["return_layers"] = list(base_model.return_layers)
 
     def validate(epoch: int) -> Dict[str, float]:
-        meter = evaluate(model, eval_step, test_loader, device, PartSegMeter(), amp=args.amp, progress=rank == 0)
+        meter = evaluate(model, eval_step, test_loader, device, PartSegMeter(), amp=args.amp_dtype, progress=rank == 0)
         metrics = log_metrics(f"Epoch {epoch + 1} test", meter, logger)
         best.update({key: max(best[key], metrics[key]) for key in best})
         print_log(f"Best accuracy is: {best['accuracy']:.5f}  Best class avg mIoU is: {best['class_avg_iou']:.5f}  "
@@ -297,7 +298,7 @@ def train(args, device, rank, world_size, ckpt_dir: Path, log_dir: Path, logger)
             print_log(f"Saving best model (instance mIoU {metrics['instance_avg_iou']:.5f}) at {path}", logger=logger)
 
     fit(model, make_train_step(device), train_loader, sampler, optimizer, scheduler, device, start_epoch=0,
-        max_epoch=args.epoch, clip=args.clip, amp=args.amp, validate=validate,
+        max_epoch=args.epoch, clip=args.clip, amp=args.amp_dtype, scaler=grad_scaler(device, args.amp_dtype), validate=validate,
         better=lambda m, b: m["instance_avg_iou"] >= b.get("instance_avg_iou", -1.0), save=save,
         writers=(writer, writer), progress=rank == 0, logger=logger)
     if writer is not None:

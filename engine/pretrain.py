@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from datasets.data_transforms import PointcloudScaleAndTranslate
 from engine import builder
-from engine.engine import MeanMeter, evaluate, fit
+from engine.engine import MeanMeter, amp_mode, evaluate, fit, grad_scaler, resolve_amp
 from engine.svm import svm_validate
 from utils.logger import get_logger, print_log
 from utils.misc import resolve_device
@@ -54,8 +54,8 @@ def run_net(args, config, train_writer=None, val_writer=None) -> Dict[str, float
     """Pre-train ``config.model`` on ``config.dataset.train`` (released entry point)."""
     logger = get_logger(args.log_name)
     device = resolve_device(getattr(args, "device", None), args.local_rank)
-    use_amp = bool(getattr(args, "amp", False) or config.get("amp", False))
-    print_log(f"device: {device}; bf16 autocast: {use_amp}", logger=logger)
+    amp = resolve_amp(amp_mode(getattr(args, "amp", None), config.get("amp")), device, logger)
+    print_log(f"device: {device}; autocast: {amp or 'off'}", logger=logger)
 
     train_sampler, train_dataloader = builder.dataset_builder(args, config.dataset.train)
     val_dataloader = None
@@ -64,9 +64,10 @@ def run_net(args, config, train_writer=None, val_writer=None) -> Dict[str, float
 
     base_model = builder.model_builder(config.model).to(device)
     optimizer, scheduler = builder.build_opti_sche(base_model, config)
+    scaler = grad_scaler(device, amp)
     start_epoch, best_metrics = 0, {}
     if args.resume:
-        start_epoch, best_metrics = builder.resume(base_model, optimizer, args, logger, scheduler)
+        start_epoch, best_metrics = builder.resume(base_model, optimizer, args, logger, scheduler, scaler)
     elif args.start_ckpts is not None:
         builder.load_model(base_model, args.start_ckpts, logger=logger, strict=not getattr(args, "partial_load", False))
 
@@ -82,7 +83,7 @@ def run_net(args, config, train_writer=None, val_writer=None) -> Dict[str, float
         figures = {}
         if val_dataloader is not None and (epoch + 1) % max(args.val_freq, 1) == 0:
             figures["val_loss_rec"] = evaluate(model, make_val_step(device), val_dataloader, device, MeanMeter(device),
-                                               amp=use_amp, seed=0).compute()["loss_rec"]
+                                               amp=amp, seed=0).compute()["loss_rec"]
         if svm_freq and (epoch + 1) % svm_freq == 0:
             svm_acc = svm_validate(base_model, config, args, device, logger=logger)
             if svm_acc is not None:
@@ -94,15 +95,14 @@ def run_net(args, config, train_writer=None, val_writer=None) -> Dict[str, float
     def save(tag: str, epoch: int, metrics: Dict[str, float], best: Dict[str, float]) -> None:
         if tag != "last":
             return
-        builder.save_checkpoint(base_model, optimizer, epoch, metrics, best, "ckpt-last", args, logger, scheduler=scheduler)
-        if ckpt_period > 0 and (epoch + 1) % ckpt_period == 0:
-            builder.save_checkpoint(base_model, optimizer, epoch, metrics, best, f"ckpt-epoch-{epoch + 1:03d}", args, logger,
-                                    scheduler=scheduler)
+        for prefix in ["ckpt-last"] + ([f"ckpt-epoch-{epoch + 1:03d}"] if ckpt_period and (epoch + 1) % ckpt_period == 0 else []):
+            builder.save_checkpoint(base_model, optimizer, epoch, metrics, best, prefix, args, logger, scheduler=scheduler,
+                                    scaler=scaler)
 
     metrics, _ = fit(model, make_train_step(device, has_image_branch), train_dataloader, train_sampler, optimizer,
                      scheduler, device, start_epoch=start_epoch, max_epoch=config.max_epoch,
                      accum=int(config.get("step_per_update", 1)), clip=float(config.get("grad_norm_clip", 0) or 0),
-                     amp=use_amp, validate=validate, better=lambda m, b: m.get("val_loss_rec", math.inf) <
+                     amp=amp, scaler=scaler, validate=validate, better=lambda m, b: m.get("val_loss_rec", math.inf) <
                      b.get("val_loss_rec", math.inf), save=save, best=best_metrics, writers=(train_writer, val_writer),
                      progress=getattr(args, "progress", True), logger=logger)
     return metrics

@@ -124,3 +124,30 @@ def test_seeded_evaluate_repeats_and_leaves_the_rng_alone():
     assert first == second and torch.equal(torch.get_rng_state(), before)
     torch.manual_seed(0)
     assert first["draw"] == pytest.approx(torch.rand(3).mean().item())
+
+
+def test_loss_scaling_leaves_the_update_unchanged():
+    """fp16's GradScaler path (scale, unscale before clipping, step) gives the unscaled update."""
+    w0 = np.array([3.0, -2.0, 1.0])
+    data = batches(2, 6, seed=6)
+    plain, scaled = linear_model(w0), linear_model(w0)
+    for model, scaler in ((plain, None), (scaled, torch.amp.GradScaler("cpu", init_scale=1024.0))):
+        opt = torch.optim.SGD(model.parameters(), lr=0.05)
+        train_one_epoch(model, mse_step, data, opt, CPU, 0, clip=0.5, scaler=scaler, progress=False)
+    torch.testing.assert_close(scaled.weight, plain.weight, rtol=1e-6, atol=1e-7)
+
+
+def test_amp_mode_and_refusals(monkeypatch, capsys):
+    from engine import engine
+
+    assert [engine.amp_mode(c, v) for c, v in ((None, None), (None, True), (None, False), ("fp16", True),
+                                                  (None, "bf16"), ("off", "fp16"))] == \
+        ["off", "bf16", "off", "fp16", "bf16", "off"]
+    with pytest.raises(ValueError, match="'fp32'"):
+        engine.amp_mode(None, "fp32")
+    assert engine.resolve_amp("off", CPU) is None
+    assert engine.resolve_amp("fp16", CPU) is None and "needs a CUDA device" in capsys.readouterr().out
+    monkeypatch.setattr(engine, "cpu_has_native_bf16", lambda: False)
+    assert engine.resolve_amp("bf16", CPU) is None and "no native bf16" in capsys.readouterr().out
+    monkeypatch.setattr(engine, "cpu_has_native_bf16", lambda: True)
+    assert engine.resolve_amp("bf16", CPU) is torch.bfloat16

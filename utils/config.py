@@ -46,7 +46,7 @@ TOP_LEVEL_KEYS = {
     "max_epoch": "number of epochs",
     "grad_norm_clip": "clip gradients to this L2 norm (0 or absent: no clipping)",
     "consider_metric": "metric that selects ckpt-best",
-    "amp": "bf16 autocast on (true) or off (false)",
+    "amp": "mixed precision: off | bf16 | fp16 (true = bf16)",
     "ckpt_period": "also keep ckpt-epoch-XXX every this many epochs (0: never)",
     "fps_backend": "farthest point sampling on CUDA: auto | torch | triton | pointnet2_ops",
     "svm_validation": "linear-SVM validation of pre-trained features during pre-training",

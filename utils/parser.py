@@ -20,7 +20,9 @@ COMMON_ARGS = {
                                              help="farthest point sampling on CUDA: auto (triton when it imports, "
                                                   "else torch), torch, triton, pointnet2_ops (default: the config's "
                                                   "fps_backend, else $INTERMAE_FPS_BACKEND, else auto)")),
-    "amp": (("--amp",), dict(action="store_true", help="bf16 autocast (same as amp: true in the config)")),
+    "amp": (("--amp",), dict(nargs="?", const="bf16", default=None, choices=["off", "bf16", "fp16"],
+                             help="mixed precision: bf16 autocast (--amp alone), fp16 autocast with loss scaling "
+                                  "(CUDA), or off (default: the config's amp, else off)")),
     "partial_load": (("--partial_load",), dict(action="store_true", help="load checkpoints non-strictly: report "
                                                                             "missing and unexpected keys instead of failing")),
     "opts": (("--opts",), dict(nargs="*", default=[], metavar="KEY=VALUE",
