@@ -4,11 +4,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from easydict import EasyDict
 
 from models import build_model_from_cfg
 from models.Inter_MAE import block_mask, random_mask
-from models.layers import InterMAEPatchEmbed, TransPooling
+from models.layers import InterMAEPatchEmbed, PointMAEPatchEmbed, TransPooling
 from utils.config import ConfigError, cfg_from_yaml_file
 
 # The released state-dict listings (models/Inter_MAE.py, models/Point_MAE.py of the release).
@@ -119,7 +120,7 @@ def test_transpooling_is_the_released_diagonal_weighting():
     torch.manual_seed(2)
     layer = TransPooling(8)
     x = torch.randn(3, 8, 5)  # BG C K
-    out = layer(x).detach().numpy()
+    out = layer(x.transpose(1, 2)).detach().numpy()  # the layer works channels-last: (BG, K, C)
     q = np.einsum("oc,bck->bko", layer.q_conv.weight[:, :, 0].detach().numpy(), x.numpy())
     k = np.einsum("oc,bck->bok", layer.k_conv.weight[:, :, 0].detach().numpy(), x.numpy())
     for b in range(3):
@@ -128,6 +129,48 @@ def test_transpooling_is_the_released_diagonal_weighting():
         att /= att.sum(1, keepdims=True)
         for i in range(5):
             np.testing.assert_allclose(out[b, i], att[i, i] * x.numpy()[b, :, i], rtol=1e-4, atol=1e-6)
+
+
+def conv_reference(embed, point_groups):
+    """The released channels-first computation of a patch embedding, with nn.functional.conv1d /
+    batch_norm on (N, C, L) tensors and the same parameters (fresh running statistics)."""
+    def block(seq, x, stats):
+        conv1, bn, _, conv2 = seq
+        x = F.conv1d(x, conv1.weight, conv1.bias)
+        x = F.relu(F.batch_norm(x, stats[0], stats[1], bn.weight, bn.bias, training=True, momentum=bn.momentum, eps=bn.eps))
+        return F.conv1d(x, conv2.weight, conv2.bias)
+
+    B, G, K, _ = point_groups.shape
+    stats = [[torch.zeros(c), torch.ones(c)] for c in (128, 512)]
+    x = block(embed.first_conv, point_groups.reshape(B * G, K, 3).transpose(1, 2), stats[0])  # BG 256 K
+    if isinstance(embed, InterMAEPatchEmbed):
+        q = F.conv1d(x, embed.first_trans.q_conv.weight).transpose(1, 2)
+        att = torch.softmax(torch.bmm(q, F.conv1d(x, embed.first_trans.k_conv.weight)), dim=-1)
+        att = att / (1e-9 + att.sum(dim=-1, keepdim=True))
+        x = torch.einsum("bnn,bnc->bnc", att, x.transpose(1, 2))  # BG K 256
+        x = torch.cat([x.mean(dim=1), x.amax(dim=1)], dim=-1).reshape(B, G, 512).transpose(1, 2)
+        return block(embed.second_conv, x, stats[1]).transpose(1, 2), stats
+    x = torch.cat([x.amax(dim=2, keepdim=True).expand(-1, -1, K), x], dim=1)
+    return block(embed.second_conv, x, stats[1]).amax(dim=2).reshape(B, G, -1), stats
+
+
+@pytest.mark.parametrize("embed_cls", [InterMAEPatchEmbed, PointMAEPatchEmbed])
+def test_patch_embed_matmuls_equal_the_released_convolutions(embed_cls):
+    torch.manual_seed(3)
+    embed = embed_cls(64).train()
+    for module in embed.modules():  # non-trivial BatchNorm affine parameters
+        if isinstance(module, torch.nn.BatchNorm1d):
+            torch.nn.init.uniform_(module.weight, 0.5, 1.5)
+            torch.nn.init.uniform_(module.bias, -0.5, 0.5)
+    groups = torch.randn(2, 6, 16, 3)
+    expected, stats = conv_reference(embed, groups)
+    got = embed(groups)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    bns = [m for m in embed.modules() if isinstance(m, torch.nn.BatchNorm1d)]
+    for bn, (mean, var) in zip(bns, stats):
+        torch.testing.assert_close(bn.running_mean, mean, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(bn.running_var, var, rtol=1e-5, atol=1e-6)
+    assert embed.first_conv[0].weight.shape == (128, 3, 1)
 
 
 def test_patch_embed_output_shape():
