@@ -11,32 +11,18 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import os
-import statistics
 import sys
-import time
-from typing import Callable, List, Tuple
+from pathlib import Path
+from typing import List, Tuple
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere: the checkout's packages first
 
 from extensions.pointops import furthest_point_sample, resolve_fps_backend  # noqa: E402
+from bench.common import timed  # noqa: E402
 from utils.misc import resolve_device  # noqa: E402
 
-
-def timed(fn: Callable[[], object], device: torch.device, repeats: int) -> float:
-    fn()  # warm-up (and Triton compilation)
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
 
 
 def available_backends(device: torch.device) -> List[str]:

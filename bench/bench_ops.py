@@ -9,10 +9,8 @@ between (B*G, K, 3) predicted and true patches. Times are medians in millisecond
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 from pathlib import Path
-import time
 
 import torch
 
@@ -20,23 +18,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywher
 
 from extensions.chamfer_dist import ChamferDistanceL2  # noqa: E402
 from extensions.pointops import furthest_point_sample, knn_query  # noqa: E402
+from bench.common import timed  # noqa: E402
 from utils.misc import resolve_device  # noqa: E402
 
 GROUPS = {1024: 64, 2048: 128, 8192: 512}
 
-
-def timed(fn, device: torch.device, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
 
 
 def main(argv=None) -> None:

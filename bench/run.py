@@ -1,0 +1,41 @@
+"""All benchmarks in one run (``make bench``: ``python bench/run.py``): FPS backends, geometry ops, the three jobs'
+training steps in every precision the device runs fast, and the data side, each printed as a
+table of side-by-side ratios measured in this run.
+
+    python bench/run.py [--device cuda] [--quick]
+
+On a GPU the released sizes are used (batch 32); on a CPU the batches are smaller (FPS batch 8,
+training batch 8, 2 timed steps), so the whole run takes a few minutes. ``--quick`` shrinks
+further (a smoke run).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere: the checkout's packages first
+
+from bench import bench_data, bench_fps, bench_ops, bench_train  # noqa: E402
+from utils.misc import resolve_device  # noqa: E402
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--quick", action="store_true", help="smallest sizes (a smoke run)")
+    args = parser.parse_args(argv)
+    device = ["--device", str(resolve_device(args.device))]
+    quick = args.quick
+    print("== farthest point sampling backends ==")
+    bench_fps.main(device + (["--batch", "2", "--repeats", "1"] if quick else []))
+    print("\n== geometry ops ==")
+    bench_ops.main(device + (["--batch", "4", "--repeats", "1", "--sizes", "1024"] if quick else ["--sizes", "1024", "2048"]))
+    print("\n== training steps ==")
+    bench_train.main(device + (["--batch", "2", "--steps", "1", "--no_image_branch"] if quick else []))
+    print("\n== data ==")
+    bench_data.main(device + (["--cache_shapes_numpy", "1", "--cache_shapes", "2", "--views", "8"] if quick else []))
+
+
+if __name__ == "__main__":
+    main()
