@@ -1,5 +1,6 @@
 # Quick start: `make demo` and `make test`. Each installs what it needs first (a virtual
-# environment in .venv from requirements.txt), so a machine with only Python 3 is enough.
+# environment in .venv from requirements.txt, at the tested versions of constraints.txt), so a
+# machine with only Python 3 and access to PyPI is enough.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -11,10 +12,10 @@ WORKERS ?= 2
 
 install: $(STAMP)
 
-$(STAMP): requirements.txt
+$(STAMP): requirements.txt constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --upgrade pip -c constraints.txt
+	$(PY) -m pip install --quiet -r requirements.txt -c constraints.txt
 	touch $(STAMP)
 
 test: install
@@ -50,8 +51,7 @@ demo-seg: demo-pretrain
 demo: demo-pretrain demo-finetune demo-seg demo-vis
 
 bench: install
-	$(PY) bench/bench_ops.py
-	$(PY) bench/bench_pretrain.py
+	$(PY) bench/run.py
 
 clean-demo:
 	rm -rf experiments/pretrain_demo experiments/finetune_demo segmentation/log/part_seg/demo $(DEMO_ROOT)

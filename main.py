@@ -22,7 +22,7 @@ from models import MODELS
 from utils import dist_utils, parser
 from utils.config import get_config, log_config_to_file, validate_config
 from utils.logger import get_root_logger, print_log
-from utils.misc import resolve_device, set_random_seed
+from utils.misc import resolve_device, set_random_seed, warn_if_no_gpu
 
 
 def job_of(args) -> str:
@@ -68,8 +68,10 @@ def main(argv=None):
         print_log(f"args.{key} : {val}", logger=logger)
     log_config_to_file(config, "config", logger=logger)
     print_log(f"Distributed training: {args.distributed} (world size {world_size})", logger=logger)
+    device = resolve_device(args.device, args.local_rank)
+    warn_if_no_gpu(args.device, device, logger)
     set_fps_backend(args.fps_backend or config.get("fps_backend"))
-    print_log(f"FPS backend: {resolve_fps_backend(resolve_device(args.device, args.local_rank))}", logger=logger)
+    print_log(f"FPS backend: {resolve_fps_backend(device)}", logger=logger)
     set_random_seed(args.seed + rank, deterministic=args.deterministic)
 
     try:

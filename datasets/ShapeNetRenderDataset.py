@@ -13,8 +13,7 @@ from torch.utils.data import Dataset
 
 from .build import DATASETS
 from .common import DatasetFormatError, dataset_schema, pc_normalize, random_subset, require_path
-from .views import (VIEW_KEYS, FeatureCache, check_view_config, choose_views, load_rgba_on_white, project_views,
-                    rendered_view_paths)
+from .views import VIEW_KEYS, FeatureCache, check_view_config, choose_views, load_view, project_views, rendered_view_paths
 
 LAYOUT = """  <DATA_PATH>/ShapeNet/<synset>/<model>.ply                       (x, y, z vertices, >= N_POINTS)
   <DATA_PATH>/ShapeNetRendering/<synset>/<model>/rendering/00.png .. 23.png   (137x137 RGBA)
@@ -27,7 +26,8 @@ class ShapeNetRender(Dataset):
     random ``npoints`` of them, unit-sphere normalised, (npoints, 3) float32.
 
     ``n_imgs == 0``: data = points. Otherwise data = {'points', 'imgs': (n_imgs, 3, IMG_SIZE,
-    IMG_SIZE) in [0, 1]} (random distinct views; RGBA composited on white) or, with IMG_SOURCE
+    IMG_SIZE) in [0, 1]} (random distinct views; RGBA composited on white, or with ``IMG_ALPHA: drop``
+    alpha dropped as released) or, with IMG_SOURCE
     'cached', {'points', 'img_feats': (n_imgs, F)}.
     """
 
@@ -42,6 +42,7 @@ class ShapeNetRender(Dataset):
         self.n_imgs = int(config.get("n_imgs", 1))
         self.img_source = config.get("IMG_SOURCE", "rendered")
         self.img_size = int(config.get("IMG_SIZE", 224))
+        self.img_alpha = config.get("IMG_ALPHA", "white")
         self.render_root = os.path.join(self.data_root, "ShapeNetRendering")
         self.feature_cache = FeatureCache(config.FEATURE_CACHE) if self.n_imgs and self.img_source == "cached" else None
         if self.n_imgs and self.img_source == "rendered":
@@ -86,7 +87,7 @@ class ShapeNetRender(Dataset):
         if self.img_source == "projected":
             return {"imgs": project_views(points, views, self.img_size)}
         paths = rendered_view_paths(self.render_root, sample["taxonomy_id"], sample["model_id"], views)
-        return {"imgs": torch.stack([load_rgba_on_white(p, self.img_size) for p in paths])}
+        return {"imgs": torch.stack([load_view(p, self.img_size, self.img_alpha) for p in paths])}
 
     def __getitem__(self, idx: int):
         sample = self.file_list[idx]

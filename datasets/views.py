@@ -6,6 +6,10 @@ Dataset config keys (ShapeNetRender, ShapeNet):
                  rendered by datasets/render.py), or 'cached' (encoder features written by
                  tools/cache_image_features.py)
     IMG_SIZE     side of the returned images (default 224)
+    IMG_ALPHA    'white' (default): RGBA renderings composited on white, bilinear resize in torch;
+                 'drop': as released (``ShapeNetRenderDataset.__getitem__``: PIL ``convert('RGB')``,
+                 alpha dropped so the background is whatever RGB the PNG stores under alpha 0,
+                 then ``transforms.Resize`` (PIL bilinear) and ``ToTensor``). 'rendered' only.
     FEATURE_CACHE  the .npy written by tools/cache_image_features.py ('cached' only)
 """
 from __future__ import annotations
@@ -23,7 +27,8 @@ from .common import DatasetFormatError
 
 N_RENDERED_VIEWS = 24
 IMAGE_SOURCES = ("rendered", "projected", "cached")
-VIEW_KEYS = ("n_imgs", "IMG_SOURCE", "IMG_SIZE", "FEATURE_CACHE")
+VIEW_KEYS = ("n_imgs", "IMG_SOURCE", "IMG_SIZE", "IMG_ALPHA", "FEATURE_CACHE")
+ALPHA_MODES = ("white", "drop")
 
 
 def choose_views(n_imgs: int, n_views: int = N_RENDERED_VIEWS) -> np.ndarray:
@@ -45,6 +50,25 @@ def load_rgba_on_white(path: str, size: int) -> torch.Tensor:
     if composite.shape[-1] != size or composite.shape[-2] != size:
         composite = F.interpolate(composite[None], size=(size, size), mode="bilinear", align_corners=False)[0]
     return composite.clamp_(0.0, 1.0)
+
+
+def load_rgb_alpha_dropped(path: str, size: int) -> torch.Tensor:
+    """A view PNG -> (3, size, size) float in [0, 1] as the release reads it: PIL ``convert('RGB')``
+    (alpha dropped, not composited), PIL bilinear resize to (size, size), ``ToTensor`` (/ 255)."""
+    try:
+        with Image.open(path) as img:
+            rgb = img.convert("RGB")
+            if rgb.size != (size, size):
+                rgb = rgb.resize((size, size), Image.BILINEAR)
+            array = np.asarray(rgb, dtype=np.float32) / 255.0
+    except (OSError, ValueError) as e:
+        raise DatasetFormatError(f"{path}: not a readable image ({e}); expected a 137x137 RGBA PNG") from None
+    return torch.from_numpy(array).permute(2, 0, 1).contiguous()
+
+
+def load_view(path: str, size: int, alpha: str = "white") -> torch.Tensor:
+    """A view PNG -> (3, size, size) in [0, 1]: ``alpha`` 'white' (composited) or 'drop' (released)."""
+    return load_rgb_alpha_dropped(path, size) if alpha == "drop" else load_rgba_on_white(path, size)
 
 
 def rendered_view_paths(render_root: str, synset: str, model: str, views) -> List[str]:
@@ -95,6 +119,10 @@ def check_view_config(config, dataset: str, allowed_sources=IMAGE_SOURCES) -> No
     source = config.get("IMG_SOURCE", "rendered")
     if source not in allowed_sources:
         raise DatasetFormatError(f"{dataset}: IMG_SOURCE must be one of {list(allowed_sources)}, got '{source}'")
+    alpha = config.get("IMG_ALPHA", "white")
+    if alpha not in ALPHA_MODES:
+        raise DatasetFormatError(f"{dataset}: IMG_ALPHA must be one of {list(ALPHA_MODES)} ('white': composite RGBA "
+                                 f"on white; 'drop': the released convert('RGB')), got '{alpha}'")
     if source == "cached" and not config.get("FEATURE_CACHE"):
         raise DatasetFormatError(f"{dataset}: IMG_SOURCE 'cached' needs FEATURE_CACHE (the .npy of "
                                  "tools/cache_image_features.py)")

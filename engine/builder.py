@@ -37,12 +37,16 @@ def build_loader(dataset, batch_size: int, train: bool, seed: int = 0, num_worke
     The sampler is always a DistributedSampler (one replica without torch.distributed), so the
     shuffling order is a function of (seed, epoch): call ``sampler.set_epoch(epoch)`` each epoch.
     Training shuffles and drops the last incomplete batch (unless the set is smaller than one).
+    Workers prefetch 4 batches each; memory is pinned when CUDA is present.
     """
     rank, world_size = get_dist_info()
     sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=train, seed=seed, drop_last=train)
+    # Workers are not persistent: a fresh iterator each epoch draws its worker seeds from the
+    # (checkpointed) torch RNG, which keeps resumed runs exact.
+    workers = dict(prefetch_factor=4) if num_workers > 0 else {}
     loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
                         drop_last=train and len(dataset) >= batch_size * world_size, worker_init_fn=worker_init_fn,
-                        pin_memory=torch.cuda.is_available())
+                        pin_memory=torch.cuda.is_available(), **workers)
     return sampler, loader
 
 
@@ -156,8 +160,11 @@ def save_checkpoint(base_model, optimizer, epoch, metrics, best_metrics, prefix,
 
     The dict holds ``base_model`` (no ``module.`` prefix), ``optimizer``, ``epoch``, ``metrics``,
     ``best_metrics`` (plain numbers), and for exact resumption ``scheduler``, ``scaler`` and
-    ``rng_state``.
+    ``rng_state``; only tensors and plain Python values, so ``torch.load(path)`` reads it with the
+    default ``weights_only=True``.
     """
+    from utils.checkpoint import plain_numbers
+
     if get_dist_info()[0] != 0:
         return None
     path = os.path.join(args.experiment_path, prefix + ".pth")
@@ -165,8 +172,8 @@ def save_checkpoint(base_model, optimizer, epoch, metrics, best_metrics, prefix,
         "base_model": unwrap_model(base_model).state_dict(),
         "optimizer": optimizer.state_dict(),
         "epoch": epoch,
-        "metrics": to_plain(metrics) if metrics is not None else {},
-        "best_metrics": to_plain(best_metrics) if best_metrics is not None else {},
+        "metrics": plain_numbers(to_plain(metrics)) if metrics is not None else {},
+        "best_metrics": plain_numbers(to_plain(best_metrics)) if best_metrics is not None else {},
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
         "scaler": scaler.state_dict() if scaler is not None else None,
         "rng_state": rng_state(),
@@ -199,7 +206,8 @@ def resume(base_model, optimizer, args, logger=None, scheduler=None, scaler=None
 
 
 def load_model(base_model, ckpt_path: str, logger=None, strict: bool = True):
-    """Load a whole model (e.g. for --test); strict by default. Returns (epoch, metrics)."""
+    """Load a whole model (e.g. for --test) from a checkpoint or a ``.safetensors`` export; strict by
+    default. Returns (epoch, metrics) (-1 and {} for a ``.safetensors`` file)."""
     ckpt = load_checkpoint_file(ckpt_path)
     report = load_state_dict_checked(unwrap_model(base_model), state_dict_of(ckpt, ckpt_path), strict=strict, source=ckpt_path)
     epoch = ckpt.get("epoch", -1)

@@ -10,6 +10,11 @@ Metrics, implemented once for training, ``--test`` and the tests:
 * accuracy: correct points / points;
 * class-average accuracy: mean over the parts that occur in the ground truth of the per-part
   point accuracy (recall).
+
+Model initialisation follows the released ``get_model`` (PyTorch's default init; ``args.init``
+``trunc_normal`` restores the project's earlier one); ``args.lr_schedule`` ``released`` restores
+the released one-epoch schedule lag (default ``exact``). Both are read with ``getattr`` so that a
+namespace without them gets the defaults.
 """
 from __future__ import annotations
 
@@ -30,13 +35,14 @@ from torch.utils.data import DataLoader, Subset
 from datasets.ShapeNetPartDataset import CATEGORIES, NUM_PARTS, SEG_CLASSES, PartNormalDataset, category_part_mask
 from engine import builder
 from engine.engine import amp_mode, evaluate, fit, grad_scaler, resolve_amp
+from engine.finetune import apply_lr_schedule
 from extensions.pointops import resolve_fps_backend, set_fps_backend
 from models.backbone import patch_embed_kind, read_encoder
 from models.PartSegTransformer import PartSegTransformer
 from utils import dist_utils
 from utils.checkpoint import CheckpointError, atomic_save, load_checkpoint_file, load_state_dict_checked, state_dict_of
 from utils.logger import get_logger, print_log
-from utils.misc import resolve_device, set_random_seed, worker_init_fn
+from utils.misc import resolve_device, set_random_seed, warn_if_no_gpu, worker_init_fn
 
 MODEL_ARGS = ("trans_dim", "depth", "num_heads", "drop_path_rate", "num_group", "group_size", "return_layers", "normal")
 
@@ -204,8 +210,10 @@ def build_model(args, logger=None) -> PartSegTransformer:
         kind = (patch_embed_kind(read_encoder(args.ckpts)[2]) if args.ckpts else None) or "inter_mae"
     model = PartSegTransformer(trans_dim=args.trans_dim, depth=args.depth, num_heads=args.num_heads,
                                drop_path_rate=args.drop_path_rate, num_group=args.num_group, group_size=args.group_size,
-                               patch_embed=kind, return_layers=args.return_layers, normal=args.normal)
-    print_log(f"[PartSeg] {kind} patch embedding, width {args.trans_dim}, depth {args.depth}, {args.num_heads} heads, "
+                               patch_embed=kind, return_layers=args.return_layers, normal=args.normal,
+                               init=getattr(args, "init", "released"))
+    print_log(f"[PartSeg] init {model.init_mode}; {kind} patch embedding, width {args.trans_dim}, depth {args.depth}, "
+              f"{args.num_heads} heads, "
               f"{args.num_group} x {args.group_size} patches, head on blocks {model.return_layers}, "
               f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters", logger=logger)
     return model
@@ -228,6 +236,7 @@ def run(args) -> Dict[str, float]:
     logger = get_logger("part_seg", log_file=str(log_dir / f"{'test' if args.test else args.model}.txt"))
     print_log(f"Command: {' '.join(sys.argv)}", logger=logger)
     print_log(f"PARAMETER ... {vars(args)}", logger=logger)
+    warn_if_no_gpu(args.device, device, logger)
     set_fps_backend(args.fps_backend)
     args.amp_dtype = resolve_amp(amp_mode(args.amp), device, logger)
     print_log(f"device: {device}; autocast: {args.amp_dtype or 'off'}; processes: {world_size}; "
@@ -274,7 +283,8 @@ def train(args, device, rank, world_size, ckpt_dir: Path, log_dir: Path, logger)
     base_model = base_model.to(device)
     model = builder.wrap_distributed(base_model, args, device, logger)
     optimizer = torch.optim.AdamW(builder.add_weight_decay(base_model, weight_decay=args.weight_decay), lr=args.learning_rate)
-    scheduler = builder.CosineEpochScheduler(optimizer, epochs=args.epoch, initial_epochs=args.warmup_epoch)
+    scheduler = apply_lr_schedule(builder.CosineEpochScheduler(optimizer, epochs=args.epoch, initial_epochs=args.warmup_epoch),
+                                  getattr(args, "lr_schedule", "exact"))
 
     writer = SummaryWriter(str(log_dir)) if rank == 0 else None
     eval_step = make_eval_step(device)

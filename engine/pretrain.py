@@ -2,6 +2,13 @@
 
 AdamW, per-epoch cosine with warm-up; per-sample scale-and-translate augmentation; optional
 validation (reconstruction loss with fixed masks) and linear-SVM validation of the encoder.
+
+Epochs and schedule as the released ``tools/runner_pretrain.py`` by default (``epoch_count:
+released``: epochs ``0 .. max_epoch``; ``lr_schedule``: see :mod:`engine.finetune`). The released
+runner never validates (its SVM validation is commented out); its config names ShapeNetRender's
+``test`` subset as ``dataset.val``, which the released loader could not tell from the training
+shapes. Here ``dataset.val`` is validated on when it can be built; when its data is absent (e.g.
+no ``test.txt`` split of ShapeNetRender) the run logs one line and trains without validation.
 """
 from __future__ import annotations
 
@@ -11,9 +18,11 @@ from typing import Dict, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
+from datasets.common import DatasetFormatError
 from datasets.data_transforms import PointcloudScaleAndTranslate
 from engine import builder
 from engine.engine import MeanMeter, amp_mode, evaluate, fit, grad_scaler, resolve_amp
+from engine.finetune import epochs_to_run, schedule_for
 from engine.svm import svm_validate
 from utils.logger import get_logger, print_log
 from utils.misc import resolve_device
@@ -60,10 +69,19 @@ def run_net(args, config, train_writer=None, val_writer=None) -> Dict[str, float
     train_sampler, train_dataloader = builder.dataset_builder(args, config.dataset.train)
     val_dataloader = None
     if config.dataset.get("val") is not None:
-        _, val_dataloader = builder.dataset_builder(args, config.dataset.val)
+        try:
+            _, val_dataloader = builder.dataset_builder(args, config.dataset.val)
+        except DatasetFormatError as e:
+            reason = str(e).splitlines()[0]
+            print_log(f"[Validation] skipped: dataset.val cannot be read ({reason})", logger=logger)
 
+    n_epochs = epochs_to_run(config)
     base_model = builder.model_builder(config.model).to(device)
     optimizer, scheduler = builder.build_opti_sche(base_model, config)
+    scheduler = schedule_for(config, scheduler)
+    print_log(f"epochs: {n_epochs} (epoch_count: {config.get('epoch_count', 'released')}, max_epoch {config.max_epoch}); "
+              f"lr_schedule: {config.get('lr_schedule', 'exact')}; model.init: {config.model.get('init', 'released')}",
+              logger=logger)
     scaler = grad_scaler(device, amp)
     start_epoch, best_metrics = 0, {}
     if args.resume:
@@ -85,7 +103,7 @@ def run_net(args, config, train_writer=None, val_writer=None) -> Dict[str, float
             figures["val_loss_rec"] = evaluate(model, make_val_step(device), val_dataloader, device, MeanMeter(device),
                                                amp=amp, seed=0).compute()["loss_rec"]
         if svm_freq and (epoch + 1) % svm_freq == 0:
-            svm_acc = svm_validate(base_model, config, args, device, logger=logger)
+            svm_acc = svm_validate(base_model, config, args, device, logger=logger, epoch=epoch)
             if svm_acc is not None:
                 figures["svm_acc"] = svm_acc
         return figures
@@ -100,7 +118,7 @@ def run_net(args, config, train_writer=None, val_writer=None) -> Dict[str, float
                                     scaler=scaler)
 
     metrics, _ = fit(model, make_train_step(device, has_image_branch), train_dataloader, train_sampler, optimizer,
-                     scheduler, device, start_epoch=start_epoch, max_epoch=config.max_epoch,
+                     scheduler, device, start_epoch=start_epoch, max_epoch=n_epochs,
                      accum=int(config.get("step_per_update", 1)), clip=float(config.get("grad_norm_clip", 0) or 0),
                      amp=amp, scaler=scaler, validate=validate, better=lambda m, b: m.get("val_loss_rec", math.inf) <
                      b.get("val_loss_rec", math.inf), save=save, best=best_metrics, writers=(train_writer, val_writer),

@@ -1,12 +1,20 @@
 """Linear SVM on frozen pre-trained point features (ModelNet40, scikit-learn LinearSVC).
 
-Used by ``tools/svm.py`` and, during pre-training, by ``svm_validation``. Every shape is reduced to ``npoints`` by FPS, grouped, embedded and encoded by the pre-trained
-``MAE_encoder`` without masking; the feature is ``max_mean_pool`` of the patch tokens (2C). A
-LinearSVC fitted on the train features is scored on the test features.
+Used by ``tools/svm.py`` and, during pre-training, by ``svm_validation``. The released protocol
+(``tools/runner_pretrain.py``: ``evaluate_svm`` / ``validate``, ``datasets/ModelNetDataset.py``:
+``ModelNet40SVM``) is the default: ModelNet40 from ``modelnet40_ply_hdf5_2048`` (the first 1024
+points of each cloud, labels from the files; ``datasets/ModelNetH5Dataset.py``), a
+``LinearSVC`` with the defaults of the release's scikit-learn (C = 1.0, dual, 1000 iterations;
+seeded here), and the accuracy printed as released: ``[Validation] EPOCH: e  acc = 0.xxxx`` (a
+fraction; the figure returned and logged to TensorBoard is in percent).
 
-The datasets come from the config's ``svm_validation`` entry when it has one, else from
-``cfgs/dataset_configs/ModelNet40.yaml`` (train / test, 1024 points). During pre-training the
-same measurement runs through :func:`svm_validate` when ``svm_validation.enabled`` is true.
+The feature of a shape is ``max_mean_pool`` of the patch tokens (2C) of the pre-trained
+``MAE_encoder`` run without masking. The release's own feature call (``base_model(points,
+noaug=True)``) cannot run: ``Inter_MAE.forward`` returns the two losses, and the released validation
+is commented out.
+
+Other data: the config's ``svm_validation.train`` / ``.test`` entries (any classification
+dataset, e.g. the ModelNet40 ``.dat`` caches, whose clouds are reduced to ``npoints`` by FPS).
 """
 from __future__ import annotations
 
@@ -29,8 +37,10 @@ from utils.config import SVM_SCHEMA, ConfigError, cfg_from_yaml_file, merge_into
 from utils.dist_utils import get_dist_info
 from utils.logger import print_log
 
-DEFAULT_DATASET = "cfgs/dataset_configs/ModelNet40.yaml"
-DEFAULT_C = 0.01
+DEFAULT_DATASET = "cfgs/dataset_configs/ModelNet40SVM.yaml"  # modelnet40_ply_hdf5_2048, as released
+CACHE_DATASET = "cfgs/dataset_configs/ModelNet40.yaml"  # the .dat caches (FPS to npoints)
+DEFAULT_C = 1.0  # sklearn's default, which the released LinearSVC() used
+DEFAULT_MAX_ITER = 1000  # ditto
 DEFAULT_NPOINTS = 1024
 
 
@@ -84,12 +94,16 @@ def extract_features(features: Callable[[Tensor], Tensor], loader, device: torch
 
 
 def fit_linear_svm(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray,
-                   C: float = DEFAULT_C, seed: int = 0) -> float:
-    """Accuracy (%) on the test features of a LinearSVC fitted on the train features."""
+                   C: float = DEFAULT_C, seed: int = 0, max_iter: int = DEFAULT_MAX_ITER) -> float:
+    """Accuracy (%) on the test features of a LinearSVC fitted on the train features.
+
+    The released ``LinearSVC()`` with the defaults of its scikit-learn: squared hinge, dual
+    coordinate descent (``dual=True``, the default before scikit-learn 1.5 made it 'auto'),
+    ``max_iter`` 1000; ``random_state`` is seeded here (the release left it unseeded)."""
     from sklearn.svm import LinearSVC
 
-    svm = LinearSVC(C=C, random_state=seed, max_iter=10000)
-    svm.fit(train_x, train_y)
+    svm = LinearSVC(C=C, dual=True, max_iter=max_iter, random_state=seed)
+    svm.fit(train_x, train_y)  # scikit-learn warns (ConvergenceWarning) when max_iter is reached
     return float((svm.predict(test_x) == test_y).mean() * 100.0)
 
 
@@ -99,9 +113,11 @@ def _loader(entry, batch_size: int, num_workers: int) -> Tuple[DataLoader, int]:
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, drop_last=False), npoints
 
 
-def svm_validate(base_model: nn.Module, config, args, device: torch.device, logger=None) -> Optional[float]:
+def svm_validate(base_model: nn.Module, config, args, device: torch.device, logger=None,
+                 epoch: Optional[int] = None) -> Optional[float]:
     """Linear-SVM accuracy (%) of ``base_model``'s frozen encoder features on ModelNet40 (or the
-    datasets of ``config.svm_validation``). Runs on rank 0 only (returns None elsewhere)."""
+    datasets of ``config.svm_validation``). Runs on rank 0 only (returns None elsewhere). Logs the
+    released line ``[Validation] EPOCH: <epoch>  acc = <fraction>`` and a line with the details."""
     if get_dist_info()[0] != 0:
         return None
     svm_cfg = resolve_svm_config(config)
@@ -128,6 +144,7 @@ def svm_validate(base_model: nn.Module, config, args, device: torch.device, logg
         np.random.set_state(np_state)
         model.train(was_training)
     acc = fit_linear_svm(train_x, train_y, test_x, test_y, C=float(svm_cfg.C), seed=int(getattr(args, "seed", 0)))
+    print_log("[Validation] EPOCH: %d  acc = %.4f" % (-1 if epoch is None else epoch, acc / 100.0), logger=logger)
     print_log(f"[SVM] linear SVM accuracy = {acc:.4f} % (C = {svm_cfg.C}; {len(train_y)} train / {len(test_y)} test shapes, "
               f"feature width {train_x.shape[1]})", logger=logger)
     return acc

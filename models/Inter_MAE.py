@@ -1,9 +1,14 @@
 """Pre-training models: Inter-MAE, and the Point-MAE baseline it extends.
 
-``Inter_MAE``: a masked patch autoencoder (``MAE_encoder`` sees the visible patches; learned mask
-tokens enter only the decoder), a Chamfer reconstruction loss of the masked patches, and
-``pro_head`` projecting the decoded sequence for the inter-modal contrastive loss with the image
-branch (released ``models/Inter_MAE.py``).
+``Inter_MAE``: a masked patch autoencoder (``MAE_encoder`` sees the visible patches only; the
+decoder sees the whole sequence: the encoded visible tokens followed by one learned mask token per
+masked patch), a Chamfer reconstruction loss of the masked patches (predicted from the decoder's
+mask-token outputs), and ``pro_head`` projecting the whole decoded sequence for the inter-modal
+contrastive loss with the image branch (released ``models/Inter_MAE.py``).
+
+Initialisation (``model.init``, see :data:`models.backbone.INIT_MODES`): ``released`` (default)
+initialises the decoder's Linears xavier-uniform as the released ``TransformerDecoder._init_weights``
+does; ``trunc_normal`` keeps the project's earlier trunc-normal(0.02) decoder.
 """
 from __future__ import annotations
 
@@ -17,7 +22,7 @@ from extensions.chamfer_dist import ChamferDistanceL1, ChamferDistanceL2
 from extensions.emd import EarthMoverDistance
 from utils.config import ConfigError, Schema, origin_of
 
-from .backbone import PointEncoder, first_max_pool
+from .backbone import PointEncoder, check_init, first_max_pool
 from .build import MODELS
 from .image_encoder import IMAGE_BRANCH_SCHEMA, ImageBranch
 from .layers import TransformerDecoder, init_weights, pos_embedding
@@ -26,6 +31,18 @@ TRANSFORMER_KEYS = (
     "mask_ratio", "mask_type", "trans_dim", "encoder_dims", "depth", "drop_path_rate", "num_heads",
     "decoder_depth", "decoder_num_heads",
 )
+
+
+def xavier_init_weights(m: nn.Module) -> None:
+    """The released decoder's ``_init_weights``: xavier-uniform Linear weights, zero biases, unit
+    LayerNorm (other modules untouched)."""
+    if isinstance(m, nn.Linear):
+        nn.init.xavier_uniform_(m.weight)
+        if m.bias is not None:
+            nn.init.constant_(m.bias, 0)
+    elif isinstance(m, nn.LayerNorm):
+        nn.init.constant_(m.bias, 0)
+        nn.init.constant_(m.weight, 1.0)
 
 
 def random_mask(center: Tensor, ratio: float) -> Tensor:
@@ -106,7 +123,7 @@ class _MaskedPointAutoencoder(nn.Module):
     reconstruction head.
     """
 
-    config_schema = Schema(required=("NAME", "group_size", "num_group", "loss"), optional=("patch_embed",),
+    config_schema = Schema(required=("NAME", "group_size", "num_group", "loss"), optional=("patch_embed", "init"),
                            sections={"transformer_config": Schema(required=TRANSFORMER_KEYS)})
     default_patch_embed = "inter_mae"
 
@@ -114,6 +131,7 @@ class _MaskedPointAutoencoder(nn.Module):
         super().__init__()
         tc = config.transformer_config
         self.config = config
+        self.init_mode = check_init(config.get("init", "released"), "model.init", origin_of(config))
         self.trans_dim = tc.trans_dim
         self.group_size = config.group_size
         self.num_group = config.num_group
@@ -131,6 +149,8 @@ class _MaskedPointAutoencoder(nn.Module):
             embed_dim=self.decoder_dim, depth=tc.decoder_depth, num_heads=tc.decoder_num_heads,
             drop_path_rate=[r.item() for r in torch.linspace(0, self.drop_path_rate, tc.decoder_depth)],
         )
+        if self.init_mode == "released":
+            self.MAE_decoder.apply(xavier_init_weights)
         self.group_divider = self.MAE_encoder.group_divider
         self.loss_func = build_reconstruction_loss(config.loss)
         trunc_normal_(self.mask_token, std=0.02)
@@ -202,7 +222,7 @@ class Inter_MAE(_MaskedPointAutoencoder):
     """
 
     config_schema = Schema(
-        required=("NAME", "group_size", "num_group", "loss"), optional=("patch_embed",),
+        required=("NAME", "group_size", "num_group", "loss"), optional=("patch_embed", "init"),
         sections={"transformer_config": Schema(required=TRANSFORMER_KEYS, optional=("embed_dim", "decoder_embed_dim")),
                   "image_branch": IMAGE_BRANCH_SCHEMA})
 

@@ -3,6 +3,10 @@
 Parameter names follow the released ``segmentation/models/pt.py`` (``encoder``, ``pos_embed``,
 ``blocks.blocks.N``, ``norm``, ``label_conv``, ``propagation_0``, ``convs1-3``, ``bns1-2``), so
 the encoder of a pre-training checkpoint loads by removing ``MAE_encoder.``.
+
+Initialisation (``init``): ``released`` (default) keeps PyTorch's default initialisation of every
+layer, as the released ``get_model`` (which defines no init); ``trunc_normal`` applies
+:func:`models.layers.init_weights` to the whole model (the project's earlier choice).
 """
 from __future__ import annotations
 
@@ -16,7 +20,7 @@ from datasets.ShapeNetPartDataset import NUM_CATEGORIES, NUM_PARTS
 from extensions.pointops import gather_points, knn_query
 from utils.checkpoint import LoadReport
 
-from .backbone import PointEncoder, load_encoder, max_mean_pool
+from .backbone import PointEncoder, check_init, load_encoder, max_mean_pool
 from .layers import init_weights
 
 
@@ -83,8 +87,9 @@ class PartSegTransformer(PointEncoder):
 
     def __init__(self, num_part: int = NUM_PARTS, trans_dim: int = 384, depth: int = 12, num_heads: int = 6,
                  drop_path_rate: float = 0.1, num_group: int = 128, group_size: int = 32, patch_embed: str = "inter_mae",
-                 return_layers: Optional[Sequence[int]] = None, normal: bool = False):
+                 return_layers: Optional[Sequence[int]] = None, normal: bool = False, init: str = "released"):
         super().__init__(trans_dim, depth, num_heads, drop_path_rate, trans_dim, num_group, group_size, patch_embed)
+        self.init_mode = check_init(init, "init (segmentation)")
         self.depth = depth
         self.num_part = num_part
         self.normal = normal
@@ -104,7 +109,8 @@ class PartSegTransformer(PointEncoder):
         self.bns1 = nn.BatchNorm1d(512)
         self.bns2 = nn.BatchNorm1d(256)
         self.relu = nn.ReLU()
-        self.apply(init_weights)
+        if self.init_mode == "trunc_normal":
+            self.apply(init_weights)
 
     def load_model_from_ckpt(self, ckpt_path: str, logger=None) -> LoadReport:
         """Load the encoder of a pre-training (or classifier) checkpoint strictly; the segmentation

@@ -1,4 +1,11 @@
-"""The fine-tuning classifier (``PointTransformer``, released ``models/Point_MAE.py``)."""
+"""The fine-tuning classifier (``PointTransformer``, released ``models/Inter_MAE.py:PointTransformer``).
+
+Initialisation (``model.init``): ``released`` (default) keeps PyTorch's default initialisation of
+every layer, as the released classifier does (its ``_init_weights`` is applied only by
+``load_model_from_ckpt(None)``, which the released runner never calls); ``cls_token`` and
+``cls_pos`` are trunc-normal(0.02) in both modes. ``trunc_normal`` applies
+:func:`models.layers.init_weights` to the whole classifier (the project's earlier choice).
+"""
 from __future__ import annotations
 
 import torch
@@ -6,9 +13,9 @@ from timm.layers import trunc_normal_
 from torch import Tensor, nn
 
 from utils.checkpoint import LoadReport
-from utils.config import Schema
+from utils.config import Schema, origin_of
 
-from .backbone import PointEncoder, first_max_pool, load_encoder
+from .backbone import PointEncoder, check_init, first_max_pool, load_encoder
 from .build import MODELS
 from .layers import init_weights
 
@@ -23,12 +30,13 @@ class PointTransformer(PointEncoder):
 
     config_schema = Schema(required=("NAME", "trans_dim", "depth", "drop_path_rate", "cls_dim", "num_heads",
                                      "group_size", "num_group", "encoder_dims"),
-                           optional=("patch_embed", "label_smoothing"))
+                           optional=("patch_embed", "label_smoothing", "init"))
 
     def __init__(self, config):
         super().__init__(config.trans_dim, config.depth, config.num_heads, config.drop_path_rate, config.encoder_dims,
                          config.num_group, config.group_size, config.get("patch_embed", "inter_mae"))
         self.config = config
+        self.init_mode = check_init(config.get("init", "released"), "model.init", origin_of(config))
         self.depth = config.depth
         self.cls_dim = config.cls_dim
         self.group_size = config.group_size
@@ -42,7 +50,8 @@ class PointTransformer(PointEncoder):
             nn.Linear(256, self.cls_dim),
         )
         self.loss_ce = nn.CrossEntropyLoss(label_smoothing=self.label_smoothing)
-        self.apply(init_weights)
+        if self.init_mode == "trunc_normal":
+            self.apply(init_weights)
         trunc_normal_(self.cls_token, std=0.02)
         trunc_normal_(self.cls_pos, std=0.02)
 

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from utils.checkpoint import CheckpointError, LoadReport, load_checkpoint_file, load_state_dict_checked, state_dict_of
+from utils.config import ConfigError
 from utils.logger import print_log
 
 from .layers import Group, TransformerEncoder, build_patch_embed, pos_embedding
@@ -24,6 +25,25 @@ from .layers import Group, TransformerEncoder, build_patch_embed, pos_embedding
 # pre-training model.
 ENCODER_PREFIXES = ("encoder.", "pos_embed.", "blocks.", "norm.")
 PRETRAIN_PREFIX = "MAE_encoder."
+
+# ------------------------------------------------------------------------------- initialisation
+# ``model.init`` (segmentation: ``init`` of PartSegTransformer):
+#   released      what the released code ends up with. Pre-training: trunc-normal(0.02) encoder
+#                 (MaskTransformer._init_weights), xavier-uniform decoder Linears
+#                 (TransformerDecoder._init_weights), PyTorch's default for the heads. Classifier
+#                 and segmenter: PyTorch's default init everywhere (their _init_weights is defined
+#                 but never applied), cls_token / cls_pos trunc-normal(0.02).
+#   trunc_normal  the project's earlier choice: trunc-normal(0.02) Linears / Conv1ds, unit LayerNorm,
+#                 applied to the whole classifier / segmenter and to the pre-training decoder.
+INIT_MODES = ("released", "trunc_normal")
+
+
+def check_init(value, where: str = "model.init", source: Optional[str] = None) -> str:
+    """``value`` if it is one of :data:`INIT_MODES`; else a ConfigError naming key, value and file."""
+    if value not in INIT_MODES:
+        raise ConfigError(f"{where}: '{value}' is not an initialisation; expected one of {list(INIT_MODES)} "
+                          f"(released: as the released code; trunc_normal: trunc-normal 0.02 everywhere)", source)
+    return value
 
 
 # ----------------------------------------------------------------------------------- poolings

@@ -1,10 +1,13 @@
 """Image side of Inter-MAE's inter-modal branch: rendered views -> timm encoder ->
 ``inv_head`` -> NT-Xent against the projected point features.
 
-The released code built a fresh, randomly initialised ViT (and a throw-away ResNet-50 wrapper,
-whose ``inv_head`` it used) inside every forward pass, so nothing on the image side was ever
-trained or saved. Here the encoder and ``inv_head`` are registered sub-modules; the released
-behaviour is kept as the off-by-default option ``fresh_encoder_every_step``.
+The released ``Inter_MAE.forward`` built, in every forward pass, a throw-away ResNet-50 wrapper
+(``models/ResNet.py``) and at once overwrote it with a ViT wrapper (``models/ViT.py``: timm 0.4.5's
+randomly initialised ``vit_small_patch16_224`` plus that wrapper's own ``inv_head``), so the image
+side was never trained or saved. It ran the wrapper once per view (a batch of B images each, so
+``inv_head``'s BatchNorm normalises over B) and averaged the V outputs. Here the encoder and
+``inv_head`` are registered sub-modules; ``per_view`` (default true) keeps the per-view batches,
+and ``fresh_encoder_every_step`` restores the fresh random encoder of the release.
 """
 from __future__ import annotations
 
@@ -23,7 +26,7 @@ from utils.config import ConfigError, Schema, origin_of
 from utils.logger import print_log
 
 IMAGE_BRANCH_KEYS = ("enabled", "model", "model_kwargs", "pretrained", "trainable", "normalize", "mean", "std", "weight",
-                     "temperature", "fresh_encoder_every_step")
+                     "temperature", "fresh_encoder_every_step", "per_view")
 IMAGE_BRANCH_SCHEMA = Schema(optional=IMAGE_BRANCH_KEYS)
 PROJ_DIM = 256  # width of pro_head's output, which inv_head must match
 
@@ -124,19 +127,23 @@ class ImageBranch(nn.Module):
         model_kwargs: extra ``timm.create_model`` arguments (e.g. ``img_size``, ``depth``).
         pretrained: local weights file for the encoder, or None (random initialisation).
         trainable: train the encoder (True) or freeze it (False: no gradients, always eval mode).
-        normalize: normalise images with the encoder's ``mean``/``std`` (from timm's pretrained
-            config unless given).
+        normalize: normalise images with the encoder's ``mean``/``std`` (from the timm model's
+            pretrained config unless given: 0.5/0.5 for ``vit_small_patch16_224``). The release fed
+            the [0, 1] tensors unnormalised (``normalize: false``).
         weight: factor of the NT-Xent loss (released 1e-4).
         temperature: NT-Xent temperature (released 0.1).
         fresh_encoder_every_step: released behaviour: a new random encoder and ``inv_head`` every
             call, never registered, trained or saved (ablations only).
+        per_view: run encoder and ``inv_head`` on each view's batch of B images separately (the
+            released loop over views: BatchNorm statistics over B, per view) and average the V
+            embeddings; false: one batch of all B*V images.
     """
 
     def __init__(self, model: str = "vit_small_patch16_224", model_kwargs: Optional[Mapping] = None,
                  pretrained: Optional[str] = None, trainable: bool = True, normalize: bool = True,
                  mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None,
                  weight: float = 1e-4, temperature: float = 0.1, fresh_encoder_every_step: bool = False,
-                 logger=None):
+                 per_view: bool = True, logger=None):
         super().__init__()
         self.model_name = model
         self.model_kwargs = dict(model_kwargs or {})
@@ -145,6 +152,7 @@ class ImageBranch(nn.Module):
         self.weight = float(weight)
         self.temperature = float(temperature)
         self.fresh_encoder_every_step = bool(fresh_encoder_every_step)
+        self.per_view = bool(per_view)
         if self.fresh_encoder_every_step and pretrained:
             raise ConfigError("model.image_branch: fresh_encoder_every_step builds random encoders; "
                               "it cannot be combined with 'pretrained'")
@@ -209,15 +217,19 @@ class ImageBranch(nn.Module):
             raise ValueError(f"image branch expects images (B, V, 3, H, W), got {tuple(imgs.shape)}")
         encoder = encoder if encoder is not None else self.encoder
         B, V = imgs.shape[:2]
-        x = self.preprocess(imgs.flatten(0, 1))
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.trainable and encoder is self.encoder):
-            feats = encoder(x)
+            if self.per_view:  # one batch of B images per view, as the released loop
+                return torch.stack([encoder(self.preprocess(imgs[:, v])) for v in range(V)], dim=1)
+            feats = encoder(self.preprocess(imgs.flatten(0, 1)))
         return feats.reshape(B, V, -1)
 
     def project(self, feats: Tensor, inv_head: Optional[nn.Module] = None) -> Tensor:
-        """(B, V, F) encoder features -> (B, 256): ``inv_head`` of every view, mean over views."""
+        """(B, V, F) encoder features -> (B, 256): ``inv_head`` of every view, mean over views
+        (``per_view``: ``inv_head`` on each view's batch of B separately, as released)."""
         inv_head = inv_head if inv_head is not None else self.inv_head
         B, V, Fd = feats.shape
+        if self.per_view:
+            return torch.stack([inv_head(feats[:, v]) for v in range(V)], dim=0).mean(dim=0)
         return inv_head(feats.reshape(B * V, Fd)).reshape(B, V, -1).mean(dim=1)
 
     def forward(self, imgs_or_feats: Tensor) -> Tensor:

@@ -43,6 +43,7 @@ total_bs: 4
 step_per_update: 1
 max_epoch: {epochs}
 ckpt_period: 1
+epoch_count: exact
 """
 
 
@@ -123,6 +124,7 @@ total_bs: 4
 step_per_update: 1
 max_epoch: {epochs}
 grad_norm_clip: 10
+epoch_count: exact
 """
 
 

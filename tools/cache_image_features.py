@@ -28,7 +28,7 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere: the checkout's packages first
 
 from datasets import build_dataset_from_cfg  # noqa: E402
-from datasets.views import N_RENDERED_VIEWS, load_rgba_on_white, rendered_view_paths  # noqa: E402
+from datasets.views import N_RENDERED_VIEWS, load_view, rendered_view_paths  # noqa: E402
 from models.image_encoder import ImageBranch  # noqa: E402
 from utils.checkpoint import load_checkpoint_file, load_state_dict_checked, state_dict_of  # noqa: E402
 from utils.config import ConfigError, apply_opts, cfg_from_yaml_file, merge_into  # noqa: E402
@@ -70,7 +70,7 @@ def cache_features(branch: ImageBranch, dataset, out_path: str, device: torch.de
     for start in tqdm(range(0, len(shapes), per_batch), desc="encoding views"):
         rows = range(start, min(start + per_batch, len(shapes)))
         imgs = torch.stack([
-            torch.stack([load_rgba_on_white(p, dataset.img_size) for p in rendered_view_paths(
+            torch.stack([load_view(p, dataset.img_size, dataset.img_alpha) for p in rendered_view_paths(
                 dataset.render_root, *shapes[r].split("/"), range(N_RENDERED_VIEWS))])
             for r in rows])  # b, 24, 3, H, W
         array[start:start + len(rows)] = branch.encode(imgs.to(device)).float().cpu().numpy()

@@ -4,10 +4,13 @@ Each pickle is a dict ``{'train': [...], 'test': [...]}`` of tuples
 ``(points float32 (N, 6), label in 0..way-1, original ModelNet40 class index)``.
 
     python tools/make_fewshot.py --cache_root data/ModelNet/modelnet40_normal_resampled \
-        --out data/ModelNetFewshot --seed 0 [--ways 5 10] [--shots 10 20] [--folds 10] [--npoints 1024]
+        --out data/ModelNetFewshot --seed 0 [--ways 5 10] [--shots 10 20] [--folds 10] [--npoints 8192]
 
-reads (or builds) the ModelNet40 train/test caches ``modelnet40_{train,test}_{npoints}pts_fps.dat``.
-The splits are drawn by ``datasets.ModelNetDatasetFewShot.make_fewshot_splits``.
+reads (or builds) the ModelNet40 train/test caches ``modelnet40_{train,test}_{npoints}pts_fps.dat``:
+by default the 8192-point caches, as the released ``datasets/generate_few_shot_data.py`` (fine-tuning
+then reduces each cloud to ``npoints`` with FPS). Each fold holds ``shot`` training and 20 test shapes
+per class; the few-shot test set of ``cfgs/fewshot.yaml`` (``--test``) is the full ModelNet40 test
+split, as released. The splits are drawn by ``datasets.ModelNetDatasetFewShot.make_fewshot_splits``.
 """
 from __future__ import annotations
 
@@ -30,7 +33,8 @@ def main(argv=None) -> None:
     ap.add_argument("--ways", type=int, nargs="+", default=[5, 10])
     ap.add_argument("--shots", type=int, nargs="+", default=[10, 20])
     ap.add_argument("--folds", type=int, default=10)
-    ap.add_argument("--npoints", type=int, default=1024)
+    ap.add_argument("--npoints", type=int, default=8192,
+                    help="points of the ModelNet40 caches to read (default 8192, as released)")
     ap.add_argument("--n_test_per_class", type=int, default=20)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")

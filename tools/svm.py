@@ -1,10 +1,14 @@
 """Linear SVM on frozen pre-trained point features (ModelNet40, scikit-learn LinearSVC).
 
-    python tools/svm.py --config cfgs/pretrain.yaml --ckpts experiments/pretrain/NAME/ckpt-last.pth
+    python tools/svm.py --config cfgs/pretrain.yaml --ckpts experiments/pretrain/NAME/ckpt-last.pth \
+        --svm_root data/modelnet40_ply_hdf5_2048
     python tools/svm.py --config cfgs/demo/pretrain_demo.yaml --ckpts experiments/pretrain_demo/demo/ckpt-last.pth \
         --modelnet_root data/demo/ModelNet/modelnet40_normal_resampled
 
-The protocol is in ``engine/svm.py``.
+The released protocol (default; ``engine/svm.py``): ``modelnet40_ply_hdf5_2048`` (``--svm_root``,
+default ``data/modelnet40_ply_hdf5_2048``), the first 1024 points, LinearSVC C = 1.0, printed as
+``[Validation] EPOCH: <checkpoint epoch>  acc = <fraction>``. ``--modelnet_root`` reads the
+ModelNet40 ``.dat`` caches instead (FPS to 1024 points).
 """
 from __future__ import annotations
 
@@ -15,7 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere: the checkout's packages first
 
 from engine import builder  # noqa: E402
-from engine.svm import DEFAULT_C, svm_validate  # noqa: E402
+from engine.svm import CACHE_DATASET, DEFAULT_C, svm_validate  # noqa: E402
 from utils.config import apply_opts, cfg_from_yaml_file, merge_into  # noqa: E402
 from utils.misc import resolve_device, set_random_seed  # noqa: E402
 from utils.parser import add_common_args  # noqa: E402
@@ -27,9 +31,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--ckpts", required=True, help="pre-training checkpoint")
     add_common_args(parser, "device", "num_workers", "seed", "partial_load", "opts")
     parser.add_argument("--svm_batch_size", type=int, default=32)
-    parser.add_argument("--C", type=float, default=None, help=f"LinearSVC C (default: svm_validation.C or {DEFAULT_C})")
+    parser.add_argument("--C", type=float, default=None,
+                        help=f"LinearSVC C (default: svm_validation.C, else {DEFAULT_C}, the released LinearSVC() default)")
+    parser.add_argument("--svm_root", default=None,
+                        help="the modelnet40_ply_hdf5_2048 folder (ply_data_train*.h5 / ply_data_test*.h5) of the "
+                             "released protocol (default: the config's svm_validation, else data/modelnet40_ply_hdf5_2048)")
     parser.add_argument("--modelnet_root", default=None,
-                        help="DATA_PATH of the SVM's ModelNet40 train/test sets (e.g. data/demo/ModelNet/modelnet40_normal_resampled)")
+                        help="use the ModelNet40 .dat caches of this modelnet40_normal_resampled folder instead of the "
+                             "HDF5 files (FPS to 1024 points; e.g. data/demo/ModelNet/modelnet40_normal_resampled)")
     parser.add_argument("--modelnet_npoints", type=int, default=None,
                         help="N_POINTS of the ModelNet40 cache to read (default 8192, as released; 1024 skips the FPS per batch)")
     return parser
@@ -41,23 +50,30 @@ def main(argv=None) -> float:
     set_random_seed(args.seed)
     config = cfg_from_yaml_file(args.config)
     apply_opts(config, args.opts)
+    if args.svm_root is not None and args.modelnet_root is not None:
+        raise SystemExit("tools/svm.py: give either --svm_root (HDF5 files, released) or --modelnet_root (.dat caches), not both")
+    if args.modelnet_npoints is not None and args.modelnet_root is None:
+        raise SystemExit("tools/svm.py: --modelnet_npoints needs --modelnet_root")
     overrides = {}
     if args.C is not None:
         overrides["C"] = args.C
     for split in ("train", "test"):
-        others = {}
-        if args.modelnet_root is not None:
-            others["DATA_PATH"] = args.modelnet_root
-        if args.modelnet_npoints is not None:
-            others["N_POINTS"] = args.modelnet_npoints
-        if others:
-            overrides[split] = {"others": others}
+        entry = {}
+        if args.svm_root is not None:
+            entry = {"others": {"DATA_PATH": args.svm_root}}
+        elif args.modelnet_root is not None:
+            others = {"subset": split, "DATA_PATH": args.modelnet_root}
+            if args.modelnet_npoints is not None:
+                others["N_POINTS"] = args.modelnet_npoints
+            entry = {"_base_": CACHE_DATASET, "others": others}
+        if entry:
+            overrides[split] = entry
     if overrides:
         config.svm_validation = merge_into(config.get("svm_validation") or {}, overrides)
     device = resolve_device(args.device)
     base_model = builder.model_builder(config.model)
-    builder.load_model(base_model, args.ckpts, strict=not args.partial_load)
-    return svm_validate(base_model.to(device), config, args, device)
+    epoch, _ = builder.load_model(base_model, args.ckpts, strict=not args.partial_load)
+    return svm_validate(base_model.to(device), config, args, device, epoch=epoch)
 
 
 if __name__ == "__main__":

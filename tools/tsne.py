@@ -64,9 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
 def checkpoint_kind(path: str) -> str:
     """'pretrain' (MAE_encoder.* weights) or 'finetune' (classifier weights) of a checkpoint file."""
     kind = backbone.checkpoint_kind(state_dict_of(load_checkpoint_file(path), path))
-    if kind == "pretrain":
+    if kind in ("pretrain", "encoder"):  # "encoder": an encoder-only export (tools/export_weights.py)
         return "pretrain"
-    if kind in ("classifier", "encoder"):
+    if kind == "classifier":
         return "finetune"
     raise CheckpointError(f"checkpoint '{path}' holds neither a pre-trained encoder (MAE_encoder.*) nor a "
                           f"PointTransformer classifier (encoder.*, blocks.*)")

@@ -1,11 +1,13 @@
 """Checkpoint files: atomic writes, tolerant reads, strict loads with readable reports."""
 from __future__ import annotations
 
+import json
 import os
+import pickle
 import tempfile
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO, Callable, Dict, Iterable, List, Mapping, Tuple
+from typing import Any, BinaryIO, Callable, Dict, Iterable, List, Mapping, Optional, Tuple
 
 import torch
 from torch import nn
@@ -43,12 +45,98 @@ def atomic_save(obj: Any, path: str) -> None:
     atomic_write(path, lambda f: torch.save(obj, f))
 
 
+def plain_numbers(node: Any) -> Any:
+    """Metrics for a checkpoint: dicts, lists and tuples rebuilt as plain dicts and lists, NumPy
+    scalars and one-element tensors as Python numbers, so that ``torch.load`` reads them with
+    ``weights_only=True``."""
+    if isinstance(node, Mapping):
+        return {k: plain_numbers(v) for k, v in node.items()}
+    if isinstance(node, (list, tuple)):
+        return [plain_numbers(v) for v in node]
+    if isinstance(node, torch.Tensor) and node.numel() == 1:
+        return node.item()
+    if hasattr(node, "item") and type(node).__module__ == "numpy" and getattr(node, "shape", None) == ():
+        return node.item()
+    return node
+
+
+SAFETENSORS_EXT = ".safetensors"
+
+
+def config_json_path(path: str) -> str:
+    """The JSON config written beside a ``.safetensors`` file: same folder, same stem, ``.json``."""
+    return os.path.splitext(path)[0] + ".json"
+
+
+def save_safetensors(state_dict: Mapping[str, torch.Tensor], path: str, config: Optional[Mapping] = None,
+                     metadata: Optional[Mapping[str, str]] = None) -> List[str]:
+    """Write ``state_dict`` to a ``.safetensors`` file and, when ``config`` is given, the config as
+    JSON beside it (:func:`config_json_path`); both atomically. Returns the written paths.
+
+    Tensors are copied to contiguous CPU memory (safetensors refuses shared or strided storage);
+    ``metadata`` (str -> str) goes into the safetensors header.
+    """
+    from safetensors.torch import save as safetensors_bytes
+
+    if not str(path).endswith(SAFETENSORS_EXT):
+        raise CheckpointError(f"'{path}': a safetensors file must end in '{SAFETENSORS_EXT}'")
+    bad = [k for k, v in state_dict.items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        raise CheckpointError(f"cannot write '{path}': entries {bad[:10]} are not tensors (safetensors holds tensors only)")
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state_dict.items()}
+    data = safetensors_bytes(tensors, metadata={str(k): str(v) for k, v in (metadata or {}).items()} or None)
+    atomic_write(path, lambda f: f.write(data))
+    written = [path]
+    if config is not None:
+        text = json.dumps(config, indent=2, sort_keys=False, default=str) + "\n"
+        atomic_write(config_json_path(path), lambda f: f.write(text.encode("utf-8")))
+        written.append(config_json_path(path))
+    return written
+
+
+def _safetensors_device(map_location: Any) -> str:
+    if isinstance(map_location, (str, torch.device)):
+        return str(map_location)
+    return "cpu"  # callables and dicts of torch.load have no safetensors equivalent
+
+
+def _load_safetensors(path: str, map_location: Any) -> Dict[str, Any]:
+    from safetensors.torch import load_file
+
+    try:
+        state = load_file(path, device=_safetensors_device(map_location))
+    except Exception as e:  # not a safetensors file, truncated header, ...
+        raise CheckpointError(f"safetensors file '{path}' could not be read: {type(e).__name__}: {e}") from None
+    ckpt: Dict[str, Any] = {"base_model": OrderedDict(state)}
+    json_path = config_json_path(path)
+    if os.path.isfile(json_path):
+        try:
+            with open(json_path, "r", encoding="utf-8") as f:
+                ckpt["config"] = json.load(f)
+        except (OSError, ValueError) as e:
+            raise CheckpointError(f"config '{json_path}' beside '{path}' is not valid JSON: {e}") from None
+    return ckpt
+
+
 def load_checkpoint_file(path: str, map_location: Any = "cpu") -> Dict[str, Any]:
-    """Read a checkpoint dict; a missing or unreadable file raises CheckpointError naming it."""
+    """Read a checkpoint dict; a missing or unreadable file raises CheckpointError naming it.
+
+    ``.safetensors``: weights only, returned as ``{'base_model': state_dict}``, plus
+    ``'config'`` (the parsed JSON) when a same-stem ``.json`` lies beside it.
+    Other files: ``torch.load`` with ``weights_only=True`` (every checkpoint this code writes
+    loads so); files holding other Python objects (checkpoints of earlier versions, whose RNG
+    states held NumPy arrays, and of other code bases) are read with full unpickling instead --
+    load only checkpoints you trust.
+    """
     if path is None or not os.path.isfile(path):
         raise CheckpointError(f"checkpoint file '{path}' does not exist")
+    if str(path).endswith(SAFETENSORS_EXT):
+        return _load_safetensors(path, map_location)
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=False)
+        try:
+            ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        except pickle.UnpicklingError:  # holds objects other than tensors and plain types
+            ckpt = torch.load(path, map_location=map_location, weights_only=False)
     except Exception as e:  # corrupt zip, truncated pickle, ...
         raise CheckpointError(f"checkpoint file '{path}' could not be read: {type(e).__name__}: {e}") from None
     if not isinstance(ckpt, Mapping):

@@ -50,6 +50,10 @@ TOP_LEVEL_KEYS = {
     "ckpt_period": "also keep ckpt-epoch-XXX every this many epochs (0: never)",
     "fps_backend": "farthest point sampling on CUDA: auto | torch | triton | pointnet2_ops",
     "svm_validation": "linear-SVM validation of pre-trained features during pre-training",
+    "epoch_count": "released (default: epochs 0..max_epoch, as the released loops) | exact (max_epoch epochs)",
+    "lr_schedule": "exact (default: epoch e at cosine(e)) | released (the released one-epoch lag)",
+    "voting": "{times: 10, repeats: 299, above: 92.1, above_if_best: 91.0}: voting passes, --test repeats, "
+              "fine-tuning thresholds",
 }
 
 

@@ -1,0 +1,80 @@
+"""Export a checkpoint's weights to ``.safetensors``, with the run's config as JSON beside it.
+
+    python tools/export_weights.py --ckpts experiments/pretrain/NAME/ckpt-last.pth                 # -> ckpt-last.safetensors + ckpt-last.json
+    python tools/export_weights.py --ckpts experiments/pretrain/NAME/ckpt-last.pth --encoder_only --out encoder.safetensors
+
+The whole model (``base_model``: same names as in the checkpoint, so ``--test``, ``--start_ckpts``,
+``main_vis.py`` and ``tools/svm.py`` load it) or, with ``--encoder_only``, only the point encoder
+(named as in a classifier: ``encoder.*``, ``pos_embed.*``, ``blocks.*``, ``norm.*``; fine-tuning,
+segmentation, t-SNE and ``tools/extract_features.py`` load it). Optimizer, schedule and RNG states
+are left out. The config is the run's ``config.yaml`` beside the checkpoint, or ``--config``; it is
+written as ``<out stem>.json`` and read back by every loader (``utils.checkpoint.load_checkpoint_file``).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere: the checkout's packages first
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Export checkpoint weights to .safetensors (+ the config as .json)")
+    parser.add_argument("--ckpts", required=True, help="checkpoint (.pth) to export")
+    parser.add_argument("--out", default=None,
+                        help="output .safetensors (default: beside the checkpoint, same stem; '-encoder' added with "
+                             "--encoder_only)")
+    parser.add_argument("--config", default=None, help="the run's config (default: config.yaml beside the checkpoint)")
+    parser.add_argument("--encoder_only", action="store_true", help="export only the point encoder")
+    parser.add_argument("--no_config", action="store_true", help="write no .json (when no config is at hand)")
+    return parser
+
+
+def default_out(ckpt_path: str, encoder_only: bool) -> str:
+    stem = os.path.splitext(ckpt_path)[0]
+    return stem + ("-encoder" if encoder_only else "") + ".safetensors"
+
+
+def main(argv=None) -> list:
+    args = build_parser().parse_args(argv)
+    from engine.features import find_config
+    from models.backbone import checkpoint_kind, encoder_state_dict
+    from utils.checkpoint import load_checkpoint_file, save_safetensors, state_dict_of
+    from utils.config import to_plain
+    from utils.logger import print_log
+
+    out = args.out or default_out(args.ckpts, args.encoder_only)
+    if not out.endswith(".safetensors"):
+        raise SystemExit(f"export_weights.py: --out '{out}' must end in .safetensors")
+    if os.path.abspath(out) == os.path.abspath(args.ckpts):
+        raise SystemExit(f"export_weights.py: --out '{out}' is the checkpoint itself")
+    ckpt = load_checkpoint_file(args.ckpts)
+    state = state_dict_of(ckpt, args.ckpts)
+    kind = checkpoint_kind(state)
+    weights = encoder_state_dict(state, args.ckpts) if args.encoder_only else state
+    config = None
+    if not args.no_config:
+        config, source = find_config(args.ckpts, ckpt, args.config)
+        config = to_plain(config)
+        print_log(f"[export] config from {source}")
+    metadata = {"format": "pt", "source": os.path.basename(args.ckpts), "kind": "encoder" if args.encoder_only else kind,
+                "epoch": str(ckpt.get("epoch", -1))}
+    written = save_safetensors(weights, out, config=config, metadata=metadata)
+    n = sum(v.numel() for v in weights.values())
+    print_log(f"[export] {kind} checkpoint {args.ckpts}: {'encoder' if args.encoder_only else 'whole model'}, "
+              f"{len(weights)} tensors ({n:,} numbers) -> {', '.join(written)}")
+    return written
+
+
+if __name__ == "__main__":
+    from utils.checkpoint import CheckpointError
+    from utils.config import ConfigError
+
+    try:
+        main()
+    except CheckpointError as e:
+        raise SystemExit(f"export_weights.py: {e}") from None
+    except ConfigError as e:
+        raise SystemExit(f"export_weights.py: {e} (or --no_config to export the weights alone)") from None

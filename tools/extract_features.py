@@ -1,0 +1,69 @@
+"""Pre-trained point features of your own point clouds, one row per file.
+
+    python tools/extract_features.py --ckpts experiments/pretrain/NAME/ckpt-last.pth --input my_clouds/ --out feats.npy
+    python tools/extract_features.py --ckpts P.safetensors --input a.ply b.npy c.txt --out feats.h5 --npoints 2048
+
+Each cloud is normalised into the unit sphere, reduced to ``--npoints`` by farthest point sampling
+and encoded by the frozen pre-trained encoder; its feature is ``max_mean_pool`` of the patch tokens
+(2 x the encoder width; 768 for the released models), as for the linear SVM. ``--input``: files
+(``.ply``, ``.npy``, ``.txt`` / ``.xyz`` / ``.pts`` / ``.csv``: the first 3 columns) or folders
+(searched recursively, sorted). ``--out``: ``.npy`` (float32 (n, D)) plus ``<stem>.json`` with the
+file names in row order, or ``.h5`` with datasets ``features`` and ``names``. The encoder sizes come
+from the run's ``config.yaml`` beside the checkpoint (or the JSON beside a ``.safetensors`` export,
+or ``--config``). The code is in ``engine/features.py``.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere: the checkout's packages first
+
+from utils.parser import add_common_args  # noqa: E402
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Frozen pre-trained features (max+mean pooled encoder tokens) of "
+                                                 "point-cloud files")
+    parser.add_argument("--ckpts", required=True, help="checkpoint: pre-training, fine-tuned, or a .safetensors export")
+    parser.add_argument("--input", required=True, nargs="+", metavar="DIR_OR_FILE",
+                        help="point-cloud files (.ply .npy .txt .xyz .pts .csv) or folders holding them")
+    parser.add_argument("--out", required=True, help="features.npy (+ features.json with the names) or features.h5")
+    parser.add_argument("--config", default=None,
+                        help="the run's config (default: config.yaml beside the checkpoint, or the .json beside a "
+                             ".safetensors file)")
+    parser.add_argument("--npoints", type=int, default=1024, help="points per cloud after FPS (default 1024)")
+    parser.add_argument("--batch_size", type=int, default=32)
+    add_common_args(parser, "device")
+    parser.add_argument("--no_progress", action="store_true", help="no progress bar")
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    from engine.features import extract_files, load_point_encoder, write_features
+    from utils.logger import print_log
+
+    if args.npoints < 1 or args.batch_size < 1:
+        raise SystemExit(f"extract_features.py: --npoints ({args.npoints}) and --batch_size ({args.batch_size}) must be >= 1")
+    if not args.out.lower().endswith((".npy", ".h5", ".hdf5")):
+        raise SystemExit(f"extract_features.py: --out '{args.out}' must end in .npy or .h5")
+    extractor = load_point_encoder(args.ckpts, config=args.config, device=args.device, npoints=args.npoints)
+    features, names = extract_files(extractor, args.input, batch_size=args.batch_size, progress=not args.no_progress)
+    info = {"checkpoint": str(args.ckpts), "npoints": args.npoints, "feature": "max_mean_pool(patch_tokens)",
+            "dim": int(features.shape[1])}
+    written = write_features(args.out, features, names, info)
+    print_log(f"[features] {features.shape[0]} clouds -> {features.shape[1]}-dim features: {', '.join(written)}")
+    return features, names
+
+
+if __name__ == "__main__":
+    from engine.features import PointCloudFileError
+    from utils.checkpoint import CheckpointError
+    from utils.config import ConfigError
+
+    try:
+        main()
+    except (PointCloudFileError, CheckpointError, ConfigError) as e:
+        raise SystemExit(f"extract_features.py: {e}") from None
