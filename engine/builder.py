@@ -16,8 +16,9 @@ from utils.checkpoint import (CheckpointError, atomic_save, load_checkpoint_file
                               state_dict_of)
 from utils.config import ConfigError, origin_of, to_plain
 from utils.dist_utils import get_dist_info
-from utils.logger import print_log
-from utils.misc import rng_state, set_rng_state, worker_init_fn
+from engine.engine import amp_mode, grad_scaler, resolve_amp
+from utils.logger import get_logger, print_log
+from utils.misc import resolve_device, rng_state, set_rng_state, worker_init_fn
 
 
 # ------------------------------------------------------------------------------------------ data
@@ -109,8 +110,61 @@ class CosineEpochScheduler:
         self.__dict__.update(state)
 
 
+EPOCH_COUNTS = ("released", "exact")
+LR_SCHEDULES = ("exact", "released")
+
+
+def _choice(config, key: str, choices, default: str) -> str:
+    value = config.get(key, default) if config is not None else default
+    if value not in choices:
+        raise ConfigError(f"{key}: '{value}' is not one of {list(choices)}", origin_of(config))
+    return value
+
+
+def epochs_to_run(config) -> int:
+    """Number of epochs a run of ``config`` trains from epoch 0: ``max_epoch + 1`` with
+    ``epoch_count: released`` (default; the released ``range(start_epoch, max_epoch + 1)``),
+    ``max_epoch`` with ``epoch_count: exact``."""
+    released = _choice(config, "epoch_count", EPOCH_COUNTS, "released") == "released"
+    return int(config.max_epoch) + (1 if released else 0)
+
+
+class LaggedScheduler:
+    """The released stepping of a per-epoch schedule (``scheduler.step(epoch)`` after each epoch,
+    timm's scheduler starting at its epoch-0 value): epoch ``e`` trains at the wrapped schedule's
+    learning rate of epoch ``max(e - 1, 0)``. Saved and resumed through the wrapped scheduler."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def step(self, epoch: int) -> None:
+        self.inner.step(max(int(epoch) - 1, 0))
+
+    def state_dict(self) -> dict:
+        return self.inner.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.inner.load_state_dict(state)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+def apply_lr_schedule(scheduler, mode: str):
+    """``scheduler`` for ``lr_schedule`` ``mode``: unchanged (``exact``) or lagged (``released``)."""
+    if mode not in LR_SCHEDULES:
+        raise ConfigError(f"lr_schedule: '{mode}' is not one of {list(LR_SCHEDULES)}")
+    return LaggedScheduler(scheduler) if mode == "released" and scheduler is not None else scheduler
+
+
+def schedule_for(config, scheduler):
+    """The job's scheduler for the config's ``lr_schedule`` (default ``exact``)."""
+    return apply_lr_schedule(scheduler, _choice(config, "lr_schedule", LR_SCHEDULES, "exact"))
+
+
 def build_opti_sche(base_model: nn.Module, config):
-    """Optimizer and per-epoch schedule from ``config.optimizer`` / ``config.scheduler``."""
+    """Optimizer and per-epoch schedule from ``config.optimizer`` / ``config.scheduler`` (with the
+    config's ``lr_schedule``, see :func:`schedule_for`)."""
     opti = config.optimizer
     kwargs = dict(opti.kwargs)
     if opti.type == "AdamW":
@@ -130,7 +184,7 @@ def build_opti_sche(base_model: nn.Module, config):
         scheduler = CosineEpochScheduler(optimizer, **sche.kwargs)
     else:
         raise ConfigError(f"scheduler.type '{sche.type}' is not one of CosLR, none", origin_of(sche))
-    return optimizer, scheduler
+    return optimizer, schedule_for(config, scheduler)
 
 
 def wrap_distributed(model: nn.Module, args, device: torch.device, logger=None,
@@ -146,6 +200,27 @@ def wrap_distributed(model: nn.Module, args, device: torch.device, logger=None,
                                                 find_unused_parameters=find_unused_parameters)
     print_log("Using Distributed Data parallel", logger=logger)
     return model
+
+
+# ------------------------------------------------------------------------------------- jobs
+def job_context(args, config):
+    """(logger, device, autocast dtype or None) of a ``main.py`` job, logged in one line."""
+    logger = get_logger(args.log_name)
+    device = resolve_device(getattr(args, "device", None), args.local_rank)
+    amp = resolve_amp(amp_mode(getattr(args, "amp", None), config.get("amp")), device, logger)
+    print_log(f"device: {device}; autocast: {amp or 'off'}", logger=logger)
+    return logger, device, amp
+
+
+def build_training(config, device: torch.device, amp, logger=None):
+    """(model on ``device``, optimizer, schedule, grad scaler, epochs to run) of a training job."""
+    base_model = model_builder(config.model).to(device)
+    optimizer, scheduler = build_opti_sche(base_model, config)
+    n_epochs = epochs_to_run(config)
+    print_log(f"epochs: {n_epochs} (epoch_count: {config.get('epoch_count', 'released')}, max_epoch {config.max_epoch}); "
+              f"lr_schedule: {config.get('lr_schedule', 'exact')}; model.init: {config.model.get('init', 'released')}",
+              logger=logger)
+    return base_model, optimizer, scheduler, grad_scaler(device, amp), n_epochs
 
 
 # -------------------------------------------------------------------------------- checkpoints

@@ -33,74 +33,22 @@ from torch import Tensor, nn
 
 from datasets.data_transforms import PointcloudScaleAndTranslate
 from engine import builder
-from engine.engine import AccuracyMeter, amp_mode, evaluate, fit, grad_scaler, resolve_amp
+from engine.engine import AccuracyMeter, evaluate, fit
 from extensions.pointops import fps, furthest_point_sample, gather_points
 from utils.checkpoint import load_checkpoint_file
 from utils.config import ConfigError, Schema, origin_of
-from utils.logger import get_logger, print_log
-from utils.misc import resolve_device
+from utils.logger import print_log
 
 VOTE_TIMES = 10
 # ``voting`` (top-level config key): the released figures (tools/runner_finetune.py: validate_vote /
 # test_vote times=10, run_net's thresholds 92.1 and 91, test's range(1, 300)).
 VOTING_DEFAULTS = {"times": VOTE_TIMES, "repeats": 299, "above": 92.1, "above_if_best": 91.0}
 VOTING_SCHEMA = Schema(optional=tuple(VOTING_DEFAULTS))
-EPOCH_COUNTS = ("released", "exact")
-LR_SCHEDULES = ("exact", "released")
-
 
 # ------------------------------------------------------------------------- epochs and schedule
-def _choice(config, key: str, choices, default: str) -> str:
-    value = config.get(key, default) if config is not None else default
-    if value not in choices:
-        raise ConfigError(f"{key}: '{value}' is not one of {list(choices)}", origin_of(config))
-    return value
-
-
-def epochs_to_run(config) -> int:
-    """Number of epochs a run of ``config`` trains from epoch 0: ``max_epoch + 1`` with
-    ``epoch_count: released`` (default; the released ``range(start_epoch, max_epoch + 1)``),
-    ``max_epoch`` with ``epoch_count: exact``."""
-    released = _choice(config, "epoch_count", EPOCH_COUNTS, "released") == "released"
-    return int(config.max_epoch) + (1 if released else 0)
-
-
 def released_validation_due(epoch: int, val_freq: int) -> bool:
     """The released fine-tuning rule: validate after epoch ``e`` when ``e % val_freq == 0 and e != 0``."""
     return epoch % max(int(val_freq), 1) == 0 and epoch != 0
-
-
-class LaggedScheduler:
-    """The released stepping of a per-epoch schedule (``scheduler.step(epoch)`` after each epoch,
-    timm's scheduler starting at its epoch-0 value): epoch ``e`` trains at the wrapped schedule's
-    learning rate of epoch ``max(e - 1, 0)``. Saved and resumed through the wrapped scheduler."""
-
-    def __init__(self, inner):
-        self.inner = inner
-
-    def step(self, epoch: int) -> None:
-        self.inner.step(max(int(epoch) - 1, 0))
-
-    def state_dict(self) -> dict:
-        return self.inner.state_dict()
-
-    def load_state_dict(self, state: dict) -> None:
-        self.inner.load_state_dict(state)
-
-    def __getattr__(self, name):
-        return getattr(self.inner, name)
-
-
-def apply_lr_schedule(scheduler, mode: str):
-    """``scheduler`` for ``lr_schedule`` ``mode``: unchanged (``exact``) or lagged (``released``)."""
-    if mode not in LR_SCHEDULES:
-        raise ConfigError(f"lr_schedule: '{mode}' is not one of {list(LR_SCHEDULES)}")
-    return LaggedScheduler(scheduler) if mode == "released" and scheduler is not None else scheduler
-
-
-def schedule_for(config, scheduler):
-    """The job's scheduler for the config's ``lr_schedule`` (default ``exact``)."""
-    return apply_lr_schedule(scheduler, _choice(config, "lr_schedule", LR_SCHEDULES, "exact"))
 
 
 def vote_due(acc: float, best_before: float, vote_cfg: Dict[str, float]) -> bool:
@@ -220,25 +168,15 @@ def run_net(args, config, train_writer=None, val_writer=None) -> Dict[str, float
     """Fine-tune (``--finetune_model --ckpts P.pth``) or train from scratch (``--scratch_model``)
     ``config.model`` on ``config.dataset.train``; validate on ``config.dataset.val`` every
     ``--val_freq`` epochs; keep ``ckpt-best`` (accuracy) and ``ckpt-last``. Returns best metrics."""
-    logger = get_logger(args.log_name)
+    logger, device, amp = builder.job_context(args, config)
     npoints = _npoints(config)
-    device = resolve_device(getattr(args, "device", None), args.local_rank)
-    amp = resolve_amp(amp_mode(getattr(args, "amp", None), config.get("amp")), device, logger)
     show_progress = getattr(args, "progress", True)
-    print_log(f"device: {device}; autocast: {amp or 'off'}", logger=logger)
 
     train_sampler, train_dataloader = builder.dataset_builder(args, config.dataset.train)
     _, val_dataloader = builder.dataset_builder(args, config.dataset.val)
-    n_epochs = epochs_to_run(config)
+    base_model, optimizer, scheduler, scaler, n_epochs = builder.build_training(config, device, amp, logger)
     released_count = n_epochs != int(config.max_epoch)
     vote_cfg = voting_config(config)
-    base_model = builder.model_builder(config.model).to(device)
-    optimizer, scheduler = builder.build_opti_sche(base_model, config)
-    scheduler = schedule_for(config, scheduler)
-    scaler = grad_scaler(device, amp)
-    print_log(f"epochs: {n_epochs} (epoch_count: {config.get('epoch_count', 'released')}, max_epoch {config.max_epoch}); "
-              f"lr_schedule: {config.get('lr_schedule', 'exact')}; model.init: {config.model.get('init', 'released')}",
-              logger=logger)
     start_epoch, best_metrics = 0, {}
     best_vote_path = os.path.join(args.experiment_path, "ckpt-best_vote.pth")
     best_vote: Dict[str, float] = {}
@@ -301,10 +239,8 @@ def test_net(args, config) -> Dict[str, float]:
 
     A few-shot ``--way/--shot/--fold`` reaches the test set only when it is a few-shot set: the
     released ``cfgs/fewshot.yaml`` tests on the full ModelNet40 test split."""
-    logger = get_logger(args.log_name)
+    logger, device, amp = builder.job_context(args, config)
     npoints = _npoints(config)
-    device = resolve_device(getattr(args, "device", None), args.local_rank)
-    amp = resolve_amp(amp_mode(getattr(args, "amp", None), config.get("amp")), device, logger)
     vote_cfg = voting_config(config)
     test_cfg = config.dataset.get("test") or config.dataset.val
     if getattr(args, "shot", -1) != -1 and test_cfg._base_.get("NAME") == "ModelNetFewShot":

@@ -35,7 +35,6 @@ from torch.utils.data import DataLoader, Subset
 from datasets.ShapeNetPartDataset import CATEGORIES, NUM_PARTS, SEG_CLASSES, PartNormalDataset, category_part_mask
 from engine import builder
 from engine.engine import amp_mode, evaluate, fit, grad_scaler, resolve_amp
-from engine.finetune import apply_lr_schedule
 from extensions.pointops import resolve_fps_backend, set_fps_backend
 from models.backbone import patch_embed_kind, read_encoder
 from models.PartSegTransformer import PartSegTransformer
@@ -283,7 +282,7 @@ def train(args, device, rank, world_size, ckpt_dir: Path, log_dir: Path, logger)
     base_model = base_model.to(device)
     model = builder.wrap_distributed(base_model, args, device, logger)
     optimizer = torch.optim.AdamW(builder.add_weight_decay(base_model, weight_decay=args.weight_decay), lr=args.learning_rate)
-    scheduler = apply_lr_schedule(builder.CosineEpochScheduler(optimizer, epochs=args.epoch, initial_epochs=args.warmup_epoch),
+    scheduler = builder.apply_lr_schedule(builder.CosineEpochScheduler(optimizer, epochs=args.epoch, initial_epochs=args.warmup_epoch),
                                   getattr(args, "lr_schedule", "exact"))
 
     writer = SummaryWriter(str(log_dir)) if rank == 0 else None

@@ -21,11 +21,9 @@ from torch import Tensor, nn
 from datasets.common import DatasetFormatError
 from datasets.data_transforms import PointcloudScaleAndTranslate
 from engine import builder
-from engine.engine import MeanMeter, amp_mode, evaluate, fit, grad_scaler, resolve_amp
-from engine.finetune import epochs_to_run, schedule_for
+from engine.engine import MeanMeter, evaluate, fit
 from engine.svm import svm_validate
-from utils.logger import get_logger, print_log
-from utils.misc import resolve_device
+from utils.logger import print_log
 
 
 def unpack_batch(data, device: torch.device) -> Tuple[Tensor, Optional[Tensor]]:
@@ -61,11 +59,7 @@ def make_val_step(device: torch.device):
 
 def run_net(args, config, train_writer=None, val_writer=None) -> Dict[str, float]:
     """Pre-train ``config.model`` on ``config.dataset.train`` (released entry point)."""
-    logger = get_logger(args.log_name)
-    device = resolve_device(getattr(args, "device", None), args.local_rank)
-    amp = resolve_amp(amp_mode(getattr(args, "amp", None), config.get("amp")), device, logger)
-    print_log(f"device: {device}; autocast: {amp or 'off'}", logger=logger)
-
+    logger, device, amp = builder.job_context(args, config)
     train_sampler, train_dataloader = builder.dataset_builder(args, config.dataset.train)
     val_dataloader = None
     if config.dataset.get("val") is not None:
@@ -75,14 +69,7 @@ def run_net(args, config, train_writer=None, val_writer=None) -> Dict[str, float
             reason = str(e).splitlines()[0]
             print_log(f"[Validation] skipped: dataset.val cannot be read ({reason})", logger=logger)
 
-    n_epochs = epochs_to_run(config)
-    base_model = builder.model_builder(config.model).to(device)
-    optimizer, scheduler = builder.build_opti_sche(base_model, config)
-    scheduler = schedule_for(config, scheduler)
-    print_log(f"epochs: {n_epochs} (epoch_count: {config.get('epoch_count', 'released')}, max_epoch {config.max_epoch}); "
-              f"lr_schedule: {config.get('lr_schedule', 'exact')}; model.init: {config.model.get('init', 'released')}",
-              logger=logger)
-    scaler = grad_scaler(device, amp)
+    base_model, optimizer, scheduler, scaler, n_epochs = builder.build_training(config, device, amp, logger)
     start_epoch, best_metrics = 0, {}
     if args.resume:
         start_epoch, best_metrics = builder.resume(base_model, optimizer, args, logger, scheduler, scaler)

@@ -132,10 +132,10 @@ def test_bad_init_is_named():
 
 # ------------------------------------------------------------------------------ epochs, schedule
 def test_epoch_count_and_validation_rule():
-    assert finetune.epochs_to_run(EasyDict(max_epoch=300)) == 301  # len(range(0, 300 + 1))
-    assert finetune.epochs_to_run(EasyDict(max_epoch=300, epoch_count="exact")) == 300
+    assert builder.epochs_to_run(EasyDict(max_epoch=300)) == 301  # len(range(0, 300 + 1))
+    assert builder.epochs_to_run(EasyDict(max_epoch=300, epoch_count="exact")) == 300
     with pytest.raises(ConfigError, match="epoch_count: 'all'"):
-        finetune.epochs_to_run(EasyDict(max_epoch=3, epoch_count="all"))
+        builder.epochs_to_run(EasyDict(max_epoch=3, epoch_count="all"))
     released = [e for e in range(0, 10 + 1) if e % 3 == 0 and e != 0]  # runner_finetune.run_net
     assert [e for e in range(11) if finetune.released_validation_due(e, 3)] == released == [3, 6, 9]
 
@@ -157,7 +157,7 @@ def test_lagged_schedule_equals_timm_driven_as_released():
 
     def ours(epochs, warmup, mode, n):
         opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1e-3)
-        sched = finetune.apply_lr_schedule(builder.CosineEpochScheduler(opt, epochs=epochs, initial_epochs=warmup), mode)
+        sched = builder.apply_lr_schedule(builder.CosineEpochScheduler(opt, epochs=epochs, initial_epochs=warmup), mode)
         lrs = []
         for epoch in range(n):  # engine.fit: scheduler.step(epoch), then train
             sched.step(epoch)
@@ -165,7 +165,7 @@ def test_lagged_schedule_equals_timm_driven_as_released():
         return lrs
 
     for epochs, warmup in ((30, 3), (12, 0)):
-        n = finetune.epochs_to_run(EasyDict(max_epoch=epochs))
+        n = builder.epochs_to_run(EasyDict(max_epoch=epochs))
         assert ours(epochs, warmup, "released", n) == pytest.approx(released_lrs(epochs, warmup, epochs), rel=1e-9)
         # without the lag, epoch e trains at what the released loop uses for epoch e + 1
         assert ours(epochs, warmup, "exact", n) == pytest.approx(released_lrs(epochs, warmup, epochs + 1)[1:], rel=1e-9)
