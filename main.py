@@ -20,7 +20,7 @@ from engine import finetune, pretrain
 from extensions.pointops import resolve_fps_backend, set_fps_backend
 from models import MODELS
 from utils import dist_utils, parser
-from utils.config import get_config, log_config_to_file, validate_config
+from utils.config import get_config, validate_config
 from utils.logger import get_root_logger, print_log
 from utils.misc import resolve_device, set_random_seed, warn_if_no_gpu
 
@@ -64,9 +64,7 @@ def main(argv=None):
             config.dataset[split].others.bs = bs
 
     print_log(f"Command: {' '.join(sys.argv)}", logger=logger)
-    for key, val in vars(args).items():
-        print_log(f"args.{key} : {val}", logger=logger)
-    log_config_to_file(config, "config", logger=logger)
+    print_log(f"Arguments: {vars(args)}", logger=logger)
     print_log(f"Distributed training: {args.distributed} (world size {world_size})", logger=logger)
     device = resolve_device(args.device, args.local_rank)
     warn_if_no_gpu(args.device, device, logger)

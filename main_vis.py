@@ -32,7 +32,7 @@ from extensions.pointops import fps
 from engine import builder
 from utils.vis import plot_cloud_rows, view_for_category
 from utils.checkpoint import CheckpointError
-from utils.config import ConfigError, apply_opts, cfg_from_yaml_file, check_top_level, origin_of
+from utils.config import ConfigError, apply_opts, cfg_from_yaml_file, check_top_level, dataset_entry, origin_of
 from utils.logger import get_root_logger, print_log
 from utils.misc import resolve_device, set_random_seed
 from utils.parser import build_parser
@@ -70,15 +70,6 @@ def set_mask_ratio(config, ratio: float) -> None:
     if not 0.0 <= ratio < 1.0 or int(ratio * num_group) >= num_group:
         raise ConfigError(f"--mask_ratio {ratio} must be in [0, 1) and leave at least one of the {num_group} patches visible")
     config.model.transformer_config.mask_ratio = float(ratio)
-
-
-def vis_dataset_entry(config):
-    """``dataset.val``, else ``dataset.test`` -> (split name, entry)."""
-    for split in ("val", "test"):
-        entry = config.get("dataset", {}).get(split)
-        if entry is not None:
-            return split, entry
-    raise ConfigError("the config has neither dataset.val nor dataset.test to visualise", origin_of(config))
 
 
 def unpack_item(data, index: int) -> Tuple[List[str], List[str], Tensor]:
@@ -136,7 +127,7 @@ def run_vis(args, config, logger=None) -> Dict[str, object]:
     if args.mask_ratio is not None:
         set_mask_ratio(config, args.mask_ratio)
     device = resolve_device(getattr(args, "device", None), 0)
-    split, entry = vis_dataset_entry(config)
+    split, entry = dataset_entry(config, "val", "test")
 
     base_model = builder.model_builder(config.model).to(device)
     if not hasattr(base_model, "reconstruct"):

@@ -35,7 +35,7 @@ from models import backbone
 from engine import builder
 from utils.vis import class_colours, new_figure, save_figure
 from utils.checkpoint import CheckpointError, load_checkpoint_file, state_dict_of
-from utils.config import ConfigError, apply_opts, cfg_from_yaml_file, origin_of
+from utils.config import ConfigError, apply_opts, cfg_from_yaml_file, dataset_entry, origin_of
 from utils.logger import print_log
 from utils.misc import resolve_device, set_random_seed
 from utils.parser import add_common_args
@@ -86,15 +86,6 @@ def build_feature_model(config, ckpts: Optional[str], device: torch.device) -> T
         else:
             builder.load_model(model, ckpts, strict=True)
     return model.to(device).eval(), kind
-
-
-def dataset_entry(config, split: Optional[str]):
-    order = [split] if split else ["test", "val"]
-    for name in order:
-        entry = config.get("dataset", {}).get(name)
-        if entry is not None:
-            return name, entry
-    raise ConfigError(f"the config has no dataset.{' / dataset.'.join(order)} entry", origin_of(config))
 
 
 def class_names(dataset, num_classes: int) -> List[str]:
@@ -196,7 +187,7 @@ def run(args) -> dict:
     model, kind = build_feature_model(config, args.ckpts, device)
     feature = args.features if args.features != "auto" else ("cls" if kind == "finetune" else "patch")
 
-    split, entry = dataset_entry(config, args.split)
+    split, entry = dataset_entry(config, *([args.split] if args.split else ["test", "val"]))
     _, loader = builder.dataset_builder(SimpleNamespace(seed=args.seed, num_workers=args.num_workers), entry)
     dataset = loader.dataset
     n = len(dataset)

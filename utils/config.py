@@ -205,6 +205,15 @@ def check_keys(node: Mapping, where: str, required: Iterable[str] = (), optional
             raise ConfigError(f"missing key '{where}.{key}'", source)
 
 
+def dataset_entry(config: Mapping, *names: str):
+    """(name, entry) of the first of ``config.dataset``'s entries ``names`` that the config has."""
+    for name in names:
+        entry = config.get("dataset", {}).get(name)
+        if entry is not None:
+            return name, entry
+    raise ConfigError(f"the config has no dataset.{' / dataset.'.join(names)} entry", origin_of(config))
+
+
 def validate_config(config: Mapping, job: str, models, datasets) -> None:
     """Check a run config before anything is built: top-level keys for ``job`` (``pretrain``,
     ``finetune`` or ``test``), the model section against its class's schema (``models``: the
@@ -257,15 +266,6 @@ def save_experiment_config(args, config: Mapping, logger=None) -> str:
         yaml.safe_dump(to_plain(config), f, sort_keys=False)
     print_log(f"Copy the config file to {path}", logger=logger)
     return path
-
-
-def log_config_to_file(cfg: Mapping, pre: str = "cfg", logger=None) -> None:
-    for key, val in cfg.items():
-        if isinstance(val, dict):
-            print_log(f"{pre}.{key} = edict()", logger=logger)
-            log_config_to_file(val, pre=f"{pre}.{key}", logger=logger)
-        else:
-            print_log(f"{pre}.{key} : {val}", logger=logger)
 
 
 def get_config(args, logger=None) -> EasyDict:
