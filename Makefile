@@ -33,7 +33,7 @@ demo-finetune: demo-pretrain
 	$(PY) main.py --config cfgs/demo/finetune_demo.yaml --finetune_model --ckpts $(PRETRAINED) --exp_name demo --num_workers $(WORKERS)
 	$(PY) main.py --config cfgs/demo/finetune_demo.yaml --scratch_model --exp_name demo_scratch --num_workers $(WORKERS)
 	$(PY) main.py --config cfgs/demo/finetune_demo.yaml --test --vote --ckpts experiments/finetune_demo/demo/ckpt-best.pth --exp_name demo --num_workers $(WORKERS)
-	$(PY) tools/svm.py --config cfgs/demo/pretrain_demo.yaml --ckpts $(PRETRAINED) --modelnet_root $(DEMO_ROOT)/ModelNet/modelnet40_normal_resampled --modelnet_npoints 1024 --num_workers $(WORKERS)
+	$(PY) tools/svm.py --config cfgs/demo/pretrain_demo.yaml --ckpts $(PRETRAINED) --modelnet_root $(DEMO_ROOT)/ModelNet/modelnet40_normal_resampled --modelnet_npoints 1024 --C 0.01 --num_workers $(WORKERS)
 
 demo-vis: demo-pretrain
 	$(PY) main_vis.py --test --ckpts $(PRETRAINED) --config cfgs/demo/pretrain_demo.yaml --exp_name demo --num_samples 6 --num_workers $(WORKERS)

@@ -100,10 +100,18 @@ def fit_linear_svm(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray,
     The released ``LinearSVC()`` with the defaults of its scikit-learn: squared hinge, dual
     coordinate descent (``dual=True``, the default before scikit-learn 1.5 made it 'auto'),
     ``max_iter`` 1000; ``random_state`` is seeded here (the release left it unseeded)."""
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
     from sklearn.svm import LinearSVC
 
     svm = LinearSVC(C=C, dual=True, max_iter=max_iter, random_state=seed)
-    svm.fit(train_x, train_y)  # scikit-learn warns (ConvergenceWarning) when max_iter is reached
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ConvergenceWarning)
+        svm.fit(train_x, train_y)
+    if any(issubclass(w.category, ConvergenceWarning) for w in caught):
+        print_log(f"[SVM] WARNING: LinearSVC (C = {C}) did not converge in {max_iter} iterations, so the accuracy "
+                  f"below may be near chance; a smaller C (e.g. --C 0.01) converges faster")
     return float((svm.predict(test_x) == test_y).mean() * 100.0)
 
 
