@@ -39,10 +39,19 @@ def main(argv=None):
         dist_utils.init_dist(args.launcher)
     rank, world_size = dist_utils.get_dist_info()
     args.world_size = world_size
+    args.lock_path = None
     if rank == 0:
         parser.create_experiment_dir(args)
-    dist_utils.barrier()
+    else:  # the same refusal on every process, so none waits at the barrier for a rank 0 that stopped
+        parser.check_no_checkpoints(args.experiment_path, args.resume, args.overwrite)
+    try:
+        dist_utils.barrier()
+        return _run(args, rank, world_size)
+    finally:
+        parser.release_run_lock(args.lock_path)
 
+
+def _run(args, rank: int, world_size: int):
     timestamp = time.strftime("%Y%m%d_%H%M%S", time.localtime())
     logger = get_root_logger(log_file=os.path.join(args.experiment_path, f"{timestamp}.log"), name=args.log_name)
     train_writer = val_writer = None
@@ -55,9 +64,7 @@ def main(argv=None):
     if args.shot != -1:
         for split in ("train", "val"):
             config.dataset[split].others.update(shot=args.shot, way=args.way, fold=args.fold)
-    validate_config(config, job, MODELS, DATASETS)
-    if config.total_bs % world_size != 0:
-        raise ValueError(f"total_bs={config.total_bs} is not divisible by the {world_size} processes")
+    validate_config(config, job, MODELS, DATASETS, world_size=world_size)
     per_rank = config.total_bs // world_size
     for split, bs in (("train", per_rank), ("extra_train", per_rank * 2), ("val", per_rank * 2), ("test", per_rank)):
         if config.dataset.get(split) is not None:
@@ -65,6 +72,9 @@ def main(argv=None):
 
     print_log(f"Command: {' '.join(sys.argv)}", logger=logger)
     print_log(f"Arguments: {vars(args)}", logger=logger)
+    if getattr(args, "ckpts_warm_start", False):
+        print_log(f"Pre-training with --ckpts: warm start from {args.ckpts} (weights only, fresh optimizer; "
+                  f"the same as --start_ckpts)", logger=logger)
     print_log(f"Distributed training: {args.distributed} (world size {world_size})", logger=logger)
     device = resolve_device(args.device, args.local_rank)
     warn_if_no_gpu(args.device, device, logger)

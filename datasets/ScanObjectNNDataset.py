@@ -11,7 +11,7 @@ from torch.utils.data import Dataset
 from utils.logger import print_log
 
 from .build import DATASETS
-from .common import DatasetFormatError, dataset_schema, require_path
+from .common import DatasetFormatError, dataset_schema, first_non_finite, require_path
 
 LAYOUT = """  <ROOT> = .../main_split (OBJ-BG, PB_T50_RS) or .../main_split_nobg (OBJ-ONLY)
   <ROOT>/{training,test}_objectdataset.h5                      (OBJ-BG / OBJ-ONLY)
@@ -24,18 +24,27 @@ NUM_CLASSES = 15
 def read_h5(path: str):
     """-> (points (n, P, 3) float32, labels (n,) int64), checked."""
     require_path(path, "ScanObjectNN", LAYOUT)
-    with h5py.File(path, "r") as h5:
-        for key in ("data", "label"):
-            if key not in h5:
-                raise DatasetFormatError(f"{path}: HDF5 key '{key}' missing (found {sorted(h5.keys())})")
-        points = np.array(h5["data"]).astype(np.float32)
-        labels = np.array(h5["label"]).astype(np.int64).reshape(-1)
+    try:
+        with h5py.File(path, "r") as h5:
+            for key in ("data", "label"):
+                if key not in h5:
+                    raise DatasetFormatError(f"{path}: HDF5 key '{key}' missing (found {sorted(h5.keys())})")
+            points = np.array(h5["data"]).astype(np.float32)
+            labels = np.array(h5["label"]).astype(np.int64).reshape(-1)
+    except DatasetFormatError:
+        raise
+    except (OSError, KeyError, ValueError) as e:  # truncated or not HDF5: h5py raises OSError
+        raise DatasetFormatError(f"{path}: not a readable HDF5 file (truncated or malformed?): "
+                                 f"{type(e).__name__}: {e}") from None
     if points.ndim != 3 or points.shape[2] != 3:
         raise DatasetFormatError(f"{path}: 'data' must be (n, P, 3), got {points.shape}")
     if labels.shape[0] != points.shape[0]:
         raise DatasetFormatError(f"{path}: {points.shape[0]} clouds but {labels.shape[0]} labels")
     if labels.size and (labels.min() < 0 or labels.max() >= NUM_CLASSES):
         raise DatasetFormatError(f"{path}: labels must be in 0..{NUM_CLASSES - 1}, found {labels.min()}..{labels.max()}")
+    bad = first_non_finite(points)
+    if bad is not None:
+        raise DatasetFormatError(f"{path}: cloud {bad[0]} has a non-finite coordinate {points[bad]} at point {bad[1]}")
     return points, labels
 
 

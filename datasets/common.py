@@ -16,6 +16,25 @@ class DatasetFormatError(FileNotFoundError):
     """A dataset root is missing or not in the expected layout; the message names both."""
 
 
+def first_non_finite(points: np.ndarray):
+    """Index (tuple) of the first NaN / Inf value of ``points``, or None when all are finite."""
+    arr = np.asarray(points)
+    if arr.dtype.kind not in "fc":
+        return None
+    finite = np.isfinite(arr)
+    if finite.all():
+        return None
+    return tuple(int(i) for i in np.argwhere(~finite)[0])
+
+
+def check_finite_points(points: np.ndarray, where: str) -> None:
+    """DatasetFormatError naming ``where`` (file, entry) and the index of the first NaN / Inf coordinate."""
+    bad = first_non_finite(points)
+    if bad is not None:
+        raise DatasetFormatError(f"{where}: non-finite coordinate {np.asarray(points)[bad]} at index {bad}; "
+                                 f"fix or remove this shape")
+
+
 def require_path(path: str, dataset: str, layout: str) -> str:
     if not os.path.exists(path):
         raise DatasetFormatError(f"{dataset}: '{path}' does not exist. Expected layout:\n{layout}\n"

@@ -83,6 +83,15 @@ def _parse_header(path: str, f) -> Tuple[str, List[_Element]]:
     return fmt, elements
 
 
+def _finite(xyz: np.ndarray, path: str) -> np.ndarray:
+    """``xyz``, or a ValueError naming the file and the first vertex with a NaN / Inf coordinate."""
+    finite = np.isfinite(xyz).all(axis=1)
+    if not finite.all():
+        i = int(np.argmin(finite))
+        raise ValueError(f"{path}: vertex {i} has a non-finite coordinate {xyz[i].tolist()}")
+    return xyz
+
+
 def read_ply(path: str) -> np.ndarray:
     """Read the vertex positions of a PLY file.
 
@@ -125,7 +134,7 @@ def read_ply(path: str) -> np.ndarray:
                 raise ValueError(f"{path}: expected {len(vertex.props)} values on each of {vertex.count} vertex lines")
             values = values.reshape(vertex.count, len(vertex.props))
             cols = [prop_names.index(k) for k in ("x", "y", "z")]
-            return values[:, cols].astype(np.float32)
+            return _finite(values[:, cols].astype(np.float32), path)
         endian = _FORMATS[fmt]
         for e in before:
             if e.has_list:
@@ -137,7 +146,7 @@ def read_ply(path: str) -> np.ndarray:
             raise ValueError(f"{path}: truncated PLY: expected {vertex.count} vertices of {dtype.itemsize} bytes, "
                              f"found {len(raw)} bytes")
         data = np.frombuffer(raw, dtype=dtype, count=vertex.count)
-        return np.stack([data["x"], data["y"], data["z"]], axis=1).astype(np.float32)
+        return _finite(np.stack([data["x"], data["y"], data["z"]], axis=1).astype(np.float32), path)
 
 
 def write_ply(path: str, xyz: np.ndarray, normals: Optional[np.ndarray] = None, binary: bool = True) -> None:

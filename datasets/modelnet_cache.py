@@ -23,7 +23,7 @@ from tqdm import tqdm
 from extensions.pointops import furthest_point_sample
 from utils.checkpoint import atomic_write
 
-from .common import DatasetFormatError
+from .common import DatasetFormatError, check_finite_points
 
 __all__ = ["build_modelnet_cache", "cache_file_name", "class_of_shape_id", "load_cache", "load_modelnet_cache",
            "read_lines", "read_modelnet_txt"]
@@ -78,8 +78,15 @@ def load_cache(path: str, n_points: int) -> Tuple[List[np.ndarray], List[np.ndar
     if first.ndim != 2 or first.shape[0] != n_points or first.shape[1] < 3:
         raise DatasetFormatError(f"ModelNet cache '{path}': expected ({n_points}, 6) point arrays (N_POINTS: {n_points}), "
                                  f"got {first.shape}")
-    if np.asarray(labels[0]).size != 1:
-        raise DatasetFormatError(f"ModelNet cache '{path}': expected (1,) labels, got shape {np.asarray(labels[0]).shape}")
+    for i, (pts, label) in enumerate(zip(points, labels)):
+        pts = np.asarray(pts)
+        if pts.shape != first.shape:
+            raise DatasetFormatError(f"ModelNet cache '{path}': entry {i} has shape {pts.shape}, expected {first.shape} "
+                                     f"as entry 0 (ragged cache; rebuild it)")
+        if np.asarray(label).size != 1:
+            raise DatasetFormatError(f"ModelNet cache '{path}': entry {i}: expected a (1,) label, got shape "
+                                     f"{np.asarray(label).shape}")
+        check_finite_points(pts, f"ModelNet cache '{path}', entry {i}")
     return points, labels
 
 

@@ -18,6 +18,7 @@ DDP) every ``log_interval`` steps and at the end of the epoch.
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from typing import Callable, Dict, Optional, Tuple
 
@@ -37,6 +38,39 @@ AMP_MODES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 class NonFiniteLossError(FloatingPointError):
     """The loss became NaN or infinite; training stops before the next checkpoint is written."""
+
+
+class NonFiniteInputError(NonFiniteLossError):
+    """A batch holds NaN or infinite coordinates; the figures computed from it would be garbage."""
+
+
+def check_finite_points(points: Tensor, batch, index: int, what: str = "test") -> None:
+    """Raise :class:`NonFiniteInputError` naming batch ``index`` (and its model ids, when the
+    batch carries them) if ``points`` holds NaN or Inf."""
+    finite = torch.isfinite(points.reshape(points.shape[0], -1)).all(dim=1)
+    if bool(finite.all()):
+        return
+    bad = (~finite).nonzero().view(-1).tolist()
+    ids = ""
+    if isinstance(batch, (list, tuple)) and len(batch) > 1 and isinstance(batch[1], (list, tuple)):
+        ids = f" (model ids {[batch[1][i] for i in bad[:5]]})"
+    raise NonFiniteInputError(f"{what} batch {index}: samples {bad[:10]}{ids} have NaN or infinite coordinates; "
+                              f"fix or remove them in the data")
+
+
+def check_finite_figures(figures: Dict[str, float], epoch: int) -> None:
+    """Raise :class:`NonFiniteLossError` if a validation figure is NaN or infinite."""
+    bad = {}
+    for key, value in (figures or {}).items():
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            continue
+        if not math.isfinite(number):
+            bad[key] = number
+    if bad:
+        raise NonFiniteLossError(f"validation at epoch {epoch} gave non-finite figures {bad}; stopping before they "
+                                 f"are logged or saved (the last checkpoint is kept)")
 
 
 def amp_mode(cli: Optional[str], config_value=None) -> str:
@@ -264,6 +298,7 @@ def fit(model: nn.Module, step: TrainStep, loader, sampler, optimizer: torch.opt
         metrics = {f"train_{k}": v for k, v in stats.items() if k != "samples_per_s"}
         if validate is not None and ((epoch + 1) % max(val_freq, 1) == 0 or epoch + 1 == max_epoch):
             figures = validate(epoch)
+            check_finite_figures(figures, epoch)
             if figures:
                 print_log(f"[Validation] EPOCH: {epoch} " + " ".join(f"{k} = {v:.6g}" for k, v in figures.items()),
                           logger=logger)

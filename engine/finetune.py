@@ -33,7 +33,7 @@ from torch import Tensor, nn
 
 from datasets.data_transforms import PointcloudScaleAndTranslate
 from engine import builder
-from engine.engine import AccuracyMeter, evaluate, fit
+from engine.engine import AccuracyMeter, check_finite_points, evaluate, fit
 from extensions.pointops import fps, furthest_point_sample, gather_points
 from utils.checkpoint import load_checkpoint_file
 from utils.config import ConfigError, Schema, origin_of
@@ -141,9 +141,13 @@ def make_train_step(device: torch.device, npoints: int, loss_fn):
 def make_eval_step(device: torch.device, npoints: int, vote: bool = False, times: int = VOTE_TIMES):
     """Eval step: plain (FPS to ``npoints``) or voting logits into an :class:`AccuracyMeter`."""
 
+    seen = [0]
+
     def step(model: nn.Module, batch, meter: AccuracyMeter) -> None:
         points, label = unpack_cls_batch(batch[2], device)
         points = points[..., :3]
+        check_finite_points(points, batch, seen[0], "evaluation")
+        seen[0] += 1
         logits = vote_logits(model, points, npoints, times) if vote else model(fps_to(points, npoints))
         meter.update(logits, label)
 

@@ -42,6 +42,7 @@ from utils import dist_utils
 from utils.checkpoint import CheckpointError, atomic_save, load_checkpoint_file, load_state_dict_checked, state_dict_of
 from utils.logger import get_logger, print_log
 from utils.misc import resolve_device, set_random_seed, warn_if_no_gpu, worker_init_fn
+from utils.parser import RunDirError, acquire_run_lock, release_run_lock
 
 MODEL_ARGS = ("trans_dim", "depth", "num_heads", "drop_path_rate", "num_group", "group_size", "return_layers", "normal")
 
@@ -228,10 +229,23 @@ def run(args) -> Dict[str, float]:
 
     run_dir = Path(args.log_root) / "part_seg" / (args.log_dir or datetime.datetime.now().strftime("%Y-%m-%d_%H-%M"))
     ckpt_dir, log_dir = run_dir / "checkpoints", run_dir / "logs"
+    lock = None
     if rank == 0:
+        saved = sorted(ckpt_dir.glob("*.pth")) if ckpt_dir.is_dir() else []
+        if saved and not args.test and not getattr(args, "overwrite", False):
+            raise RunDirError(f"segmentation run directory {run_dir} already holds checkpoints ({saved[0].name}): "
+                              f"pass --overwrite to train a new model over it, or choose another --log_dir")
         ckpt_dir.mkdir(parents=True, exist_ok=True)
         log_dir.mkdir(parents=True, exist_ok=True)
-    dist_utils.barrier()
+        lock = acquire_run_lock(str(run_dir))
+    try:
+        dist_utils.barrier()
+        return _run(args, device, rank, world_size, ckpt_dir, log_dir)
+    finally:
+        release_run_lock(lock)
+
+
+def _run(args, device, rank: int, world_size: int, ckpt_dir: Path, log_dir: Path) -> Dict[str, float]:
     logger = get_logger("part_seg", log_file=str(log_dir / f"{'test' if args.test else args.model}.txt"))
     print_log(f"Command: {' '.join(sys.argv)}", logger=logger)
     print_log(f"PARAMETER ... {vars(args)}", logger=logger)

@@ -40,6 +40,8 @@ def get_args(argv=None) -> argparse.Namespace:
     p.add_argument("--log_dir", type=str, default=None, help="run name under log/part_seg/ (default: timestamp)")
     p.add_argument("--log_root", type=str, default=str(DEFAULT_LOG_ROOT), help="folder holding part_seg/")
     p.add_argument("--test", action="store_true", help="evaluate a saved segmentation model and exit")
+    p.add_argument("--overwrite", action="store_true",
+                   help="train in a --log_dir whose checkpoints/ already holds a model (it is replaced)")
     p.add_argument("--init", choices=["released", "trunc_normal"], default="released",
                    help="initialisation: released (PyTorch's default, as the released get_model) or trunc_normal")
     p.add_argument("--lr_schedule", choices=["exact", "released"], default="exact",

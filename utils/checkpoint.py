@@ -19,24 +19,44 @@ class CheckpointError(RuntimeError):
     """A checkpoint is missing, unreadable, or does not fit the model. The message names the file."""
 
 
+class CheckpointWriteError(CheckpointError, OSError):
+    """Writing a checkpoint failed (disk full, permissions, ...); the previous file is intact.
+    Also an OSError, so callers that caught the underlying error still catch it."""
+
+    def __str__(self) -> str:
+        return self.args[0] if self.args else ""
+
+
 def atomic_write(path: str, write: Callable[[BinaryIO], None]) -> None:
     """Call ``write(f)`` on a temporary file in the same folder, fsync, then rename over ``path``.
 
-    A crash at any point leaves either the old file or the new one, never a truncated file.
+    A crash at any point leaves either the old file or the new one, never a truncated file. An
+    OSError (disk full, permissions, ...) removes the temporary file and is raised as a
+    :class:`CheckpointWriteError` (a CheckpointError and an OSError) whose one-line message says what failed, why, and that the previous
+    file at ``path`` is intact (when there is one).
     """
     folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-" + os.path.basename(path), dir=folder)
+    tmp = None
     try:
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-" + os.path.basename(path), dir=folder)
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    except BaseException as e:
+        if tmp is not None and os.path.exists(tmp):
+            try:
+                os.remove(tmp)
+            except OSError:
+                pass
+        if isinstance(e, OSError):
+            why = e.strerror or str(e)
+            kept = (f"the previous checkpoint at {path} is intact" if os.path.exists(path)
+                    else f"no file was written at {path}")
+            raise CheckpointWriteError(f"writing {path} failed: {why} (errno {e.errno}); {kept}") from e
         raise
 
 

@@ -13,6 +13,8 @@ the registries check a section again whenever they build from it.
 from __future__ import annotations
 
 import copy
+import difflib
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -183,11 +185,17 @@ def cfg_from_yaml_file(cfg_file: str | os.PathLike) -> EasyDict:
     return config
 
 
+def did_you_mean(key: Any, known: Iterable[str]) -> str:
+    """`` (did you mean 'X'?)`` for the closest of ``known`` to ``key``, or an empty string."""
+    close = difflib.get_close_matches(str(key), [str(k) for k in known], n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
 def check_top_level(config: Mapping, required: Iterable[str] = ("model",)) -> None:
     source = origin_of(config)
     for key in config:
         if key not in TOP_LEVEL_KEYS:
-            raise ConfigError(f"unknown top-level key '{key}'; known keys: {sorted(TOP_LEVEL_KEYS)}", source)
+            raise ConfigError(f"unknown top-level key '{key}'{did_you_mean(key, TOP_LEVEL_KEYS)}; known keys: {sorted(TOP_LEVEL_KEYS)}", source)
     for key in required:
         if key not in config:
             raise ConfigError(f"missing top-level key '{key}'", source)
@@ -199,7 +207,8 @@ def check_keys(node: Mapping, where: str, required: Iterable[str] = (), optional
     allowed = set(required) | set(optional)
     for key in node:
         if key not in allowed:
-            raise ConfigError(f"unknown key '{where}.{key}'; allowed: {sorted(allowed)}", source)
+            raise ConfigError(f"unknown key '{where}.{key}'{did_you_mean(key, allowed)}; allowed: {sorted(allowed)}",
+                              source)
     for key in required:
         if key not in node:
             raise ConfigError(f"missing key '{where}.{key}'", source)
@@ -214,16 +223,179 @@ def dataset_entry(config: Mapping, *names: str):
     raise ConfigError(f"the config has no dataset.{' / dataset.'.join(names)} entry", origin_of(config))
 
 
-def validate_config(config: Mapping, job: str, models, datasets) -> None:
+# ------------------------------------------------------------------------------ value rules
+TRUE_WORDS = ("true", "yes", "on", "1")
+FALSE_WORDS = ("false", "no", "off", "0")
+
+
+def _bad_value(where: str, value: Any, expected: str, node: Mapping) -> ConfigError:
+    return ConfigError(f"'{where}' = {value!r}: expected {expected}", origin_of(node))
+
+
+def check_number(node: Any, key: str, where: str, integer: bool = False, low: Optional[float] = None,
+                 high: Optional[float] = None, low_open: bool = False, high_open: bool = False,
+                 allow_none: bool = True) -> None:
+    """Check (and convert in place) the number ``node[key]``: numeric strings such as ``"1e-3"``
+    (PyYAML reads ``1e-3`` as a string) become numbers; anything else outside the range is a
+    ConfigError naming key, value, range and file. Absent keys are not checked."""
+    if not isinstance(node, Mapping) or key not in node:
+        return
+    value = node[key]
+    kind = "an integer" if integer else "a number"
+    rng = []
+    if low is not None:
+        rng.append(f"{'>' if low_open else '>='} {low:g}")
+    if high is not None:
+        rng.append(f"{'<' if high_open else '<='} {high:g}")
+    expected = kind + (" " + " and ".join(rng) if rng else "")
+    if value is None:
+        if allow_none:
+            return
+        raise _bad_value(where, value, expected, node)
+    number = value
+    if isinstance(value, str):
+        try:
+            number = float(value.strip())
+        except ValueError:
+            raise _bad_value(where, value, expected, node) from None
+    if isinstance(number, bool) or not isinstance(number, (int, float)) or not math.isfinite(number):
+        raise _bad_value(where, value, expected, node)
+    if integer:
+        if float(number) != int(number):
+            raise _bad_value(where, value, expected, node)
+        number = int(number)
+    if (low is not None and (number < low or (low_open and number == low))) or \
+            (high is not None and (number > high or (high_open and number == high))):
+        raise _bad_value(where, value, expected, node)
+    if number is not value:
+        node[key] = number
+
+
+def check_bool(node: Any, key: str, where: str) -> None:
+    """Check (and convert in place) the boolean ``node[key]``: true/false, or one of the strings
+    true/false/yes/no/on/off/1/0 (any case); anything else is a ConfigError. ``"false"`` is false."""
+    if not isinstance(node, Mapping) or key not in node or node[key] is None:
+        return
+    value = node[key]
+    if isinstance(value, bool):
+        return
+    if isinstance(value, int) and value in (0, 1):
+        node[key] = bool(value)
+        return
+    if isinstance(value, str) and value.strip().lower() in TRUE_WORDS + FALSE_WORDS:
+        node[key] = value.strip().lower() in TRUE_WORDS
+        return
+    raise _bad_value(where, value, "true or false (or one of the strings " + "/".join(TRUE_WORDS + FALSE_WORDS) + ")",
+                     node)
+
+
+# (key, integer, low, low_open): the top-level numbers.
+TOP_LEVEL_NUMBERS = (("max_epoch", True, 0, False), ("total_bs", True, 0, True), ("step_per_update", True, 1, False),
+                     ("grad_norm_clip", False, 0, False), ("npoints", True, 1, False), ("ckpt_period", True, 0, False))
+DATASET_BOOLS = ("USE_NORMALS",)
+IMAGE_BRANCH_BOOLS = ("trainable", "normalize", "per_view", "fresh_encoder_every_step")
+
+
+def is_pretraining_model(cls: type) -> bool:
+    """Pre-training models (Inter_MAE, Point_MAE) nest their transformer in ``transformer_config``
+    with a ``mask_ratio``; the fine-tuning PointTransformer has a flat section."""
+    schema = getattr(cls, "config_schema", None)
+    return schema is not None and "transformer_config" in schema.sections
+
+
+def check_values(config: Mapping, job: str, model_cls: Optional[type] = None, world_size: int = 1) -> None:
+    """The value rules of a run config (types, ranges, cross-key sanity), after the key checks."""
+    for key, integer, low, low_open in TOP_LEVEL_NUMBERS:
+        check_number(config, key, key, integer=integer, low=low, low_open=low_open,
+                     allow_none=key in ("grad_norm_clip", "ckpt_period"))
+    if "total_bs" in config and world_size > 1 and config.total_bs % world_size != 0:
+        raise ConfigError(f"'total_bs' = {config.total_bs}: expected a multiple of the {world_size} processes "
+                          f"(each process takes total_bs / world size)", origin_of(config))
+    opt = config.get("optimizer")
+    if isinstance(opt, Mapping) and isinstance(opt.get("kwargs"), Mapping):
+        check_number(opt.kwargs, "lr", "optimizer.kwargs.lr", low=0, low_open=True, allow_none=False)
+        check_number(opt.kwargs, "weight_decay", "optimizer.kwargs.weight_decay", low=0)
+        check_number(opt.kwargs, "momentum", "optimizer.kwargs.momentum", low=0)
+        check_number(opt.kwargs, "eps", "optimizer.kwargs.eps", low=0, low_open=True)
+    sched = config.get("scheduler")
+    if isinstance(sched, Mapping) and isinstance(sched.get("kwargs"), Mapping):
+        check_number(sched.kwargs, "epochs", "scheduler.kwargs.epochs", integer=True, low=0)
+        check_number(sched.kwargs, "initial_epochs", "scheduler.kwargs.initial_epochs", integer=True, low=0)
+        check_number(sched.kwargs, "lr_min", "scheduler.kwargs.lr_min", low=0)
+        check_number(sched.kwargs, "warmup_lr_init", "scheduler.kwargs.warmup_lr_init", low=0)
+    svm = config.get("svm_validation")
+    if isinstance(svm, Mapping):
+        check_bool(svm, "enabled", "svm_validation.enabled")
+        check_number(svm, "freq", "svm_validation.freq", integer=True, low=1)
+    model = config.get("model")
+    if isinstance(model, Mapping):
+        name = model.get("NAME")
+        if model_cls is not None:
+            if is_pretraining_model(model_cls) and job in ("finetune", "test"):
+                flag = "--test" if job == "test" else "--finetune_model / --scratch_model"
+                raise ConfigError(f"model.NAME '{name}' is a pre-training model, but {flag} asks for fine-tuning or "
+                                  f"testing a classifier: use a fine-tuning config (model.NAME: PointTransformer, "
+                                  f"e.g. cfgs/finetune_modelnet.yaml)", origin_of(model))
+            if not is_pretraining_model(model_cls) and job == "pretrain":
+                raise ConfigError(f"model.NAME '{name}' is a fine-tuning model, but no --finetune_model, "
+                                  f"--scratch_model or --test was given (pre-training): add one of those flags, or "
+                                  f"use a pre-training config (model.NAME: Inter_MAE / Point_MAE)", origin_of(model))
+        for key in ("num_group", "group_size"):
+            check_number(model, key, f"model.{key}", integer=True, low=1, allow_none=False)
+        tc = model.get("transformer_config") if isinstance(model.get("transformer_config"), Mapping) else model
+        prefix = "model.transformer_config." if tc is not model else "model."
+        for key in ("trans_dim", "depth", "num_heads", "encoder_dims", "cls_dim", "decoder_depth", "decoder_num_heads"):
+            check_number(tc, key, prefix + key, integer=True, low=1)
+        check_number(tc, "drop_path_rate", prefix + "drop_path_rate", low=0, high=1, high_open=True)
+        if tc is not model:
+            check_number(tc, "mask_ratio", prefix + "mask_ratio", low=0, high=1, low_open=True, high_open=True,
+                         allow_none=False)
+        if isinstance(model.get("image_branch"), Mapping):
+            for key in IMAGE_BRANCH_BOOLS:
+                check_bool(model.image_branch, key, f"model.image_branch.{key}")
+        npoints = config.get("npoints")
+        num_group = model.get("num_group")
+        if isinstance(npoints, int) and isinstance(num_group, int) and num_group > npoints:
+            raise ConfigError(f"'model.num_group' = {num_group}: expected at most npoints = {npoints} "
+                              f"(one group centre per sampled point)", origin_of(model))
+    for split, entry in (config.get("dataset") or {}).items():
+        for part in ("_base_", "others"):
+            node = entry.get(part)
+            check_number(node, "npoints", f"dataset.{split}.{part}.npoints", integer=True, low=1)
+            check_number(node, "N_POINTS", f"dataset.{split}.{part}.N_POINTS", integer=True, low=1)
+            for key in DATASET_BOOLS:
+                check_bool(node, key, f"dataset.{split}.{part}.{key}")
+
+
+def check_dataset_others(entry: Mapping, split: str, datasets) -> None:
+    """Unknown keys in a dataset entry's ``others``, reported against the file ``others`` was written in
+    (the merged check would name the ``_base_`` file)."""
+    others = entry.others
+    if not isinstance(others, Mapping):
+        raise ConfigError(f"dataset.{split}.others must be a mapping", origin_of(entry))
+    name = others.get("NAME", entry._base_.get("NAME") if isinstance(entry._base_, Mapping) else None)
+    try:
+        cls = datasets.get(name)
+    except KeyError:
+        return  # the merged check names the bad NAME
+    schema = getattr(cls, "config_schema", None)
+    if schema is not None:
+        check_keys(others, f"dataset.{split}.others",
+                   optional=schema.required + schema.optional + tuple(schema.sections))
+
+
+def validate_config(config: Mapping, job: str, models, datasets, world_size: int = 1) -> None:
     """Check a run config before anything is built: top-level keys for ``job`` (``pretrain``,
     ``finetune`` or ``test``), the model section against its class's schema (``models``: the
     MODELS registry), every dataset entry against its class's schema (``datasets``: DATASETS),
-    the optimizer and the scheduler."""
+    the optimizer and the scheduler; then the values (:func:`check_values`: types, ranges, the
+    model's kind against the job, ``total_bs`` against ``world_size``)."""
     check_top_level(config, required=JOB_REQUIRED_KEYS[job])
-    models.check(config.model, "model")
+    model_cls = models.check(config.model, "model")
     for split, entry in config.dataset.items():
         if not isinstance(entry, Mapping) or "_base_" not in entry or "others" not in entry:
             raise ConfigError(f"dataset.{split} needs '_base_' and 'others'", origin_of(config.dataset))
+        check_dataset_others(entry, split, datasets)
         datasets.check(merge_into(entry._base_, entry.others), f"dataset.{split}")
     if "optimizer" in config:
         OPTIMIZER_SCHEMA.check(config.optimizer, "optimizer")
@@ -231,6 +403,7 @@ def validate_config(config: Mapping, job: str, models, datasets) -> None:
         SCHEDULER_SCHEMA.check(config.scheduler, "scheduler")
     if isinstance(config.get("svm_validation"), Mapping):
         SVM_SCHEMA.check(config.svm_validation, "svm_validation")
+    check_values(config, job, model_cls if isinstance(model_cls, type) else None, world_size)
 
 
 def _parse_value(text: str) -> Any:

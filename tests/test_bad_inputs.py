@@ -1,0 +1,357 @@
+"""Bad inputs, one class each, through the real command line where practical (``main.main``, or a
+subprocess for the exit code): every one gives a clear error naming what was wrong and where.
+See README "Reliability"."""
+from __future__ import annotations
+
+import errno
+import os
+import pickle
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import main as main_module
+from datasets import DATASETS
+from datasets.common import DatasetFormatError
+from datasets.io import read_ply, write_ply
+from datasets.modelnet_cache import load_cache
+from engine.engine import NonFiniteInputError, NonFiniteLossError, fit
+from engine.finetune import make_eval_step
+from engine.engine import AccuracyMeter
+from models import MODELS
+from utils import checkpoint as ckpt_mod
+from utils import parser
+from utils.checkpoint import CheckpointError, atomic_save, load_checkpoint_file
+from utils.config import ConfigError, cfg_from_yaml_file, validate_config
+from utils.parser import RunDirError
+from writers import TINY_FINETUNE, TINY_PRETRAIN
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def write_cfg(tmp_path: Path, text: str, name: str = "bad.yaml", **replace) -> Path:
+    for old, new in replace.items():
+        assert old in text, old
+        text = text.replace(old, new)
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def pretrain_text(tmp_path: Path, epochs: int = 1) -> str:
+    return TINY_PRETRAIN.format(root=tmp_path / "data", epochs=epochs)
+
+
+def finetune_text(tmp_path: Path, epochs: int = 1) -> str:
+    return TINY_FINETUNE.format(root=tmp_path / "mn", epochs=epochs)
+
+
+def run_main(tmp_path: Path, cfg: Path, *extra: str, exp_name: str = "run"):
+    return main_module.main(["--config", str(cfg), "--exp_name", exp_name, "--num_workers", "0", "--device", "cpu",
+                             "--experiment_root", str(tmp_path / "exp"), *extra])
+
+
+def config_error(tmp_path, text: str, *extra: str) -> str:
+    cfg = write_cfg(tmp_path, text)
+    with pytest.raises(ConfigError) as err:
+        run_main(tmp_path, cfg, *extra)
+    return str(err.value)
+
+
+# ------------------------------------------------------------------------------ config values
+def test_numeric_strings_become_numbers(tmp_path):
+    cfg = cfg_from_yaml_file(write_cfg(tmp_path, pretrain_text(tmp_path), **{"lr: 0.001": "lr: 1e-3",
+                                                                              "weight_decay: 0.05": "weight_decay: 5e-2"}))
+    assert cfg.optimizer.kwargs.lr == "1e-3"  # PyYAML reads 1e-3 as a string
+    validate_config(cfg, "pretrain", MODELS, DATASETS)
+    assert cfg.optimizer.kwargs.lr == pytest.approx(1e-3) and isinstance(cfg.optimizer.kwargs.lr, float)
+    assert cfg.optimizer.kwargs.weight_decay == pytest.approx(0.05)
+
+
+@pytest.mark.parametrize("old,new,words", [
+    ("max_epoch: 1", "max_epoch: two", ["'max_epoch' = 'two'", "an integer"]),
+    ("total_bs: 4", "total_bs: 0", ["'total_bs' = 0", "> 0"]),
+    ("total_bs: 4", "total_bs: -8", ["'total_bs' = -8"]),
+    ("step_per_update: 1", "step_per_update: 0", ["'step_per_update' = 0", ">= 1"]),
+    ("lr: 0.001", "lr: fast", ["'optimizer.kwargs.lr' = 'fast'", "a number > 0"]),
+    ("mask_ratio: 0.6", "mask_ratio: 1.0", ["'model.transformer_config.mask_ratio' = 1.0", "< 1"]),
+    ("mask_ratio: 0.6", "mask_ratio: 0", ["'model.transformer_config.mask_ratio' = 0", "> 0"]),
+    ("num_group: 16", "num_group: 300", ["'model.num_group' = 300", "npoints = 256"]),
+])
+def test_bad_values_name_file_key_value_and_expectation(tmp_path, old, new, words):
+    message = config_error(tmp_path, pretrain_text(tmp_path).replace(old, new))
+    for word in words + ["bad.yaml"]:
+        assert word in message, (word, message)
+    assert not list((tmp_path / "exp").rglob("ckpt-*.pth"))
+
+
+def test_booleans_are_parsed_strictly(tmp_path):
+    text = pretrain_text(tmp_path) + "svm_validation: {enabled: 'no'}\n"
+    cfg = cfg_from_yaml_file(write_cfg(tmp_path, text))
+    validate_config(cfg, "pretrain", MODELS, DATASETS)
+    assert cfg.svm_validation.enabled is False  # the string "no" is not true
+    message = config_error(tmp_path, pretrain_text(tmp_path) + "svm_validation: {enabled: maybe}\n")
+    assert "'svm_validation.enabled' = 'maybe'" in message and "true or false" in message
+
+
+def test_total_bs_must_divide_by_world_size(tmp_path):
+    cfg = cfg_from_yaml_file(write_cfg(tmp_path, pretrain_text(tmp_path)))
+    with pytest.raises(ConfigError, match="'total_bs' = 4: expected a multiple of the 3 processes"):
+        validate_config(cfg, "pretrain", MODELS, DATASETS, world_size=3)
+    validate_config(cfg, "pretrain", MODELS, DATASETS, world_size=2)
+
+
+@pytest.mark.parametrize("flags", [("--finetune_model", "--ckpts", "x.pth"), ("--test", "--ckpts", "x.pth")])
+def test_pretraining_model_with_finetune_or_test_flags(tmp_path, flags):
+    message = config_error(tmp_path, pretrain_text(tmp_path), *flags)
+    assert "'Inter_MAE' is a pre-training model" in message and "use a fine-tuning config" in message
+
+
+def test_finetuning_model_without_finetune_flags(tmp_path):
+    message = config_error(tmp_path, finetune_text(tmp_path))
+    assert "'PointTransformer' is a fine-tuning model" in message
+    assert "--finetune_model" in message and "--scratch_model" in message
+
+
+def test_unknown_key_suggests_the_closest(tmp_path):
+    message = config_error(tmp_path, pretrain_text(tmp_path).replace("max_epoch:", "max_epochs:"))
+    assert "did you mean 'max_epoch'?" in message
+    message = config_error(tmp_path, pretrain_text(tmp_path).replace("mask_ratio:", "mask_ratoi:"))
+    assert "did you mean 'mask_ratio'?" in message
+
+
+def test_typo_in_others_is_reported_against_the_file_that_wrote_it(tmp_path):
+    text = pretrain_text(tmp_path).replace("others: {subset: train, npoints: 256", "others: {subset: train, npoint: 256")
+    message = config_error(tmp_path, text)
+    assert "unknown key 'dataset.train.others.npoint'" in message and "did you mean 'npoints'?" in message
+    assert message.endswith("bad.yaml)") and "ShapeNet-55.yaml" not in message
+
+
+def test_bad_config_exits_non_zero_through_the_command_line(tmp_path):
+    cfg = write_cfg(tmp_path, pretrain_text(tmp_path).replace("max_epoch: 1", "max_epoch: two"))
+    proc = subprocess.run([sys.executable, str(REPO / "main.py"), "--config", str(cfg), "--num_workers", "0",
+                           "--device", "cpu", "--experiment_root", str(tmp_path / "exp")],
+                          capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert proc.returncode != 0
+    assert "ConfigError" in proc.stderr and "'max_epoch' = 'two'" in proc.stderr
+
+
+# ------------------------------------------------------------------------------ --ckpts in pre-training
+def test_ckpts_in_pretraining_is_a_warm_start():
+    args = parser.get_args(["--config", "cfgs/pretrain.yaml", "--ckpts", "w.pth"])
+    assert args.start_ckpts == "w.pth" and args.ckpts_warm_start
+    with pytest.raises(ValueError, match="not both"):
+        parser.get_args(["--config", "cfgs/pretrain.yaml", "--ckpts", "w.pth", "--start_ckpts", "v.pth"])
+    with pytest.raises(ValueError, match="--resume and --ckpts"):
+        parser.get_args(["--config", "cfgs/pretrain.yaml", "--ckpts", "w.pth", "--resume"])
+    ft = parser.get_args(["--config", "cfgs/finetune_modelnet.yaml", "--ckpts", "w.pth", "--finetune_model"])
+    assert ft.start_ckpts is None and not ft.ckpts_warm_start
+
+
+# ------------------------------------------------------------------------------ run directories
+def bad_value_cfg(tmp_path) -> Path:
+    """A config that fails validation (after the run-directory checks): the run stops right there."""
+    return write_cfg(tmp_path, pretrain_text(tmp_path).replace("max_epoch: 1", "max_epoch: two"))
+
+
+def test_existing_checkpoints_refuse_a_new_run(tmp_path):
+    cfg = bad_value_cfg(tmp_path)
+    exp = tmp_path / "exp" / "bad" / "run"
+    exp.mkdir(parents=True)
+    (exp / "ckpt-last.pth").write_bytes(b"old run")
+    with pytest.raises(RunDirError) as err:
+        run_main(tmp_path, cfg)
+    message = str(err.value)
+    assert str(exp) in message and "--resume" in message and "--overwrite" in message
+    with pytest.raises(ConfigError):  # past the directory check
+        run_main(tmp_path, cfg, "--overwrite")
+    assert (exp / "ckpt-last.pth").read_bytes() == b"old run"
+    assert not (exp / ".lock").exists()
+
+
+def test_live_lock_refuses_and_stale_lock_is_replaced(tmp_path):
+    cfg = bad_value_cfg(tmp_path)
+    exp = tmp_path / "exp" / "bad" / "run"
+    exp.mkdir(parents=True)
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        (exp / ".lock").write_text(f"{live.pid} {socket.gethostname()}\n")
+        with pytest.raises(RunDirError, match=f"in use by another run \\(pid {live.pid} on"):
+            run_main(tmp_path, cfg)
+    finally:
+        live.kill()
+        live.wait()
+    assert (exp / ".lock").exists()  # not ours: left alone
+    # now the pid is dead: the lock is stale, replaced, and removed when the run ends
+    with pytest.raises(ConfigError):
+        run_main(tmp_path, cfg)
+    assert not (exp / ".lock").exists()
+
+
+def test_lock_is_exclusive_within_one_host(tmp_path):
+    path = parser.acquire_run_lock(str(tmp_path))
+    try:
+        assert Path(path).read_text().split() == [str(os.getpid()), socket.gethostname()]
+        with pytest.raises(RunDirError, match=f"pid {os.getpid()}"):
+            parser.acquire_run_lock(str(tmp_path))
+    finally:
+        parser.release_run_lock(path)
+    assert not Path(path).exists()
+
+
+# ------------------------------------------------------------------------------ checkpoint writes
+def test_disk_full_checkpoint_write(tmp_path, monkeypatch):
+    path = tmp_path / "ckpt-last.pth"
+    atomic_save({"epoch": 1}, str(path))
+
+    def no_space(obj, f):
+        f.write(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ckpt_mod.torch, "save", no_space)
+    with pytest.raises(CheckpointError) as err:
+        atomic_save({"epoch": 2}, str(path))
+    message = str(err.value)
+    assert "\n" not in message
+    assert f"writing {path} failed" in message and "No space left on device" in message
+    assert f"the previous checkpoint at {path} is intact" in message
+    monkeypatch.undo()
+    assert load_checkpoint_file(str(path))["epoch"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt-last.pth"]  # temporary file removed
+    monkeypatch.setattr(ckpt_mod.torch, "save", no_space)
+    with pytest.raises(CheckpointError, match="no file was written at"):
+        atomic_save({"epoch": 1}, str(tmp_path / "new.pth"))
+
+
+# ------------------------------------------------------------------------------ non-finite figures
+def test_non_finite_validation_stops_before_saving():
+    model = torch.nn.Linear(2, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    saved = []
+
+    def step(m, batch):
+        return {"loss": m(batch).pow(2).mean()}
+
+    class Sampler:
+        def set_epoch(self, epoch):
+            pass
+
+    with pytest.raises(NonFiniteLossError, match="validation at epoch 0 gave non-finite figures"):
+        fit(model, step, [torch.ones(2, 2)], Sampler(), opt, None, torch.device("cpu"), start_epoch=0, max_epoch=2,
+            validate=lambda epoch: {"acc": float("nan")}, better=lambda f, b: True,
+            save=lambda *a: saved.append(a[0]), progress=False)
+    assert saved == []
+
+
+def test_non_finite_test_points_name_the_batch():
+    step = make_eval_step(torch.device("cpu"), npoints=8)
+    pts = torch.rand(2, 8, 3)
+    pts[1, 3, 0] = float("nan")
+    model = lambda x: torch.zeros(x.shape[0], 4)  # noqa: E731
+    step(model, (["t", "t"], ["a", "b"], (torch.rand(2, 8, 3), torch.zeros(2))), AccuracyMeter(torch.device("cpu")))
+    with pytest.raises(NonFiniteInputError, match=r"evaluation batch 1: samples \[1\] \(model ids \['b'\]\)"):
+        step(model, (["t", "t"], ["a", "b"], (pts, torch.zeros(2))), AccuracyMeter(torch.device("cpu")))
+
+
+# ------------------------------------------------------------------------------ data
+def write_cache(path: Path, points, labels) -> Path:
+    with open(path, "wb") as f:
+        pickle.dump([points, labels], f)
+    return path
+
+
+def test_modelnet_cache_ragged_and_non_finite(tmp_path):
+    good = [np.zeros((8, 6), np.float32) for _ in range(3)]
+    labels = [np.array([0], np.int32)] * 3
+    load_cache(str(write_cache(tmp_path / "ok.dat", good, labels)), 8)
+    ragged = good[:2] + [np.zeros((7, 6), np.float32)]
+    path = write_cache(tmp_path / "ragged.dat", ragged, labels)
+    with pytest.raises(DatasetFormatError, match=r"ragged.dat': entry 2 has shape \(7, 6\), expected \(8, 6\)"):
+        load_cache(str(path), 8)
+    nan = [g.copy() for g in good]
+    nan[1][5, 2] = np.inf
+    path = write_cache(tmp_path / "nan.dat", nan, labels)
+    with pytest.raises(DatasetFormatError, match=r"nan.dat', entry 1: non-finite coordinate inf at index \(5, 2\)"):
+        load_cache(str(path), 8)
+
+
+def test_scanobjectnn_truncated_and_non_finite_h5(tmp_path):
+    import h5py
+
+    from datasets.ScanObjectNNDataset import read_h5
+
+    path = tmp_path / "train.h5"
+    data = np.zeros((3, 16, 3), np.float32)
+    with h5py.File(path, "w") as h5:
+        h5["data"], h5["label"] = data, np.zeros(3, np.int64)
+    read_h5(str(path))
+    truncated = tmp_path / "truncated.h5"
+    truncated.write_bytes(path.read_bytes()[:300])
+    with pytest.raises(DatasetFormatError, match="truncated.h5: not a readable HDF5 file"):
+        read_h5(str(truncated))
+    data[2, 7, 1] = np.nan
+    with h5py.File(path, "w") as h5:
+        h5["data"], h5["label"] = data, np.zeros(3, np.int64)
+    with pytest.raises(DatasetFormatError, match="train.h5: cloud 2 has a non-finite coordinate nan at point 7"):
+        read_h5(str(path))
+
+
+def test_shapenet_npy_non_finite(tmp_path):
+    from utils.config import merge_into
+
+    root = tmp_path / "sn"
+    (root / "ShapeNet-55").mkdir(parents=True)
+    (root / "shapenet_pc").mkdir()
+    pts = np.random.default_rng(0).normal(size=(64, 3)).astype(np.float32)
+    pts[10, 0] = np.nan
+    np.save(root / "shapenet_pc" / "02691156-abc.npy", pts)
+    (root / "ShapeNet-55" / "train.txt").write_text("02691156-abc.npy\n")
+    base = cfg_from_yaml_file(REPO / "cfgs" / "dataset_configs" / "ShapeNet-55.yaml")
+    ds = DATASETS.build(merge_into(base, dict(subset="train", npoints=32, DATA_PATH=str(root / "ShapeNet-55"),
+                                              PC_PATH=str(root / "shapenet_pc"))))
+    with pytest.raises(DatasetFormatError, match=r"02691156-abc.npy \(item 0\): non-finite coordinate nan at index \(10, 0\)"):
+        ds[0]
+
+
+@pytest.mark.parametrize("binary", [True, False])
+def test_ply_non_finite(tmp_path, binary):
+    xyz = np.zeros((5, 3), np.float32)
+    xyz[3, 1] = np.inf
+    path = tmp_path / "cloud.ply"
+    write_ply(str(path), xyz, binary=binary)
+    with pytest.raises(ValueError, match="cloud.ply: vertex 3 has a non-finite coordinate"):
+        read_ply(str(path))
+
+
+def test_ckpts_warm_start_through_main(tmp_path, shapenet55_root):
+    cfg = write_cfg(tmp_path, TINY_PRETRAIN.format(root=shapenet55_root, epochs=1), name="tiny_pre.yaml")
+    run_main(tmp_path, cfg, exp_name="first")
+    first = tmp_path / "exp" / "tiny_pre" / "first" / "ckpt-last.pth"
+    run_main(tmp_path, cfg, "--ckpts", str(first), exp_name="warm")
+    log = "".join(p.read_text() for p in (tmp_path / "exp" / "tiny_pre" / "warm").glob("*.log"))
+    assert f"Pre-training with --ckpts: warm start from {first} (weights only, fresh optimizer" in log
+    warm = load_checkpoint_file(str(tmp_path / "exp" / "tiny_pre" / "warm" / "ckpt-last.pth"))
+    assert "ckpts @ 0 epoch" in log  # the first run's weights were loaded
+    assert warm["epoch"] == 0  # a new run (epoch 0), not a resume of the first
+
+
+def test_segmentation_refuses_a_run_dir_with_checkpoints(tmp_path):
+    from segmentation.main import main as seg_main
+
+    run = tmp_path / "log" / "part_seg" / "old"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "best_model.pth").write_bytes(b"old model")
+    args = ["--root", str(tmp_path / "no_data"), "--log_root", str(tmp_path / "log"), "--log_dir", "old",
+            "--device", "cpu", "--num_workers", "0"]
+    with pytest.raises(RunDirError, match=f"segmentation run directory {run} already holds checkpoints "
+                                          r"\(best_model.pth\): pass --overwrite"):
+        seg_main(args)
+    with pytest.raises(Exception, match="ShapeNetPart root"):  # past the directory check: the (missing) data is next
+        seg_main(args + ["--overwrite"])
+    assert (run / "checkpoints" / "best_model.pth").read_bytes() == b"old model"
+    assert not (run / ".lock").exists()
