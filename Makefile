@@ -25,13 +25,13 @@ data: install
 	$(PY) tools/make_demo_data.py --root $(DEMO_ROOT)
 
 demo-pretrain: data
-	$(PY) main.py --config cfgs/demo/pretrain_demo.yaml --exp_name demo --num_workers $(WORKERS)
+	$(PY) main.py --config cfgs/demo/pretrain_demo.yaml --exp_name demo --overwrite --num_workers $(WORKERS)
 
 PRETRAINED := experiments/pretrain_demo/demo/ckpt-last.pth
 
 demo-finetune: demo-pretrain
-	$(PY) main.py --config cfgs/demo/finetune_demo.yaml --finetune_model --ckpts $(PRETRAINED) --exp_name demo --num_workers $(WORKERS)
-	$(PY) main.py --config cfgs/demo/finetune_demo.yaml --scratch_model --exp_name demo_scratch --num_workers $(WORKERS)
+	$(PY) main.py --config cfgs/demo/finetune_demo.yaml --finetune_model --ckpts $(PRETRAINED) --exp_name demo --overwrite --num_workers $(WORKERS)
+	$(PY) main.py --config cfgs/demo/finetune_demo.yaml --scratch_model --exp_name demo_scratch --overwrite --num_workers $(WORKERS)
 	$(PY) main.py --config cfgs/demo/finetune_demo.yaml --test --vote --ckpts experiments/finetune_demo/demo/ckpt-best.pth --exp_name demo --num_workers $(WORKERS)
 	$(PY) tools/svm.py --config cfgs/demo/pretrain_demo.yaml --ckpts $(PRETRAINED) --modelnet_root $(DEMO_ROOT)/ModelNet/modelnet40_normal_resampled --modelnet_npoints 1024 --C 0.01 --num_workers $(WORKERS)
 
@@ -43,7 +43,7 @@ demo-vis: demo-pretrain
 SEG_ROOT := $(DEMO_ROOT)/shapenetcore_partanno_segmentation_benchmark_v0_normal
 
 demo-seg: demo-pretrain
-	$(PY) segmentation/main.py --ckpts $(PRETRAINED) --root $(SEG_ROOT) --log_dir demo \
+	$(PY) segmentation/main.py --ckpts $(PRETRAINED) --root $(SEG_ROOT) --log_dir demo --overwrite \
 	    --trans_dim 192 --depth 6 --num_heads 3 --npoint 256 --num_group 16 --group_size 32 \
 	    --batch_size 8 --epoch 8 --warmup_epoch 0 --learning_rate 0.001 --num_workers $(WORKERS)
 	$(PY) segmentation/main.py --test --log_dir demo --npoint 256 --root $(SEG_ROOT) --num_workers $(WORKERS)
