@@ -17,12 +17,11 @@ from tensorboardX import SummaryWriter
 
 from datasets import DATASETS
 from engine import finetune, pretrain
-from extensions.pointops import resolve_fps_backend, set_fps_backend
 from models import MODELS
 from utils import dist_utils, parser
 from utils.config import get_config, validate_config
 from utils.logger import get_root_logger, print_log
-from utils.misc import resolve_device, set_random_seed, warn_if_no_gpu
+from utils.misc import set_random_seed
 
 
 def job_of(args) -> str:
@@ -76,10 +75,6 @@ def _run(args, rank: int, world_size: int):
         print_log(f"Pre-training with --ckpts: warm start from {args.ckpts} (weights only, fresh optimizer; "
                   f"the same as --start_ckpts)", logger=logger)
     print_log(f"Distributed training: {args.distributed} (world size {world_size})", logger=logger)
-    device = resolve_device(args.device, args.local_rank)
-    warn_if_no_gpu(args.device, device, logger)
-    set_fps_backend(args.fps_backend or config.get("fps_backend"))
-    print_log(f"FPS backend: {resolve_fps_backend(device)}", logger=logger)
     set_random_seed(args.seed + rank, deterministic=args.deterministic)
 
     try:

@@ -17,8 +17,9 @@ from utils.checkpoint import (CheckpointError, atomic_save, load_checkpoint_file
 from utils.config import ConfigError, origin_of, to_plain
 from utils.dist_utils import get_dist_info
 from engine.engine import amp_mode, grad_scaler, resolve_amp
+from extensions.pointops import resolve_fps_backend, set_fps_backend
 from utils.logger import get_logger, print_log
-from utils.misc import resolve_device, rng_state, set_rng_state, worker_init_fn
+from utils.misc import resolve_device, rng_state, set_rng_state, warn_if_no_gpu, worker_init_fn
 
 
 # ------------------------------------------------------------------------------------------ data
@@ -203,13 +204,23 @@ def wrap_distributed(model: nn.Module, args, device: torch.device, logger=None,
 
 
 # ------------------------------------------------------------------------------------- jobs
-def job_context(args, config):
-    """(logger, device, autocast dtype or None) of a ``main.py`` job, logged in one line."""
-    logger = get_logger(args.log_name)
+def runtime(args, logger, config_amp=None, config_fps_backend=None):
+    """(device, autocast dtype or None) of a job: ``--device`` resolved once (a warning when none
+    is given and no GPU is visible), ``--amp`` / ``--fps_backend`` over the config's values; one
+    log line."""
     device = resolve_device(getattr(args, "device", None), args.local_rank)
-    amp = resolve_amp(amp_mode(getattr(args, "amp", None), config.get("amp")), device, logger)
-    print_log(f"device: {device}; autocast: {amp or 'off'}", logger=logger)
-    return logger, device, amp
+    warn_if_no_gpu(getattr(args, "device", None), device, logger)
+    set_fps_backend(getattr(args, "fps_backend", None) or config_fps_backend)
+    amp = resolve_amp(amp_mode(getattr(args, "amp", None), config_amp), device, logger)
+    print_log(f"device: {device}; autocast: {amp or 'off'}; processes: {get_dist_info()[1]}; "
+              f"FPS backend: {resolve_fps_backend(device)}", logger=logger)
+    return device, amp
+
+
+def job_context(args, config):
+    """(logger, device, autocast dtype or None) of a ``main.py`` job, see :func:`runtime`."""
+    logger = get_logger(args.log_name)
+    return (logger, *runtime(args, logger, config.get("amp"), config.get("fps_backend")))
 
 
 def build_training(config, device: torch.device, amp, logger=None):

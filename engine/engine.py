@@ -172,7 +172,8 @@ def train_one_epoch(model: nn.Module, step: TrainStep, loader, optimizer: torch.
             names, sums = list(out), torch.zeros_like(values)
             logged = torch.zeros_like(values)
         sums += values
-        first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss.detach()), torch.tensor(idx, device=device), first_bad)
+        # full_like fills on the device: torch.tensor(idx, device=...) would copy from the host every step.
+        first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss.detach()), torch.full_like(first_bad, idx), first_bad)
         samples += batch_size_of(batch) * world_size
         if (idx + 1) % log_interval == 0 or idx + 1 == n_batches:
             interval = (idx % log_interval) + 1

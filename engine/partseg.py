@@ -34,14 +34,13 @@ from torch.utils.data import DataLoader, Subset
 
 from datasets.ShapeNetPartDataset import CATEGORIES, NUM_PARTS, SEG_CLASSES, PartNormalDataset, category_part_mask
 from engine import builder
-from engine.engine import amp_mode, evaluate, fit, grad_scaler, resolve_amp
-from extensions.pointops import resolve_fps_backend, set_fps_backend
+from engine.engine import evaluate, fit, grad_scaler
 from models.backbone import patch_embed_kind, read_encoder
 from models.PartSegTransformer import PartSegTransformer
 from utils import dist_utils
 from utils.checkpoint import CheckpointError, atomic_save, load_checkpoint_file, load_state_dict_checked, state_dict_of
 from utils.logger import get_logger, print_log
-from utils.misc import resolve_device, set_random_seed, warn_if_no_gpu, worker_init_fn
+from utils.misc import set_random_seed, worker_init_fn
 from utils.parser import RunDirError, acquire_run_lock, release_run_lock
 
 MODEL_ARGS = ("trans_dim", "depth", "num_heads", "drop_path_rate", "num_group", "group_size", "return_layers", "normal")
@@ -224,7 +223,6 @@ def run(args) -> Dict[str, float]:
     if args.launcher == "pytorch":
         dist_utils.init_dist(args.launcher)
     rank, world_size = dist_utils.get_dist_info()
-    device = resolve_device(args.device, args.local_rank)
     set_random_seed(args.seed + rank, deterministic=args.deterministic)
 
     run_dir = Path(args.log_root) / "part_seg" / (args.log_dir or datetime.datetime.now().strftime("%Y-%m-%d_%H-%M"))
@@ -240,20 +238,16 @@ def run(args) -> Dict[str, float]:
         lock = acquire_run_lock(str(run_dir))
     try:
         dist_utils.barrier()
-        return _run(args, device, rank, world_size, ckpt_dir, log_dir)
+        return _run(args, rank, world_size, ckpt_dir, log_dir)
     finally:
         release_run_lock(lock)
 
 
-def _run(args, device, rank: int, world_size: int, ckpt_dir: Path, log_dir: Path) -> Dict[str, float]:
+def _run(args, rank: int, world_size: int, ckpt_dir: Path, log_dir: Path) -> Dict[str, float]:
     logger = get_logger("part_seg", log_file=str(log_dir / f"{'test' if args.test else args.model}.txt"))
     print_log(f"Command: {' '.join(sys.argv)}", logger=logger)
     print_log(f"PARAMETER ... {vars(args)}", logger=logger)
-    warn_if_no_gpu(args.device, device, logger)
-    set_fps_backend(args.fps_backend)
-    args.amp_dtype = resolve_amp(amp_mode(args.amp), device, logger)
-    print_log(f"device: {device}; autocast: {args.amp_dtype or 'off'}; processes: {world_size}; "
-              f"FPS backend: {resolve_fps_backend(device)}", logger=logger)
+    device, args.amp_dtype = builder.runtime(args, logger)
     try:
         return test(args, device, rank, world_size, ckpt_dir, logger) if args.test else \
             train(args, device, rank, world_size, ckpt_dir, log_dir, logger)
