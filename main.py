@@ -1,7 +1,8 @@
 """Entry point (released commands): pre-training, fine-tuning, few-shot and testing.
 
-    python main.py --config cfgs/pretrain.yaml --exp_name NAME
+    python main.py --config cfgs/pretrain.yaml --exp_name NAME [--data_root DIR]
     python main.py --config cfgs/finetune_modelnet.yaml --finetune_model --ckpts P.pth --exp_name NAME
+    python main.py --test --ckpts experiments/finetune_modelnet/NAME/ckpt-best.pth   # the run's saved config.yaml
     torchrun --nproc_per_node N main.py --launcher pytorch --config ...
 
 The jobs live in ``engine/`` (``pretrain.py``, ``finetune.py``), on the shared ``engine/engine.py``.
@@ -16,7 +17,7 @@ import torch
 from tensorboardX import SummaryWriter
 
 from datasets import DATASETS
-from engine import finetune, pretrain
+from engine import builder, finetune, pretrain
 from models import MODELS
 from utils import dist_utils, parser
 from utils.config import get_config, validate_config
@@ -39,12 +40,15 @@ def main(argv=None):
     rank, world_size = dist_utils.get_dist_info()
     args.world_size = world_size
     args.lock_path = None
-    if rank == 0:
-        parser.create_experiment_dir(args)
-    else:  # the same refusal on every process, so none waits at the barrier for a rank 0 that stopped
-        parser.check_no_checkpoints(args.experiment_path, args.resume, args.overwrite)
     try:
-        dist_utils.barrier()
+        # Rank 0 makes the directory and takes its lock; a refusal (another run's checkpoints, a live
+        # lock) is raised on every process, so none waits in a collective for a rank 0 that stopped.
+        dist_utils.run_on_rank0(lambda: parser.create_experiment_dir(args))
+    except Exception:
+        if dist_utils.is_dist():
+            torch.distributed.destroy_process_group()
+        raise
+    try:
         return _run(args, rank, world_size)
     finally:
         parser.release_run_lock(args.lock_path)
@@ -59,7 +63,8 @@ def _run(args, rank: int, world_size: int):
         val_writer = SummaryWriter(os.path.join(args.tfboard_path, "test"))
 
     job = job_of(args)
-    config = get_config(args, logger=logger)
+    config = get_config(args, logger=logger, models=MODELS, datasets=DATASETS)
+    args.num_workers = builder.worker_count(args.num_workers, logger)
     if args.shot != -1:
         for split in ("train", "val"):
             config.dataset[split].others.update(shot=args.shot, way=args.way, fold=args.fold)

@@ -1,6 +1,6 @@
 """Reconstruction pictures of a pre-trained model (released command):
 
-    python main_vis.py --test --ckpts P.pth --config cfgs/pretrain.yaml --exp_name NAME
+    python main_vis.py --ckpts P.pth --config cfgs/pretrain.yaml --exp_name NAME [--data_root DIR]
 
 For ``--num_samples`` shapes of the config's validation data (its test data when there is no
 ``dataset.val``), the model masks patches, encodes the visible ones and predicts the masked ones.
@@ -17,6 +17,7 @@ and ``<out_dir>/reconstructions.png`` with one row per sample. ``.txt`` files ho
 """
 from __future__ import annotations
 
+import argparse
 import os
 import time
 from typing import Dict, Iterator, List, Tuple
@@ -25,6 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Subset
+from tqdm import tqdm
 
 from datasets.common import DatasetFormatError
 from datasets.io import write_ply
@@ -32,31 +34,39 @@ from extensions.pointops import fps
 from engine import builder
 from utils.vis import plot_cloud_rows, view_for_category
 from utils.checkpoint import CheckpointError
-from utils.config import ConfigError, apply_opts, cfg_from_yaml_file, check_top_level, dataset_entry, origin_of
+from utils.config import ConfigError, check_top_level, dataset_entry, origin_of
 from utils.logger import get_root_logger, print_log
 from utils.misc import resolve_device, set_random_seed
-from utils.parser import build_parser
+from utils.parser import add_common_args, new_parser, progress_enabled
 
 PANELS = ("input", "visible", "reconstruction")
 
 
 def build_vis_parser():
-    parser = build_parser()
-    parser.description = "Inter-MAE: visualise masked reconstructions of a pre-trained model"
+    parser = new_parser("Inter-MAE: visualise masked reconstructions of a pre-trained model")
+    parser.add_argument("--config", required=True, help="pre-training config (model; dataset.val, else dataset.test)")
+    parser.add_argument("--ckpts", required=True,
+                        help="the pre-training checkpoint to visualise (or a whole-model .safetensors export)")
+    parser.add_argument("--test", action="store_true", help=argparse.SUPPRESS)  # released command line; no effect
+    parser.add_argument("--exp_name", type=str, default="default",
+                        help="experiment name: pictures go to <experiment_root>/<config stem>/<exp_name>/vis")
+    parser.add_argument("--experiment_root", type=str, default="./experiments", help="where experiments go")
+    parser.add_argument("--out_dir", type=str, default=None,
+                        help="output folder (default: <experiment_root>/<config stem>/<exp_name>/vis)")
     parser.add_argument("--num_samples", type=int, default=8, help="number of validation shapes to visualise")
     parser.add_argument("--mask_ratio", type=float, default=None,
-                        help="override model.transformer_config.mask_ratio (0 <= ratio, at least one visible patch)")
-    parser.add_argument("--out_dir", type=str, default=None,
-                        help="output folder (default: experiments/<config stem>/<exp_name>/vis)")
+                        help="override model.transformer_config.mask_ratio (0 <= ratio, at least one visible patch) "
+                             "(default: the config's)")
+    add_common_args(parser, "device", "num_workers", "seed", "partial_load", "data_root", "no_progress", "opts")
     return parser
 
 
 def get_vis_args(argv=None):
-    args = build_vis_parser().parse_args(argv)
-    if args.ckpts is None:
-        raise SystemExit("main_vis.py: --ckpts PRETRAINED.pth is required (the pre-training checkpoint to visualise)")
+    parser = build_vis_parser()
+    args = parser.parse_args(argv)
     if args.num_samples < 1:
-        raise SystemExit(f"main_vis.py: --num_samples must be >= 1, got {args.num_samples}")
+        parser.error(f"--num_samples must be >= 1, got {args.num_samples}")
+    args.progress = progress_enabled(args)
     stem = os.path.splitext(os.path.basename(args.config))[0]
     args.experiment_path = os.path.join(args.experiment_root, stem, args.exp_name)
     if args.out_dir is None:
@@ -91,16 +101,17 @@ def unpack_item(data, index: int) -> Tuple[List[str], List[str], Tensor]:
     return list(taxonomy_ids), list(model_ids), points[..., :3].float()
 
 
-def iterate_samples(dataset, num_samples: int, batch_size: int, num_workers: int) -> Iterator:
+def iterate_samples(dataset, num_samples: int, batch_size: int, num_workers: int, progress: bool = False) -> Iterator:
     """Batches over ``num_samples`` evenly spaced items of ``dataset`` (so that sorted lists give
     several categories), in order."""
     n = len(dataset)
     if n == 0:
         raise DatasetFormatError("the visualisation dataset is empty")
     indices = np.unique(np.linspace(0, n - 1, min(num_samples, n)).round().astype(int)).tolist()
-    loader = DataLoader(Subset(dataset, indices), batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    loader = DataLoader(Subset(dataset, indices), batch_size=batch_size, shuffle=False,
+                        num_workers=builder.worker_count(num_workers))
     start = 0
-    for data in loader:
+    for data in tqdm(loader, desc="reconstructions", disable=not progress, dynamic_ncols=True, leave=False):
         yield indices[start:], data
         start += len(data[0])
 
@@ -145,7 +156,8 @@ def run_vis(args, config, logger=None) -> Dict[str, object]:
     set_random_seed(args.seed)
     rows, views, labels, folders, losses = [], [], [], [], []
     batch_size = min(args.num_samples, 8)
-    for indices, data in iterate_samples(loader.dataset, args.num_samples, batch_size, args.num_workers):
+    for indices, data in iterate_samples(loader.dataset, args.num_samples, batch_size, args.num_workers,
+                                         getattr(args, "progress", False)):
         taxonomy_ids, model_ids, points = unpack_item(data, indices[0])
         points = points.to(device)
         if npoints and points.shape[1] > npoints:
@@ -184,8 +196,7 @@ def main(argv=None) -> Dict[str, object]:
     timestamp = time.strftime("%Y%m%d_%H%M%S", time.localtime())
     logger = get_root_logger(log_file=os.path.join(args.out_dir, f"{timestamp}_vis.log"), name="main_vis")
     try:
-        config = cfg_from_yaml_file(args.config)
-        apply_opts(config, args.opts)
+        config = builder.load_config(args.config, args.opts, args.data_root, logger=logger)
         return run_vis(args, config, logger=logger)
     except (CheckpointError, ConfigError, DatasetFormatError) as e:
         print_log(f"main_vis.py: {e}", logger=logger, level=40)

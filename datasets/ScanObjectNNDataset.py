@@ -8,14 +8,15 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from utils.config import ConfigError, origin_of
 from utils.logger import print_log
 
 from .build import DATASETS
 from .common import DatasetFormatError, dataset_schema, first_non_finite, require_path
 
-LAYOUT = """  <ROOT> = .../main_split (OBJ-BG, PB_T50_RS) or .../main_split_nobg (OBJ-ONLY)
-  <ROOT>/{training,test}_objectdataset.h5                      (OBJ-BG / OBJ-ONLY)
-  <ROOT>/{training,test}_objectdataset_augmentedrot_scale75.h5  (PB_T50_RS)
+LAYOUT = """  <DATA_PATH> = .../main_split (OBJ-BG, PB_T50_RS) or .../main_split_nobg (OBJ-ONLY)
+  <DATA_PATH>/{training,test}_objectdataset.h5                      (OBJ-BG / OBJ-ONLY)
+  <DATA_PATH>/{training,test}_objectdataset_augmentedrot_scale75.h5  (PB_T50_RS)
   HDF5 keys: data (n, 2048, 3) float, label (n,) int, mask (n, 2048) (unused)"""
 
 NUM_CLASSES = 15
@@ -48,6 +49,22 @@ def read_h5(path: str):
     return points, labels
 
 
+_warned_root: set = set()
+
+
+def data_path_of(config, dataset: str) -> str:
+    """``DATA_PATH`` of a ScanObjectNN config, or its deprecated alias ``ROOT`` (one log line)."""
+    if config.get("DATA_PATH") is not None:
+        return config.DATA_PATH
+    if config.get("ROOT") is not None:
+        if dataset not in _warned_root:
+            _warned_root.add(dataset)
+            print_log(f"{dataset}: the key ROOT is deprecated; name the folder DATA_PATH, as for every dataset",
+                      logger=dataset)
+        return config.ROOT
+    raise ConfigError(f"missing key '{dataset}.DATA_PATH' (the main_split / main_split_nobg folder)", origin_of(config))
+
+
 class _ScanObjectNNBase(Dataset):
     """Item: ``('ScanObjectNN', 'sample', (points (2048, 3) float32, label int))``; not normalised,
     point order shuffled for training (as released)."""
@@ -55,10 +72,11 @@ class _ScanObjectNNBase(Dataset):
     suffix = ""
     dataset_name = "ScanObjectNN"
 
-    config_schema = dataset_schema(required=("ROOT", "subset"))
+    # DATA_PATH, as every dataset; ROOT (the released name) is a deprecated alias.
+    config_schema = dataset_schema(required=("subset",), optional=("DATA_PATH", "ROOT"))
 
     def __init__(self, config):
-        self.root = config.ROOT
+        self.root = data_path_of(config, self.dataset_name)
         self.subset = config.subset
         if self.subset not in ("train", "test"):
             raise DatasetFormatError(f"{self.dataset_name}: subset must be 'train' or 'test', got '{self.subset}'")
@@ -80,7 +98,7 @@ class _ScanObjectNNBase(Dataset):
 
 @DATASETS.register_module()
 class ScanObjectNN(_ScanObjectNNBase):
-    """OBJ-BG (``ROOT: .../main_split``) or OBJ-ONLY (``ROOT: .../main_split_nobg``)."""
+    """OBJ-BG (``DATA_PATH: .../main_split``) or OBJ-ONLY (``DATA_PATH: .../main_split_nobg``)."""
 
 
 @DATASETS.register_module()

@@ -10,11 +10,12 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
-from datasets import build_dataset_from_cfg
-from models import build_model_from_cfg
+from datasets import DATASETS, build_dataset_from_cfg
+from models import MODELS, build_model_from_cfg
 from utils.checkpoint import (CheckpointError, atomic_save, load_checkpoint_file, load_state_dict_checked,
                               state_dict_of)
 from utils.config import ConfigError, origin_of, to_plain
+from utils.config import load_config as _load_config
 from utils.dist_utils import get_dist_info
 from engine.engine import amp_mode, grad_scaler, resolve_amp
 from extensions.pointops import resolve_fps_backend, set_fps_backend
@@ -22,7 +23,38 @@ from utils.logger import get_logger, print_log
 from utils.misc import resolve_device, rng_state, set_rng_state, warn_if_no_gpu, worker_init_fn
 
 
+# ---------------------------------------------------------------------------------------- config
+def load_config(path: str, opts=(), data_root: Optional[str] = None, logger=None, schedule: bool = False):
+    """A command's config (:func:`utils.config.load_config`) with the model and dataset registries,
+    so that ``--opts`` can add any key their schemas allow and names the valid ones on a typo."""
+    return _load_config(path, opts, data_root, MODELS, DATASETS, logger=logger, schedule=schedule)
+
+
 # ------------------------------------------------------------------------------------------ data
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # macOS, Windows
+        return max(1, os.cpu_count() or 1)
+
+
+_capped_logged: set = set()
+
+
+def worker_count(requested: int, logger=None) -> int:
+    """``requested`` data-loading workers capped to :func:`usable_cores` (more only compete for the
+    same cores); one log line the first time a request is capped."""
+    requested = max(0, int(requested or 0))
+    cores = usable_cores()
+    if requested <= cores:
+        return requested
+    if (requested, cores) not in _capped_logged:
+        _capped_logged.add((requested, cores))
+        print_log(f"num_workers {requested} capped to {cores}: this process may use {cores} CPU core(s)", logger=logger)
+    return cores
+
+
 def dataset_builder(args, config):
     """``config`` is one entry of ``config.dataset`` (``{_base_, others}``) -> (sampler, loader);
     training when ``others.subset`` is ``train``. See :func:`build_loader`."""
@@ -39,9 +71,11 @@ def build_loader(dataset, batch_size: int, train: bool, seed: int = 0, num_worke
     The sampler is always a DistributedSampler (one replica without torch.distributed), so the
     shuffling order is a function of (seed, epoch): call ``sampler.set_epoch(epoch)`` each epoch.
     Training shuffles and drops the last incomplete batch (unless the set is smaller than one).
-    Workers prefetch 4 batches each; memory is pinned when CUDA is present.
+    Workers (capped to the usable cores, :func:`worker_count`) prefetch 4 batches each; memory is
+    pinned when CUDA is present.
     """
     rank, world_size = get_dist_info()
+    num_workers = worker_count(num_workers)
     sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=train, seed=seed, drop_last=train)
     # Workers are not persistent: a fresh iterator each epoch draws its worker seeds from the
     # (checkpointed) torch RNG, which keeps resumed runs exact.
@@ -181,8 +215,14 @@ def build_opti_sche(base_model: nn.Module, config):
     sche = config.get("scheduler")
     if sche is None or sche.type in ("none", None):
         scheduler = None
-    elif sche.type == "CosLR":
-        scheduler = CosineEpochScheduler(optimizer, **sche.kwargs)
+    elif sche.type == "CosLR":  # the length follows max_epoch unless set (utils.config.resolve_schedule_length)
+        kwargs = dict(sche.get("kwargs") or {})
+        if "epochs" not in kwargs:
+            if "max_epoch" not in config:
+                raise ConfigError("scheduler.kwargs.epochs is not set and there is no max_epoch to follow",
+                                  origin_of(sche))
+            kwargs["epochs"] = int(config.max_epoch)
+        scheduler = CosineEpochScheduler(optimizer, **kwargs)
     else:
         raise ConfigError(f"scheduler.type '{sche.type}' is not one of CosLR, none", origin_of(sche))
     return optimizer, schedule_for(config, scheduler)
@@ -242,15 +282,20 @@ def unwrap_model(model: nn.Module) -> nn.Module:
 
 def save_checkpoint(base_model, optimizer, epoch, metrics, best_metrics, prefix, args, logger=None,
                     scheduler=None, scaler=None, extra: Optional[dict] = None) -> Optional[str]:
-    """Write ``<experiment_path>/<prefix>.pth`` atomically (rank 0 only).
+    """Write ``<experiment_path>/<prefix>.pth`` atomically; rank 0 writes, but under
+    torch.distributed every process must call it (it gathers every process's RNG states).
 
     The dict holds ``base_model`` (no ``module.`` prefix), ``optimizer``, ``epoch``, ``metrics``,
     ``best_metrics`` (plain numbers), and for exact resumption ``scheduler``, ``scaler`` and
-    ``rng_state``; only tensors and plain Python values, so ``torch.load(path)`` reads it with the
-    default ``weights_only=True``.
+    ``rng_state`` (:func:`utils.misc.rng_state` of rank 0); a run of N > 1 processes adds
+    ``rng_states``, the N processes' states as a list indexed by rank (see :func:`resume`). Only
+    tensors and plain Python values, so ``torch.load(path)`` reads it with the default
+    ``weights_only=True``.
     """
     from utils.checkpoint import plain_numbers
+    from utils.dist_utils import all_gather_objects
 
+    states = all_gather_objects(rng_state())
     if get_dist_info()[0] != 0:
         return None
     path = os.path.join(args.experiment_path, prefix + ".pth")
@@ -262,8 +307,10 @@ def save_checkpoint(base_model, optimizer, epoch, metrics, best_metrics, prefix,
         "best_metrics": plain_numbers(to_plain(best_metrics)) if best_metrics is not None else {},
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
         "scaler": scaler.state_dict() if scaler is not None else None,
-        "rng_state": rng_state(),
+        "rng_state": states[0],
     }
+    if len(states) > 1:
+        ckpt["rng_states"] = states
     if extra:
         ckpt.update(extra)
     atomic_save(ckpt, path)
@@ -271,9 +318,37 @@ def save_checkpoint(base_model, optimizer, epoch, metrics, best_metrics, prefix,
     return path
 
 
+def restore_rng_states(ckpt: dict, path: str, start_epoch: int, seed: int = 0, logger=None) -> str:
+    """Put this process's RNG states from checkpoint ``ckpt`` back; returns what was done (for a log line).
+
+    Rank r takes ``rng_states[r]`` when the checkpoint was written by as many processes as run now
+    (a 1-process checkpoint, or one written before per-rank states, holds ``rng_state`` alone,
+    which counts as one). Otherwise one warning line, and every process is seeded from
+    (``seed``, its rank, ``start_epoch``) instead: the run continues, but not bit-exactly.
+    """
+    from utils.misc import derived_seed, set_random_seed
+
+    rank, world_size = get_dist_info()
+    states = ckpt.get("rng_states")
+    if states is None and ckpt.get("rng_state") is not None:
+        states = [ckpt["rng_state"]]
+    if states is not None and len(states) == world_size:
+        set_rng_state(states[rank])
+        return f"RNG states ({world_size} process{'es' if world_size > 1 else ''})"
+    set_random_seed(derived_seed(seed, rank, start_epoch))
+    held = ("no RNG states" if states is None else
+            f"the RNG states of {len(states)} process(es) but this run has {world_size}")
+    print_log(f"WARNING: --resume: {path} holds {held}; the random "
+              f"streams are seeded afresh from (--seed {seed}, rank, epoch {start_epoch}), so the run goes on "
+              f"but does not repeat the uninterrupted one bit for bit", logger=logger)
+    return "fresh RNG seeds"
+
+
 def resume(base_model, optimizer, args, logger=None, scheduler=None, scaler=None):
     """Continue the experiment from its ``ckpt-last.pth``: weights (strict), optimizer, schedule,
-    grad scaler and RNG states. Returns (start_epoch, best_metrics)."""
+    grad scaler and this process's RNG states (:func:`restore_rng_states`). Returns (start_epoch,
+    best_metrics). The data order needs no state of its own: the samplers shuffle by (seed,
+    epoch) and the loaders draw their worker seeds from the restored torch RNG."""
     path = os.path.join(args.experiment_path, "ckpt-last.pth")
     if not os.path.exists(path):
         raise CheckpointError(f"--resume: no checkpoint at {path}")
@@ -283,12 +358,12 @@ def resume(base_model, optimizer, args, logger=None, scheduler=None, scaler=None
     for target, key in ((scheduler, "scheduler"), (scaler, "scaler")):
         if target is not None and ckpt.get(key) is not None:
             target.load_state_dict(ckpt[key])
-    if ckpt.get("rng_state") is not None:
-        set_rng_state(ckpt["rng_state"])
+    start_epoch = ckpt["epoch"] + 1
+    restored = restore_rng_states(ckpt, path, start_epoch, getattr(args, "seed", 0), logger)
     best_metrics = ckpt.get("best_metrics", {})
     print_log(f"[RESUME INFO] resumed from {path} after epoch {ckpt['epoch']} (best_metrics = {best_metrics}): "
-              f"weights, optimizer, schedule and RNG states", logger=logger)
-    return ckpt["epoch"] + 1, best_metrics
+              f"weights, optimizer, schedule and {restored}", logger=logger)
+    return start_epoch, best_metrics
 
 
 def load_model(base_model, ckpt_path: str, logger=None, strict: bool = True):

@@ -18,6 +18,7 @@ DDP) every ``log_interval`` steps and at the end of the epoch.
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import time
 from typing import Callable, Dict, Optional, Tuple
@@ -25,6 +26,7 @@ from typing import Callable, Dict, Optional, Tuple
 import torch
 from torch import Tensor, nn
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from utils.dist_utils import all_reduce_sum, get_dist_info
 from utils.logger import print_log
@@ -281,9 +283,28 @@ def fit(model: nn.Module, step: TrainStep, loader, sampler, optimizer: torch.opt
     ``validate(epoch) -> metrics`` (may be empty: nothing due). When ``better(metrics, best)`` says so, ``best`` becomes
     ``{**metrics, 'epoch': epoch}`` and ``save('best', ...)`` is called; ``save('last', epoch,
     metrics, best)`` follows every epoch. ``metrics`` holds the epoch's training means as
-    ``train_<name>`` and the validation figures. Returns (last metrics, best)."""
-    train_writer, val_writer = writers
+    ``train_<name>`` and the validation figures. Returns (last metrics, best).
+
+    With ``progress`` (rank 0) a bar over the epochs sits below each epoch's bar; the log lines are
+    written above them."""
     best = dict(best or {})
+    show = progress and get_dist_info()[0] == 0
+    epochs_bar = tqdm(total=max_epoch, initial=start_epoch, desc="epochs", unit="epoch", disable=not show,
+                      dynamic_ncols=True)
+    redirect = logging_redirect_tqdm(loggers=[logger]) if show and isinstance(logger, logging.Logger) \
+        else contextlib.nullcontext()
+    with redirect:
+        metrics, best = _fit_epochs(model, step, loader, sampler, optimizer, scheduler, device, start_epoch, max_epoch,
+                                    accum, clip, amp, scaler, validate, val_freq, better, save, best, writers, progress,
+                                    logger, epochs_bar)
+    epochs_bar.close()
+    return metrics, best
+
+
+def _fit_epochs(model, step, loader, sampler, optimizer, scheduler, device, start_epoch, max_epoch, accum, clip, amp,
+                scaler, validate, val_freq, better, save, best, writers, progress, logger, epochs_bar):
+    """The epoch loop of :func:`fit`."""
+    train_writer, val_writer = writers
     metrics: Dict[str, float] = {}
     for epoch in range(start_epoch, max_epoch):
         sampler.set_epoch(epoch)
@@ -292,7 +313,7 @@ def fit(model: nn.Module, step: TrainStep, loader, sampler, optimizer: torch.opt
         start = time.time()
         stats = train_one_epoch(model, step, loader, optimizer, device, epoch, accum=accum, clip=clip, amp=amp,
                                 scaler=scaler, writer=train_writer, progress=progress)
-        print_log(f"[Training] EPOCH: {epoch} EpochTime = {time.time() - start:.1f} s "
+        print_log(f"[Training] EPOCH: {epoch} ({epoch + 1}/{max_epoch}) EpochTime = {time.time() - start:.1f} s "
                   + " ".join(f"{k} = {v:.5g}" for k, v in stats.items())
                   + f" lr = {optimizer.param_groups[0]['lr']:.6f}", logger=logger)
         log_scalars(train_writer, "Loss/Epoch", stats, epoch)
@@ -311,4 +332,5 @@ def fit(model: nn.Module, step: TrainStep, loader, sampler, optimizer: torch.opt
                     save("best", epoch, metrics, best)
         if save is not None:
             save("last", epoch, metrics, best)
+        epochs_bar.update(1)
     return metrics, best

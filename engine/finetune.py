@@ -24,26 +24,26 @@ As the released ``tools/runner_finetune.py`` (defaults; top-level config keys):
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Callable, Dict, Optional, Tuple
 
 import numpy as np
 import torch
 from torch import Tensor, nn
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from datasets.data_transforms import PointcloudScaleAndTranslate
 from engine import builder
 from engine.engine import AccuracyMeter, check_finite_points, evaluate, fit
 from extensions.pointops import fps, furthest_point_sample, gather_points
 from utils.checkpoint import load_checkpoint_file
-from utils.config import ConfigError, Schema, origin_of
+from utils.config import VOTING_DEFAULTS, VOTING_SCHEMA, ConfigError, origin_of
+from utils.dist_utils import get_dist_info
 from utils.logger import print_log
 
-VOTE_TIMES = 10
-# ``voting`` (top-level config key): the released figures (tools/runner_finetune.py: validate_vote /
-# test_vote times=10, run_net's thresholds 92.1 and 91, test's range(1, 300)).
-VOTING_DEFAULTS = {"times": VOTE_TIMES, "repeats": 299, "above": 92.1, "above_if_best": 91.0}
-VOTING_SCHEMA = Schema(optional=tuple(VOTING_DEFAULTS))
+VOTE_TIMES = VOTING_DEFAULTS["times"]  # voting passes (the released 10)
 
 # ------------------------------------------------------------------------- epochs and schedule
 def released_validation_due(epoch: int, val_freq: int) -> bool:
@@ -260,10 +260,14 @@ def test_net(args, config) -> Dict[str, float]:
     if args.vote:
         times, repeats = vote_cfg["times"], vote_cfg["repeats"]
         runs = []
-        for run in range(1, repeats + 1):
-            runs.append(accuracy(model, test_dataloader, device, npoints, amp, vote=True, show_progress=show_progress,
-                                 desc=f"vote {run}/{repeats}", times=times))
-            print_log("[TEST_VOTE_time %d]  acc = %.4f, best acc = %.4f" % (run, runs[-1], max(runs)), logger=logger)
+        show_runs = show_progress and get_dist_info()[0] == 0
+        bar = tqdm(range(1, repeats + 1), desc="voting runs", disable=not show_runs, dynamic_ncols=True)
+        with logging_redirect_tqdm(loggers=[logger]) if show_runs else contextlib.nullcontext():
+            for run in bar:
+                runs.append(accuracy(model, test_dataloader, device, npoints, amp, vote=True,
+                                     show_progress=show_progress, desc=f"vote {run}/{repeats}", times=times))
+                print_log("[TEST_VOTE_time %d]  acc = %.4f, best acc = %.4f" % (run, runs[-1], max(runs)), logger=logger)
+                bar.set_postfix(best=f"{max(runs):.2f}")
         results["vote_acc"] = max(runs)
         results["vote_acc_mean"] = float(np.mean(runs))
         print_log(f"[TEST_VOTE] voting accuracy (best of {repeats} run(s) of {times} passes of {npoints} of FPS "

@@ -160,10 +160,11 @@ def make_loaders(args, world_size: int, rank: int):
     per_rank = args.batch_size // world_size
     if per_rank < 1 or args.batch_size % world_size:
         raise ValueError(f"--batch_size {args.batch_size} is not divisible by the {world_size} processes")
-    sampler, train_loader = builder.build_loader(train_set, per_rank, train=True, seed=args.seed, num_workers=args.num_workers)
+    workers = builder.worker_count(args.num_workers)
+    sampler, train_loader = builder.build_loader(train_set, per_rank, train=True, seed=args.seed, num_workers=workers)
     # Each process evaluates a disjoint slice of the test set, so no shape is counted twice.
     test_loader = DataLoader(Subset(test_set, range(rank, len(test_set), world_size)), batch_size=per_rank,
-                             num_workers=args.num_workers, worker_init_fn=worker_init_fn,
+                             num_workers=workers, worker_init_fn=worker_init_fn,
                              pin_memory=torch.cuda.is_available())
     return train_set, test_set, sampler, train_loader, test_loader
 
@@ -192,13 +193,16 @@ def make_eval_step(device: torch.device):
     return step
 
 
-def log_metrics(title: str, meter: PartSegMeter, logger) -> Dict[str, float]:
+def log_metrics(title: str, meter: PartSegMeter, logger, categories_on_console: bool = False) -> Dict[str, float]:
+    """One summary line; the per-category mIoU lines go to the log file only (also to the console
+    with ``categories_on_console``, e.g. for ``--test``)."""
     metrics = meter.compute()
     for name, iou in meter.category_ious().items():
-        print_log(f"  {title} eval mIoU of {name:<14} {iou:.6f}", logger=logger)
+        print_log(f"  {title} eval mIoU of {name:<14} {iou:.6f}", logger=logger, file_only=not categories_on_console)
+    where = "" if categories_on_console else " (per-category mIoU in the log file)"
     print_log(f"{title} accuracy: {metrics['accuracy']:.5f}  class avg accuracy: {metrics['class_avg_accuracy']:.5f}  "
-              f"class avg mIoU: {metrics['class_avg_iou']:.5f}  instance avg mIoU: {metrics['instance_avg_iou']:.5f}",
-              logger=logger)
+              f"class avg mIoU: {metrics['class_avg_iou']:.5f}  instance avg mIoU: {metrics['instance_avg_iou']:.5f}"
+              f"{where}", logger=logger)
     return metrics
 
 
@@ -227,17 +231,23 @@ def run(args) -> Dict[str, float]:
 
     run_dir = Path(args.log_root) / "part_seg" / (args.log_dir or datetime.datetime.now().strftime("%Y-%m-%d_%H-%M"))
     ckpt_dir, log_dir = run_dir / "checkpoints", run_dir / "logs"
-    lock = None
-    if rank == 0:
+
+    def prepare_run_dir() -> str:
         saved = sorted(ckpt_dir.glob("*.pth")) if ckpt_dir.is_dir() else []
         if saved and not args.test and not getattr(args, "overwrite", False):
             raise RunDirError(f"segmentation run directory {run_dir} already holds checkpoints ({saved[0].name}): "
                               f"pass --overwrite to train a new model over it, or choose another --log_dir")
         ckpt_dir.mkdir(parents=True, exist_ok=True)
         log_dir.mkdir(parents=True, exist_ok=True)
-        lock = acquire_run_lock(str(run_dir))
+        return acquire_run_lock(str(run_dir))
+
+    try:  # rank 0 prepares; its refusal is raised on every process (none waits for a rank 0 that stopped)
+        lock = dist_utils.run_on_rank0(prepare_run_dir)
+    except Exception:
+        if dist_utils.is_dist():
+            dist.destroy_process_group()
+        raise
     try:
-        dist_utils.barrier()
         return _run(args, rank, world_size, ckpt_dir, log_dir)
     finally:
         release_run_lock(lock)
@@ -248,6 +258,7 @@ def _run(args, rank: int, world_size: int, ckpt_dir: Path, log_dir: Path) -> Dic
     print_log(f"Command: {' '.join(sys.argv)}", logger=logger)
     print_log(f"PARAMETER ... {vars(args)}", logger=logger)
     device, args.amp_dtype = builder.runtime(args, logger)
+    args.num_workers = builder.worker_count(args.num_workers, logger)
     try:
         return test(args, device, rank, world_size, ckpt_dir, logger) if args.test else \
             train(args, device, rank, world_size, ckpt_dir, log_dir, logger)
@@ -269,12 +280,13 @@ def test(args, device, rank, world_size, ckpt_dir: Path, logger) -> Dict[str, fl
     args.patch_embed, args.ckpts = kind or "inter_mae", None
     model = build_model(args, logger).to(device)
     report = load_state_dict_checked(model, state, strict=True, source=path)
-    print_log(f"[PartSeg] segmentation model from {path} (epoch {ckpt.get('epoch', '?')}): {report.summary()}", logger=logger)
+    print_log(f"[PartSeg] segmentation model from {path} (saved after training EPOCH {ckpt.get('epoch', '?')}): "
+              f"{report.summary()}", logger=logger)
     _, test_set, _, _, test_loader = make_loaders(args, world_size, rank)
     print_log(f"The number of test data is: {len(test_set)}", logger=logger)
     meter = evaluate(model, make_eval_step(device), test_loader, device, PartSegMeter(), amp=args.amp_dtype,
-                     progress=rank == 0)
-    return log_metrics("Test", meter, logger)
+                     progress=getattr(args, "progress", True) and rank == 0)
+    return log_metrics("Test", meter, logger, categories_on_console=True)
 
 
 def train(args, device, rank, world_size, ckpt_dir: Path, log_dir: Path, logger) -> Dict[str, float]:
@@ -300,8 +312,10 @@ def train(args, device, rank, world_size, ckpt_dir: Path, log_dir: Path, logger)
     model_args["return_layers"] = list(base_model.return_layers)
 
     def validate(epoch: int) -> Dict[str, float]:
-        meter = evaluate(model, eval_step, test_loader, device, PartSegMeter(), amp=args.amp_dtype, progress=rank == 0)
-        metrics = log_metrics(f"Epoch {epoch + 1} test", meter, logger)
+        meter = evaluate(model, eval_step, test_loader, device, PartSegMeter(), amp=args.amp_dtype,
+                         progress=getattr(args, "progress", True) and rank == 0)
+        # numbered as the training line of the same epoch ("[Training] EPOCH: e (e+1/N)")
+        metrics = log_metrics(f"[Test] EPOCH: {epoch} ({epoch + 1}/{args.epoch})", meter, logger)
         best.update({key: max(best[key], metrics[key]) for key in best})
         print_log(f"Best accuracy is: {best['accuracy']:.5f}  Best class avg mIoU is: {best['class_avg_iou']:.5f}  "
                   f"Best instance avg mIoU is: {best['instance_avg_iou']:.5f}", logger=logger)
@@ -312,12 +326,13 @@ def train(args, device, rank, world_size, ckpt_dir: Path, log_dir: Path, logger)
             path = ckpt_dir / "best_model.pth"
             atomic_save({"base_model": base_model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
                          "metrics": metrics, "best_metrics": best_state, "model_args": model_args}, str(path))
-            print_log(f"Saving best model (instance mIoU {metrics['instance_avg_iou']:.5f}) at {path}", logger=logger)
+            print_log(f"Saving best model (EPOCH {epoch}, instance mIoU {metrics['instance_avg_iou']:.5f}) at {path}",
+                      logger=logger)
 
     fit(model, make_train_step(device), train_loader, sampler, optimizer, scheduler, device, start_epoch=0,
         max_epoch=args.epoch, clip=args.clip, amp=args.amp_dtype, scaler=grad_scaler(device, args.amp_dtype), validate=validate,
         better=lambda m, b: m["instance_avg_iou"] >= b.get("instance_avg_iou", -1.0), save=save,
-        writers=(writer, writer), progress=rank == 0, logger=logger)
+        writers=(writer, writer), progress=getattr(args, "progress", True) and rank == 0, logger=logger)
     if writer is not None:
         writer.close()
     return best

@@ -38,8 +38,11 @@ def unpack_batch(data, device: torch.device) -> Tuple[Tensor, Optional[Tensor]]:
 
 
 def make_train_step(device: torch.device, use_images: bool):
-    """Train step: augmented points (and views) -> the model's loss dict (``loss``, ``loss_rec``,
-    ``loss_con`` with images). Views are dropped for a model without an image branch."""
+    """Train step: augmented points (and views) -> the model's loss dict: ``loss`` (the total),
+    ``loss_rec`` and, with an image branch, ``loss_con_raw`` (NT-Xent) and ``loss_con_weighted``
+    (its weighted share of ``loss``). The engine logs each under its own name, on the console and
+    as TensorBoard ``Loss/Batch/<name>`` and ``Loss/Epoch/<name>``. Views are dropped for a model
+    without an image branch."""
     augment = PointcloudScaleAndTranslate()
 
     def step(model: nn.Module, batch) -> Dict[str, Tensor]:

@@ -33,7 +33,8 @@ from datasets.common import DatasetFormatError
 from engine.finetune import unpack_cls_batch
 from extensions.pointops import fps
 from models.backbone import max_mean_pool
-from utils.config import SVM_SCHEMA, ConfigError, cfg_from_yaml_file, merge_into, origin_of, resolve_base_path
+from utils.config import (SVM_SCHEMA, ConfigError, cfg_from_yaml_file, merge_into, origin_of, rebase_entry,
+                          resolve_base_path, resolve_data_root)
 from utils.dist_utils import get_dist_info
 from utils.logger import print_log
 
@@ -49,8 +50,9 @@ def default_svm_config() -> EasyDict:
     return EasyDict({"enabled": True, "train": entry("train"), "test": entry("test"), "C": DEFAULT_C, "freq": 1})
 
 
-def resolve_svm_config(config) -> EasyDict:
-    """``config.svm_validation`` checked, with defaults filled in; ``_base_`` paths are loaded."""
+def resolve_svm_config(config, data_root: Optional[str] = None) -> EasyDict:
+    """``config.svm_validation`` checked, with defaults filled in; ``_base_`` paths are loaded and
+    their ``data/`` paths moved under ``data_root`` (``--data_root`` / ``$DATA_ROOT``) when given."""
     svm_cfg = config.get("svm_validation") if config is not None else None
     out = default_svm_config()
     if svm_cfg is not None:
@@ -62,6 +64,8 @@ def resolve_svm_config(config) -> EasyDict:
             raise ConfigError(f"svm_validation.{split} needs '_base_' and 'others'", origin_of(svm_cfg))
         if isinstance(entry._base_, str):
             entry._base_ = cfg_from_yaml_file(resolve_base_path(entry._base_, origin_of(svm_cfg) or "."))
+        if data_root:
+            rebase_entry(entry, data_root, f"svm_validation.{split}")
     return out
 
 
@@ -128,9 +132,9 @@ def svm_validate(base_model: nn.Module, config, args, device: torch.device, logg
     released line ``[Validation] EPOCH: <epoch>  acc = <fraction>`` and a line with the details."""
     if get_dist_info()[0] != 0:
         return None
-    svm_cfg = resolve_svm_config(config)
+    svm_cfg = resolve_svm_config(config, resolve_data_root(getattr(args, "data_root", None))[0])
     bs = int(getattr(args, "svm_batch_size", 0) or 32)
-    workers = int(getattr(args, "num_workers", 0) or 0)
+    workers = builder.worker_count(int(getattr(args, "num_workers", 0) or 0), logger)
     train_loader, npoints_train = _loader(svm_cfg.train, bs, workers)
     test_loader, npoints_test = _loader(svm_cfg.test, bs, workers)
     show = getattr(args, "progress", True)

@@ -217,8 +217,13 @@ class Inter_MAE(_MaskedPointAutoencoder):
     """Inter-MAE pre-training model. ``pts`` (B, N, 3) [, ``imgs`` (B, V, 3, H, W) or cached image
     features (B, V, F)] -> losses.
 
-    ``forward`` returns a dict with ``loss`` (what to back-propagate), ``loss_rec`` (Chamfer) and,
-    when images are given, ``loss_con`` (the inter-modal NT-Xent loss times its weight).
+    ``forward`` returns a dict of scalars: ``loss`` (what to back-propagate: ``loss_rec`` +
+    ``loss_con_weighted``), ``loss_rec`` (the Chamfer / EMD reconstruction loss) and, with an
+    image branch, ``loss_con_raw`` (the inter-modal NT-Xent loss) and ``loss_con_weighted``
+    (``model.image_branch.weight`` times it). A batch without views (``imgs`` None, or V = 0)
+    gives 0 for both, and, when gradients are on, a zero-weighted term of every trainable
+    parameter of the image branch and ``pro_head``: under DDP each process then reduces the same
+    gradients, whichever processes had views (their gradients average with the zeros).
     """
 
     config_schema = Schema(
@@ -260,16 +265,31 @@ class Inter_MAE(_MaskedPointAutoencoder):
         :func:`first_max_pool` (first token ++ max of the rest)."""
         return self.pro_head(first_max_pool(decoded))
 
+    def idle_contrastive_term(self, like: Tensor) -> Tensor:
+        """0 (a scalar of ``like``'s device) times the sum of every trainable parameter of the image
+        branch and ``pro_head``: keeps them in the autograd graph (with zero gradients) for a batch
+        without views, when gradients are on; a plain 0 otherwise."""
+        zero = like.new_zeros((), dtype=torch.float32)
+        if not torch.is_grad_enabled():
+            return zero
+        params = [p for m in (self.image_branch, self.pro_head) for p in m.parameters() if p.requires_grad]
+        return zero + 0.0 * sum(p.float().sum() for p in params) if params else zero
+
     def forward(self, pts: Tensor, imgs: Optional[Tensor] = None, mask: Optional[Tensor] = None) -> Dict[str, Tensor]:
+        """``pts`` (B, N, 3), ``imgs`` views (B, V, 3, H, W) / cached features (B, V, F) or None,
+        ``mask`` (B, G) bool or None (random) -> the loss dict of the class docstring."""
         out = self.encode_decode(pts, mask=mask)
         loss_rec = self.reconstruction_loss(out)
-        losses = {"loss_rec": loss_rec}
-        if imgs is not None:
-            if self.image_branch is None:
+        if self.image_branch is None:
+            if imgs is not None:
                 raise RuntimeError("images were passed but the model has no image branch (model.image_branch)")
-            losses["loss_con"] = self.image_branch.loss(self.point_features(out["decoded"]), imgs)
-        losses["loss"] = sum(losses.values())
-        return losses
+            return {"loss_rec": loss_rec, "loss": loss_rec}
+        if imgs is not None and imgs.shape[1] > 0:
+            raw = self.image_branch.raw_loss(self.point_features(out["decoded"]), imgs)
+            weighted = self.image_branch.weight * raw
+        else:
+            raw = weighted = self.idle_contrastive_term(loss_rec)
+        return {"loss_rec": loss_rec, "loss_con_raw": raw, "loss_con_weighted": weighted, "loss": loss_rec + weighted}
 
 
 @MODELS.register_module()

@@ -156,8 +156,10 @@ def load_encoder(model: PointEncoder, path: str, strict: bool = True, extra_keys
 
     ``extra_keys``: further entries the model takes when the checkpoint has them (a classifier's
     ``cls_token`` and ``cls_pos``). The patch embedding must match the model's. With ``strict`` every encoder
-    tensor must be present and fit; the model's own head stays as initialised. Logs one line
-    per group: what was loaded, what is new, what the checkpoint had that was not used.
+    tensor must be present; a tensor of another shape is always an error, with a table of the
+    mis-shaped tensors and the config keys to change (``utils.checkpoint.load_state_dict_checked``,
+    the one loader every model goes through). The model's own head stays as initialised. Logs one
+    line per group: what was loaded, what is new, what the checkpoint had that was not used.
     """
     kind, state, encoder = read_encoder(path)
     embed = patch_embed_kind(encoder)
@@ -169,9 +171,10 @@ def load_encoder(model: PointEncoder, path: str, strict: bool = True, extra_keys
     wanted.update((k, state[k]) for k in extra_keys if k in state)
     head = tuple(k for k in model.state_dict() if not k.startswith(ENCODER_PREFIXES))
     report = load_state_dict_checked(model, wanted, strict=strict, source=path, ignore_missing=head)
-    new = sorted({k.split(".")[0] for k in report.missing})
+    new = sorted({k.split(".")[0] for k in report.new})
+    missing = f"; missing (--partial_load): {len(report.hard_missing)} tensors" if report.hard_missing else ""
     print_log(f"[{type(model).__name__}] {kind} checkpoint {path}: loaded {len(report.loaded)} tensors into the encoder "
               f"({embed or 'unknown'} patch embedding); new: {', '.join(new) or 'nothing'} "
-              f"({len(report.missing)} tensors); not used: {len(state) - len(report.loaded)} checkpoint tensors",
+              f"({len(report.new)} tensors){missing}; not used: {len(state) - len(report.loaded)} checkpoint tensors",
               logger=logger)
     return report

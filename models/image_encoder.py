@@ -250,8 +250,13 @@ class ImageBranch(nn.Module):
             return self.project(imgs_or_feats.to(self.inv_head[0].weight.dtype))
         raise ValueError(f"image branch expects images (B, V, 3, H, W) or features (B, V, F), got {tuple(imgs_or_feats.shape)}")
 
-    def loss(self, point_feats: Tensor, imgs_or_feats: Tensor) -> Tensor:
-        """``weight`` * NT-Xent between point features (B, 256) and the image embedding (B, 256)."""
+    def raw_loss(self, point_feats: Tensor, imgs_or_feats: Tensor) -> Tensor:
+        """NT-Xent (unweighted) between point features (B, 256) and the image embedding (B, 256) of
+        views (B, V, 3, H, W) or cached features (B, V, F). Scalar."""
         if point_feats.shape[0] != imgs_or_feats.shape[0]:
             raise ValueError(f"batch sizes differ: {point_feats.shape[0]} point clouds, {imgs_or_feats.shape[0]} image sets")
-        return self.weight * nt_xent(point_feats, self(imgs_or_feats), self.temperature)
+        return nt_xent(point_feats, self(imgs_or_feats), self.temperature)
+
+    def loss(self, point_feats: Tensor, imgs_or_feats: Tensor) -> Tensor:
+        """``weight`` * :meth:`raw_loss`: the contrastive term of the training loss. Scalar."""
+        return self.weight * self.raw_loss(point_feats, imgs_or_feats)

@@ -1,8 +1,7 @@
 """ShapeNetPart part segmentation: fine-tune a pre-trained Inter-MAE / Point-MAE encoder (released command).
 
-    cd segmentation && python main.py --ckpts P.pth --root path/to/shapenetcore_partanno_segmentation_benchmark_v0_normal \
-        --learning_rate 0.0002 --epoch 300
-    cd segmentation && python main.py --test --log_dir NAME --root ...     # evaluate log/part_seg/NAME/checkpoints/best_model.pth
+    python segmentation/main.py --ckpts P.pth --log_dir NAME [--data_root DIR | --root DIR/shapenetcore_partanno_segmentation_benchmark_v0_normal]
+    python segmentation/main.py --test --log_dir NAME    # evaluate log/part_seg/NAME/checkpoints/best_model.pth
     torchrun --nproc_per_node N segmentation/main.py --launcher pytorch ...
 
 Outputs: ``segmentation/log/part_seg/<log_dir>/checkpoints/best_model.pth`` (best instance mIoU)
@@ -18,13 +17,18 @@ from typing import Dict
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere: the checkout's packages first
 
 from engine.partseg import run  # noqa: E402
-from utils.parser import add_common_args  # noqa: E402
+from utils.config import resolve_data_root  # noqa: E402
+from utils.parser import add_common_args, new_parser, progress_enabled  # noqa: E402
 
 DEFAULT_LOG_ROOT = Path(__file__).resolve().parent / "log"
 
 
-def get_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser("part segmentation", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+SEG_FOLDER = "shapenetcore_partanno_segmentation_benchmark_v0_normal"
+DEFAULT_DATA_ROOT = Path(__file__).resolve().parents[1] / "data"  # the checkout's data/ (the released ../data/)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = new_parser("Part segmentation on ShapeNetPart: fine-tune a pre-trained encoder, or --test a saved model")
     p.add_argument("--model", type=str, default="pt", choices=["pt"], help="model name (released: pt)")
     p.add_argument("--batch_size", type=int, default=16, help="total batch size (split over torchrun processes)")
     p.add_argument("--epoch", type=int, default=300, help="training epochs")
@@ -34,9 +38,13 @@ def get_args(argv=None) -> argparse.Namespace:
     p.add_argument("--clip", type=float, default=10.0, help="gradient-norm clip (0: off)")
     p.add_argument("--npoint", type=int, default=2048, help="points per shape")
     p.add_argument("--normal", action="store_true", help="use normals as extra input channels")
-    p.add_argument("--root", type=str, default="../data/shapenetcore_partanno_segmentation_benchmark_v0_normal/",
-                   help="ShapeNetPart folder")
-    p.add_argument("--ckpts", type=str, default=None, help="pre-training checkpoint (training) / segmentation checkpoint (--test)")
+    p.add_argument("--root", type=str, default=None,
+                   help=f"ShapeNetPart folder (default: <data root>/{SEG_FOLDER}, the data root being --data_root, "
+                        f"else $DATA_ROOT, else the checkout's data/)")
+    add_common_args(p, "data_root")
+    p.add_argument("--ckpts", type=str, default=None,
+                   help="pre-training checkpoint to fine-tune (training) / segmentation checkpoint (--test) "
+                        "(default: none: train from scratch / test log/part_seg/<log_dir>/checkpoints/best_model.pth)")
     p.add_argument("--log_dir", type=str, default=None, help="run name under log/part_seg/ (default: timestamp)")
     p.add_argument("--log_root", type=str, default=str(DEFAULT_LOG_ROOT), help="folder holding part_seg/")
     p.add_argument("--test", action="store_true", help="evaluate a saved segmentation model and exit")
@@ -46,22 +54,40 @@ def get_args(argv=None) -> argparse.Namespace:
                    help="initialisation: released (PyTorch's default, as the released get_model) or trunc_normal")
     p.add_argument("--lr_schedule", choices=["exact", "released"], default="exact",
                    help="exact: epoch e trains at cosine(e); released: the released one-epoch lag")
-    p.add_argument("--gpu", type=str, default=None, help="GPU index (same as --device cuda:N)")
-    add_common_args(p, "device", "amp", "fps_backend", "seed", "deterministic", "num_workers", "launcher", "local_rank")
+    p.add_argument("--gpu", type=str, default=None, help="GPU index (same as --device cuda:N) (default: none)")
+    add_common_args(p, "device", "amp", "fps_backend", "seed", "deterministic", "num_workers", "launcher", "local_rank",
+                    "no_progress")
     g = p.add_argument_group("model (defaults: released sizes; must match the pre-training checkpoint)")
     g.add_argument("--patch_embed", choices=["auto", "inter_mae", "point_mae"], default="auto",
                    help="patch embedding; auto = the checkpoint's (inter_mae without one)")
-    g.add_argument("--trans_dim", type=int, default=384)
-    g.add_argument("--depth", type=int, default=12)
-    g.add_argument("--num_heads", type=int, default=6)
-    g.add_argument("--drop_path_rate", type=float, default=0.1)
-    g.add_argument("--num_group", type=int, default=128)
-    g.add_argument("--group_size", type=int, default=32)
+    g.add_argument("--trans_dim", type=int, default=384, help="encoder width")
+    g.add_argument("--depth", type=int, default=12, help="transformer blocks")
+    g.add_argument("--num_heads", type=int, default=6, help="attention heads")
+    g.add_argument("--drop_path_rate", type=float, default=0.1, help="stochastic depth rate of the last block")
+    g.add_argument("--num_group", type=int, default=128, help="patches per shape (G)")
+    g.add_argument("--group_size", type=int, default=32, help="points per patch (K)")
     g.add_argument("--return_layers", type=int, nargs=3, default=None,
                    help="blocks feeding the head (default: depth/3-1, 2*depth/3-1, depth-1 = 3 7 11)")
+    return p
+
+
+def get_args(argv=None) -> argparse.Namespace:
+    p = build_parser()
     args = p.parse_args(argv)
+    if args.device is not None and args.gpu is not None:
+        p.error("give --device or --gpu (the same as --device cuda:N), not both")
+    if args.root is not None and args.data_root is not None:
+        p.error("give --root (the ShapeNetPart folder) or --data_root (the folder holding it), not both")
+    if args.test and args.overwrite:
+        p.error("--overwrite is for training; --test only reads the run's checkpoint")
+    if args.epoch < 1 or args.batch_size < 1 or args.npoint < 1:
+        p.error(f"--epoch ({args.epoch}), --batch_size ({args.batch_size}) and --npoint ({args.npoint}) must be >= 1")
     if args.device is None and args.gpu is not None:
         args.device = f"cuda:{args.gpu}"
+    if args.root is None:
+        data_root, _ = resolve_data_root(args.data_root)
+        args.root = str(Path(data_root) / SEG_FOLDER) if data_root else str(DEFAULT_DATA_ROOT / SEG_FOLDER)
+    args.progress = progress_enabled(args)
     return args
 
 

@@ -137,7 +137,9 @@ def test_finetune_resume_reproduces_the_uninterrupted_run(tmp_path):
     cfg.write_text(TINY_FINETUNE.format(root=tmp_path / "mn", epochs=3))
     exp_root = str(tmp_path / "exp")
     run_main("--config", str(cfg), "--scratch_model", "--exp_name", "full", "--experiment_root", exp_root)
-    run_main("--config", str(cfg), "--scratch_model", "--exp_name", "split", "--experiment_root", exp_root, "--opts", "max_epoch=2")
+    # stopped after 2 of 3 epochs: the schedule stays the 3-epoch one (set explicitly, else it follows max_epoch)
+    run_main("--config", str(cfg), "--scratch_model", "--exp_name", "split", "--experiment_root", exp_root, "--opts",
+             "max_epoch=2", "scheduler.kwargs.epochs=3")
     run_main("--config", str(cfg), "--scratch_model", "--exp_name", "split", "--experiment_root", exp_root, "--resume",
              "--opts", "max_epoch=3")
     full = load_checkpoint_file(f"{exp_root}/tiny_ft/full/ckpt-last.pth")

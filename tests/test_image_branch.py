@@ -88,8 +88,12 @@ def test_gradients_reach_inv_head_and_only_a_trainable_encoder(trainable):
     torch.manual_seed(0)
     model = build_model_from_cfg(branch_model_cfg(trainable=trainable)).train()
     out = model(torch.rand(4, 128, 3), torch.rand(4, 2, 3, 32, 32))
-    assert set(out) == {"loss", "loss_rec", "loss_con"}
-    assert out["loss"].item() == pytest.approx(out["loss_rec"].item() + out["loss_con"].item(), rel=1e-6)
+    assert set(out) == {"loss", "loss_rec", "loss_con_raw", "loss_con_weighted"}
+    assert out["loss"].item() == pytest.approx(out["loss_rec"].item() + out["loss_con_weighted"].item(), rel=1e-6)
+    # the weighted term is the raw NT-Xent times the default weight 1e-4; the raw NT-Xent of 2 * 4
+    # anchors lies near log(2 * 4 - 1) for unrelated embeddings
+    assert out["loss_con_weighted"].item() == pytest.approx(1e-4 * out["loss_con_raw"].item(), rel=1e-6)
+    assert 0.5 * math.log(7) < out["loss_con_raw"].item() < 2 * math.log(7)
     out["loss"].backward()
     branch = model.image_branch
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in branch.inv_head.parameters())
@@ -100,6 +104,26 @@ def test_gradients_reach_inv_head_and_only_a_trainable_encoder(trainable):
     else:
         assert all(g is None for g in enc_grads) and not branch.encoder.training
         assert not any(p.requires_grad for p in branch.encoder.parameters())
+
+
+@pytest.mark.parametrize("views", [None, "empty"])
+def test_a_batch_without_views_keeps_the_branch_in_the_graph_with_zero_gradients(views):
+    """No views (None, or V = 0): the contrastive losses are 0 and every trainable parameter of
+    the branch and pro_head gets a zero gradient (not None), so DDP reduces the same set on every
+    process; the reconstruction loss is the whole loss."""
+    torch.manual_seed(0)
+    model = build_model_from_cfg(branch_model_cfg()).train()
+    imgs = None if views is None else torch.rand(4, 0, 3, 32, 32)
+    out = model(torch.rand(4, 128, 3), imgs)
+    assert set(out) == {"loss", "loss_rec", "loss_con_raw", "loss_con_weighted"}
+    assert out["loss_con_raw"].item() == 0.0 and out["loss_con_weighted"].item() == 0.0
+    assert out["loss"].item() == out["loss_rec"].item()
+    out["loss"].backward()
+    idle = list(model.image_branch.parameters()) + list(model.pro_head.parameters())
+    assert all(p.grad is not None and not p.grad.any() for p in idle)
+    assert any(p.grad.any() for p in model.MAE_encoder.parameters())
+    with torch.no_grad():
+        assert model(torch.rand(4, 128, 3))["loss_con_weighted"].grad_fn is None
 
 
 def test_checkpoint_carries_the_image_branch():

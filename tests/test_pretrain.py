@@ -38,7 +38,8 @@ def test_one_run_writes_layout_and_loss_falls(tmp_path, shapenet55_root):
 def test_resume_reproduces_the_uninterrupted_run(tmp_path, shapenet55_root):
     cfg = write_tiny_pretrain_config(tmp_path / "tiny.yaml", shapenet55_root, epochs=3)
     run_main(cfg, tmp_path / "exp", "full")
-    run_main(cfg, tmp_path / "exp", "split", "--opts", "max_epoch=2")
+    # stopped after 2 of 3 epochs: the schedule stays the 3-epoch one (set explicitly, else it follows max_epoch)
+    run_main(cfg, tmp_path / "exp", "split", "--opts", "max_epoch=2", "scheduler.kwargs.epochs=3")
     run_main(cfg, tmp_path / "exp", "split", "--resume", "--opts", "max_epoch=3")
     full = load_checkpoint_file(str(tmp_path / "exp" / "tiny" / "full" / "ckpt-last.pth"))
     split = load_checkpoint_file(str(tmp_path / "exp" / "tiny" / "split" / "ckpt-last.pth"))

@@ -15,7 +15,6 @@ not be the one the training run builds.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -31,10 +30,11 @@ from datasets import build_dataset_from_cfg  # noqa: E402
 from datasets.views import N_RENDERED_VIEWS, load_view, rendered_view_paths  # noqa: E402
 from models.image_encoder import ImageBranch  # noqa: E402
 from utils.checkpoint import load_checkpoint_file, load_state_dict_checked, state_dict_of  # noqa: E402
-from utils.config import ConfigError, apply_opts, cfg_from_yaml_file, merge_into  # noqa: E402
+from engine.builder import load_config  # noqa: E402
+from utils.config import ConfigError, merge_into  # noqa: E402
 from utils.logger import print_log  # noqa: E402
 from utils.misc import resolve_device  # noqa: E402
-from utils.parser import add_common_args  # noqa: E402
+from utils.parser import add_common_args, new_parser, progress_enabled  # noqa: E402
 
 
 def build_branch(config, ckpts: str | None = None) -> ImageBranch:
@@ -57,7 +57,7 @@ def build_branch(config, ckpts: str | None = None) -> ImageBranch:
 
 @torch.no_grad()
 def cache_features(branch: ImageBranch, dataset, out_path: str, device: torch.device, batch_size: int = 96,
-                   weights: str = "") -> str:
+                   weights: str = "", progress: bool = True) -> str:
     """Encode all 24 views of every shape of a ShapeNetRender ``dataset``; atomic write of .npy + .json."""
     branch = branch.to(device).eval()
     shapes = [f"{s['taxonomy_id']}/{s['model_id']}" for s in dataset.file_list]
@@ -67,7 +67,7 @@ def cache_features(branch: ImageBranch, dataset, out_path: str, device: torch.de
     array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32,
                                       shape=(len(shapes), N_RENDERED_VIEWS, branch.num_features))
     per_batch = max(1, batch_size // N_RENDERED_VIEWS)
-    for start in tqdm(range(0, len(shapes), per_batch), desc="encoding views"):
+    for start in tqdm(range(0, len(shapes), per_batch), desc="encoding views", disable=not progress):
         rows = range(start, min(start + per_batch, len(shapes)))
         imgs = torch.stack([
             torch.stack([load_view(p, dataset.img_size, dataset.img_alpha) for p in rendered_view_paths(
@@ -86,15 +86,21 @@ def cache_features(branch: ImageBranch, dataset, out_path: str, device: torch.de
     return out_path
 
 
-def main(argv=None) -> str:
-    parser = argparse.ArgumentParser(description="Cache frozen image-encoder features of every rendered view")
+def build_parser():
+    parser = new_parser("Cache frozen image-encoder features of every rendered view")
     parser.add_argument("--config", required=True, help="pre-training config (model.image_branch, dataset.train)")
     parser.add_argument("--out", required=True, help="output .npy (an index .json is written beside it)")
-    parser.add_argument("--ckpts", default=None, help="take the encoder from this pre-training checkpoint")
+    parser.add_argument("--ckpts", default=None,
+                        help="take the encoder from this pre-training checkpoint (default: "
+                             "model.image_branch.pretrained)")
     parser.add_argument("--batch_size", type=int, default=96, help="images per encoder call")
-    add_common_args(parser, "device", "opts")
-    args = parser.parse_args(argv)
-    config = apply_opts(cfg_from_yaml_file(args.config), args.opts)
+    add_common_args(parser, "device", "data_root", "no_progress", "opts")
+    return parser
+
+
+def main(argv=None) -> str:
+    args = build_parser().parse_args(argv)
+    config = load_config(args.config, args.opts, args.data_root)
     branch = build_branch(config, args.ckpts)
     train = config.dataset.train
     others = merge_into(train.others, {"n_imgs": 0})
@@ -102,7 +108,8 @@ def main(argv=None) -> str:
     others.pop("FEATURE_CACHE", None)
     dataset = build_dataset_from_cfg(train._base_, others)
     path = cache_features(branch, dataset, args.out, resolve_device(args.device), args.batch_size,
-                          weights=args.ckpts or str(config.model.image_branch.get("pretrained") or ""))
+                          weights=args.ckpts or str(config.model.image_branch.get("pretrained") or ""),
+                          progress=progress_enabled(args))
     print_log(f"wrote {path} ({len(dataset)} shapes x {N_RENDERED_VIEWS} views x {branch.num_features})")
     return path
 

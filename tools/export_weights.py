@@ -12,16 +12,17 @@ written as ``<out stem>.json`` and read back by every loader (``utils.checkpoint
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere: the checkout's packages first
 
+from utils.parser import new_parser  # noqa: E402
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Export checkpoint weights to .safetensors (+ the config as .json)")
+
+def build_parser():
+    parser = new_parser("Export checkpoint weights to .safetensors (+ the config as .json)")
     parser.add_argument("--ckpts", required=True, help="checkpoint (.pth) to export")
     parser.add_argument("--out", default=None,
                         help="output .safetensors (default: beside the checkpoint, same stem; '-encoder' added with "

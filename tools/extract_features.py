@@ -14,18 +14,16 @@ or ``--config``). The code is in ``engine/features.py``.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere: the checkout's packages first
 
-from utils.parser import add_common_args  # noqa: E402
+from utils.parser import add_common_args, new_parser, progress_enabled  # noqa: E402
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Frozen pre-trained features (max+mean pooled encoder tokens) of "
-                                                 "point-cloud files")
+def build_parser():
+    parser = new_parser("Frozen pre-trained features (max+mean pooled encoder tokens) of point-cloud files")
     parser.add_argument("--ckpts", required=True, help="checkpoint: pre-training, fine-tuned, or a .safetensors export")
     parser.add_argument("--input", required=True, nargs="+", metavar="DIR_OR_FILE",
                         help="point-cloud files (.ply .npy .txt .xyz .pts .csv) or folders holding them")
@@ -33,24 +31,24 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", default=None,
                         help="the run's config (default: config.yaml beside the checkpoint, or the .json beside a "
                              ".safetensors file)")
-    parser.add_argument("--npoints", type=int, default=1024, help="points per cloud after FPS (default 1024)")
-    parser.add_argument("--batch_size", type=int, default=32)
-    add_common_args(parser, "device")
-    parser.add_argument("--no_progress", action="store_true", help="no progress bar")
+    parser.add_argument("--npoints", type=int, default=1024, help="points per cloud after FPS")
+    parser.add_argument("--batch_size", type=int, default=32, help="clouds per encoder call")
+    add_common_args(parser, "device", "no_progress")
     return parser
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     from engine.features import extract_files, load_point_encoder, write_features
     from utils.logger import print_log
 
     if args.npoints < 1 or args.batch_size < 1:
-        raise SystemExit(f"extract_features.py: --npoints ({args.npoints}) and --batch_size ({args.batch_size}) must be >= 1")
+        parser.error(f"--npoints ({args.npoints}) and --batch_size ({args.batch_size}) must be >= 1")
     if not args.out.lower().endswith((".npy", ".h5", ".hdf5")):
-        raise SystemExit(f"extract_features.py: --out '{args.out}' must end in .npy or .h5")
+        parser.error(f"--out '{args.out}' must end in .npy or .h5")
     extractor = load_point_encoder(args.ckpts, config=args.config, device=args.device, npoints=args.npoints)
-    features, names = extract_files(extractor, args.input, batch_size=args.batch_size, progress=not args.no_progress)
+    features, names = extract_files(extractor, args.input, batch_size=args.batch_size, progress=progress_enabled(args))
     info = {"checkpoint": str(args.ckpts), "npoints": args.npoints, "feature": "max_mean_pool(patch_tokens)",
             "dim": int(features.shape[1])}
     written = write_features(args.out, features, names, info)

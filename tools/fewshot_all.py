@@ -32,18 +32,21 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere: the checkout's packages first
 
 from utils.logger import print_log  # noqa: E402
+from utils.parser import new_parser  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Run every fold of a few-shot setting and report mean ± std",
-                                     epilog="Any other argument is passed on to main.py unchanged.")
-    parser.add_argument("--config", default="cfgs/fewshot.yaml")
-    parser.add_argument("--exp_name", default="fewshot")
-    parser.add_argument("--way", type=int, required=True, choices=(5, 10))
-    parser.add_argument("--shot", type=int, required=True, choices=(10, 20))
+    parser = new_parser("Run every fold of a few-shot setting through main.py and report mean ± std",
+                        epilog="Any other argument (e.g. --finetune_model --ckpts P.pth, --data_root DIR, --opts ...) "
+                               "is passed on to main.py unchanged; see python main.py --help.")
+    parser.add_argument("--config", default="cfgs/fewshot.yaml", help="few-shot fine-tuning config")
+    parser.add_argument("--exp_name", default="fewshot",
+                        help="experiment name; fold f runs as <exp_name>_<way>w<shot>s_fold<f>")
+    parser.add_argument("--way", type=int, required=True, choices=(5, 10), help="classes per episode")
+    parser.add_argument("--shot", type=int, required=True, choices=(10, 20), help="training shapes per class")
     parser.add_argument("--folds", type=int, nargs="+", default=None,
                         help="folds to run (default: every <fold>.pkl in DATA_PATH/{way}way_{shot}shot/)")
-    parser.add_argument("--experiment_root", default="./experiments")
+    parser.add_argument("--experiment_root", default="./experiments", help="where experiments go")
     return parser
 
 
@@ -62,19 +65,22 @@ def summarize(accs: Sequence[float]) -> Tuple[float, float]:
     return float(arr.mean()), float(arr.std())
 
 
-def _opts_of(passthrough: Sequence[str]) -> List[str]:
-    """The ``--opts`` entries among main.py's flags (they may move DATA_PATH)."""
+def _data_flags_of(passthrough: Sequence[str]) -> Tuple[List[str], Optional[str]]:
+    """The ``--opts`` entries and the ``--data_root`` among main.py's flags (they may move DATA_PATH)."""
     parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument("--opts", nargs="*", default=[])
-    return parser.parse_known_args(list(passthrough))[0].opts
+    parser.add_argument("--data_root", default=None)
+    known = parser.parse_known_args(list(passthrough))[0]
+    return known.opts, known.data_root
 
 
-def fold_folder(config_path: str, way: int, shot: int, opts: Sequence[str] = ()) -> str:
-    """``DATA_PATH/{way}way_{shot}shot`` of the config's training set."""
-    from utils.config import ConfigError, apply_opts, cfg_from_yaml_file, merge_into, origin_of
+def fold_folder(config_path: str, way: int, shot: int, opts: Sequence[str] = (), data_root: Optional[str] = None) -> str:
+    """``DATA_PATH/{way}way_{shot}shot`` of the config's training set (after ``--opts`` and the data
+    root: ``data_root``, else ``$DATA_ROOT``)."""
+    from engine.builder import load_config
+    from utils.config import ConfigError, merge_into, origin_of
 
-    config = cfg_from_yaml_file(config_path)
-    apply_opts(config, opts)
+    config = load_config(config_path, opts, data_root)
     entry = (config.get("dataset") or {}).get("train")
     if not entry or "_base_" not in entry:
         raise ConfigError("dataset.train with a '_base_' is needed to find the few-shot folds; or give --folds",
@@ -114,7 +120,7 @@ def run_folds(argv=None) -> dict:
     if args.folds is not None:
         folds, origin = list(args.folds), "--folds"
     else:
-        folder = fold_folder(args.config, args.way, args.shot, _opts_of(passthrough))
+        folder = fold_folder(args.config, args.way, args.shot, *_data_flags_of(passthrough))
         folds, origin = folds_on_disk(folder), folder
     print_log(f"[FEWSHOT] {args.way}-way {args.shot}-shot: folds {folds} (from {origin})")
     accs: Dict[int, float] = {}

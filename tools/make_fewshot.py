@@ -14,7 +14,6 @@ split, as released. The splits are drawn by ``datasets.ModelNetDatasetFewShot.ma
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 from pathlib import Path
@@ -23,20 +22,25 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywher
 
 from datasets.ModelNetDatasetFewShot import make_fewshot_splits  # noqa: E402
 from datasets.modelnet_cache import load_modelnet_cache  # noqa: E402
+from utils.parser import new_parser  # noqa: E402
+
+
+def build_parser():
+    ap = new_parser(__doc__.split("\n\n")[0])
+    ap.add_argument("--cache_root", required=True, help="modelnet40_normal_resampled folder")
+    ap.add_argument("--out", required=True, help="output ModelNetFewshot folder")
+    ap.add_argument("--seed", type=int, default=0, help="random seed of the splits")
+    ap.add_argument("--ways", type=int, nargs="+", default=[5, 10], help="ways to write")
+    ap.add_argument("--shots", type=int, nargs="+", default=[10, 20], help="shots to write")
+    ap.add_argument("--folds", type=int, default=10, help="folds per way and shot")
+    ap.add_argument("--npoints", type=int, default=8192,
+                    help="points of the ModelNet40 caches to read (default 8192, as released)")
+    ap.add_argument("--n_test_per_class", type=int, default=20, help="test shapes per class in each fold")
+    return ap
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--cache_root", required=True, help="modelnet40_normal_resampled folder")
-    ap.add_argument("--out", required=True, help="output ModelNetFewshot folder")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--ways", type=int, nargs="+", default=[5, 10])
-    ap.add_argument("--shots", type=int, nargs="+", default=[10, 20])
-    ap.add_argument("--folds", type=int, default=10)
-    ap.add_argument("--npoints", type=int, default=8192,
-                    help="points of the ModelNet40 caches to read (default 8192, as released)")
-    ap.add_argument("--n_test_per_class", type=int, default=20)
-    args = ap.parse_args(argv)
+    args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     trp, trl = load_modelnet_cache(args.cache_root, "train", args.npoints)
     tep, tel = load_modelnet_cache(args.cache_root, "test", args.npoints)

@@ -14,7 +14,6 @@ length, data, uint32 masked CRC-32C of the data``, each ``data`` a serialised ``
 """
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import re
@@ -31,6 +30,7 @@ from tensorboardX.proto import event_pb2
 
 from utils.vis import new_figure, save_figure
 from utils.logger import print_log
+from utils.parser import new_parser
 
 Series = Tuple[np.ndarray, np.ndarray]  # (steps, values)
 
@@ -223,15 +223,20 @@ def summarise(scalars: Dict[str, Series]) -> List[str]:
     return lines
 
 
-def main(argv=None) -> str:
-    p = argparse.ArgumentParser(description="Plot an experiment's TensorBoard scalars to a PNG")
+def build_parser():
+    p = new_parser("Plot an experiment's TensorBoard scalars to a PNG")
     p.add_argument("logdir", help="experiments/<config stem>/TFBoard/<exp_name> (or experiments/<config stem>/<exp_name>)")
     p.add_argument("--out", default=None, help="output PNG (default: <logdir>/curves.png)")
     p.add_argument("--smooth", type=float, default=0.6, help="EMA weight for per-iteration series (0: off)")
     p.add_argument("--check_crc", action="store_true", help="also verify every record's data checksum (slow)")
+    return p
+
+
+def main(argv=None) -> str:
+    p = build_parser()
     args = p.parse_args(argv)
     if not 0 <= args.smooth < 1:
-        raise SystemExit(f"plot_curves.py: --smooth must be in [0, 1), got {args.smooth}")
+        p.error(f"--smooth must be in [0, 1), got {args.smooth}")
     try:
         logdir = resolve_logdir(args.logdir)
         scalars = load_run(logdir, args.check_crc)

@@ -12,7 +12,6 @@ ModelNet40 ``.dat`` caches instead (FPS to 1024 points).
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -20,17 +19,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywher
 
 from engine import builder  # noqa: E402
 from engine.svm import CACHE_DATASET, DEFAULT_C, svm_validate  # noqa: E402
-from utils.config import apply_opts, cfg_from_yaml_file, merge_into  # noqa: E402
+from utils.config import merge_into  # noqa: E402
 from utils.misc import resolve_device, set_random_seed  # noqa: E402
-from utils.parser import add_common_args  # noqa: E402
+from utils.parser import add_common_args, new_parser, progress_enabled  # noqa: E402
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Linear SVM on frozen pre-trained features (ModelNet40)")
+def build_parser():
+    parser = new_parser("Linear SVM on frozen pre-trained features (ModelNet40)")
     parser.add_argument("--config", required=True, help="pre-training config (model section; optional svm_validation)")
-    parser.add_argument("--ckpts", required=True, help="pre-training checkpoint")
-    add_common_args(parser, "device", "num_workers", "seed", "partial_load", "opts")
-    parser.add_argument("--svm_batch_size", type=int, default=32)
+    parser.add_argument("--ckpts", required=True, help="pre-training checkpoint (or a whole-model .safetensors export)")
+    add_common_args(parser, "device", "num_workers", "seed", "partial_load", "data_root", "no_progress", "opts")
+    parser.add_argument("--svm_batch_size", type=int, default=32, help="shapes per feature-extraction batch")
     parser.add_argument("--C", type=float, default=None,
                         help=f"LinearSVC C (default: svm_validation.C, else {DEFAULT_C}, the released LinearSVC() default)")
     parser.add_argument("--svm_root", default=None,
@@ -38,22 +37,23 @@ def build_parser() -> argparse.ArgumentParser:
                              "released protocol (default: the config's svm_validation, else data/modelnet40_ply_hdf5_2048)")
     parser.add_argument("--modelnet_root", default=None,
                         help="use the ModelNet40 .dat caches of this modelnet40_normal_resampled folder instead of the "
-                             "HDF5 files (FPS to 1024 points; e.g. data/demo/ModelNet/modelnet40_normal_resampled)")
+                             "HDF5 files (FPS to 1024 points; e.g. data/demo/ModelNet/modelnet40_normal_resampled) "
+                             "(default: none, the HDF5 files)")
     parser.add_argument("--modelnet_npoints", type=int, default=None,
                         help="N_POINTS of the ModelNet40 cache to read (default 8192, as released; 1024 skips the FPS per batch)")
     return parser
 
 
 def main(argv=None) -> float:
-    args = build_parser().parse_args(argv)
-    args.progress = True
-    set_random_seed(args.seed)
-    config = cfg_from_yaml_file(args.config)
-    apply_opts(config, args.opts)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if args.svm_root is not None and args.modelnet_root is not None:
-        raise SystemExit("tools/svm.py: give either --svm_root (HDF5 files, released) or --modelnet_root (.dat caches), not both")
+        parser.error("give either --svm_root (HDF5 files, released) or --modelnet_root (.dat caches), not both")
     if args.modelnet_npoints is not None and args.modelnet_root is None:
-        raise SystemExit("tools/svm.py: --modelnet_npoints needs --modelnet_root")
+        parser.error("--modelnet_npoints needs --modelnet_root")
+    args.progress = progress_enabled(args)
+    set_random_seed(args.seed)
+    config = builder.load_config(args.config, args.opts, args.data_root)
     overrides = {}
     if args.C is not None:
         overrides["C"] = args.C

@@ -16,7 +16,6 @@ Also written: ``<out>.npz`` (features, embedding, labels) and, in the log, the l
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from pathlib import Path
@@ -35,19 +34,20 @@ from models import backbone
 from engine import builder
 from utils.vis import class_colours, new_figure, save_figure
 from utils.checkpoint import CheckpointError, load_checkpoint_file, state_dict_of
-from utils.config import ConfigError, apply_opts, cfg_from_yaml_file, dataset_entry, origin_of
+from utils.config import ConfigError, dataset_entry, origin_of
 from utils.logger import print_log
 from utils.misc import resolve_device, set_random_seed
-from utils.parser import add_common_args
+from utils.parser import add_common_args, new_parser, progress_enabled
 
 SCANOBJECTNN_CLASSES = ["bag", "bin", "box", "cabinet", "chair", "desk", "display", "door", "shelf", "table", "bed",
                         "pillow", "sink", "sofa", "toilet"]
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="t-SNE of pre-trained or fine-tuned point-cloud features")
+def build_parser():
+    p = new_parser("t-SNE of pre-trained or fine-tuned point-cloud features")
     p.add_argument("--config", required=True, help="fine-tuning config (model PointTransformer, dataset.test / val)")
-    p.add_argument("--ckpts", default=None, help="pre-training or fine-tuned checkpoint (none: random encoder)")
+    p.add_argument("--ckpts", default=None,
+                   help="pre-training or fine-tuned checkpoint (default: none, a randomly initialised encoder)")
     p.add_argument("--out", default="tsne.png", help="output PNG")
     p.add_argument("--split", choices=["test", "val", "train"], default=None, help="dataset entry (default: test, else val)")
     p.add_argument("--features", choices=["auto", "patch", "cls"], default="auto",
@@ -56,8 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max_samples", type=int, default=1000, help="at most this many shapes (a seeded random subset)")
     p.add_argument("--perplexity", type=float, default=30.0, help="t-SNE perplexity (lowered for tiny sets)")
     p.add_argument("--max_iter", type=int, default=1000, help="t-SNE iterations (>= 250)")
-    p.add_argument("--batch_size", type=int, default=32)
-    add_common_args(p, "num_workers", "seed", "device", "opts", num_workers=0)
+    p.add_argument("--batch_size", type=int, default=32, help="shapes per feature-extraction batch")
+    add_common_args(p, "num_workers", "seed", "device", "data_root", "no_progress", "opts", num_workers=0)
     return p
 
 
@@ -105,12 +105,13 @@ def class_names(dataset, num_classes: int) -> List[str]:
 
 
 def extract_features(model, dataset, indices: List[int], npoints: int, feature: str, device: torch.device,
-                     batch_size: int = 32, num_workers: int = 0) -> Tuple[np.ndarray, np.ndarray]:
+                     batch_size: int = 32, num_workers: int = 0, progress: bool = False) -> Tuple[np.ndarray, np.ndarray]:
     """Features (S, D) float32 and labels (S,) int64 of the items ``indices`` of a classification
     dataset: ``max_mean_pool`` of the patch tokens (``patch``) or ``forward_features`` (``cls``)."""
-    loader = DataLoader(Subset(dataset, indices), batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    loader = DataLoader(Subset(dataset, indices), batch_size=batch_size, shuffle=False,
+                        num_workers=builder.worker_count(num_workers))
     features = (lambda p: backbone.max_mean_pool(model.patch_tokens(p))) if feature == "patch" else model.forward_features
-    return svm.extract_features(features, loader, device, npoints)
+    return svm.extract_features(features, loader, device, npoints, show_progress=progress)
 
 
 def knn_accuracy(features: np.ndarray, labels: np.ndarray, k: int = 5) -> float:
@@ -180,8 +181,7 @@ def main(argv=None) -> dict:
 def run(args) -> dict:
     if args.max_samples < 3:
         raise ValueError(f"--max_samples must be >= 3, got {args.max_samples}")
-    config = cfg_from_yaml_file(args.config)
-    apply_opts(config, args.opts)
+    config = builder.load_config(args.config, args.opts, args.data_root, logger="tsne")
     set_random_seed(args.seed)
     device = resolve_device(args.device)
     model, kind = build_feature_model(config, args.ckpts, device)
@@ -196,7 +196,8 @@ def run(args) -> dict:
     npoints = int(config.get("npoints", 0) or 0)
     print_log(f"t-SNE of {len(indices)} / {n} shapes of dataset.{split}, {feature} features of the "
               f"{kind} model{'' if args.ckpts is None else ' ' + args.ckpts}", logger="tsne")
-    feats, labels = extract_features(model, dataset, indices, npoints, feature, device, args.batch_size, args.num_workers)
+    feats, labels = extract_features(model, dataset, indices, npoints, feature, device, args.batch_size, args.num_workers,
+                                     progress=progress_enabled(args))
 
     knn = knn_accuracy(feats, labels)
     embedding, perplexity = tsne_embedding(feats, args.perplexity, args.seed, args.max_iter)

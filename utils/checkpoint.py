@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 import tempfile
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -191,41 +192,141 @@ def state_dict_of(ckpt: Mapping[str, Any], path: str = "<checkpoint>") -> "Order
     raise CheckpointError(f"checkpoint '{path}' has no 'base_model' / 'model' / 'state_dict' entry (keys: {sorted(ckpt)[:10]})")
 
 
+# Which config key sets the width of a mis-shaped tensor, by the key's start (checked in order).
+SHAPE_HINTS = (
+    ("cls_head_finetune.8.", "cls_dim"),
+    ("encoder.", "encoder_dims"),
+    ("MAE_decoder.", "decoder_embed_dim"), ("decoder_pos_embed.", "decoder_embed_dim"),
+    ("decoder_embed.", "decoder_embed_dim"), ("mask_token", "decoder_embed_dim"), ("increase_dim.", "decoder_embed_dim"),
+    ("image_branch.", "image_branch.model / image_branch.model_kwargs"), ("inv_head.", "image_branch.model"),
+)
+BLOCK_INDEX = re.compile(r"(blocks\.)(\d+)(\.)")
+
+
+# The point models whose sizes the hints name (other models, e.g. a timm image encoder: no hint).
+POINT_MODELS = ("Inter_MAE", "Point_MAE", "PointTransformer", "PartSegTransformer", "PointEncoder", "MaskTransformer")
+
+
+def _config_key(key: str, model_name: str, pretraining: bool) -> str:
+    """The config key (or segmentation flag) that sets the shape of parameter ``key`` ('-': unknown)."""
+    if model_name not in POINT_MODELS:
+        return "-"
+    bare = key[len("MAE_encoder."):] if key.startswith("MAE_encoder.") else key
+    name = next((hint for prefix, hint in SHAPE_HINTS if bare.startswith(prefix)), "trans_dim")
+    if model_name == "PartSegTransformer":
+        return "--trans_dim"
+    if name.startswith(("image_branch", "cls_dim")) or not pretraining:
+        return f"model.{name}"
+    return f"model.transformer_config.{name}"
+
+
+def _block_counts(keys: Iterable[str]) -> Dict[str, int]:
+    """``{'blocks.blocks': number of blocks, 'MAE_decoder.blocks': ...}`` of a list of keys."""
+    counts: Dict[str, int] = {}
+    for key in keys:
+        m = BLOCK_INDEX.search(key)
+        if m:
+            stack = key[: m.start()] + m.group(1).rstrip(".")
+            counts[stack] = max(counts.get(stack, 0), int(m.group(2)) + 1)
+    return counts
+
+
+def _compact(keys: Iterable[str]) -> List[str]:
+    """Keys with those of one block collapsed: ``blocks.blocks.2.* (11 tensors)``."""
+    groups: "OrderedDict[str, int]" = OrderedDict()
+    for key in keys:
+        m = BLOCK_INDEX.search(key)
+        name = key[: m.end()] + "*" if m else key
+        groups[name] = groups.get(name, 0) + 1
+    return [f"{name} ({n} tensors)" if n > 1 else name for name, n in groups.items()]
+
+
 @dataclass
 class LoadReport:
-    """What a state-dict load did."""
+    """What a state-dict load did. ``new``: missing keys that were expected (a new head)."""
 
     loaded: List[str] = field(default_factory=list)
     missing: List[str] = field(default_factory=list)
     unexpected: List[str] = field(default_factory=list)
     mismatched: List[Tuple[str, tuple, tuple]] = field(default_factory=list)
+    new: List[str] = field(default_factory=list)
+    model_name: str = "model"
+    pretraining: bool = False
+
+    @property
+    def hard_missing(self) -> List[str]:
+        return [k for k in self.missing if k not in set(self.new)]
 
     @property
     def ok(self) -> bool:
         return not (self.missing or self.unexpected or self.mismatched)
 
-    def summary(self, limit: int = 20) -> str:
-        lines = [f"loaded {len(self.loaded)} tensors"]
-        for title, items in (("missing", self.missing), ("unexpected", self.unexpected)):
+    def summary(self, limit: int = 20, failed: bool = False) -> str:
+        lines = [f"{len(self.loaded)} tensors fit" if failed else f"loaded {len(self.loaded)} tensors"]
+        if self.new:
+            lines.append(f"new (as expected): {', '.join(sorted({k.split('.')[0] for k in self.new}))} "
+                         f"({len(self.new)} tensors)")
+        for title, items in (("missing", self.hard_missing), ("unexpected", self.unexpected)):
             if items:
-                shown = ", ".join(items[:limit]) + (f", ... ({len(items) - limit} more)" if len(items) > limit else "")
+                groups = _compact(items)
+                shown = ", ".join(groups[:limit]) + (f", ... ({len(groups) - limit} more)" if len(groups) > limit else "")
                 lines.append(f"{len(items)} {title} keys: {shown}")
         if self.mismatched:
-            shown = ", ".join(f"{k} (checkpoint {a}, model {b})" for k, a, b in self.mismatched[:limit])
-            lines.append(f"{len(self.mismatched)} keys with mismatched shapes: {shown}")
+            lines.append(f"{len(self.mismatched)} tensors with other shapes:\n{self.shape_table()}")
         return "; ".join(lines)
+
+    def shape_table(self) -> str:
+        """The mis-shaped tensors as a table (key, checkpoint shape, model shape, config key to
+        change; the blocks of a stack on one row), then one line naming the config keys with the
+        checkpoint's sizes."""
+        rows: "OrderedDict[Tuple[str, tuple, tuple], int]" = OrderedDict()
+        for key, ckpt_shape, model_shape in self.mismatched:
+            pattern = BLOCK_INDEX.sub(r"\1*\3", key)
+            rows[(pattern, ckpt_shape, model_shape)] = rows.get((pattern, ckpt_shape, model_shape), 0) + 1
+        table = [("key", "checkpoint", "model", "config key to change")]
+        sizes: Dict[str, Dict[int, int]] = {}
+        for (pattern, ckpt_shape, model_shape), count in rows.items():
+            hint = _config_key(pattern, self.model_name, self.pretraining)
+            table.append((pattern + (f" (x{count})" if count > 1 else ""), str(tuple(ckpt_shape)),
+                          str(tuple(model_shape)), hint))
+            if hint != "-" and ckpt_shape and model_shape and ckpt_shape[0] != model_shape[0]:
+                votes = sizes.setdefault(hint, {})
+                votes[ckpt_shape[0]] = votes.get(ckpt_shape[0], 0) + count
+        widths = [max(len(r[c]) for r in table) for c in range(4)]
+        lines = ["  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in table]
+        if sizes:
+            guess = ", ".join(f"{hint} {max(votes, key=votes.get)}" for hint, votes in sizes.items())
+            lines.append(f"  the checkpoint was trained with other sizes (probably {guess}): set them in the config, "
+                         f"or use the config the checkpoint was trained with")
+        return "\n".join(lines)
+
+    def depth_hint(self) -> str:
+        """One sentence when the checkpoint and the model have different numbers of blocks."""
+        ckpt = _block_counts(self.loaded + [k for k, _, _ in self.mismatched] + self.unexpected)
+        model = _block_counts(self.loaded + [k for k, _, _ in self.mismatched] + self.missing)
+        parts = []
+        for stack in sorted(set(ckpt) | set(model)):
+            if ckpt.get(stack, 0) != model.get(stack, 0) and self.model_name in POINT_MODELS:
+                key = "decoder_depth" if "decoder" in stack.lower() else "depth"
+                where = ("--depth" if self.model_name == "PartSegTransformer" else
+                         f"model.{'transformer_config.' if self.pretraining else ''}{key}")
+                parts.append(f"{stack}: the checkpoint has {ckpt.get(stack, 0)} blocks, the model "
+                             f"{model.get(stack, 0)} (set {where})")
+        return "; ".join(parts)
 
 
 def load_state_dict_checked(model: nn.Module, state_dict: Mapping[str, torch.Tensor], strict: bool = True,
                             source: str = "<checkpoint>", ignore_missing: Iterable[str] = ()) -> LoadReport:
     """Load ``state_dict`` into ``model``.
 
-    Strict (default): any missing, unexpected or shape-mismatched key raises CheckpointError with
-    the full list. Non-strict: loads what fits and returns the report. Missing keys that start
-    with a prefix in ``ignore_missing`` (e.g. a freshly initialised head) are reported, not errors.
+    Strict (default): any missing or unexpected key raises CheckpointError with the list. Non-strict:
+    loads what fits and returns the report. A tensor of another shape is always an error, with a
+    table of the mis-shaped tensors and the config keys to change (:meth:`LoadReport.shape_table`).
+    Missing keys that start with a prefix in ``ignore_missing`` (e.g. a freshly initialised head)
+    are reported as ``new``, not errors.
     """
     own = model.state_dict()
-    report = LoadReport()
+    report = LoadReport(model_name=type(model).__name__, pretraining=hasattr(model, "MAE_encoder"))
     ignore_missing = tuple(ignore_missing)
     fitting = OrderedDict()
     for key, value in state_dict.items():
@@ -237,8 +338,11 @@ def load_state_dict_checked(model: nn.Module, state_dict: Mapping[str, torch.Ten
             fitting[key] = value
             report.loaded.append(key)
     report.missing = [k for k in own if k not in state_dict]
-    hard_missing = [k for k in report.missing if not k.startswith(ignore_missing)] if ignore_missing else report.missing
-    if strict and (hard_missing or report.unexpected or report.mismatched):
-        raise CheckpointError(f"checkpoint '{source}' does not fit {type(model).__name__}: {report.summary()}")
+    report.new = [k for k in report.missing if k.startswith(ignore_missing)] if ignore_missing else []
+    depth = report.depth_hint()
+    if report.mismatched or (strict and (report.hard_missing or report.unexpected)):
+        # a tensor of another shape never loads, --partial_load or not: it means another model size
+        raise CheckpointError(f"checkpoint '{source}' does not fit {type(model).__name__}: {report.summary(failed=True)}"
+                              + (f"\n  {depth}" if depth else ""))
     model.load_state_dict(fitting, strict=False)
     return report

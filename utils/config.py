@@ -76,6 +76,10 @@ class Schema:
     optional: Tuple[str, ...] = ()
     sections: Dict[str, "Schema"] = field(default_factory=dict)
 
+    def keys(self) -> Tuple[str, ...]:
+        """Every key the section may hold."""
+        return self.required + self.optional + tuple(self.sections)
+
     def check(self, node: Mapping, where: str) -> None:
         """Raise ConfigError naming ``where.key`` and the file for an unknown or missing key."""
         check_keys(node, where, required=self.required, optional=self.optional + tuple(self.sections))
@@ -85,9 +89,17 @@ class Schema:
 
 
 OPTIMIZER_SCHEMA = Schema(required=("type", "kwargs"), optional=("part",))
-SCHEDULER_SCHEMA = Schema(required=("type",), sections={  # CosLR, the only schedule the released configs use
-    "kwargs": Schema(required=("epochs",), optional=("initial_epochs", "lr_min", "warmup_lr_init"))})
+# CosLR, the only schedule the released configs use; kwargs.epochs defaults to max_epoch (see resolve_schedule_length).
+SCHEDULER_SCHEMA = Schema(required=("type",), sections={
+    "kwargs": Schema(optional=("epochs", "initial_epochs", "lr_min", "warmup_lr_init"))})
 SVM_SCHEMA = Schema(optional=("enabled", "train", "test", "C", "freq"))
+# ``voting`` (top-level key of fine-tuning configs): the released figures (tools/runner_finetune.py:
+# validate_vote / test_vote times=10, run_net's thresholds 92.1 and 91, test's range(1, 300)).
+VOTING_DEFAULTS = {"times": 10, "repeats": 299, "above": 92.1, "above_if_best": 91.0}
+VOTING_SCHEMA = Schema(optional=tuple(VOTING_DEFAULTS))
+# Top-level sections with a schema of their own (model and dataset sections: their registries).
+SECTION_SCHEMAS = {"optimizer": OPTIMIZER_SCHEMA, "scheduler": SCHEDULER_SCHEMA, "svm_validation": SVM_SCHEMA,
+                   "voting": VOTING_SCHEMA}
 
 
 # ----------------------------------------------------------------------------------- origins
@@ -413,44 +425,280 @@ def _parse_value(text: str) -> Any:
         return text
 
 
-def apply_opts(config: EasyDict, opts: Iterable[str]) -> EasyDict:
-    """Apply ``key.sub=value`` overrides; an unknown key is an error (set it in the YAML first)."""
+# --------------------------------------------------------------------------------- --opts
+def _schema_keys(schema: Optional[Schema], parts: Iterable[str]) -> Optional[Tuple[str, ...]]:
+    """The keys of the sub-section ``parts`` of ``schema`` (None: no schema says)."""
+    for part in parts:
+        if schema is None:
+            return None
+        schema = schema.sections.get(part)
+    return schema.keys() if schema is not None else None
+
+
+def _dataset_keys(entry: Any, datasets) -> Optional[Tuple[str, ...]]:
+    """The keys a dataset entry's ``_base_`` / ``others`` may hold: its class's schema."""
+    if datasets is None or not isinstance(entry, Mapping):
+        return None
+    base = entry.get("_base_") if isinstance(entry.get("_base_"), Mapping) else {}
+    others = entry.get("others") if isinstance(entry.get("others"), Mapping) else {}
+    try:
+        cls = datasets.get(others.get("NAME", base.get("NAME")))
+    except KeyError:
+        return None
+    schema = getattr(cls, "config_schema", None)
+    return schema.keys() if schema is not None else None
+
+
+FREE_FORM = ("optimizer", "kwargs")  # optimizer.kwargs: the optimizer's own arguments, any key
+
+
+def section_keys(config: Mapping, parts: Tuple[str, ...], models=None, datasets=None) -> Optional[Tuple[str, ...]]:
+    """The keys the section ``parts`` of ``config`` may hold, by its schema: the top level, the
+    optimizer / scheduler / svm_validation / voting sections, the model (``models``: the MODELS
+    registry) and dataset entries (``datasets``: DATASETS). ``()`` for a free-form section
+    (optimizer.kwargs), None when no schema is known."""
+    if not parts:
+        return tuple(TOP_LEVEL_KEYS)
+    head, rest = parts[0], parts[1:]
+    if tuple(parts) == FREE_FORM:
+        return ()
+    if head in ("dataset", "svm_validation") and len(rest) >= 1:
+        entry = (config.get(head) or {}).get(rest[0])
+        if len(rest) == 1:
+            return ("_base_", "others")
+        if len(rest) == 2 and rest[1] in ("_base_", "others"):
+            return _dataset_keys(entry, datasets)
+        return None
+    if head in SECTION_SCHEMAS:
+        return _schema_keys(SECTION_SCHEMAS[head], rest)
+    if head == "model" and models is not None and isinstance(config.get("model"), Mapping):
+        try:
+            cls = models.get(config.model.get("NAME"))
+        except KeyError:
+            return None
+        return _schema_keys(getattr(cls, "config_schema", None), rest)
+    return None
+
+
+def _unknown_opts_key(config: Mapping, parts: Tuple[str, ...], node: Mapping, allowed) -> ConfigError:
+    where = ".".join(parts)
+    section = ".".join(parts[:-1]) or "the top level"
+    keys = sorted(set(allowed)) if allowed else sorted(node)
+    kind = "valid keys" if allowed else "keys it holds"
+    return ConfigError(f"--opts key '{where}' is not a key of {section}{did_you_mean(parts[-1], keys)}; "
+                       f"{kind} of {section}: {', '.join(map(str, keys))}", origin_of(node) or origin_of(config))
+
+
+def _opts_parts(dotted: str) -> Tuple[str, ...]:
+    """``dataset.<split>.KEY`` is short for ``dataset.<split>.others.KEY`` (a dataset entry holds
+    only ``_base_`` and ``others``)."""
+    parts = tuple(dotted.split("."))
+    if len(parts) == 3 and parts[0] == "dataset" and parts[2] not in ("_base_", "others"):
+        parts = (parts[0], parts[1], "others", parts[2])
+    return parts
+
+
+def opts_keys(opts: Iterable[str]) -> Tuple[str, ...]:
+    """The dotted keys of ``--opts`` entries (``key=value`` -> ``key``)."""
+    return tuple(item.split("=", 1)[0] for item in opts or () if "=" in item)
+
+
+def apply_opts(config: EasyDict, opts: Iterable[str], models=None, datasets=None) -> EasyDict:
+    """Apply ``key.sub=value`` overrides (values parsed as YAML).
+
+    A key the config does not hold yet is added when the section's schema allows it (e.g.
+    ``dataset.train.others.DATA_PATH``, ``model.label_smoothing``; model and dataset schemas need
+    the ``models`` / ``datasets`` registries); ``dataset.<split>.KEY`` is short for
+    ``dataset.<split>.others.KEY``. Any other key is a ConfigError naming the key, the closest
+    valid key and every valid key of that section."""
     for item in opts or ():
         if "=" not in item:
             raise ConfigError(f"--opts entry '{item}' is not of the form key.sub=value")
         dotted, text = item.split("=", 1)
+        parts = _opts_parts(dotted)
         node = config
-        parts = dotted.split(".")
         for i, part in enumerate(parts):
-            if not isinstance(node, dict) or part not in node:
-                where = ".".join(parts[: i + 1])
-                raise ConfigError(f"--opts key '{where}' does not exist in the config", origin_of(config))
-            if i == len(parts) - 1:
+            last = i == len(parts) - 1
+            if part not in node:
+                allowed = section_keys(config, parts[:i], models, datasets)
+                if allowed is None or (allowed and part not in allowed):
+                    raise _unknown_opts_key(config, parts[: i + 1], node, allowed)
+                node[part] = EasyDict() if not last else None
+                if not last:
+                    _set_origin(node[part], "--opts")
+            if last:
                 node[part] = _parse_value(text)
+            elif not isinstance(node[part], dict):
+                raise ConfigError(f"--opts key '{dotted}': '{'.'.join(parts[: i + 1])}' is a value "
+                                  f"({node[part]!r}), not a section", origin_of(node))
             else:
                 node = node[part]
     return config
 
 
+# ---------------------------------------------------------------------------- data root
+DATA_PREFIX = "data"  # the shipped dataset configs' paths all start with data/
+PATH_KEYS = ("DATA_PATH", "PC_PATH", "ROOT", "FEATURE_CACHE")
+DATA_ROOT_ENV = "DATA_ROOT"
+
+
+def resolve_data_root(cli_value: Optional[str]) -> Tuple[Optional[str], str]:
+    """(data root, where it came from): ``--data_root``, else ``$DATA_ROOT``, else (None, '')."""
+    if cli_value:
+        return cli_value, "--data_root"
+    env = os.environ.get(DATA_ROOT_ENV)
+    if env:
+        return env, f"${DATA_ROOT_ENV}"
+    return None, ""
+
+
+def rebase_data_path(value: Any, root: str) -> Any:
+    """``data/X`` -> ``<root>/X``. Absolute paths, paths not starting with ``data/`` and paths
+    already under ``root`` are returned as they are (so rebasing twice changes nothing)."""
+    if not isinstance(value, str) or not value or os.path.isabs(value):
+        return value
+    norm, norm_root = os.path.normpath(value), os.path.normpath(root)
+    parts = Path(norm).parts
+    if not parts or parts[0] != DATA_PREFIX or norm == norm_root or norm.startswith(norm_root + os.sep):
+        return value
+    return os.path.join(root, *parts[1:])
+
+
+def rebase_entry(entry: Mapping, root: str, where: str = "dataset") -> list:
+    """Rebase the path keys (:data:`PATH_KEYS`) of a dataset entry's ``_base_`` and ``others``
+    onto ``root`` in place; returns ``[(key, old, new), ...]`` of the changed ones."""
+    changed = []
+    for part in ("_base_", "others"):
+        node = entry.get(part) if isinstance(entry, Mapping) else None
+        if not isinstance(node, Mapping):
+            continue
+        for key in PATH_KEYS:
+            if key in node:
+                new = rebase_data_path(node[key], root)
+                if new != node[key]:
+                    changed.append((f"{where}.{part}.{key}", node[key], new))
+                    node[key] = new
+    return changed
+
+
+def apply_data_root(config: Mapping, root: Optional[str], source: str = "--data_root", logger=None) -> list:
+    """Move every dataset path of ``config`` that starts with ``data/`` under ``root`` (the
+    ``dataset`` entries and ``svm_validation.train`` / ``.test``); one log line. Returns the changes."""
+    if not root:
+        return []
+    changed = []
+    for section in ("dataset", "svm_validation"):
+        entries = config.get(section)
+        if not isinstance(entries, Mapping):
+            continue
+        for split, entry in entries.items():
+            if isinstance(entry, Mapping):
+                changed += rebase_entry(entry, root, f"{section}.{split}")
+    if changed:
+        shown = "; ".join(f"{where}: {old} -> {new}" for where, old, new in changed[:3])
+        more = f"; ... ({len(changed) - 3} more)" if len(changed) > 3 else ""
+        print_log(f"Data root {root} ({source}): {len(changed)} dataset paths under data/ moved there ({shown}{more})",
+                  logger=logger)
+    else:
+        print_log(f"Data root {root} ({source}): no dataset path of the config starts with data/; nothing moved",
+                  logger=logger)
+    return changed
+
+
+# ------------------------------------------------------------------------------- schedule
+def _as_int(value: Any) -> Optional[int]:
+    try:
+        return int(float(value))
+    except (TypeError, ValueError):
+        return None
+
+
+def resolve_schedule_length(config: Mapping, file_max_epoch: Any = None, file_epochs: Any = None,
+                            opts: Iterable[str] = ()) -> Optional[str]:
+    """Set ``scheduler.kwargs.epochs`` (the cosine length) and return one line saying why.
+
+    The schedule follows ``max_epoch`` unless it was set explicitly: by ``--opts
+    scheduler.kwargs.epochs=...``, or in the config to a value other than the config's
+    ``max_epoch``. So ``--opts max_epoch=2`` on a config with ``max_epoch: 300`` and ``epochs: 300``
+    gives a 2-epoch cosine. ``file_*``: the values in the config file, before ``--opts``."""
+    sched = config.get("scheduler")
+    if not isinstance(sched, Mapping) or sched.get("type") != "CosLR" or "max_epoch" not in config:
+        return None
+    if not isinstance(sched.get("kwargs"), Mapping):
+        sched["kwargs"] = EasyDict()
+    kwargs, max_epoch = sched["kwargs"], _as_int(config["max_epoch"])
+    if max_epoch is None:
+        return None  # check_values names the bad max_epoch
+    if "scheduler.kwargs.epochs" in opts_keys(opts):
+        why = "scheduler.kwargs.epochs set by --opts"
+    elif file_epochs is None:
+        kwargs["epochs"] = max_epoch
+        why = f"follows max_epoch = {max_epoch} (scheduler.kwargs.epochs is not set)"
+    elif _as_int(file_epochs) == _as_int(file_max_epoch) and max_epoch != _as_int(file_max_epoch):
+        kwargs["epochs"] = max_epoch
+        why = (f"follows max_epoch = {max_epoch} from --opts (the config's scheduler.kwargs.epochs {file_epochs} "
+               f"is its max_epoch; set scheduler.kwargs.epochs to keep another length)")
+    elif _as_int(kwargs.get("epochs")) == max_epoch:
+        why = f"scheduler.kwargs.epochs = max_epoch = {max_epoch}"
+    else:
+        why = f"scheduler.kwargs.epochs as set in the config, not max_epoch = {max_epoch}"
+    return f"Learning-rate schedule: cosine over {kwargs['epochs']} epochs ({why})"
+
+
+# --------------------------------------------------------------------------- run configs
+RUN_CONFIG = "config.yaml"
+
+
+def run_config_of(ckpt_path: str) -> Optional[str]:
+    """The config saved with a checkpoint: ``config.yaml`` in its run directory, or the ``.json``
+    beside a ``.safetensors`` export. None when there is neither."""
+    candidates = [os.path.join(os.path.dirname(os.path.abspath(ckpt_path)), RUN_CONFIG)]
+    if str(ckpt_path).endswith(".safetensors"):
+        candidates.insert(0, os.path.splitext(ckpt_path)[0] + ".json")
+    return next((c for c in candidates if os.path.isfile(c)), None)
+
+
 def save_experiment_config(args, config: Mapping, logger=None) -> str:
     """Write the resolved config to ``<experiment_path>/config.yaml`` (released function name)."""
-    path = os.path.join(args.experiment_path, "config.yaml")
+    path = os.path.join(args.experiment_path, RUN_CONFIG)
     with open(path, "w") as f:
         yaml.safe_dump(to_plain(config), f, sort_keys=False)
-    print_log(f"Copy the config file to {path}", logger=logger)
+    print_log(f"Config written to {path}", logger=logger)
     return path
 
 
-def get_config(args, logger=None) -> EasyDict:
-    """Config for a run: ``args.config`` (or the saved one when resuming), with ``--opts``."""
-    if getattr(args, "resume", False):
-        saved = os.path.join(args.experiment_path, "config.yaml")
+def load_config(path: str, opts: Iterable[str] = (), data_root: Optional[str] = None, models=None, datasets=None,
+                logger=None, schedule: bool = False) -> EasyDict:
+    """A command's config: ``path`` (with ``_base_`` files), then ``--opts`` (see :func:`apply_opts`),
+    then the data root (``data_root``, else ``$DATA_ROOT``; :func:`apply_data_root`). With
+    ``schedule`` the cosine length is resolved (:func:`resolve_schedule_length`) and logged."""
+    config = cfg_from_yaml_file(path)
+    sched_kwargs = (config.get("scheduler") or {}).get("kwargs") or {}
+    file_max_epoch, file_epochs = config.get("max_epoch"), sched_kwargs.get("epochs")
+    apply_opts(config, opts, models, datasets)
+    if schedule:
+        line = resolve_schedule_length(config, file_max_epoch, file_epochs, opts)
+        if line:
+            print_log(line, logger=logger)
+    root, source = resolve_data_root(data_root)
+    apply_data_root(config, root, source, logger=logger)
+    return config
+
+
+def get_config(args, logger=None, models=None, datasets=None) -> EasyDict:
+    """Config for a run: ``args.config`` (the saved one when resuming), with ``--opts`` and the data
+    root (:func:`load_config`); saved to the experiment directory on rank 0 (one log line)."""
+    resume = getattr(args, "resume", False)
+    if resume:
+        saved = os.path.join(args.experiment_path, RUN_CONFIG)
         if not os.path.exists(saved):
             raise ConfigError(f"--resume: no saved config at {saved}; is --exp_name right?")
         print_log(f"Resume: loading config from {saved}", logger=logger)
         args.config = saved
-    config = cfg_from_yaml_file(args.config)
-    apply_opts(config, getattr(args, "opts", None))
-    if not getattr(args, "resume", False) and getattr(args, "local_rank", 0) == 0 and hasattr(args, "experiment_path"):
+    elif getattr(args, "config_from_run", False):
+        print_log(f"--test without --config: using the run's saved config {args.config}", logger=logger)
+    config = load_config(args.config, getattr(args, "opts", None), getattr(args, "data_root", None), models, datasets,
+                         logger=logger, schedule=not getattr(args, "test", False))
+    if not resume and getattr(args, "local_rank", 0) == 0 and hasattr(args, "experiment_path"):
         save_experiment_config(args, config, logger)
     return config

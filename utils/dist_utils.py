@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 import os
-from typing import Tuple
+import pickle
+from typing import Callable, List, Optional, Tuple, TypeVar
 
 import torch
 import torch.distributed as dist
+
+T = TypeVar("T")
 
 
 def init_dist(launcher: str, backend: str | None = None) -> None:
@@ -43,3 +46,49 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
 def barrier() -> None:
     if is_dist():
         dist.barrier()
+
+
+def all_gather_objects(obj) -> List:
+    """``obj`` of every process, as a list indexed by rank (``[obj]`` without a process group).
+
+    Collective: every process must call it. ``obj`` is pickled (tensors travel as they are)."""
+    if not is_dist():
+        return [obj]
+    gathered = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, obj)
+    return gathered
+
+
+def _shareable(error: BaseException) -> BaseException:
+    """``error`` itself when it pickles (to be sent to the other processes), else a RuntimeError
+    with its type and message."""
+    try:
+        pickle.loads(pickle.dumps(error))
+        return error
+    except Exception:  # noqa: BLE001 - any pickling failure
+        return RuntimeError(f"{type(error).__name__}: {error}")
+
+
+def run_on_rank0(fn: Callable[[], T]) -> Optional[T]:
+    """``fn()`` on rank 0 only, with its outcome shared: when it raises, every process raises the
+    same error (type and message) instead of waiting in a later collective for a rank 0 that
+    stopped. Returns ``fn()``'s value on rank 0 and None elsewhere.
+
+    Collective under torch.distributed (one ``broadcast_object_list``); without a process group it
+    is ``fn()``.
+    """
+    if not is_dist():
+        return fn()
+    result, failure = None, None
+    if dist.get_rank() == 0:
+        try:
+            result = fn()
+        except Exception as e:  # noqa: BLE001 - re-raised below, on every process
+            failure = e
+    box = [_shareable(failure) if failure is not None else None]
+    dist.broadcast_object_list(box, src=0)
+    if failure is not None:
+        raise failure
+    if box[0] is not None:
+        raise box[0]
+    return result

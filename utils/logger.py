@@ -47,8 +47,28 @@ def get_logger(name: str, log_file: Optional[str] = None, log_level: int = loggi
     return logger
 
 
-def print_log(msg: str, logger=None, level: int = logging.INFO) -> None:
-    """Log ``msg`` through ``logger`` (a Logger or a name); without one, print on rank 0."""
+def log_to_file(msg: str, logger, level: int = logging.INFO) -> bool:
+    """Write ``msg`` to the log file(s) of ``logger`` (a Logger or a name) only, not to the console
+    (e.g. per-category figures). Returns False when the logger writes no file (nothing is written)."""
+    if isinstance(logger, str):
+        logger = get_logger(logger)
+    if not isinstance(logger, logging.Logger):
+        return False
+    files = [h for h in logger.handlers if isinstance(h, logging.FileHandler)]
+    if files and logger.isEnabledFor(level):
+        record = logger.makeRecord(logger.name, level, "(file)", 0, msg, None, None)
+        for handler in files:
+            if record.levelno >= handler.level:
+                handler.handle(record)
+    return bool(files)
+
+
+def print_log(msg: str, logger=None, level: int = logging.INFO, file_only: bool = False) -> None:
+    """Log ``msg`` through ``logger`` (a Logger or a name); without one, print on rank 0. With
+    ``file_only`` the message goes to the logger's log file only (see :func:`log_to_file`)."""
+    if file_only:
+        log_to_file(msg, logger, level)
+        return
     if logger is None:
         if _rank() == 0:
             print(msg, flush=True)

@@ -99,3 +99,9 @@ def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"].cpu() if hasattr(state["torch"], "cpu") else state["torch"])
     if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+
+
+def derived_seed(*keys: int) -> int:
+    """A 32-bit seed from integer ``keys`` (e.g. seed, rank, epoch) through NumPy's SeedSequence,
+    so that different keys give unrelated streams (unlike ``seed + rank``, which overlaps across epochs)."""
+    return int(np.random.SeedSequence([int(k) & 0xFFFFFFFF for k in keys]).generate_state(1)[0])

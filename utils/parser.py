@@ -1,5 +1,6 @@
-"""Command-line arguments: main.py's (released flags, plus --device and --opts), and the flags
-several commands share, defined once (:func:`add_common_args`)."""
+"""Command-line arguments: main.py's (released flags, plus --device, --data_root and --opts), the
+flags several commands share, defined once (:func:`add_common_args`), and the help formatter every
+command uses (:class:`HelpFormatter`: each flag's help ends with its default)."""
 from __future__ import annotations
 
 import argparse
@@ -7,15 +8,39 @@ import atexit
 import glob
 import os
 import socket
+import sys
 from pathlib import Path
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` with the default of every flag that takes a value, unless its help already says
+    what the default is (``default`` in the text) or there is none (None, switches)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if ("default" in text or action.default is None or action.default is False
+                or action.default is argparse.SUPPRESS or not action.option_strings):
+            return text
+        if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+            return text
+        return text + " (default: %(default)s)"
+
+
+def new_parser(description: str, **kwargs) -> argparse.ArgumentParser:
+    """An ArgumentParser with :class:`HelpFormatter` (every command's)."""
+    return argparse.ArgumentParser(description=description, formatter_class=HelpFormatter, **kwargs)
+
 
 # name -> (flags, add_argument keywords)
 COMMON_ARGS = {
     "launcher": (("--launcher",), dict(choices=["none", "pytorch"], default="none",
                                        help="job launcher: none, or pytorch under torchrun")),
     "local_rank": (("--local_rank", "--local-rank"), dict(type=int, default=int(os.environ.get("LOCAL_RANK", 0)),
-                                                          help="set by torchrun")),
-    "num_workers": (("--num_workers",), dict(type=int, default=4, help="data-loading worker processes")),
+                                                          help="process index on this machine; set by torchrun "
+                                                               "(default: $LOCAL_RANK, else 0)")),
+    "num_workers": (("--num_workers",), dict(type=int, default=4,
+                                             help="data-loading worker processes, capped to the CPU cores this "
+                                                  "process may use (one log line when capped)")),
     "seed": (("--seed",), dict(type=int, default=0, help="random seed")),
     "deterministic": (("--deterministic",), dict(action="store_true", help="deterministic kernels (slower)")),
     "device": (("--device",), dict(type=str, default=None, help="cuda, cuda:N or cpu (default: CUDA when present)")),
@@ -28,8 +53,20 @@ COMMON_ARGS = {
                                   "(CUDA), or off (default: the config's amp, else off)")),
     "partial_load": (("--partial_load",), dict(action="store_true", help="load checkpoints non-strictly: report "
                                                                             "missing and unexpected keys instead of failing")),
+    "data_root": (("--data_root",), dict(type=str, default=None, metavar="DIR",
+                                         help="folder holding the datasets: every dataset path of the config that "
+                                              "starts with data/ is read from DIR instead (e.g. "
+                                              "data/ModelNet/modelnet40_normal_resampled -> "
+                                              "DIR/ModelNet/modelnet40_normal_resampled) (default: $DATA_ROOT, else "
+                                              "the config's paths as written)")),
+    "no_progress": (("--no_progress",), dict(action="store_true",
+                                             help="no progress bars (they are also off when stderr is not a terminal)")),
     "opts": (("--opts",), dict(nargs="*", default=[], metavar="KEY=VALUE",
-                               help="override config entries, e.g. --opts total_bs=8 model.transformer_config.mask_ratio=0.7")),
+                               help="override config entries (values are YAML), e.g. --opts total_bs=8 "
+                                    "model.transformer_config.mask_ratio=0.7 dataset.train.others.DATA_PATH=/x; "
+                                    "dataset.<split>.KEY is short for dataset.<split>.others.KEY; a key the "
+                                    "section's schema allows is added; an unknown key is an error listing the "
+                                    "valid ones (default: none)")),
 }
 
 
@@ -41,64 +78,128 @@ def add_common_args(parser: argparse.ArgumentParser, *names: str, **defaults) ->
     return parser
 
 
+def progress_enabled(args) -> bool:
+    """Progress bars: on unless ``--no_progress`` or stderr is not a terminal (logs redirected to a file)."""
+    return not getattr(args, "no_progress", False) and sys.stderr.isatty()
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Inter-MAE: pre-training, fine-tuning and testing")
-    parser.add_argument("--config", type=str, required=True, help="yaml config file")
+    parser = new_parser("Inter-MAE: pre-training (no job flag), fine-tuning (--finetune_model / --scratch_model) "
+                        "and testing (--test)")
+    parser.add_argument("--config", type=str, default=None,
+                        help="yaml config file; required, except with --test, which then reads the config.yaml "
+                             "saved in the run directory of --ckpts (or the .json beside a .safetensors export) "
+                             "(default: none)")
     add_common_args(parser, "launcher", "local_rank", "num_workers", "seed", "deterministic")
     parser.add_argument("--sync_bn", action="store_true", help="synchronised BatchNorm across processes")
-    parser.add_argument("--exp_name", type=str, default="default", help="experiment name")
+    parser.add_argument("--exp_name", type=str, default="default",
+                        help="experiment name: outputs go to <experiment_root>/<config stem>/<exp_name>")
     parser.add_argument("--loss", type=str, default="cd1", help="kept for released scripts; unused")
-    parser.add_argument("--start_ckpts", type=str, default=None, help="reload a full model before training")
-    parser.add_argument("--ckpts", type=str, default=None, help="checkpoint to fine-tune from or to test")
+    parser.add_argument("--start_ckpts", type=str, default=None,
+                        help="pre-training: start from these weights (fresh optimizer and schedule) (default: none)")
+    parser.add_argument("--ckpts", type=str, default=None,
+                        help="checkpoint: the pre-trained model to fine-tune (--finetune_model), the model to test "
+                             "(--test), or a warm start in pre-training (same as --start_ckpts) (default: none)")
     add_common_args(parser, "partial_load")
     parser.add_argument("--val_freq", type=int, default=1, help="validate every this many epochs")
-    parser.add_argument("--vote", action="store_true", help="voting evaluation (with --test)")
+    parser.add_argument("--vote", action="store_true",
+                        help="voting evaluation: with --test, voting.repeats runs of voting.times passes; when "
+                             "fine-tuning, a voting validation once the accuracy passes the released thresholds")
     parser.add_argument("--resume", action="store_true", help="continue the experiment from its ckpt-last.pth")
     parser.add_argument("--overwrite", action="store_true",
                         help="start a new run in an experiment directory that already holds checkpoints")
-    parser.add_argument("--test", action="store_true", help="evaluate --ckpts")
-    parser.add_argument("--finetune_model", action="store_true", help="fine-tune a pre-trained model")
-    parser.add_argument("--scratch_model", action="store_true", help="train from an initialised model")
-    parser.add_argument("--mode", choices=["easy", "median", "hard", None], default=None, help="kept for released scripts")
-    parser.add_argument("--way", type=int, default=-1)
-    parser.add_argument("--shot", type=int, default=-1)
-    parser.add_argument("--fold", type=int, default=-1)
+    parser.add_argument("--test", action="store_true", help="evaluate the classifier --ckpts on dataset.test")
+    parser.add_argument("--finetune_model", action="store_true", help="fine-tune the pre-trained model --ckpts")
+    parser.add_argument("--scratch_model", action="store_true", help="train the classifier from an initialised model")
+    parser.add_argument("--mode", choices=["easy", "median", "hard", None], default=None,
+                        help="kept for released scripts: appended to the experiment name (default: none)")
+    parser.add_argument("--way", type=int, default=-1, help="few-shot: classes per episode (5 or 10; -1: not few-shot)")
+    parser.add_argument("--shot", type=int, default=-1, help="few-shot: training shapes per class (10 or 20; -1: not "
+                                                              "few-shot)")
+    parser.add_argument("--fold", type=int, default=-1, help="few-shot: fold index (the <fold>.pkl of "
+                                                              "DATA_PATH/<way>way_<shot>shot/)")
     add_common_args(parser, "device", "amp", "fps_backend")
     parser.add_argument("--experiment_root", type=str, default="./experiments", help="where experiments go")
-    add_common_args(parser, "opts")
+    add_common_args(parser, "data_root", "no_progress", "opts")
     return parser
 
 
-def get_args(argv=None) -> argparse.Namespace:
-    args = build_parser().parse_args(argv)
+def check_combinations(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """``parser.error`` (exit status 2, the reason on stderr) for flags that do not go together."""
+    fail = parser.error
+    job_flags = [f for f in ("test", "finetune_model", "scratch_model") if getattr(args, f)]
+    if len(job_flags) > 1:
+        fail(f"--{' and --'.join(job_flags)} cannot be combined: give one job (--test evaluates --ckpts, "
+             f"--finetune_model fine-tunes it, --scratch_model trains from scratch)")
     if args.test and args.resume:
-        raise ValueError("--test and --resume cannot both be true")
+        fail("--test and --resume cannot both be given: --resume continues training")
     if args.resume and args.start_ckpts is not None:
-        raise ValueError("--resume and --start_ckpts cannot both be given")
+        fail("--resume and --start_ckpts cannot both be given: --resume reloads the run's own ckpt-last.pth")
     if args.test and args.ckpts is None:
-        raise ValueError("--test needs --ckpts")
+        fail("--test needs --ckpts (the checkpoint to evaluate)")
     if args.finetune_model and args.ckpts is None:
-        raise ValueError("--finetune_model needs --ckpts (the pre-trained model)")
-    if args.finetune_model and args.scratch_model:
-        raise ValueError("--finetune_model and --scratch_model cannot both be given")
+        fail("--finetune_model needs --ckpts (the pre-trained model)")
+    if args.scratch_model and args.ckpts is not None:
+        fail("--scratch_model trains from an initialised model: --ckpts would be ignored (use --finetune_model)")
+    if args.vote and not job_flags:
+        fail("--vote is for classifiers: give it with --test (or when fine-tuning), not in pre-training")
+    if (args.way == -1) != (args.shot == -1):
+        fail("--way and --shot go together (few-shot: e.g. --way 5 --shot 10 --fold 0)")
+    if args.fold != -1 and args.way == -1:
+        fail("--fold needs --way and --shot (few-shot)")
+    if args.way != -1 and not job_flags:
+        fail("--way / --shot / --fold are for few-shot fine-tuning or testing: add --finetune_model, "
+             "--scratch_model or --test")
+    if args.val_freq < 1:
+        fail(f"--val_freq must be >= 1, got {args.val_freq}")
+    if args.num_workers < 0:
+        fail(f"--num_workers must be >= 0, got {args.num_workers}")
+    if args.config is None and not args.test:
+        fail("--config is required (only --test can do without: it reads the run's saved config.yaml)")
+
+
+def find_test_config(parser: argparse.ArgumentParser, ckpts: str) -> str:
+    """The saved run config for ``--test --ckpts`` without ``--config``, or ``parser.error``."""
+    from utils.config import RUN_CONFIG, run_config_of
+
+    found = run_config_of(ckpts)
+    if found is None:
+        where = os.path.join(os.path.dirname(os.path.abspath(ckpts)), RUN_CONFIG)
+        parser.error(f"--test without --config: no saved config for --ckpts {ckpts} (looked for {where}"
+                     f"{' and the .json beside it' if ckpts.endswith('.safetensors') else ''}); give --config")
+    return found
+
+
+def get_args(argv=None) -> argparse.Namespace:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    check_combinations(parser, args)
+    args.config_from_run = False
+    if args.config is None:
+        args.config = find_test_config(parser, args.ckpts)
+        args.config_from_run = True
     args.ckpts_warm_start = False
     if args.ckpts is not None and not (args.test or args.finetune_model or args.scratch_model):
         # Pre-training: --ckpts is a warm start, the same as --start_ckpts (weights only, fresh optimizer).
         if args.resume:
-            raise ValueError("--resume and --ckpts cannot both be given in pre-training (--ckpts is a warm start)")
+            parser.error("--resume and --ckpts cannot both be given in pre-training (--ckpts is a warm start; "
+                         "--resume reloads the run's ckpt-last.pth)")
         if args.start_ckpts is not None and args.start_ckpts != args.ckpts:
-            raise ValueError("pre-training: give --ckpts or --start_ckpts (the same warm start), not both")
+            parser.error("pre-training: give --ckpts or --start_ckpts (the same warm start), not both")
         args.start_ckpts = args.ckpts
         args.ckpts_warm_start = True
     if "LOCAL_RANK" in os.environ:
         args.local_rank = int(os.environ["LOCAL_RANK"])
+    args.progress = progress_enabled(args)
     if args.test:
         args.exp_name = "test_" + args.exp_name
     if args.mode is not None:
         args.exp_name = args.exp_name + "_" + args.mode
     stem = Path(args.config).stem
-    if args.resume and stem == "config":  # --config pointing at a saved experiment config
-        stem = Path(args.config).parent.parent.name
+    if (args.resume or args.config_from_run) and Path(args.config).name in ("config.yaml", "config.json"):
+        stem = Path(args.config).parent.parent.name  # a saved run config: the run's own config stem
+    elif args.config_from_run:  # the .json beside a .safetensors export
+        stem = Path(args.ckpts).stem
     args.experiment_path = os.path.join(args.experiment_root, stem, args.exp_name)
     args.tfboard_path = os.path.join(args.experiment_root, stem, "TFBoard", args.exp_name)
     args.log_name = stem
