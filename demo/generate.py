@@ -71,6 +71,12 @@ MODELNET40_CLASSES: Dict[str, Tuple[str, Tuple[float, float]]] = {
     "xbox": ("capsule", (0, 0.5)),
 }
 MODELNET10_CLASSES = ["bathtub", "bed", "chair", "desk", "dresser", "monitor", "night_stand", "sofa", "table", "toilet"]
+# The demo's ModelNet10 classes differ in local geometry only: each is one surface texture, on a
+# shape of any of TEXTURED_FAMILIES. Telling them apart needs the patches' shape, which masked
+# reconstruction learns (the visible patches' texture predicts the masked ones') and the outline
+# (patch centres) does not give; the demo's fine-tuning runs on them (NUM_CATEGORY: 10).
+MODELNET10_TEXTURES: Dict[str, str] = dict(zip(MODELNET10_CLASSES, sorted(P.TEXTURES)))
+TEXTURED_FAMILIES = ["sphere", "ellipsoid", "box", "cylinder", "cone", "torus", "capsule", "pyramid"]
 
 # ShapeNetPart: (name, synset, first global part id, number of parts), in synsetoffset2category.txt order.
 SHAPENETPART_CATEGORIES: List[Tuple[str, str, int, int]] = [
@@ -117,14 +123,33 @@ def _place(pts: np.ndarray, nrm: np.ndarray, rng: np.random.Generator, y_up: boo
 
 
 def _family_shape(family: str, n: int, rng: np.random.Generator, p_range=(0.0, 1.0), y_up: bool = False,
-                  noise: float = 0.002) -> Tuple[np.ndarray, np.ndarray]:
-    """(n,3) unit-sphere points (slight random anisotropic size, noise) and (n,3) normals."""
+                  noise: float = 0.002, texture: Optional[str] = None) -> Tuple[np.ndarray, np.ndarray]:
+    """(n,3) unit-sphere points (slight random anisotropic size, noise, optional surface texture of
+    :data:`demo.shapes.TEXTURES`) and (n,3) normals (of the untextured surface)."""
     pts, nrm = P.sample_family(family, n, rng, p_range=p_range)
     s = rng.uniform(0.9, 1.1, size=3)
     pts = pts * s
     nrm = nrm / s
     nrm = nrm / np.linalg.norm(nrm, axis=1, keepdims=True)
-    return _place(pts, nrm, rng, y_up, noise)
+    pts, nrm = _place(pts, nrm, rng, y_up, noise)
+    if texture is not None:
+        pts = P.apply_texture(pts, nrm, texture, rng)
+    return pts, nrm
+
+
+def _random_texture(rng: np.random.Generator) -> str:
+    return str(rng.choice(sorted(P.TEXTURES)))
+
+
+def _modelnet_shape(cls: str, n: int, rng: np.random.Generator) -> Tuple[np.ndarray, np.ndarray]:
+    """A shape of ModelNet40 class ``cls``: the ModelNet10 classes are told apart by their surface
+    texture alone (:data:`MODELNET10_TEXTURES`, on a random family of :data:`TEXTURED_FAMILIES`);
+    the others by their family and proportions (:data:`MODELNET40_CLASSES`), untextured."""
+    if cls in MODELNET10_TEXTURES:
+        family = str(rng.choice(TEXTURED_FAMILIES))
+        return _family_shape(family, n, rng, texture=MODELNET10_TEXTURES[cls])
+    fam, p_range = MODELNET40_CLASSES[cls]
+    return _family_shape(fam, n, rng, p_range=p_range)
 
 
 def _begin(folder: str, force: bool) -> bool:
@@ -181,7 +206,7 @@ def make_shapenet55(root: str, seed: int = 0, shapes_per_class: int = 10, n_poin
     for c, (synset, fam) in enumerate(tqdm(SHAPENET_CLASSES, desc="ShapeNet-55", leave=False)):
         for i in range(shapes_per_class):
             rng = _rng(seed, _TAG["shapenet55"], c, i)
-            pts, _ = _family_shape(fam, n_points, rng, y_up=True)
+            pts, _ = _family_shape(fam, n_points, rng, y_up=True, texture=_random_texture(rng))
             name = f"{synset}-{_token(seed, 'sn55', c, i)}.npy"
             np.save(os.path.join(pc_dir, name), pts)
             lists[_split_of(i, shapes_per_class, n_test)].append(name)
@@ -193,10 +218,15 @@ def make_shapenet55(root: str, seed: int = 0, shapes_per_class: int = 10, n_poin
 
 # ----------------------------------------------------------------------------- ShapeNetRender
 
-def make_shapenet_render(root: str, seed: int = 0, shapes_per_class: int = 8, n_points: int = 2048,
-                         image_size: int = 137, n_views: int = 24, batch_size: int = 8,
+def make_shapenet_render(root: str, seed: int = 0, shapes_per_class: int = 30, n_points: int = 2048,
+                         image_size: int = 64, n_views: int = 24, batch_size: int = 8,
                          force: bool = False) -> Optional[dict]:
-    """ShapeNetRender/ShapeNet/<synset>/<model>.ply (binary PLY, x y z) and
+    """The pre-training corpus: ``shapes_per_class`` shapes of each :data:`SHAPENET_CLASSES` family,
+    each with a random surface texture (:data:`demo.shapes.TEXTURES`), in the released layout.
+    Views are rendered at ``image_size`` (the real renderings are 137 px; the demo's image encoder
+    reads 64 px, and rendering at that size halves the generation time).
+
+    ShapeNetRender/ShapeNet/<synset>/<model>.ply (binary PLY, x y z) and
     ShapeNetRender/ShapeNetRendering/<synset>/<model>/rendering/{00..}.png (RGBA, transparent
     background) + renderings.txt + rendering_metadata.txt (``azimuth elevation 0 distance fov``;
     distance in units of the unit-sphere-normalised object)."""
@@ -212,7 +242,8 @@ def make_shapenet_render(root: str, seed: int = 0, shapes_per_class: int = 8, n_
         chunk = jobs[start: start + batch_size]
         clouds, normals = [], []
         for c, synset, fam, i in chunk:
-            pts, nrm = _family_shape(fam, n_points, _rng(seed, _TAG["shapenet_render"], c, i), y_up=True)
+            rng = _rng(seed, _TAG["shapenet_render"], c, i)
+            pts, nrm = _family_shape(fam, n_points, rng, y_up=True, texture=_random_texture(rng))
             clouds.append(pts)
             normals.append(nrm)
         imgs = render_views(torch.from_numpy(np.stack(clouds)), torch.from_numpy(np.stack(normals)), az, el,
@@ -235,7 +266,7 @@ def make_shapenet_render(root: str, seed: int = 0, shapes_per_class: int = 8, n_
 
 # ----------------------------------------------------------------------------- ModelNet40
 
-def make_modelnet(root: str, seed: int = 0, train_per_class: int = 4, test_per_class: int = 3, n_rows: int = 1200,
+def make_modelnet(root: str, seed: int = 0, train_per_class: int = 4, test_per_class: int = 6, n_rows: int = 1200,
                   cache_points: Sequence[int] = (1024,), force: bool = False) -> Optional[dict]:
     """ModelNet/modelnet40_normal_resampled/: shape names, split lists (40 and 10), ``<class>/<id>.txt``
     with ``n_rows`` rows ``x,y,z,nx,ny,nz`` (real data: 10,000; demo default 1200), and the FPS caches
@@ -252,10 +283,9 @@ def make_modelnet(root: str, seed: int = 0, train_per_class: int = 4, test_per_c
     splits: Dict[str, List[str]] = {"train": [], "test": []}
     ids10: Dict[str, List[str]] = {"train": [], "test": []}
     for c, cls in enumerate(tqdm(names, desc="ModelNet40", leave=False)):
-        fam, p_range = MODELNET40_CLASSES[cls]
         os.makedirs(os.path.join(base, cls))
         for i in range(train_per_class + test_per_class):
-            pts, nrm = _family_shape(fam, n_rows, _rng(seed, _TAG["modelnet"], c, i), p_range=p_range)
+            pts, nrm = _modelnet_shape(cls, n_rows, _rng(seed, _TAG["modelnet"], c, i))
             shape_id = f"{cls}_{i + 1:04d}"
             np.savetxt(os.path.join(base, cls, shape_id + ".txt"), np.concatenate([pts, nrm], 1), fmt="%.6f", delimiter=",")
             split = "train" if i < train_per_class else "test"
@@ -313,24 +343,27 @@ def make_shapenetpart(root: str, seed: int = 0, shapes_per_class: int = 6, n_poi
                       force: bool = False) -> Optional[dict]:
     """shapenetcore_partanno_segmentation_benchmark_v0_normal/ with all 16 categories: labelled
     procedural objects, rows ``x y z nx ny nz part`` (global part id as a float), JSON split lists
-    (about 70 % train, 10 % val, 20 % test per category)."""
+    (about 70 % train, 10 % val, 20 % test per category). Every other category has one more test
+    shape (the real categories differ in size), so the class mIoU (mean over categories) and the
+    instance mIoU (mean over shapes) weigh the shapes differently."""
     base = os.path.join(root, "shapenetcore_partanno_segmentation_benchmark_v0_normal")
     if not _begin(base, force):
         return None
     _write_lines(os.path.join(base, "synsetoffset2category.txt"), [f"{n}\t{s}" for n, s, _, _ in SHAPENETPART_CATEGORIES])
     lists: Dict[str, List[str]] = {"train": [], "val": [], "test": []}
-    n_test = _test_count(shapes_per_class)
-    n_val = 1 if shapes_per_class - n_test >= 3 else 0
     for c, (name, synset, first, n_parts) in enumerate(tqdm(SHAPENETPART_CATEGORIES, desc="ShapeNetPart", leave=False)):
         os.makedirs(os.path.join(base, synset))
-        for i in range(shapes_per_class):
+        count = shapes_per_class + c % 2  # every other category has one more test shape
+        n_test = _test_count(shapes_per_class) + c % 2
+        n_val = 1 if count - n_test >= 3 else 0
+        for i in range(count):
             rng = _rng(seed, _TAG["shapenetpart"], c, i)
             pts, nrm, lab = P.sample_part_object(name, n_points, rng)
             pts, nrm = _place(pts, nrm, rng, y_up=True, noise=0.002)
             token = _token(seed, "part", c, i)[:16]
             rows = np.concatenate([pts, nrm, (lab + first)[:, None].astype(np.float32)], 1)
             np.savetxt(os.path.join(base, synset, token + ".txt"), rows, fmt="%.6f", delimiter=" ")
-            lists[_split_of(i, shapes_per_class, n_test, n_val)].append(f"shape_data/{synset}/{token}")
+            lists[_split_of(i, count, n_test, n_val)].append(f"shape_data/{synset}/{token}")
     os.makedirs(os.path.join(base, "train_test_split"))
     for split, entries in lists.items():
         order = _rng(seed, _TAG["shapenetpart"], 999, len(split)).permutation(len(entries))

@@ -821,3 +821,69 @@ def sample_part_object(category: str, n: int, rng: np.random.Generator) -> Tuple
         raise KeyError(f"unknown ShapeNetPart category '{category}'; known: {sorted(PART_OBJECTS)}")
     fn, _ = PART_OBJECTS[category]
     return sample_patches(fn(rng, float(rng.random()), parts=True), n, rng)
+
+
+# ----------------------------------------------------------------------------- surface textures
+# Displacements along the normal that depend on the position on the surface only, so that a
+# patch's texture tells what the masked patches of the same shape look like: the local geometry
+# that masked reconstruction has to learn, and that the shape's outline (the patch centres) does
+# not give away. Amplitudes and wavelengths are in units of the unit-sphere-normalised shape and
+# are resolved by 1024 points (spacing about 0.1).
+def _ripple(axis: int, wavelength: float, amplitude: float):
+    return lambda p, rng: amplitude * np.sin(2 * np.pi * p[:, axis] / wavelength)
+
+
+def _bumps(sign: float, wavelength: float = 0.45, amplitude: float = 0.07):
+    def h(p, rng):
+        k = 2 * np.pi / wavelength
+        return sign * amplitude * np.clip(np.sin(k * p[:, 0]) * np.sin(k * p[:, 1]) * np.sin(k * p[:, 2]) * 2.5, 0, 1)
+    return h
+
+
+def _grooves(wavelength: float = 0.35, amplitude: float = 0.06):
+    def h(p, rng):
+        t = (p[:, 0] + p[:, 1]) / wavelength
+        return amplitude * (np.abs(t - np.floor(t) - 0.5) * 4 - 1)
+    return h
+
+
+def _rough(sigma: float = 0.025):
+    return lambda p, rng: rng.normal(0.0, sigma, size=len(p))
+
+
+def _spikes(count: int = 24, width: float = 0.09, amplitude: float = 0.18):
+    def h(p, rng):
+        centres = p[rng.choice(len(p), size=min(count, len(p)), replace=False)]
+        d2 = ((p[:, None, :] - centres[None]) ** 2).sum(-1).min(axis=1)
+        return amplitude * np.exp(-d2 / (2 * width ** 2))
+    return h
+
+
+def _terraces(step: float = 0.18):
+    def h(p, rng):
+        z = p[:, 2]
+        return (np.round(z / step) * step - z) * 0.8
+    return h
+
+
+TEXTURES: Dict[str, Callable[[Array, np.random.Generator], Array]] = {
+    "smooth": lambda p, rng: np.zeros(len(p)),
+    "ripples_x": _ripple(0, 0.35, 0.05),
+    "ripples_z": _ripple(2, 0.35, 0.05),
+    "waves": _ripple(1, 0.9, 0.09),
+    "bumps": _bumps(1.0),
+    "dimples": _bumps(-1.0),
+    "grooves": _grooves(),
+    "rough": _rough(),
+    "spikes": _spikes(),
+    "terraces": _terraces(),
+}
+
+
+def apply_texture(points: Array, normals: Array, texture: str, rng: np.random.Generator) -> Array:
+    """Points (n, 3) on a unit-sphere-normalised surface, moved along their unit normals (n, 3)
+    by the height field of ``texture`` (one of :data:`TEXTURES`)."""
+    if texture not in TEXTURES:
+        raise KeyError(f"unknown texture '{texture}'; known: {sorted(TEXTURES)}")
+    height = TEXTURES[texture](points.astype(np.float64), rng)
+    return (points + normals * height[:, None]).astype(np.float32)

@@ -38,7 +38,7 @@ from datasets.data_transforms import PointcloudScaleAndTranslate
 from engine import builder
 from engine.engine import AccuracyMeter, check_finite_points, evaluate, fit
 from extensions.pointops import fps, furthest_point_sample, gather_points
-from utils.checkpoint import load_checkpoint_file
+from utils.checkpoint import load_checkpoint_file, write_json
 from utils.config import VOTING_DEFAULTS, VOTING_SCHEMA, ConfigError, origin_of
 from utils.dist_utils import get_dist_info
 from utils.logger import print_log
@@ -239,7 +239,8 @@ def run_net(args, config, train_writer=None, val_writer=None) -> Dict[str, float
 def test_net(args, config) -> Dict[str, float]:
     """``--test --ckpts F.pth``: accuracy of a fine-tuned classifier on ``config.dataset.test``;
     with ``--vote`` also the voting accuracy: the best of ``voting.repeats`` runs (299 as released,
-    each run logged as ``[TEST_VOTE_time k]``). Each is logged with its own label.
+    each run logged as ``[TEST_VOTE_time k]``). Each is logged with its own label and written to
+    ``<experiment_path>/test_results.json`` (``acc``, ``vote_acc``, ``vote_acc_mean``).
 
     A few-shot ``--way/--shot/--fold`` reaches the test set only when it is a few-shot set: the
     released ``cfgs/fewshot.yaml`` tests on the full ModelNet40 test split."""
@@ -273,4 +274,9 @@ def test_net(args, config) -> Dict[str, float]:
         print_log(f"[TEST_VOTE] voting accuracy (best of {repeats} run(s) of {times} passes of {npoints} of FPS "
                   f"{points_for_sampling(npoints)} with scale-and-translate, logits averaged; mean over runs "
                   f"{results['vote_acc_mean']:.4f} %) = {results['vote_acc']:.4f} %", logger=logger)
+    if get_dist_info()[0] == 0:
+        path = write_json(os.path.join(args.experiment_path, "test_results.json"),
+                          {**results, "ckpts": str(args.ckpts), "test_shapes": len(test_dataloader.dataset),
+                           "npoints": npoints, "voting": dict(vote_cfg) if args.vote else None})
+        print_log(f"[TEST] results written to {path}", logger=logger)
     return results

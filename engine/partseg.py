@@ -38,7 +38,8 @@ from engine.engine import evaluate, fit, grad_scaler
 from models.backbone import patch_embed_kind, read_encoder
 from models.PartSegTransformer import PartSegTransformer
 from utils import dist_utils
-from utils.checkpoint import CheckpointError, atomic_save, load_checkpoint_file, load_state_dict_checked, state_dict_of
+from utils.checkpoint import (CheckpointError, atomic_save, load_checkpoint_file, load_state_dict_checked, state_dict_of,
+                              write_json)
 from utils.logger import get_logger, print_log
 from utils.misc import set_random_seed, worker_init_fn
 from utils.parser import RunDirError, acquire_run_lock, release_run_lock
@@ -286,7 +287,58 @@ def test(args, device, rank, world_size, ckpt_dir: Path, logger) -> Dict[str, fl
     print_log(f"The number of test data is: {len(test_set)}", logger=logger)
     meter = evaluate(model, make_eval_step(device), test_loader, device, PartSegMeter(), amp=args.amp_dtype,
                      progress=getattr(args, "progress", True) and rank == 0)
-    return log_metrics("Test", meter, logger, categories_on_console=True)
+    metrics = log_metrics("Test", meter, logger, categories_on_console=True)
+    if rank == 0:
+        run_dir = ckpt_dir.parent
+        result = write_json(str(run_dir / "test_results.json"),
+                            {**metrics, "ckpts": path, "test_shapes": len(test_set), "npoint": args.npoint,
+                             "category_iou": meter.category_ious()})
+        print_log(f"[Test] results written to {result}", logger=logger)
+        if getattr(args, "vis", 0) > 0:
+            picture = plot_predictions(model, test_set, args.vis, device, str(run_dir / "predictions.png"))
+            print_log(f"[Test] {args.vis} segmented test shapes drawn to {picture}", logger=logger)
+    return metrics
+
+
+def shapes_to_draw(categories: Sequence[int], n: int) -> List[int]:
+    """Indices of ``n`` shapes: the first of each category in turn (so the picture shows as many
+    categories as it can), then the next ones."""
+    order: Dict[int, List[int]] = OrderedDict()
+    for i, c in enumerate(categories):
+        order.setdefault(int(c), []).append(i)
+    picked: List[int] = []
+    rank = 0
+    while len(picked) < min(n, len(categories)):
+        for members in order.values():
+            if rank < len(members) and len(picked) < n:
+                picked.append(members[rank])
+        rank += 1
+    return picked
+
+
+@torch.no_grad()
+def plot_predictions(model: nn.Module, test_set, n: int, device: torch.device, path: str) -> str:
+    """Draw ``n`` test shapes, ground-truth parts | predicted parts (colours by part id within the
+    category), to ``path``."""
+    from utils.vis import class_colours, plot_cloud_rows
+
+    categories = [test_set.classes[name] for name, _ in test_set.datapath]
+    model.eval()
+    rows, colors, labels = [], [], []
+    palette = class_colours(max(len(parts) for parts in SEG_CLASSES.values()))
+    names = {v: k for k, v in test_set.classes.items()}
+    for index in shapes_to_draw(categories, n):
+        points, category, target = test_set[index]
+        logits = model(torch.from_numpy(points[None]).to(device).float(), torch.from_numpy(category).to(device))
+        category_t = torch.from_numpy(category).to(device)
+        pred = restrict_to_category(logits, category_t)[0].cpu().numpy()  # (N,) global part ids
+        first_part = min(SEG_CLASSES[names[int(category[0])]])
+        rows.append([points[:, :3], points[:, :3]])
+        colors.append([palette[target - first_part], palette[pred - first_part]])
+        iou = shape_iou(pred, target, SEG_CLASSES[names[int(category[0])]])
+        labels.append(f"{names[int(category[0])]} (IoU {iou:.2f})")
+    return plot_cloud_rows(path, rows, ["ground truth", "prediction"], [(20.0, -60.0)] * len(rows),
+                           row_labels=labels, colors=colors)
 
 
 def train(args, device, rank, world_size, ckpt_dir: Path, log_dir: Path, logger) -> Dict[str, float]:

@@ -47,7 +47,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: none: train from scratch / test log/part_seg/<log_dir>/checkpoints/best_model.pth)")
     p.add_argument("--log_dir", type=str, default=None, help="run name under log/part_seg/ (default: timestamp)")
     p.add_argument("--log_root", type=str, default=str(DEFAULT_LOG_ROOT), help="folder holding part_seg/")
-    p.add_argument("--test", action="store_true", help="evaluate a saved segmentation model and exit")
+    p.add_argument("--test", action="store_true",
+                   help="evaluate a saved segmentation model, write <run>/test_results.json and exit")
+    p.add_argument("--vis", type=int, default=0,
+                   help="with --test: also draw this many test shapes (truth | prediction, one per category first) "
+                        "to <run>/predictions.png")
     p.add_argument("--overwrite", action="store_true",
                    help="train in a --log_dir whose checkpoints/ already holds a model (it is replaced)")
     p.add_argument("--init", choices=["released", "trunc_normal"], default="released",

@@ -129,6 +129,10 @@ def test_finetune_then_test_with_vote_through_main(tmp_path):
     # the test set is the validation set: the plain test accuracy reproduces ckpt-best's.
     assert plain == pytest.approx(best["best_metrics"]["acc"], abs=1e-3)
     assert 0.0 <= vote <= 100.0 and round(vote * 6 / 100) == pytest.approx(vote * 6 / 100, abs=1e-4)
+    # the same figures in the run's test_results.json (what the demo report reads)
+    results = json.loads((exp_root / "tiny_ft" / "test_ft" / "test_results.json").read_text())
+    assert results["acc"] == pytest.approx(plain, abs=1e-3) and results["vote_acc"] == pytest.approx(vote, abs=1e-3)
+    assert results["test_shapes"] == 6 and results["ckpts"] == str(exp / "ckpt-best.pth")
 
 
 def test_finetune_resume_reproduces_the_uninterrupted_run(tmp_path):

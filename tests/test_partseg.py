@@ -3,6 +3,8 @@
 checkpoints, and runs of segmentation/main.py (train + test, 2-process torchrun)."""
 from __future__ import annotations
 
+import json
+
 import os
 import subprocess
 import sys
@@ -155,9 +157,20 @@ def test_main_trains_one_epoch_then_tests(tmp_path, part_root):
         assert text in log
     assert list((run / "logs").glob("events.*"))
     # --test rebuilds the tiny model from the checkpoint's model_args
-    tested = seg_main(common + ["--test"])
+    tested = seg_main(common + ["--test", "--vis", "3"])
     assert set(tested) == {"accuracy", "class_avg_accuracy", "class_avg_iou", "instance_avg_iou"}
     assert all(0.0 <= v <= 1.0 for v in tested.values())
+    results = json.loads((run / "test_results.json").read_text())
+    assert {k: results[k] for k in tested} == pytest.approx(tested)
+    assert set(results["category_iou"]) <= {"Bag", "Table"}
+    assert (run / "predictions.png").stat().st_size > 1000
+
+
+def test_shapes_to_draw_takes_one_per_category_first():
+    from engine.partseg import shapes_to_draw
+
+    assert shapes_to_draw([0, 0, 0, 1, 1, 2], 4) == [0, 3, 5, 1]
+    assert shapes_to_draw([3, 3], 5) == [0, 1]
 
 
 def test_torchrun_two_cpu_processes(tmp_path, part_root):

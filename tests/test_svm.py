@@ -2,6 +2,8 @@
 validation during pre-training through main.py, and the ``tools/svm.py`` command."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -66,3 +68,11 @@ def test_svm_validation_during_pretraining_and_cli(tmp_path, shapenet55_root):
                          "--modelnet_root", str(tmp_path / "mn"), "--modelnet_npoints", "256", "--num_workers", "0",
                          "--device", "cpu"])
     assert cli == pytest.approx(expected, abs=1e-6)
+    # --random_init: no checkpoint, the encoder as initialised; --out writes the figure
+    out = tmp_path / "svm_random.json"
+    random_acc = svm_tool.main(["--config", str(cfg), "--random_init", "--modelnet_root", str(tmp_path / "mn"),
+                                "--modelnet_npoints", "256", "--num_workers", "0", "--device", "cpu", "--out", str(out)])
+    saved = json.loads(out.read_text())
+    assert saved["acc"] == pytest.approx(random_acc) and saved["random_init"] is True and saved["ckpts"] is None
+    with pytest.raises(SystemExit):  # --ckpts and --random_init exclude each other
+        svm_tool.main(["--config", str(cfg), "--random_init", "--ckpts", "x.pth"])

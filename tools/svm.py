@@ -8,7 +8,8 @@
 The released protocol (default; ``engine/svm.py``): ``modelnet40_ply_hdf5_2048`` (``--svm_root``,
 default ``data/modelnet40_ply_hdf5_2048``), the first 1024 points, LinearSVC C = 1.0, printed as
 ``[Validation] EPOCH: <checkpoint epoch>  acc = <fraction>``. ``--modelnet_root`` reads the
-ModelNet40 ``.dat`` caches instead (FPS to 1024 points).
+ModelNet40 ``.dat`` caches instead (FPS to 1024 points). ``--random_init`` (instead of ``--ckpts``)
+gives the baseline of an encoder that was never trained; ``--out F.json`` writes the result.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywher
 
 from engine import builder  # noqa: E402
 from engine.svm import CACHE_DATASET, DEFAULT_C, svm_validate  # noqa: E402
+from utils.checkpoint import write_json  # noqa: E402
 from utils.config import merge_into  # noqa: E402
 from utils.misc import resolve_device, set_random_seed  # noqa: E402
 from utils.parser import add_common_args, new_parser, progress_enabled  # noqa: E402
@@ -27,7 +29,14 @@ from utils.parser import add_common_args, new_parser, progress_enabled  # noqa: 
 def build_parser():
     parser = new_parser("Linear SVM on frozen pre-trained features (ModelNet40)")
     parser.add_argument("--config", required=True, help="pre-training config (model section; optional svm_validation)")
-    parser.add_argument("--ckpts", required=True, help="pre-training checkpoint (or a whole-model .safetensors export)")
+    weights = parser.add_mutually_exclusive_group(required=True)
+    weights.add_argument("--ckpts", default=None, help="pre-training checkpoint (or a whole-model .safetensors export)")
+    weights.add_argument("--random_init", action="store_true",
+                         help="no checkpoint: the encoder as initialised (model.init, --seed), the baseline that "
+                              "shows what pre-training adds")
+    parser.add_argument("--out", default=None,
+                        help="also write the result as JSON to this file (acc in %%, C, shape counts, checkpoint) "
+                             "(default: none)")
     add_common_args(parser, "device", "num_workers", "seed", "partial_load", "data_root", "no_progress", "opts")
     parser.add_argument("--svm_batch_size", type=int, default=32, help="shapes per feature-extraction batch")
     parser.add_argument("--C", type=float, default=None,
@@ -72,8 +81,15 @@ def main(argv=None) -> float:
         config.svm_validation = merge_into(config.get("svm_validation") or {}, overrides)
     device = resolve_device(args.device)
     base_model = builder.model_builder(config.model)
-    epoch, _ = builder.load_model(base_model, args.ckpts, strict=not args.partial_load)
-    return svm_validate(base_model.to(device), config, args, device, epoch=epoch)
+    epoch = -1
+    if args.ckpts is not None:
+        epoch, _ = builder.load_model(base_model, args.ckpts, strict=not args.partial_load)
+    acc = svm_validate(base_model.to(device), config, args, device, epoch=epoch)
+    if args.out is not None:
+        C = float((config.get("svm_validation") or {}).get("C", DEFAULT_C))
+        write_json(args.out, {"acc": acc, "C": C, "ckpts": args.ckpts, "random_init": args.random_init, "seed": args.seed})
+        print(f"[SVM] result written to {args.out}")
+    return acc
 
 
 if __name__ == "__main__":

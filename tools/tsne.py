@@ -11,7 +11,7 @@
 * a fine-tuned classifier: ``forward_features`` (cls output ++ max of patch outputs);
 * no ``--ckpts``: the randomly initialised encoder (a baseline), features as for pre-training.
 
-Also written: ``<out>.npz`` (features, embedding, labels) and, in the log, the leave-one-out
+Also written: ``<out>.npz`` (features, embedding, labels), ``<out>.json`` and, in the log, the leave-one-out
 5-nearest-neighbour accuracy of the features (cosine), a number to go with the picture.
 """
 from __future__ import annotations
@@ -33,7 +33,7 @@ from engine import svm
 from models import backbone
 from engine import builder
 from utils.vis import class_colours, new_figure, save_figure
-from utils.checkpoint import CheckpointError, load_checkpoint_file, state_dict_of
+from utils.checkpoint import CheckpointError, load_checkpoint_file, state_dict_of, write_json  # noqa: E402
 from utils.config import ConfigError, dataset_entry, origin_of
 from utils.logger import print_log
 from utils.misc import resolve_device, set_random_seed
@@ -209,8 +209,11 @@ def run(args) -> dict:
     np.savez(os.path.splitext(args.out)[0] + ".npz", features=feats, embedding=embedding, labels=labels)
     print_log(f"{len(labels)} shapes, {len(np.unique(labels))} classes; leave-one-out 5-NN accuracy of the "
               f"features {knn:.2f}%", logger="tsne")
-    print_log(f"t-SNE picture: {out}", logger="tsne")
-    return {"out": out, "knn_acc": knn, "n": len(labels), "perplexity": perplexity, "kind": kind, "feature": feature}
+    result = {"out": out, "knn_acc": knn, "n": len(labels), "perplexity": perplexity, "kind": kind, "feature": feature,
+              "ckpts": args.ckpts, "split": split}
+    write_json(os.path.splitext(args.out)[0] + ".json", result)
+    print_log(f"t-SNE picture: {out} (figures in {os.path.splitext(args.out)[0]}.json)", logger="tsne")
+    return result
 
 
 if __name__ == "__main__":

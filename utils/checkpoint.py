@@ -66,6 +66,14 @@ def atomic_save(obj: Any, path: str) -> None:
     atomic_write(path, lambda f: torch.save(obj, f))
 
 
+def write_json(path: str, data: Mapping[str, Any]) -> str:
+    """``data`` (plain numbers, NumPy scalars and one-element tensors allowed) as indented JSON at
+    ``path``, through :func:`atomic_write`. Returns ``path``."""
+    text = json.dumps(plain_numbers(data), indent=1, sort_keys=True) + "\n"
+    atomic_write(path, lambda f: f.write(text.encode()))
+    return path
+
+
 def plain_numbers(node: Any) -> Any:
     """Metrics for a checkpoint: dicts, lists and tuples rebuilt as plain dicts and lists, NumPy
     scalars and one-element tensors as Python numbers, so that ``torch.load`` reads them with

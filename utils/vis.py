@@ -55,16 +55,21 @@ def cloud_limits(clouds: Sequence[np.ndarray]) -> Tuple[np.ndarray, float]:
 
 
 def plot_cloud(ax, xyz: np.ndarray, view: Tuple[float, float], limits: Tuple[np.ndarray, float],
-               title: str = "", point_size: Optional[float] = None, cmap: str = "jet") -> None:
+               title: str = "", point_size: Optional[float] = None, cmap: str = "jet",
+               colors: Optional[np.ndarray] = None) -> None:
     """Scatter an (N, 3) cloud on a 3-D axis. The data's y axis is up (ShapeNet convention) and
-    sets the colour (height); the axis box is a cube fixed by ``limits`` so panels compare."""
+    sets the colour (height) unless ``colors`` (N, 3 or 4) is given; the axis box is a cube fixed by
+    ``limits`` so panels compare."""
     xyz = np.asarray(xyz, dtype=np.float64).reshape(-1, 3)
     if point_size is None:
         point_size = float(np.clip(2048 / max(len(xyz), 1), 1.0, 6.0))
     centre, half = limits
     height_lo, height_hi = centre[1] - half, centre[1] + half
-    ax.scatter(xyz[:, 0], xyz[:, 2], xyz[:, 1], c=xyz[:, 1], cmap=matplotlib.colormaps[cmap],
-               vmin=height_lo, vmax=height_hi, s=point_size, linewidths=0, depthshade=False)
+    if colors is not None:
+        ax.scatter(xyz[:, 0], xyz[:, 2], xyz[:, 1], c=np.asarray(colors), s=point_size, linewidths=0, depthshade=False)
+    else:
+        ax.scatter(xyz[:, 0], xyz[:, 2], xyz[:, 1], c=xyz[:, 1], cmap=matplotlib.colormaps[cmap],
+                   vmin=height_lo, vmax=height_hi, s=point_size, linewidths=0, depthshade=False)
     ax.set_xlim(centre[0] - half, centre[0] + half)
     ax.set_ylim(centre[2] - half, centre[2] + half)
     ax.set_zlim(height_lo, height_hi)
@@ -76,9 +81,11 @@ def plot_cloud(ax, xyz: np.ndarray, view: Tuple[float, float], limits: Tuple[np.
 
 
 def plot_cloud_rows(path: str, rows: List[Sequence[np.ndarray]], titles: Sequence[str], views: Sequence[Tuple[float, float]],
-                    row_labels: Optional[Sequence[str]] = None, panel_size: float = 3.0, dpi: int = 100) -> str:
+                    row_labels: Optional[Sequence[str]] = None, panel_size: float = 3.0, dpi: int = 100,
+                    colors: Optional[List[Sequence[Optional[np.ndarray]]]] = None) -> str:
     """One row per sample, one panel per cloud of the row (e.g. input | visible | reconstruction),
-    all panels of a row in the row's view and on the scale of the row's first cloud. Writes
+    all panels of a row in the row's view and on the scale of the row's first cloud; ``colors``
+    (same nesting as ``rows``, (N, 3|4) arrays or None) replaces the height colouring. Writes
     ``path``; returns it."""
     n_rows, n_cols = len(rows), max(len(r) for r in rows)
     fig = new_figure(panel_size * n_cols, panel_size * n_rows, dpi=dpi)
@@ -87,7 +94,7 @@ def plot_cloud_rows(path: str, rows: List[Sequence[np.ndarray]], titles: Sequenc
         for j, cloud in enumerate(clouds):
             ax = fig.add_subplot(n_rows, n_cols, i * n_cols + j + 1, projection="3d")
             title = titles[j] if i == 0 else ""
-            plot_cloud(ax, cloud, views[i], limits, title=title)
+            plot_cloud(ax, cloud, views[i], limits, title=title, colors=None if colors is None else colors[i][j])
             if j == 0 and row_labels is not None:
                 ax.text2D(0.0, 0.5, row_labels[i], transform=ax.transAxes, rotation=90, va="center", ha="right", fontsize=8)
     fig.subplots_adjust(left=0.03, right=0.99, bottom=0.01, top=0.95, wspace=0.0, hspace=0.02)
