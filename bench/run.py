@@ -1,12 +1,15 @@
-"""All benchmarks in one run (``make bench``: ``python bench/run.py``): FPS backends, geometry ops, the three jobs'
-training steps in every precision the device runs fast, and the data side, each printed as a
-table of side-by-side ratios measured in this run.
+"""All benchmarks in one run (``make bench``: ``python bench/run.py``): FPS backends, geometry ops, the
+pre-training step against the released model code, the three jobs' training steps in every
+precision the device runs fast, and the data side, each printed as a table of side-by-side ratios
+measured in this run.
 
     python bench/run.py [--device cuda] [--quick]
 
-On a GPU the released sizes are used (batch 32); on a CPU the batches are smaller (FPS batch 8,
-training batch 8, 2 timed steps), so the whole run takes a few minutes. ``--quick`` shrinks
-further (a smoke run).
+The comparison with the released model code (``bench/released_model.py``) always uses the released
+sizes (batch 32; on a CPU 3 interleaved rounds of one step, with native kernels and again with AVX2
+kernels only). Otherwise, on a GPU the released sizes are used (batch 32); on a CPU the batches are
+smaller (FPS batch 8, training batch 8, 2 timed steps), so the whole run takes a few minutes
+(longer on a busy machine). ``--quick`` shrinks everything (a smoke run).
 """
 from __future__ import annotations
 
@@ -32,7 +35,8 @@ def main(argv=None) -> None:
     print("\n== geometry ops ==")
     bench_ops.main(device + (["--batch", "4", "--repeats", "1", "--sizes", "1024"] if quick else ["--sizes", "1024", "2048"]))
     print("\n== training steps ==")
-    bench_train.main(device + (["--batch", "2", "--steps", "1", "--no_image_branch"] if quick else []))
+    bench_train.main(device + (["--batch", "2", "--steps", "1", "--no_image_branch", "--released_batch", "2",
+                                "--rounds", "1", "--isa", "native"] if quick else []))
     print("\n== data ==")
     bench_data.main(device + (["--cache_shapes_numpy", "1", "--cache_shapes", "2", "--views", "8"] if quick else []))
 

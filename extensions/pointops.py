@@ -29,6 +29,7 @@ __all__ = [
     "square_distance",
     "knn_query",
     "nearest_neighbor",
+    "nearest_neighbors",
 ]
 
 FPS_BACKENDS = ("auto", "torch", "triton", "pointnet2_ops")
@@ -243,11 +244,10 @@ def square_distance(query: Tensor, ref: Tensor) -> Tensor:
     """Pairwise squared distances in fp32: query (B, M, 3), ref (B, N, 3) -> (B, M, N)."""
     with torch.autocast(device_type=query.device.type, enabled=False):
         query, ref = _fp32(query), _fp32(ref)
-        dist = (
-            query.square().sum(-1, keepdim=True)
-            - 2.0 * torch.bmm(query, ref.transpose(1, 2))
-            + ref.square().sum(-1).unsqueeze(1)
-        )
+        # |q|^2 - 2 q.r + |r|^2, accumulated in place in the bmm output (one (B, M, N) buffer instead of
+        # four); (-2 q.r + |q|^2) + |r|^2 rounds exactly as (|q|^2 - 2 q.r) + |r|^2.
+        dist = torch.bmm(query, ref.transpose(1, 2)).mul_(-2.0)
+        dist.add_(query.square().sum(-1, keepdim=True)).add_(ref.square().sum(-1).unsqueeze(1))
         return dist.clamp_min_(0.0)
 
 
@@ -277,7 +277,7 @@ def knn_query(k: int, ref: Tensor, query: Tensor) -> Tensor:
     for s, e in _row_chunks(query.shape[1], N):
         dist = square_distance(query[:, s:e], ref)
         out.append(dist.topk(k, dim=-1, largest=False, sorted=True).indices)
-    return torch.cat(out, dim=1)
+    return torch.cat(out, dim=1) if len(out) > 1 else out[0]
 
 
 @torch.no_grad()
@@ -286,4 +286,28 @@ def nearest_neighbor(query: Tensor, ref: Tensor) -> Tensor:
     out = []
     for s, e in _row_chunks(query.shape[1], ref.shape[1]):
         out.append(square_distance(query[:, s:e], ref).argmin(-1))
-    return torch.cat(out, dim=1)
+    return torch.cat(out, dim=1) if len(out) > 1 else out[0]
+
+
+@torch.no_grad()
+def nearest_neighbors(xyz1: Tensor, xyz2: Tensor) -> "tuple[Tensor, Tensor]":
+    """Nearest neighbours in both directions from one distance matrix (Chamfer).
+
+    xyz1 (B, N, 3), xyz2 (B, M, 3) -> (idx1 (B, N) into ``xyz2``, idx2 (B, M) into ``xyz1``) long: the
+    same indices as ``nearest_neighbor(xyz1, xyz2)`` and ``nearest_neighbor(xyz2, xyz1)`` up to
+    rounding ties, about half the work (one matrix, read along both axes; ties to the lowest index).
+    """
+    N, M = xyz1.shape[1], xyz2.shape[1]
+    idx1, best, idx2 = [], None, None
+    for s, e in _row_chunks(N, M):
+        dist = square_distance(xyz1[:, s:e], xyz2)  # B n M
+        idx1.append(dist.argmin(-1))
+        values, rows = dist.min(dim=1)  # B M
+        rows = rows + s
+        if best is None:
+            best, idx2 = values, rows
+        else:  # strictly closer rows of later chunks win, so ties keep the lowest index
+            closer = values < best
+            best = torch.where(closer, values, best)
+            idx2 = torch.where(closer, rows, idx2)
+    return torch.cat(idx1, dim=1), idx2

@@ -7,7 +7,8 @@ import torch
 
 from extensions.chamfer_dist import ChamferDistanceL1, ChamferDistanceL2, ChamferDistanceL2_split, chamfer_distance
 from extensions.emd import earth_mover_distance
-from extensions.pointops import fps, furthest_point_sample, knn_query
+from extensions import pointops
+from extensions.pointops import fps, furthest_point_sample, knn_query, nearest_neighbor, nearest_neighbors, square_distance
 
 
 def numpy_fps(points: np.ndarray, npoint: int) -> np.ndarray:
@@ -52,6 +53,31 @@ def test_knn_matches_bruteforce():
         d = ((query[b][:, None, :].astype(np.float64) - ref[b][None].astype(np.float64)) ** 2).sum(-1)
         expected = np.argsort(d, axis=1)[:, :8]
         np.testing.assert_array_equal(idx[b], expected)
+
+
+def test_square_distance_matches_float64():
+    rng = np.random.default_rng(4)
+    q = rng.normal(size=(2, 17, 3)).astype(np.float32)
+    r = rng.normal(size=(2, 29, 3)).astype(np.float32)
+    d = square_distance(torch.from_numpy(q), torch.from_numpy(r)).numpy()
+    expected = ((q[:, :, None].astype(np.float64) - r[:, None].astype(np.float64)) ** 2).sum(-1)
+    np.testing.assert_allclose(d, expected, rtol=1e-5, atol=1e-5)
+    assert (d >= 0).all()
+
+
+@pytest.mark.parametrize("chunk_elems", [None, 7 * 70])
+def test_nearest_neighbors_reads_one_matrix_both_ways(monkeypatch, chunk_elems):
+    if chunk_elems is not None:  # several row chunks: the column minima are merged across chunks
+        monkeypatch.setattr(pointops, "_CHUNK_ELEMS", chunk_elems)
+    g = torch.Generator().manual_seed(5)
+    a = torch.rand(3, 100, 3, generator=g)
+    b = torch.rand(3, 70, 3, generator=g)
+    a[:, 60] = a[:, 3]  # duplicate rows in different chunks: the nearest row to b is the lowest index
+    b[:, 10] = a[:, 3] + 1e-4
+    idx1, idx2 = nearest_neighbors(a, b)
+    assert torch.equal(idx1, nearest_neighbor(a, b))
+    assert torch.equal(idx2, nearest_neighbor(b, a))
+    assert (idx2[:, 10] == 3).all()
 
 
 def numpy_chamfer(x, y):

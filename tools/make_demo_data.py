@@ -23,7 +23,7 @@ from demo.generate import DATASETS, generate  # noqa: E402
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description="Generate the embedded procedural demo datasets in the released formats.")
     ap.add_argument("--root", default="data/demo", help="output folder (default data/demo)")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="random seed of every generated shape (default 0)")
     ap.add_argument("--only", nargs="+", choices=DATASETS, help="generate only these datasets")
     ap.add_argument("--shapes_per_class", type=int, default=None, help="training shapes per class for every dataset")
     ap.add_argument("--modelnet_rows", type=int, default=1200, help="rows per ModelNet txt file (real data: 10000)")

@@ -11,7 +11,7 @@ from typing import Tuple
 import torch
 from torch import Tensor, nn
 
-from extensions.pointops import gather_points, nearest_neighbor
+from extensions.pointops import gather_points, nearest_neighbors
 
 __all__ = ["chamfer_distance", "ChamferDistanceL1", "ChamferDistanceL2", "ChamferDistanceL2_split"]
 
@@ -28,8 +28,7 @@ def chamfer_distance(xyz1: Tensor, xyz2: Tensor) -> Tuple[Tensor, Tensor]:
         raise ValueError(f"chamfer_distance: expected (B,N,3) and (B,M,3), got {tuple(xyz1.shape)} and {tuple(xyz2.shape)}")
     with torch.autocast(device_type=xyz1.device.type, enabled=False):
         xyz1, xyz2 = xyz1.float(), xyz2.float()
-        idx1 = nearest_neighbor(xyz1, xyz2)  # B, N
-        idx2 = nearest_neighbor(xyz2, xyz1)  # B, M
+        idx1, idx2 = nearest_neighbors(xyz1, xyz2)  # B N, B M (one distance matrix for both)
         dist1 = (xyz1 - gather_points(xyz2, idx1)).square().sum(-1)
         dist2 = (xyz2 - gather_points(xyz1, idx2)).square().sum(-1)
     return dist1, dist2
