@@ -38,7 +38,8 @@ PRETRAINED := experiments/pretrain_demo/demo/ckpt-last.pth
 FINETUNED := experiments/finetune_demo/demo/ckpt-best.pth
 MODELNET := $(DEMO_ROOT)/ModelNet/modelnet40_normal_resampled
 SEG_ROOT := $(DEMO_ROOT)/shapenetcore_partanno_segmentation_benchmark_v0_normal
-SEG_ARGS := --root $(SEG_ROOT) --trans_dim 96 --depth 4 --num_heads 3 --npoint 512 --num_group 32 --group_size 32 \
+SEG_NPOINT := 512
+SEG_ARGS := --root $(SEG_ROOT) --trans_dim 96 --depth 4 --num_heads 3 --npoint $(SEG_NPOINT) --num_group 32 --group_size 32 \
 	--return_layers 1 2 3 --batch_size 8 --epoch 8 --warmup_epoch 0 --learning_rate 0.001 --num_workers $(WORKERS) --no_progress
 SVM_ARGS := --config $(PRE_CFG) --modelnet_root $(MODELNET) --modelnet_npoints 1024 --num_workers $(WORKERS)
 REPORT := $(DEMO_OUT)/REPORT.md
@@ -84,11 +85,11 @@ experiments/fewshot_demo/demo_scratch_5w10s_summary.json: $(DEMO_DATA) $(FS_CFG)
 
 segmentation/log/part_seg/demo/test_results.json: $(STAMPS)/pretrain
 	$(RUN) seg -- $(PY) segmentation/main.py --ckpts $(PRETRAINED) --log_dir demo --overwrite $(SEG_ARGS)
-	$(RUN) seg-test -- $(PY) segmentation/main.py --test --log_dir demo --root $(SEG_ROOT) --npoint 512 --vis 4 --num_workers $(WORKERS) --no_progress
+	$(RUN) seg-test -- $(PY) segmentation/main.py --test --log_dir demo --root $(SEG_ROOT) --npoint $(SEG_NPOINT) --vis 4 --num_workers $(WORKERS) --no_progress
 
 segmentation/log/part_seg/demo_scratch/test_results.json: $(DEMO_DATA)
 	$(RUN) seg-scratch -- $(PY) segmentation/main.py --log_dir demo_scratch --overwrite $(SEG_ARGS)
-	$(RUN) seg-scratch-test -- $(PY) segmentation/main.py --test --log_dir demo_scratch --root $(SEG_ROOT) --npoint 512 --num_workers $(WORKERS) --no_progress
+	$(RUN) seg-scratch-test -- $(PY) segmentation/main.py --test --log_dir demo_scratch --root $(SEG_ROOT) --npoint $(SEG_NPOINT) --num_workers $(WORKERS) --no_progress
 
 experiments/pretrain_demo/demo/vis/reconstructions.png: $(STAMPS)/pretrain
 	$(RUN) reconstructions -- $(PY) main_vis.py --ckpts $(PRETRAINED) --config $(PRE_CFG) --exp_name demo --num_samples 6 --num_workers $(WORKERS) --no_progress

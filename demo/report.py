@@ -20,6 +20,8 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
+from utils.checkpoint import atomic_write, write_json
+
 # Where the demo's runs write (the Makefile's targets use the same paths).
 PRETRAIN_DIR = os.path.join("experiments", "pretrain_demo", "demo")
 FINETUNE_DIR = os.path.join("experiments", "finetune_demo", "demo")
@@ -250,17 +252,11 @@ def write_report(out_dir: str = DEMO_DIR, root: str = ".") -> Tuple[str, Dict[st
             shutil.copyfile(src, os.path.join(out_dir, name))
             pictures[key] = name
     chart = bar_chart(summary, os.path.join(out_dir, "accuracy.png"))
-    _write_text(os.path.join(out_dir, "summary.json"), json.dumps(summary, indent=1) + "\n")
+    write_json(os.path.join(out_dir, "summary.json"), summary)
     report = os.path.join(out_dir, "REPORT.md")
-    _write_text(report, render_markdown(summary, missing, pictures, chart))
+    text = render_markdown(summary, missing, pictures, chart).encode()
+    atomic_write(report, lambda f: f.write(text))
     return report, summary, missing
-
-
-def _write_text(path: str, text: str) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def console_table(s: Dict[str, Any]) -> str:

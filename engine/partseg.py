@@ -329,14 +329,14 @@ def plot_predictions(model: nn.Module, test_set, n: int, device: torch.device, p
     names = {v: k for k, v in test_set.classes.items()}
     for index in shapes_to_draw(categories, n):
         points, category, target = test_set[index]
-        logits = model(torch.from_numpy(points[None]).to(device).float(), torch.from_numpy(category).to(device))
         category_t = torch.from_numpy(category).to(device)
+        logits = model(torch.from_numpy(points[None]).to(device).float(), category_t)
         pred = restrict_to_category(logits, category_t)[0].cpu().numpy()  # (N,) global part ids
-        first_part = min(SEG_CLASSES[names[int(category[0])]])
+        name = names[int(category[0])]
+        parts = SEG_CLASSES[name]
         rows.append([points[:, :3], points[:, :3]])
-        colors.append([palette[target - first_part], palette[pred - first_part]])
-        iou = shape_iou(pred, target, SEG_CLASSES[names[int(category[0])]])
-        labels.append(f"{names[int(category[0])]} (IoU {iou:.2f})")
+        colors.append([palette[target - min(parts)], palette[pred - min(parts)]])
+        labels.append(f"{name} (IoU {shape_iou(pred, target, parts):.2f})")
     return plot_cloud_rows(path, rows, ["ground truth", "prediction"], [(20.0, -60.0)] * len(rows),
                            row_labels=labels, colors=colors)
 
