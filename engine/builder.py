@@ -19,6 +19,7 @@ from utils.config import load_config as _load_config
 from utils.dist_utils import get_dist_info
 from engine.engine import amp_mode, grad_scaler, resolve_amp
 from extensions.pointops import resolve_fps_backend, set_fps_backend
+from models.layers import get_embed_compute, set_embed_compute
 from utils.logger import get_logger, print_log
 from utils.misc import resolve_device, rng_state, set_rng_state, warn_if_no_gpu, worker_init_fn
 
@@ -244,23 +245,24 @@ def wrap_distributed(model: nn.Module, args, device: torch.device, logger=None,
 
 
 # ------------------------------------------------------------------------------------- jobs
-def runtime(args, logger, config_amp=None, config_fps_backend=None):
+def runtime(args, logger, config_amp=None, config_fps_backend=None, config_embed_compute=None):
     """(device, autocast dtype or None) of a job: ``--device`` resolved once (a warning when none
-    is given and no GPU is visible), ``--amp`` / ``--fps_backend`` over the config's values; one
-    log line."""
+    is given and no GPU is visible), ``--amp`` / ``--fps_backend`` / ``--embed_compute`` over the
+    config's values; one log line."""
     device = resolve_device(getattr(args, "device", None), args.local_rank)
     warn_if_no_gpu(getattr(args, "device", None), device, logger)
     set_fps_backend(getattr(args, "fps_backend", None) or config_fps_backend)
+    set_embed_compute(getattr(args, "embed_compute", None) or config_embed_compute)
     amp = resolve_amp(amp_mode(getattr(args, "amp", None), config_amp), device, logger)
     print_log(f"device: {device}; autocast: {amp or 'off'}; processes: {get_dist_info()[1]}; "
-              f"FPS backend: {resolve_fps_backend(device)}", logger=logger)
+              f"FPS backend: {resolve_fps_backend(device)}; patch embedding: {get_embed_compute()}", logger=logger)
     return device, amp
 
 
 def job_context(args, config):
     """(logger, device, autocast dtype or None) of a ``main.py`` job, see :func:`runtime`."""
     logger = get_logger(args.log_name)
-    return (logger, *runtime(args, logger, config.get("amp"), config.get("fps_backend")))
+    return (logger, *runtime(args, logger, config.get("amp"), config.get("fps_backend"), config.get("embed_compute")))
 
 
 def build_training(config, device: torch.device, amp, logger=None):

@@ -89,7 +89,7 @@ def pointwise_mlp(mlp: nn.Sequential, x: Tensor) -> Tensor:
 # How the patch embeddings compute (same parameters, same checkpoints, same function):
 #   exact  the released order of operations: q and k each from the 256-wide features, amax pooling.
 #          Bit for bit what the project computed before; tests/test_golden.py pins it.
-#   fast   Inter-MAE's K x K attention energy q k^T = h (W2^T Wq^T Wk W2) h^T from the 128-wide
+#   fast   (default) Inter-MAE's K x K attention energy q k^T = h (W2^T Wq^T Wk W2) h^T from the 128-wide
 #          hidden features h (one 128 x 128 product instead of two 256 x 256 ones, about a third
 #          of the embedding's matmul work), and max pooling with a scatter backward (the released
 #          ``max(...)[0]``, not ``amax``). Equal to ``exact`` up to fp32 rounding (outputs ~1e-6
@@ -98,12 +98,13 @@ def pointwise_mlp(mlp: nn.Sequential, x: Tensor) -> Tensor:
 #          pre-training step about 1.3x faster than with ``exact`` (bench/bench_train.py).
 EMBED_COMPUTE_MODES = ("exact", "fast")
 EMBED_COMPUTE_ENV = "INTERMAE_EMBED_COMPUTE"
+DEFAULT_EMBED_COMPUTE = "fast"
 _embed_compute: Optional[str] = None
 
 
 def set_embed_compute(mode: Optional[str]) -> None:
     """Process-wide patch-embedding arithmetic (``"exact"`` or ``"fast"``, see above); ``None``: the
-    environment variable ``INTERMAE_EMBED_COMPUTE``, else ``"exact"``. A module's own ``compute``
+    environment variable ``INTERMAE_EMBED_COMPUTE``, else ``"fast"``. A module's own ``compute``
     attribute, when set, takes precedence."""
     global _embed_compute
     if mode is not None and mode not in EMBED_COMPUTE_MODES:
@@ -114,7 +115,7 @@ def set_embed_compute(mode: Optional[str]) -> None:
 def get_embed_compute() -> str:
     if _embed_compute is not None:
         return _embed_compute
-    mode = os.environ.get(EMBED_COMPUTE_ENV, "").strip() or "exact"
+    mode = os.environ.get(EMBED_COMPUTE_ENV, "").strip() or DEFAULT_EMBED_COMPUTE
     if mode not in EMBED_COMPUTE_MODES:
         raise ValueError(f"{EMBED_COMPUTE_ENV} must be one of {EMBED_COMPUTE_MODES}, got {mode!r}")
     return mode

@@ -230,12 +230,12 @@ def test_fast_embedding_under_bf16_autocast():
 
 def test_embed_compute_switch(monkeypatch):
     monkeypatch.delenv(layers.EMBED_COMPUTE_ENV, raising=False)
-    assert layers.get_embed_compute() == "exact"
-    monkeypatch.setenv(layers.EMBED_COMPUTE_ENV, "fast")
     assert layers.get_embed_compute() == "fast"
-    layers.set_embed_compute("exact")
+    monkeypatch.setenv(layers.EMBED_COMPUTE_ENV, "exact")
+    assert layers.get_embed_compute() == "exact"
+    layers.set_embed_compute("fast")  # the job's choice (--embed_compute / config) over the environment
     try:
-        assert layers.get_embed_compute() == "exact"
+        assert layers.get_embed_compute() == "fast"
         with pytest.raises(ValueError, match="exact"):
             layers.set_embed_compute("quick")
     finally:

@@ -24,6 +24,11 @@ Changed on purpose since, each time with the earlier figures reproduced by the e
   (segmentation: ``init = 'trunc_normal'`` on the namespace) reproduces them
   (``test_trunc_normal_init_reproduces_the_previous_losses``).
 
+The figures are of the ``exact`` patch-embedding arithmetic (``INTERMAE_EMBED_COMPUTE=exact``, the
+earlier default, set here for every test); ``FAST`` holds those of the default ``fast`` arithmetic
+(equal to ``exact`` to fp32 rounding: the first losses agree to ~1e-7, the fifth, after four Adam
+steps, to a few 1e-4), recorded when it became the default.
+
 The tiny configs set ``epoch_count: exact``; the released count (one epoch more) does not change the
 first five losses.
 """
@@ -35,6 +40,7 @@ from easydict import EasyDict
 
 import main as main_module
 from models.Inter_MAE import Inter_MAE, MaskTransformer
+from models.layers import EMBED_COMPUTE_ENV
 from engine.partseg import run as seg_run
 from segmentation.main import get_args as seg_args
 from writers import (TINY_FINETUNE, TINY_TC, write_modelnet, write_shapenet55, write_shapenetpart,
@@ -51,6 +57,19 @@ PREVIOUS = {
     "finetune": [3.7414004802703857, 3.4829957485198975, 3.749791383743286, 3.986018180847168, 3.8286495208740234],
     "segmentation": [3.8652000427246094, 3.784299373626709, 3.721658706665039, 3.6168856620788574, 3.4914963245391846],
 }
+
+
+# The default (fast) patch-embedding arithmetic, recorded when it became the default.
+FAST = {
+    "pretrain": [0.48888635635375977, 0.4994148313999176, 0.4871201813220978, 0.4916398823261261, 0.3726294934749603],
+    "finetune": [4.249800205230713, 3.4816765785217285, 3.6384758949279785, 4.049989700317383, 4.131478309631348],
+    "segmentation": [4.089558124542236, 3.9929168224334717, 3.84163236618042, 3.780526638031006, 3.5152428150177],
+}
+
+
+@pytest.fixture(autouse=True)
+def exact_embedding(monkeypatch):
+    monkeypatch.setenv(EMBED_COMPUTE_ENV, "exact")
 
 
 @pytest.fixture
@@ -122,3 +141,11 @@ def test_first_five_losses(job, tmp_path, losses):
 def test_trunc_normal_init_reproduces_the_previous_losses(job, tmp_path, losses):
     JOBS[job](tmp_path, init="trunc_normal")
     assert losses[:5] == pytest.approx(PREVIOUS[job], abs=1e-6)
+
+
+@pytest.mark.parametrize("job", list(JOBS))
+def test_fast_embedding_first_five_losses(job, tmp_path, losses, monkeypatch):
+    monkeypatch.setenv(EMBED_COMPUTE_ENV, "fast")
+    JOBS[job](tmp_path)
+    assert losses[:5] == pytest.approx(FAST[job], abs=1e-6)
+    assert losses[:5] == pytest.approx(RECORDED[job], abs=1e-3)  # the same function as exact, up to rounding

@@ -644,3 +644,30 @@ def test_readme_usage_commands_parse(section, command, monkeypatch, tmp_path):
         importlib.import_module("segmentation.main").get_args(argv)
     else:
         parser_of(script).parse_args(argv)
+
+
+def test_embed_compute_flag_and_config_key(tmp_path, monkeypatch):
+    """--embed_compute over the config's embed_compute over $INTERMAE_EMBED_COMPUTE; a bad config
+    value is a ConfigError naming the key, the value and the file."""
+    from engine import builder
+    from models.layers import EMBED_COMPUTE_ENV, get_embed_compute
+    from utils.config import ConfigError, check_values
+    from utils.parser import build_parser as get_args_parser
+
+    monkeypatch.setenv(EMBED_COMPUTE_ENV, "fast")
+    args = get_args_parser().parse_args(["--config", "x.yaml", "--device", "cpu"])
+    assert args.embed_compute is None
+    builder.runtime(args, None, config_embed_compute="exact")
+    assert get_embed_compute() == "exact"
+    args = get_args_parser().parse_args(["--config", "x.yaml", "--device", "cpu", "--embed_compute", "fast"])
+    builder.runtime(args, None, config_embed_compute="exact")
+    assert get_embed_compute() == "fast"
+    monkeypatch.setenv(EMBED_COMPUTE_ENV, "exact")
+    builder.runtime(get_args_parser().parse_args(["--config", "x.yaml", "--device", "cpu"]), None)
+    assert get_embed_compute() == "exact"
+    with pytest.raises(SystemExit):
+        get_args_parser().parse_args(["--config", "x.yaml", "--embed_compute", "quick"])
+    from easydict import EasyDict
+    config = EasyDict(embed_compute="quick")
+    with pytest.raises(ConfigError, match="embed_compute.*quick"):
+        check_values(config, "pretrain")

@@ -51,6 +51,7 @@ TOP_LEVEL_KEYS = {
     "amp": "mixed precision: off | bf16 | fp16 (true = bf16)",
     "ckpt_period": "also keep ckpt-epoch-XXX every this many epochs (0: never)",
     "fps_backend": "farthest point sampling on CUDA: auto | torch | triton | pointnet2_ops",
+    "embed_compute": "patch-embedding arithmetic: fast (default) | exact (the released order of operations)",
     "svm_validation": "linear-SVM validation of pre-trained features during pre-training",
     "epoch_count": "released (default: epochs 0..max_epoch, as the released loops) | exact (max_epoch epochs)",
     "lr_schedule": "exact (default: epoch e at cosine(e)) | released (the released one-epoch lag)",
@@ -323,6 +324,9 @@ def check_values(config: Mapping, job: str, model_cls: Optional[type] = None, wo
     if "total_bs" in config and world_size > 1 and config.total_bs % world_size != 0:
         raise ConfigError(f"'total_bs' = {config.total_bs}: expected a multiple of the {world_size} processes "
                           f"(each process takes total_bs / world size)", origin_of(config))
+    if config.get("embed_compute") is not None and config.embed_compute not in ("exact", "fast"):
+        raise ConfigError(f"'embed_compute' = {config.embed_compute!r}: expected 'fast' or 'exact' (the patch-embedding "
+                          f"arithmetic)", origin_of(config))
     opt = config.get("optimizer")
     if isinstance(opt, Mapping) and isinstance(opt.get("kwargs"), Mapping):
         check_number(opt.kwargs, "lr", "optimizer.kwargs.lr", low=0, low_open=True, allow_none=False)

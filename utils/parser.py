@@ -48,6 +48,12 @@ COMMON_ARGS = {
                                              help="farthest point sampling on CUDA: auto (triton when it imports, "
                                                   "else torch), torch, triton, pointnet2_ops (default: the config's "
                                                   "fps_backend, else $INTERMAE_FPS_BACKEND, else auto)")),
+    "embed_compute": (("--embed_compute",), dict(choices=["exact", "fast"], default=None,
+                                                 help="patch-embedding arithmetic (same weights, same checkpoints): fast "
+                                                      "(the attention energy from the 128-wide hidden features; equal to "
+                                                      "exact to ~1e-6 relative, a faster step) or exact (the released order "
+                                                      "of operations) (default: the config's embed_compute, else "
+                                                      "$INTERMAE_EMBED_COMPUTE, else fast)")),
     "amp": (("--amp",), dict(nargs="?", const="bf16", default=None, choices=["off", "bf16", "fp16"],
                              help="mixed precision: bf16 autocast (--amp alone), fp16 autocast with loss scaling "
                                   "(CUDA), or off (default: the config's amp, else off)")),
@@ -118,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                               "few-shot)")
     parser.add_argument("--fold", type=int, default=-1, help="few-shot: fold index (the <fold>.pkl of "
                                                               "DATA_PATH/<way>way_<shot>shot/)")
-    add_common_args(parser, "device", "amp", "fps_backend")
+    add_common_args(parser, "device", "amp", "fps_backend", "embed_compute")
     parser.add_argument("--experiment_root", type=str, default="./experiments", help="where experiments go")
     add_common_args(parser, "data_root", "no_progress", "opts")
     return parser
