@@ -127,7 +127,8 @@ def collect(root: str = ".") -> Tuple[Dict[str, Any], List[str]]:
                         "train_loss_rec_last": _get(pre, "metrics", "train_loss_rec")},
         "classification": {"pretrained_acc": _get(ft, "best_metrics", "acc"),
                            "scratch_acc": _get(scratch, "best_metrics", "acc"),
-                           "vote_acc": _get(vote, "vote_acc"), "test_acc": _get(vote, "acc")},
+                           "vote_acc": _get(vote, "vote_acc"), "test_acc": _get(vote, "acc"),
+                           "vote_passes": _get(vote, "voting", "times")},
         "svm": {"pretrained_acc": _get(svm_pre, "acc"), "random_init_acc": _get(svm_rand, "acc"),
                 "C": _get(svm_pre, "C")},
         "fewshot": {"setting": "5-way 10-shot",
@@ -157,16 +158,17 @@ def table_rows(s: Dict[str, Any]) -> List[Tuple[str, str, str, str]]:
     return [
         ("Fine-tuning, ModelNet40-style (accuracy %)", _fmt(c["pretrained_acc"]), _fmt(c["scratch_acc"]),
          "same model and schedule, encoder pre-trained vs random init"),
-        ("  with voting (accuracy %)", _fmt(c["vote_acc"]), "", "10 augmented passes of the best checkpoint"),
+        ("  with voting (accuracy %)", _fmt(c["vote_acc"]), "",
+         f"{'several' if c['vote_passes'] is None else int(c['vote_passes'])} augmented passes of the best checkpoint, logits averaged"),
         ("Linear SVM on frozen features (accuracy %)", _fmt(svm["pretrained_acc"]), _fmt(svm["random_init_acc"]),
-         "encoder pre-trained vs random init, no training of the encoder"),
+         "frozen encoder: pre-trained vs as initialised for pre-training (released init)"),
         (f"Few-shot {fs['setting']} (accuracy %, mean ± std over folds)", fs_pre, fs_scr,
          "fine-tuned per fold from the pre-trained vs random encoder"),
         ("Part segmentation, instance mIoU", _fmt(seg["pretrained_instance_miou"], 3),
          _fmt(seg["scratch_instance_miou"], 3), "same head and schedule"),
         ("Part segmentation, class mIoU", _fmt(seg["pretrained_class_miou"], 3), _fmt(seg["scratch_class_miou"], 3), ""),
         ("t-SNE features, leave-one-out 5-NN accuracy %", _fmt(tk["pretrained_acc"]), _fmt(tk["random_init_acc"]),
-         "frozen encoder features of the test shapes"),
+         "frozen features of the test shapes: pre-trained vs the classifier as initialised for scratch training"),
     ]
 
 

@@ -57,7 +57,7 @@ def _write_runs(root: Path) -> dict:
     ckpt(report.SOURCES["pretrain"], {"val_loss_rec": 0.0123, "train_loss_rec": 0.02}, {}, 9)
     ckpt(report.SOURCES["finetune_pretrained"], {"acc": 70.0}, {"acc": 81.5, "epoch": 7}, 7)
     ckpt(report.SOURCES["finetune_scratch"], {"acc": 40.0}, {"acc": 52.25, "epoch": 9}, 9)
-    js(report.SOURCES["vote"], {"acc": 80.0, "vote_acc": 83.0})
+    js(report.SOURCES["vote"], {"acc": 80.0, "vote_acc": 83.0, "voting": {"times": 4, "repeats": 1}})
     js(report.SOURCES["svm_pretrained"], {"acc": 77.0, "C": 0.01})
     js(report.SOURCES["svm_random"], {"acc": 31.0, "C": 0.01})
     js(report.SOURCES["fewshot_pretrained"], {"mean": 88.0, "std": 4.0, "scores": {"0": 84.0, "1": 92.0}})
@@ -75,7 +75,8 @@ def test_report_reads_every_figure_from_the_runs_files(tmp_path):
     out = tmp_path / "out"
     path, summary, missing = report.write_report(str(out), root=str(tmp_path))
     assert missing == []
-    assert summary["classification"] == {"pretrained_acc": 81.5, "scratch_acc": 52.25, "vote_acc": 83.0, "test_acc": 80.0}
+    assert summary["classification"] == {"pretrained_acc": 81.5, "scratch_acc": 52.25, "vote_acc": 83.0, "test_acc": 80.0,
+                                         "vote_passes": 4}
     assert summary["svm"]["pretrained_acc"] == 77.0 and summary["svm"]["random_init_acc"] == 31.0
     assert summary["fewshot"]["pretrained_mean"] == 88.0 and summary["fewshot"]["folds"] == 2
     assert summary["segmentation"]["pretrained_class_miou"] == 0.58
@@ -159,8 +160,10 @@ def test_textures_move_points_along_the_normals_by_their_height_field():
         P.apply_texture(pts, nrm, "velvet", rng)
 
 
-def test_modelnet10_demo_classes_differ_by_texture_only():
+def test_the_pretraining_corpus_covers_every_modelnet_family():
     from demo import generate as G
 
-    assert sorted(G.MODELNET10_TEXTURES) == sorted(G.MODELNET10_CLASSES)
-    assert sorted(G.MODELNET10_TEXTURES.values()) == sorted(P.TEXTURES)
+    corpus = [fam for _, fam in G.SHAPENET_CLASSES]
+    assert {fam for fam, _ in G.MODELNET40_CLASSES.values()} <= set(corpus)
+    assert sorted(corpus) == sorted(P.FAMILIES)  # each family once
+    assert len({synset for synset, _ in G.SHAPENET_CLASSES}) == len(G.SHAPENET_CLASSES)
