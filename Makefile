@@ -41,7 +41,7 @@ SEG_ROOT := $(DEMO_ROOT)/shapenetcore_partanno_segmentation_benchmark_v0_normal
 SEG_NPOINT := 512
 SEG_ARGS := --root $(SEG_ROOT) --trans_dim 96 --depth 4 --num_heads 3 --npoint $(SEG_NPOINT) --num_group 32 --group_size 32 \
 	--return_layers 1 2 3 --batch_size 8 --epoch 8 --warmup_epoch 0 --learning_rate 0.001 --num_workers $(WORKERS) --no_progress
-SVM_ARGS := --config $(PRE_CFG) --modelnet_root $(MODELNET) --modelnet_npoints 1024 --num_workers $(WORKERS)
+SVM_ARGS := --config $(PRE_CFG) --modelnet_root $(MODELNET) --modelnet_classes 10 --modelnet_npoints 1024 --num_workers $(WORKERS)
 REPORT := $(DEMO_OUT)/REPORT.md
 
 .DELETE_ON_ERROR:

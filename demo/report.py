@@ -134,7 +134,7 @@ def collect(root: str = ".") -> Tuple[Dict[str, Any], List[str]]:
         "fewshot": {"setting": "5-way 10-shot",
                     "pretrained_mean": _get(fs_pre, "mean"), "pretrained_std": _get(fs_pre, "std"),
                     "scratch_mean": _get(fs_scr, "mean"), "scratch_std": _get(fs_scr, "std"),
-                    "folds": None if fs_pre is None else len(fs_pre.get("scores", {}))},
+                    "folds": None if fs_pre is None else len(fs_pre.get("accuracy", {}))},
         "segmentation": {"pretrained_instance_miou": _get(seg_pre, "instance_avg_iou"),
                          "pretrained_class_miou": _get(seg_pre, "class_avg_iou"),
                          "scratch_instance_miou": _get(seg_scr, "instance_avg_iou"),
@@ -156,13 +156,13 @@ def table_rows(s: Dict[str, Any]) -> List[Tuple[str, str, str, str]]:
     fs_pre = "not run" if fs["pretrained_mean"] is None else f"{fs['pretrained_mean']:.1f} ± {fs['pretrained_std']:.1f}"
     fs_scr = "not run" if fs["scratch_mean"] is None else f"{fs['scratch_mean']:.1f} ± {fs['scratch_std']:.1f}"
     return [
-        ("Fine-tuning, ModelNet40-style (accuracy %)", _fmt(c["pretrained_acc"]), _fmt(c["scratch_acc"]),
+        ("Fine-tuning on the demo ModelNet (accuracy %)", _fmt(c["pretrained_acc"]), _fmt(c["scratch_acc"]),
          "same model and schedule, encoder pre-trained vs random init"),
         ("  with voting (accuracy %)", _fmt(c["vote_acc"]), "",
          f"{'several' if c['vote_passes'] is None else int(c['vote_passes'])} augmented passes of the best checkpoint, logits averaged"),
         ("Linear SVM on frozen features (accuracy %)", _fmt(svm["pretrained_acc"]), _fmt(svm["random_init_acc"]),
          "frozen encoder: pre-trained vs as initialised for pre-training (released init)"),
-        (f"Few-shot {fs['setting']} (accuracy %, mean ± std over folds)", fs_pre, fs_scr,
+        (f"Few-shot {fs['setting']} (accuracy %, mean ± std over {fs['folds'] or 'the'} folds)", fs_pre, fs_scr,
          "fine-tuned per fold from the pre-trained vs random encoder"),
         ("Part segmentation, instance mIoU", _fmt(seg["pretrained_instance_miou"], 3),
          _fmt(seg["scratch_instance_miou"], 3), "same head and schedule"),

@@ -60,8 +60,11 @@ def _write_runs(root: Path) -> dict:
     js(report.SOURCES["vote"], {"acc": 80.0, "vote_acc": 83.0, "voting": {"times": 4, "repeats": 1}})
     js(report.SOURCES["svm_pretrained"], {"acc": 77.0, "C": 0.01})
     js(report.SOURCES["svm_random"], {"acc": 31.0, "C": 0.01})
-    js(report.SOURCES["fewshot_pretrained"], {"mean": 88.0, "std": 4.0, "scores": {"0": 84.0, "1": 92.0}})
-    js(report.SOURCES["fewshot_scratch"], {"mean": 50.0, "std": 2.0, "scores": {"0": 48.0, "1": 52.0}})
+    # the summaries tools/fewshot_all.py writes
+    js(report.SOURCES["fewshot_pretrained"], {"way": 5, "shot": 10, "folds": [0, 1], "accuracy": {"0": 84.0, "1": 92.0},
+                                              "mean": 88.0, "std": 4.0, "completed": 2, "failed": {}})
+    js(report.SOURCES["fewshot_scratch"], {"way": 5, "shot": 10, "folds": [0, 1], "accuracy": {"0": 48.0, "1": 52.0},
+                                           "mean": 50.0, "std": 2.0, "completed": 2, "failed": {}})
     js(report.SOURCES["seg_pretrained"], {"instance_avg_iou": 0.61, "class_avg_iou": 0.58})
     js(report.SOURCES["seg_scratch"], {"instance_avg_iou": 0.55, "class_avg_iou": 0.52})
     js(report.SOURCES["tsne_pretrained"], {"knn_acc": 75.0})

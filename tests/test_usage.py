@@ -546,6 +546,7 @@ def test_wrong_main_combinations_exit_2_with_the_reason(capsys, argv, reason):
     ("segmentation.main", ["--test", "--overwrite"], "--overwrite is for training"),
     ("tools.svm", ["--config", "c.yaml", "--ckpts", "p.pth", "--svm_root", "a", "--modelnet_root", "b"], "not both"),
     ("tools.svm", ["--config", "c.yaml", "--ckpts", "p.pth", "--modelnet_npoints", "8"], "needs --modelnet_root"),
+    ("tools.svm", ["--config", "c.yaml", "--ckpts", "p.pth", "--modelnet_classes", "10"], "needs --modelnet_root"),
     ("main_vis", ["--config", "c.yaml", "--ckpts", "p.pth", "--num_samples", "0"], "--num_samples must be >= 1"),
     ("tools.extract_features", ["--ckpts", "p.pth", "--input", "x", "--out", "f.csv"], "must end in .npy or .h5"),
     ("tools.plot_curves", ["logs", "--smooth", "1.5"], "--smooth must be in [0, 1)"),

@@ -8,7 +8,7 @@
 The released protocol (default; ``engine/svm.py``): ``modelnet40_ply_hdf5_2048`` (``--svm_root``,
 default ``data/modelnet40_ply_hdf5_2048``), the first 1024 points, LinearSVC C = 1.0, printed as
 ``[Validation] EPOCH: <checkpoint epoch>  acc = <fraction>``. ``--modelnet_root`` reads the
-ModelNet40 ``.dat`` caches instead (FPS to 1024 points). ``--random_init`` (instead of ``--ckpts``)
+ModelNet40 ``.dat`` caches instead (FPS to 1024 points; ``--modelnet_classes 10``: the ModelNet10 ones). ``--random_init`` (instead of ``--ckpts``)
 gives the baseline of an encoder that was never trained; ``--out F.json`` writes the result.
 """
 from __future__ import annotations
@@ -48,6 +48,8 @@ def build_parser():
                         help="use the ModelNet40 .dat caches of this modelnet40_normal_resampled folder instead of the "
                              "HDF5 files (FPS to 1024 points; e.g. data/demo/ModelNet/modelnet40_normal_resampled) "
                              "(default: none, the HDF5 files)")
+    parser.add_argument("--modelnet_classes", type=int, choices=[10, 40], default=None,
+                        help="with --modelnet_root: the ModelNet40 or the ModelNet10 caches (NUM_CATEGORY) (default 40)")
     parser.add_argument("--modelnet_npoints", type=int, default=None,
                         help="N_POINTS of the ModelNet40 cache to read (default 8192, as released; 1024 skips the FPS per batch)")
     return parser
@@ -60,6 +62,8 @@ def main(argv=None) -> float:
         parser.error("give either --svm_root (HDF5 files, released) or --modelnet_root (.dat caches), not both")
     if args.modelnet_npoints is not None and args.modelnet_root is None:
         parser.error("--modelnet_npoints needs --modelnet_root")
+    if args.modelnet_classes is not None and args.modelnet_root is None:
+        parser.error("--modelnet_classes needs --modelnet_root")
     args.progress = progress_enabled(args)
     set_random_seed(args.seed)
     config = builder.load_config(args.config, args.opts, args.data_root)
@@ -74,6 +78,8 @@ def main(argv=None) -> float:
             others = {"subset": split, "DATA_PATH": args.modelnet_root}
             if args.modelnet_npoints is not None:
                 others["N_POINTS"] = args.modelnet_npoints
+            if args.modelnet_classes is not None:
+                others["NUM_CATEGORY"] = args.modelnet_classes
             entry = {"_base_": CACHE_DATASET, "others": others}
         if entry:
             overrides[split] = entry
