@@ -48,8 +48,9 @@ REPORT := $(DEMO_OUT)/REPORT.md
 
 data: $(DEMO_DATA)
 
+# --force: this rule runs when the data is missing or its generator changed; then every dataset is rewritten
 $(DEMO_DATA): demo/generate.py demo/shapes.py tools/make_demo_data.py | install
-	$(RUN) data -- $(PY) tools/make_demo_data.py --root $(DEMO_ROOT)
+	$(RUN) data -- $(PY) tools/make_demo_data.py --root $(DEMO_ROOT) --force
 	touch $@
 
 demo-pretrain: $(STAMPS)/pretrain
