@@ -263,12 +263,12 @@ def make_shapenet_render(root: str, seed: int = 0, shapes_per_class: int = 8, n_
 
 # ----------------------------------------------------------------------------- ModelNet40
 
-def make_modelnet(root: str, seed: int = 0, train_per_class: int = 4, test_per_class: int = 16, n_rows: int = 1200,
+def make_modelnet(root: str, seed: int = 0, train_per_class: int = 8, test_per_class: int = 16, n_rows: int = 1200,
                   cache_points: Sequence[int] = (1024,), force: bool = False) -> Optional[dict]:
     """ModelNet/modelnet40_normal_resampled/: shape names, split lists (40 and 10), ``<class>/<id>.txt``
     with ``n_rows`` rows ``x,y,z,nx,ny,nz`` (real data: 10,000; demo default 1200), and the FPS caches
     ``modelnet{40,10}_{train,test}_{N}pts_fps.dat`` for N in ``cache_points`` (each <= n_rows).
-    The demo default is few labels and a larger test split: 4 training shapes per class for the
+    The demo default is few labels and a larger test split: 8 training shapes per class for the
     fine-tuning, 16 test shapes per class so that one ModelNet10 test shape is 0.6 accuracy points."""
     bad = [n for n in cache_points if n > n_rows]
     if bad:
