@@ -20,6 +20,7 @@ from datasets import DATASETS
 from engine import builder, finetune, pretrain
 from models import MODELS
 from utils import dist_utils, parser
+from utils.cli import run_main
 from utils.config import get_config, validate_config
 from utils.logger import get_root_logger, print_log
 from utils.misc import set_random_seed
@@ -97,4 +98,4 @@ def _run(args, rank: int, world_size: int):
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

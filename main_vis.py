@@ -32,6 +32,7 @@ from datasets.common import DatasetFormatError
 from datasets.io import write_ply
 from extensions.pointops import fps
 from engine import builder
+from utils.cli import run_main
 from utils.vis import plot_cloud_rows, view_for_category
 from utils.checkpoint import CheckpointError
 from utils.config import ConfigError, check_top_level, dataset_entry, origin_of
@@ -204,4 +205,4 @@ def main(argv=None) -> Dict[str, object]:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -21,6 +21,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from utils.cli import InputError
+
 from .common import pc_normalize
 
 NUM_PARTS = 50
@@ -48,7 +50,7 @@ LAYOUT = ("synsetoffset2category.txt, train_test_split/shuffled_{train,val,test}
 SPLITS = {"train": ("train",), "val": ("val",), "trainval": ("train", "val"), "test": ("test",)}
 
 
-class ShapeNetPartFormatError(ValueError):
+class ShapeNetPartFormatError(InputError, ValueError):
     """The ShapeNetPart folder is missing or does not have the expected layout."""
 
 

@@ -6,13 +6,14 @@ from typing import Iterable
 
 import numpy as np
 
+from utils.cli import InputError
 from utils.config import Schema
 
 # Keys every dataset accepts from a config's ``others`` entry.
 COMMON_KEYS = ("NAME", "subset", "npoints", "bs", "whole")
 
 
-class DatasetFormatError(FileNotFoundError):
+class DatasetFormatError(InputError, FileNotFoundError):
     """A dataset root is missing or not in the expected layout; the message names both."""
 
 

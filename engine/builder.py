@@ -14,7 +14,7 @@ from datasets import DATASETS, build_dataset_from_cfg
 from models import MODELS, build_model_from_cfg
 from utils.checkpoint import (CheckpointError, atomic_save, load_checkpoint_file, load_state_dict_checked,
                               state_dict_of)
-from utils.config import ConfigError, origin_of, to_plain
+from utils.config import CHOICE_KEYS, ConfigError, origin_of, to_plain
 from utils.config import load_config as _load_config
 from utils.dist_utils import get_dist_info
 from engine.engine import amp_mode, grad_scaler, resolve_amp
@@ -146,8 +146,8 @@ class CosineEpochScheduler:
         self.__dict__.update(state)
 
 
-EPOCH_COUNTS = ("released", "exact")
-LR_SCHEDULES = ("exact", "released")
+EPOCH_COUNTS = CHOICE_KEYS["epoch_count"]
+LR_SCHEDULES = CHOICE_KEYS["lr_schedule"]
 
 
 def _choice(config, key: str, choices, default: str) -> str:

@@ -35,6 +35,7 @@ from datasets.io import read_ply
 from extensions.pointops import fps
 from models.backbone import (PointEncoder, checkpoint_kind, encoder_state_dict, max_mean_pool, patch_embed_kind)
 from utils.checkpoint import atomic_write, load_checkpoint_file, load_state_dict_checked, state_dict_of
+from utils.cli import InputError
 from utils.config import ConfigError, cfg_from_yaml_file, origin_of
 from utils.logger import print_log
 from utils.misc import resolve_device
@@ -46,7 +47,7 @@ TEXT_EXTS = (".txt", ".xyz", ".pts", ".csv")
 POINT_EXTS = PLY_EXTS + NPY_EXTS + TEXT_EXTS
 
 
-class PointCloudFileError(ValueError):
+class PointCloudFileError(InputError, ValueError):
     """A point-cloud file cannot be read or used; the message names the file."""
 
 

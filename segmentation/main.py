@@ -17,6 +17,7 @@ from typing import Dict
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere: the checkout's packages first
 
 from engine.partseg import run  # noqa: E402
+from utils.cli import run_main  # noqa: E402
 from utils.config import resolve_data_root  # noqa: E402
 from utils.parser import add_common_args, new_parser, progress_enabled  # noqa: E402
 
@@ -101,4 +102,4 @@ def main(argv=None) -> Dict[str, float]:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -137,8 +137,63 @@ def test_bad_config_exits_non_zero_through_the_command_line(tmp_path):
     proc = subprocess.run([sys.executable, str(REPO / "main.py"), "--config", str(cfg), "--num_workers", "0",
                            "--device", "cpu", "--experiment_root", str(tmp_path / "exp")],
                           capture_output=True, text=True, cwd=REPO, timeout=120)
-    assert proc.returncode != 0
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "ConfigError" in proc.stderr and "'max_epoch' = 'two'" in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]  # one line: the script, the message naming key, value and file
+    assert last.startswith("main.py: error: ")
+    assert "bad.yaml" in last
+
+
+def test_input_errors_end_in_one_line_and_status_2(capsys):
+    """utils.cli.run_main: the errors a user causes (config, checkpoint, data, run directory, point
+    cloud file) derive from InputError and end as one line on stderr with exit status 2; any other
+    exception keeps its traceback."""
+    from datasets.ShapeNetPartDataset import ShapeNetPartFormatError
+    from datasets.common import DatasetFormatError
+    from engine.features import PointCloudFileError
+    from utils.checkpoint import CheckpointError, CheckpointWriteError
+    from utils.cli import InputError, run_main
+    from utils.config import ConfigError
+    from utils.parser import RunDirError
+
+    for cls in (ConfigError, CheckpointError, CheckpointWriteError, DatasetFormatError, ShapeNetPartFormatError,
+                PointCloudFileError, RunDirError):
+        assert issubclass(cls, InputError), cls
+
+        def fails(cls=cls):
+            raise cls("file 'x.pth': bad value 3, expected 4")
+
+        with pytest.raises(SystemExit) as exit_info:
+            run_main(fails, prog="tool.py")
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err
+        assert err == f"tool.py: error: file 'x.pth': bad value 3, expected 4 [{cls.__name__}]\n"
+    assert issubclass(DatasetFormatError, FileNotFoundError) and issubclass(ConfigError, ValueError)
+
+    def bug():
+        raise KeyError("not an input error")
+
+    with pytest.raises(KeyError):
+        run_main(bug, prog="tool.py")
+    assert run_main(lambda: 7) == 7
+
+
+@pytest.mark.parametrize("key, value", [("epoch_count", "weird"), ("lr_schedule", "lagged"), ("embed_compute", "quick")])
+def test_choice_keys_are_checked_when_the_config_is_loaded(tmp_path, key, value):
+    message = config_error(tmp_path, pretrain_text(tmp_path) + f"\n{key}: {value}\n")
+    assert f"'{key}' = '{value}'" in message and "expected one of" in message and message.endswith("bad.yaml)")
+
+
+def test_choice_words_agree_with_the_code_that_reads_them():
+    from engine.builder import EPOCH_COUNTS, LR_SCHEDULES, epochs_to_run
+    from models.layers import DEFAULT_EMBED_COMPUTE, EMBED_COMPUTE_MODES
+    from utils.config import CHOICE_KEYS
+
+    assert set(CHOICE_KEYS["embed_compute"]) == set(EMBED_COMPUTE_MODES)
+    assert CHOICE_KEYS["embed_compute"][0] == DEFAULT_EMBED_COMPUTE
+    assert EPOCH_COUNTS == ("released", "exact") and LR_SCHEDULES == ("exact", "released")
+    from easydict import EasyDict
+    assert epochs_to_run(EasyDict(max_epoch=3)) == 4  # the default word: released, max_epoch + 1
 
 
 # ------------------------------------------------------------------------------ --ckpts in pre-training
@@ -355,3 +410,26 @@ def test_segmentation_refuses_a_run_dir_with_checkpoints(tmp_path):
         seg_main(args + ["--overwrite"])
     assert (run / "checkpoints" / "best_model.pth").read_bytes() == b"old model"
     assert not (run / ".lock").exists()
+
+
+ENTRY_POINTS = ["main.py", "main_vis.py", "segmentation/main.py", *sorted(f"tools/{p.name}" for p in (REPO / "tools").glob("*.py"))]
+
+
+@pytest.mark.parametrize("script", ENTRY_POINTS)
+def test_every_command_reports_input_errors_in_one_line(script):
+    """Each command runs its main() through utils.cli.run_main (or, export_weights.py, catches the
+    input errors itself to add a hint), so a bad input never ends in a traceback."""
+    text = (REPO / script).read_text()
+    assert "run_main(main)" in text or ("except CheckpointError" in text and "except ConfigError" in text), script
+
+
+@pytest.mark.parametrize("args", [["segmentation/main.py", "--ckpts", "missing.pth", "--log_dir", "bad"],
+                                  ["tools/svm.py", "--config", "cfgs/demo/pretrain_demo.yaml", "--ckpts", "missing.pth"]])
+def test_missing_checkpoint_is_one_line_with_status_2(tmp_path, args):
+    cmd = [sys.executable, str(REPO / args[0]), *[str(tmp_path / a) if a == "missing.pth" else a for a in args[1:]]]
+    if args[0].startswith("segmentation"):
+        cmd += ["--log_root", str(tmp_path / "log"), "--root", str(tmp_path / "data"), "--device", "cpu"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert ": error: " in last and "missing.pth" in last and "does not exist" in last and "[CheckpointError]" in last

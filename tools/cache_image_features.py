@@ -31,6 +31,7 @@ from datasets.views import N_RENDERED_VIEWS, load_view, rendered_view_paths  # n
 from models.image_encoder import ImageBranch  # noqa: E402
 from utils.checkpoint import load_checkpoint_file, load_state_dict_checked, state_dict_of  # noqa: E402
 from engine.builder import load_config  # noqa: E402
+from utils.cli import run_main  # noqa: E402
 from utils.config import ConfigError, merge_into  # noqa: E402
 from utils.logger import print_log  # noqa: E402
 from utils.misc import resolve_device  # noqa: E402
@@ -115,4 +116,4 @@ def main(argv=None) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

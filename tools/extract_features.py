@@ -19,6 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere: the checkout's packages first
 
+from utils.cli import run_main  # noqa: E402
 from utils.parser import add_common_args, new_parser, progress_enabled  # noqa: E402
 
 
@@ -57,11 +58,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    from engine.features import PointCloudFileError
-    from utils.checkpoint import CheckpointError
-    from utils.config import ConfigError
-
-    try:
-        main()
-    except (PointCloudFileError, CheckpointError, ConfigError) as e:
-        raise SystemExit(f"extract_features.py: {e}") from None
+    run_main(main)

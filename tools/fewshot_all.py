@@ -31,6 +31,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere: the checkout's packages first
 
+from utils.cli import run_main  # noqa: E402
 from utils.logger import print_log  # noqa: E402
 from utils.parser import new_parser  # noqa: E402
 
@@ -165,4 +166,4 @@ def main(argv=None) -> Tuple[Optional[float], Optional[float], List[float]]:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

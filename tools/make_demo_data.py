@@ -18,6 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywher
 import torch  # noqa: E402
 
 from demo.generate import DATASETS, generate  # noqa: E402
+from utils.cli import run_main  # noqa: E402
 
 
 def main(argv=None) -> None:
@@ -39,4 +40,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

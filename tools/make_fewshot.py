@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywher
 
 from datasets.ModelNetDatasetFewShot import make_fewshot_splits  # noqa: E402
 from datasets.modelnet_cache import load_modelnet_cache  # noqa: E402
+from utils.cli import run_main  # noqa: E402
 from utils.parser import new_parser  # noqa: E402
 
 
@@ -50,4 +51,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -28,6 +28,7 @@ import numpy as np
 from tensorboardX.crc32c import crc32c
 from tensorboardX.proto import event_pb2
 
+from utils.cli import run_main
 from utils.vis import new_figure, save_figure
 from utils.logger import print_log
 from utils.parser import new_parser
@@ -253,4 +254,4 @@ def main(argv=None) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

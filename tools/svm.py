@@ -21,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywher
 from engine import builder  # noqa: E402
 from engine.svm import CACHE_DATASET, DEFAULT_C, svm_validate  # noqa: E402
 from utils.checkpoint import write_json  # noqa: E402
+from utils.cli import run_main  # noqa: E402
 from utils.config import merge_into  # noqa: E402
 from utils.misc import resolve_device, set_random_seed  # noqa: E402
 from utils.parser import add_common_args, new_parser, progress_enabled  # noqa: E402
@@ -99,4 +100,4 @@ def main(argv=None) -> float:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

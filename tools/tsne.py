@@ -32,6 +32,7 @@ from datasets.common import DatasetFormatError
 from engine import svm
 from models import backbone
 from engine import builder
+from utils.cli import run_main
 from utils.vis import class_colours, new_figure, save_figure
 from utils.checkpoint import CheckpointError, load_checkpoint_file, state_dict_of, write_json  # noqa: E402
 from utils.config import ConfigError, dataset_entry, origin_of
@@ -217,4 +218,4 @@ def run(args) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

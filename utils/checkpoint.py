@@ -13,10 +13,12 @@ from typing import Any, BinaryIO, Callable, Dict, Iterable, List, Mapping, Optio
 import torch
 from torch import nn
 
+from utils.cli import InputError
+
 STRIP_PREFIXES = ("module.", "base_model.")
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(InputError, RuntimeError):
     """A checkpoint is missing, unreadable, or does not fit the model. The message names the file."""
 
 

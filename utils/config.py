@@ -23,12 +23,13 @@ from typing import Any, Dict, Iterable, Mapping, Optional, Tuple
 import yaml
 from easydict import EasyDict
 
+from utils.cli import InputError
 from utils.logger import print_log
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError, ValueError):
     """A config key is missing, unknown or has a bad value. The message names key and file."""
 
     def __init__(self, message: str, source: Optional[str] = None):
@@ -306,6 +307,11 @@ def check_bool(node: Any, key: str, where: str) -> None:
 TOP_LEVEL_NUMBERS = (("max_epoch", True, 0, False), ("total_bs", True, 0, True), ("step_per_update", True, 1, False),
                      ("grad_norm_clip", False, 0, False), ("npoints", True, 1, False), ("ckpt_period", True, 0, False))
 DATASET_BOOLS = ("USE_NORMALS",)
+# Top-level keys that take one of a few words: key -> the allowed words, the default first. Checked
+# by check_values with the other values; engine/builder.py takes its epoch_count and lr_schedule
+# words from here (models/layers.py, which does not import utils, keeps EMBED_COMPUTE_MODES).
+CHOICE_KEYS = {"epoch_count": ("released", "exact"), "lr_schedule": ("exact", "released"),
+               "embed_compute": ("fast", "exact")}
 IMAGE_BRANCH_BOOLS = ("trainable", "normalize", "per_view", "fresh_encoder_every_step")
 
 
@@ -324,9 +330,9 @@ def check_values(config: Mapping, job: str, model_cls: Optional[type] = None, wo
     if "total_bs" in config and world_size > 1 and config.total_bs % world_size != 0:
         raise ConfigError(f"'total_bs' = {config.total_bs}: expected a multiple of the {world_size} processes "
                           f"(each process takes total_bs / world size)", origin_of(config))
-    if config.get("embed_compute") is not None and config.embed_compute not in ("exact", "fast"):
-        raise ConfigError(f"'embed_compute' = {config.embed_compute!r}: expected 'fast' or 'exact' (the patch-embedding "
-                          f"arithmetic)", origin_of(config))
+    for key, words in CHOICE_KEYS.items():
+        if config.get(key) is not None and config[key] not in words:
+            raise ConfigError(f"'{key}' = {config[key]!r}: expected one of {list(words)}", origin_of(config))
     opt = config.get("optimizer")
     if isinstance(opt, Mapping) and isinstance(opt.get("kwargs"), Mapping):
         check_number(opt.kwargs, "lr", "optimizer.kwargs.lr", low=0, low_open=True, allow_none=False)

@@ -11,6 +11,8 @@ import socket
 import sys
 from pathlib import Path
 
+from utils.cli import InputError
+
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """``--help`` with the default of every flag that takes a value, unless its help already says
@@ -212,7 +214,7 @@ def get_args(argv=None) -> argparse.Namespace:
     return args
 
 
-class RunDirError(RuntimeError):
+class RunDirError(InputError, RuntimeError):
     """An experiment directory cannot be used: it holds another run's checkpoints, or a live run holds it."""
 
 
