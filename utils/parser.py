@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from utils.cli import InputError
+from utils.config import CHOICE_KEYS
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -50,7 +51,7 @@ COMMON_ARGS = {
                                              help="farthest point sampling on CUDA: auto (triton when it imports, "
                                                   "else torch), torch, triton, pointnet2_ops (default: the config's "
                                                   "fps_backend, else $INTERMAE_FPS_BACKEND, else auto)")),
-    "embed_compute": (("--embed_compute",), dict(choices=["exact", "fast"], default=None,
+    "embed_compute": (("--embed_compute",), dict(choices=CHOICE_KEYS["embed_compute"], default=None,
                                                  help="patch-embedding arithmetic (same weights, same checkpoints): fast "
                                                       "(the attention energy from the 128-wide hidden features; equal to "
                                                       "exact to ~1e-6 relative, a faster step) or exact (the released order "
