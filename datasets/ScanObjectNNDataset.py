@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from utils.config import ConfigError, origin_of
+from utils.schema import ConfigError, origin_of
 from utils.logger import print_log
 
 from .build import DATASETS

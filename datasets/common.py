@@ -7,7 +7,7 @@ from typing import Iterable
 import numpy as np
 
 from utils.cli import InputError
-from utils.config import Schema
+from utils.schema import Schema
 
 # Keys every dataset accepts from a config's ``others`` entry.
 COMMON_KEYS = ("NAME", "subset", "npoints", "bs", "whole")

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from extensions.chamfer_dist import ChamferDistanceL1, ChamferDistanceL2
 from extensions.emd import EarthMoverDistance
-from utils.config import ConfigError, Schema, origin_of
+from utils.schema import ConfigError, Schema, origin_of
 
 from .backbone import PointEncoder, check_init, first_max_pool
 from .build import MODELS

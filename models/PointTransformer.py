@@ -13,7 +13,7 @@ from timm.layers import trunc_normal_
 from torch import Tensor, nn
 
 from utils.checkpoint import LoadReport
-from utils.config import Schema, origin_of
+from utils.schema import Schema, origin_of
 
 from .backbone import PointEncoder, check_init, first_max_pool, load_encoder
 from .build import MODELS

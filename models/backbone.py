@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from utils.checkpoint import CheckpointError, LoadReport, load_checkpoint_file, load_state_dict_checked, state_dict_of
-from utils.config import ConfigError
+from utils.schema import ConfigError
 from utils.logger import print_log
 
 from .layers import Group, TransformerEncoder, build_patch_embed, pos_embedding

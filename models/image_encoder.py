@@ -22,7 +22,7 @@ from timm.data import resolve_model_data_config
 from torch import Tensor, nn
 
 from utils.checkpoint import CheckpointError, load_state_dict_checked, state_dict_of
-from utils.config import ConfigError, Schema, origin_of
+from utils.schema import ConfigError, Schema, origin_of
 from utils.logger import print_log
 
 IMAGE_BRANCH_KEYS = ("enabled", "model", "model_kwargs", "pretrained", "trainable", "normalize", "mean", "std", "weight",

@@ -36,7 +36,7 @@ class Registry:
 
     def check(self, cfg: Any, where: str) -> type:
         """Check ``cfg`` against the ``config_schema`` of the class its ``NAME`` picks; returns the class."""
-        from utils.config import ConfigError, origin_of
+        from utils.schema import ConfigError, origin_of
 
         if not isinstance(cfg, dict) or "NAME" not in cfg:
             raise ConfigError(f"{where}: a {self.name} config needs a 'NAME' key", origin_of(cfg))
@@ -55,7 +55,7 @@ class Registry:
         ``default_args`` (e.g. a dataset's ``others``) are merged into a copy of ``cfg`` first;
         their values win, as in the released ``build_dataset_from_cfg(cfg._base_, cfg.others)``.
         """
-        from utils.config import merge_into
+        from utils.schema import merge_into
 
         if default_args:
             cfg = merge_into(cfg, default_args)
