@@ -3,27 +3,32 @@
     python main.py --config cfgs/pretrain.yaml --exp_name NAME [--data_root DIR]
     python main.py --config cfgs/finetune_modelnet.yaml --finetune_model --ckpts P.pth --exp_name NAME
     python main.py --test --ckpts experiments/finetune_modelnet/NAME/ckpt-best.pth   # the run's saved config.yaml
-    torchrun --nproc_per_node N main.py --launcher pytorch --config ...
+    torchrun --nproc_per_node N main.py --launcher pytorch --config ... [--resume auto]
 
-The jobs live in ``engine/`` (``pretrain.py``, ``finetune.py``), on the shared ``engine/engine.py``.
+Order of a run: flags -> config (loaded, ``--opts``, data root, validated) -> settings
+(utils/settings.py) -> run directory and its lock -> log file and config.yaml -> the job
+(``engine/pretrain.py``, ``engine/finetune.py``). Nothing is written before the config passed.
 """
 from __future__ import annotations
 
 import os
-import sys
 import time
 
 import torch
 from tensorboardX import SummaryWriter
 
 from datasets import DATASETS
+from datasets.build import bind_run_dir
 from engine import builder, finetune, pretrain
+from engine.preemption import catch_stop_signals
 from models import MODELS
 from utils import dist_utils, parser
-from utils.cli import run_main
-from utils.config import get_config, validate_config
-from utils.logger import get_root_logger, print_log
+from utils.cli import InputError, run_main
+from utils.config import (RUN_CONFIG, check_resume_changes, config_changes, load_config, save_run_config,
+                          validate_config)
+from utils.logger import attach_log_file, print_log, start_run_logger
 from utils.misc import set_random_seed
+from utils.settings import build_run_settings, experiment_paths, resume_mode
 
 
 def job_of(args) -> str:
@@ -35,66 +40,106 @@ def job_of(args) -> str:
 
 def main(argv=None):
     args = parser.get_args(argv)
-    args.distributed = args.launcher != "none"
-    if args.distributed:
+    if args.launcher != "none":
         dist_utils.init_dist(args.launcher)
-    rank, world_size = dist_utils.get_dist_info()
-    args.world_size = world_size
-    args.lock_path = None
     try:
-        # Rank 0 makes the directory and takes its lock; a refusal (another run's checkpoints, a live
-        # lock) is raised on every process, so none waits in a collective for a rank 0 that stopped.
-        dist_utils.run_on_rank0(lambda: parser.create_experiment_dir(args))
-    except Exception:
+        with catch_stop_signals() as stop:
+            return _run(args, job_of(args), stop)
+    finally:
         if dist_utils.is_dist():
             torch.distributed.destroy_process_group()
-        raise
-    try:
-        return _run(args, rank, world_size)
-    finally:
-        parser.release_run_lock(args.lock_path)
 
 
-def _run(args, rank: int, world_size: int):
-    timestamp = time.strftime("%Y%m%d_%H%M%S", time.localtime())
-    logger = get_root_logger(log_file=os.path.join(args.experiment_path, f"{timestamp}.log"), name=args.log_name)
-    train_writer = val_writer = None
-    if rank == 0 and not args.test:
-        train_writer = SummaryWriter(os.path.join(args.tfboard_path, "train"))
-        val_writer = SummaryWriter(os.path.join(args.tfboard_path, "test"))
+def resolve_resume(args) -> str:
+    """``--resume auto``: continue when the run directory holds a ckpt-last.pth and its config.yaml,
+    else start the run (``yes`` / ``no``)."""
+    mode = resume_mode(args.resume)
+    if mode == "auto":
+        folder = experiment_paths(args)[0]
+        found = all(os.path.isfile(os.path.join(folder, name)) for name in ("ckpt-last.pth", RUN_CONFIG))
+        mode = "yes" if found else "no"
+    return mode
 
-    job = job_of(args)
-    config = get_config(args, logger=logger, models=MODELS, datasets=DATASETS)
-    args.num_workers = builder.worker_count(args.num_workers, logger)
+
+def read_config(args, job: str, logger):
+    """The run's config, validated, and the changes a resume makes to the saved one (``[]``)."""
+    changes = []
+    if args.resume:
+        saved = os.path.join(experiment_paths(args)[0], RUN_CONFIG)
+        if not os.path.exists(saved):
+            raise InputError(f"--resume: no saved config at {saved}; is --exp_name right?")
+        print_log(f"Resume: loading config from {saved}", logger=logger)
+        before = load_config(saved, (), args.data_root, MODELS, DATASETS)
+        config = load_config(saved, args.opts, args.data_root, MODELS, DATASETS, logger=logger, schedule=True)
+        changes = config_changes(before, config)
+        check_resume_changes(changes, f"--opts of --resume ({saved})")
+        args.config = saved
+    else:
+        if args.config_from_run:
+            print_log(f"--test without --config: using the run's saved config {args.config}", logger=logger)
+        config = load_config(args.config, args.opts, args.data_root, MODELS, DATASETS, logger=logger,
+                             schedule=job != "test")
     if args.shot != -1:
         for split in ("train", "val"):
             config.dataset[split].others.update(shot=args.shot, way=args.way, fold=args.fold)
-    validate_config(config, job, MODELS, DATASETS, world_size=world_size)
-    per_rank = config.total_bs // world_size
+    validate_config(config, job, MODELS, DATASETS, world_size=dist_utils.get_dist_info()[1])
+    return config, changes
+
+
+def _run(args, job: str, stop):
+    args.resume = resolve_resume(args) == "yes"
+    experiment_path, _, log_name = experiment_paths(args)
+    logger = start_run_logger(log_name)
+    config, changes = read_config(args, job, logger)
+    settings = build_run_settings(args, config, job, logger)
+    if changes:
+        print_log(f"--resume with {len(changes)} changed key(s): "
+                  + "; ".join(f"{key}: {old!r} -> {new!r}" for key, old, new in changes), logger=logger)
+    per_rank = config.total_bs // settings.world_size if "total_bs" in config else 1
     for split, bs in (("train", per_rank), ("extra_train", per_rank * 2), ("val", per_rank * 2), ("test", per_rank)):
         if config.dataset.get(split) is not None:
             config.dataset[split].others.bs = bs
 
-    print_log(f"Command: {' '.join(sys.argv)}", logger=logger)
-    print_log(f"Arguments: {vars(args)}", logger=logger)
-    if getattr(args, "ckpts_warm_start", False):
+    # Rank 0 makes the directory and takes its lock; a refusal (another run's checkpoints, a live
+    # lock) is raised on every process, so none waits in a collective for a rank 0 that stopped.
+    lock = dist_utils.run_on_rank0(lambda: parser.create_experiment_dir(
+        settings.experiment_path, settings.tfboard_path, args.resume, args.overwrite, logger))
+    try:
+        attach_log_file(logger, os.path.join(settings.experiment_path, time.strftime("%Y%m%d_%H%M%S") + ".log"))
+        try:
+            return _run_job(args, settings, config, changes, stop, logger)
+        except InputError as error:  # the same words in the run log as on the console
+            print_log(f"error: {error} [{type(error).__name__}]", logger=logger, file_only=True)
+            raise
+    finally:
+        parser.release_run_lock(lock)
+
+
+def _run_job(args, settings, config, changes, stop, logger):
+    if settings.is_main_process:
+        bind_run_dir(config, settings.experiment_path)
+        if not args.resume or changes:
+            save_run_config(settings.experiment_path, config, keep_previous=bool(changes), logger=logger)
+    print_log(f"Command: {settings.command}", logger=logger)
+    if args.ckpts_warm_start:
         print_log(f"Pre-training with --ckpts: warm start from {args.ckpts} (weights only, fresh optimizer; "
                   f"the same as --start_ckpts)", logger=logger)
-    print_log(f"Distributed training: {args.distributed} (world size {world_size})", logger=logger)
-    set_random_seed(args.seed + rank, deterministic=args.deterministic)
-
+    builder.log_settings(settings, logger)
+    print_log(f"Distributed training: {settings.distributed} (world size {settings.world_size})", logger=logger)
+    set_random_seed(settings.seed + settings.rank, deterministic=settings.deterministic)
+    if settings.job == "test":
+        return finetune.test_net(settings, config, logger)
+    writers = (None, None)
+    if settings.is_main_process:
+        writers = (SummaryWriter(os.path.join(settings.tfboard_path, "train")),
+                   SummaryWriter(os.path.join(settings.tfboard_path, "test")))
     try:
-        if job == "test":
-            return finetune.test_net(args, config)
-        if job == "finetune":
-            return finetune.run_net(args, config, train_writer, val_writer)
-        return pretrain.run_net(args, config, train_writer, val_writer)
+        run = finetune.run_net if settings.job == "finetune" else pretrain.run_net
+        return run(settings, config, writers, stop, logger)
     finally:
-        for writer in (train_writer, val_writer):
+        for writer in writers:
             if writer is not None:
                 writer.close()
-        if args.distributed and torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -34,8 +34,8 @@ from extensions.pointops import fps
 from engine import builder
 from utils.cli import run_main
 from utils.vis import plot_cloud_rows, view_for_category
-from utils.checkpoint import CheckpointError
-from utils.config import ConfigError, check_top_level, dataset_entry, origin_of
+from utils.checkpoint import CheckpointError, UntrustedCheckpointError
+from utils.config import ConfigError, check_mask_ratio, check_top_level, dataset_entry, origin_of
 from utils.logger import get_root_logger, print_log
 from utils.misc import resolve_device, set_random_seed
 from utils.parser import add_common_args, new_parser, progress_enabled
@@ -58,7 +58,8 @@ def build_vis_parser():
     parser.add_argument("--mask_ratio", type=float, default=None,
                         help="override model.transformer_config.mask_ratio (0 <= ratio, at least one visible patch) "
                              "(default: the config's)")
-    add_common_args(parser, "device", "num_workers", "seed", "partial_load", "data_root", "no_progress", "opts")
+    add_common_args(parser, "device", "num_workers", "seed", "partial_load", "trust_checkpoint", "data_root", "no_progress",
+                    "opts")
     return parser
 
 
@@ -76,10 +77,8 @@ def get_vis_args(argv=None):
 
 
 def set_mask_ratio(config, ratio: float) -> None:
-    """Override ``model.transformer_config.mask_ratio`` after checking at least one patch stays visible."""
-    num_group = int(config.model.num_group)
-    if not 0.0 <= ratio < 1.0 or int(ratio * num_group) >= num_group:
-        raise ConfigError(f"--mask_ratio {ratio} must be in [0, 1) and leave at least one of the {num_group} patches visible")
+    """Override ``model.transformer_config.mask_ratio``, checked by the config's own rule (in (0, 1))."""
+    check_mask_ratio({"mask_ratio": ratio}, "--mask_ratio")
     config.model.transformer_config.mask_ratio = float(ratio)
 
 
@@ -145,10 +144,12 @@ def run_vis(args, config, logger=None) -> Dict[str, object]:
     if not hasattr(base_model, "reconstruct"):
         raise ConfigError(f"model.NAME {config.model.NAME} is not a pre-training model (it has no reconstruct); "
                           f"use a pre-training config such as cfgs/pretrain.yaml", origin_of(config.model))
-    builder.load_model(base_model, args.ckpts, logger=logger, strict=not getattr(args, "partial_load", False))
+    # the point model of any pre-training checkpoint, with or without an image branch (never used here)
+    builder.load_point_model(base_model, args.ckpts, logger=logger, strict=not args.partial_load,
+                             trust=args.trust_checkpoint)
     base_model.eval()
 
-    _, loader = builder.dataset_builder(args, entry)
+    _, loader = builder.dataset_builder(entry, seed=args.seed, num_workers=builder.worker_count(args.num_workers))
     npoints = int(config.get("npoints", entry.others.get("npoints", 0)) or 0)
     ratio = float(config.model.transformer_config.mask_ratio)
     print_log(f"Visualising {args.num_samples} samples of dataset.{split} ({len(loader.dataset)} shapes), "
@@ -199,6 +200,8 @@ def main(argv=None) -> Dict[str, object]:
     try:
         config = builder.load_config(args.config, args.opts, args.data_root, logger=logger)
         return run_vis(args, config, logger=logger)
+    except UntrustedCheckpointError:
+        raise  # a refused unpickling: one line and exit status 2 (utils.cli.run_main), as in every command
     except (CheckpointError, ConfigError, DatasetFormatError) as e:
         print_log(f"main_vis.py: {e}", logger=logger, level=40)
         raise SystemExit(1) from None

@@ -46,7 +46,7 @@ from datasets.ShapeNetPartDataset import CATEGORIES, SEG_CLASSES  # noqa: E402
 from engine import builder, finetune, partseg, pretrain  # noqa: E402
 from engine.engine import grad_scaler, resolve_amp, train_one_epoch  # noqa: E402
 from models.PartSegTransformer import PartSegTransformer  # noqa: E402
-from models.layers import get_embed_compute  # noqa: E402
+from models.layers import DEFAULT_EMBED_COMPUTE  # noqa: E402
 from utils.config import cfg_from_yaml_file  # noqa: E402
 from utils.misc import resolve_device  # noqa: E402
 
@@ -67,7 +67,7 @@ def samples_per_s(model, step, batch, device: torch.device, steps: int, amp: str
     scaler = grad_scaler(device, dtype)
     run = dict(clip=clip, amp=dtype, scaler=scaler, progress=False, log_interval=steps)
     train_one_epoch(model, step, [batch], optimizer, device, 0, **run)  # warm-up
-    return train_one_epoch(model, step, [batch] * steps, optimizer, device, 0, **run)["samples_per_s"]
+    return train_one_epoch(model, step, [batch] * steps, optimizer, device, 0, **run).stats["samples_per_s"]
 
 
 # An AVX2-only CPU emulated on this one: torch's own kernels, oneDNN and MKL restricted to AVX2
@@ -89,7 +89,7 @@ class Contender:
 
     def run(self, batch, steps: int) -> float:
         return train_one_epoch(self.model, self.step, [batch] * steps, self.optimizer, self.device, 0, clip=self.clip,
-                               amp=self.dtype, scaler=self.scaler, progress=False, log_interval=steps)["samples_per_s"]
+                               amp=self.dtype, scaler=self.scaler, progress=False, log_interval=steps).stats["samples_per_s"]
 
 
 def interleaved(contenders: Dict[str, Contender], batch, steps: int, rounds: int) -> Dict[str, Dict[str, object]]:
@@ -132,7 +132,7 @@ def bench_released(device: torch.device, batch: int, steps: int, rounds: int, ge
     if geometry:
         contenders[f"{RELEASED_GEOMETRY}, fp32"] = released(True)
     if amp:
-        default = get_embed_compute()
+        default = DEFAULT_EMBED_COMPUTE
         for mode in precisions(device)[1:]:
             contenders[f"{OURS}, embed {default} (default), {mode}"] = project(default, mode)
     if compile_model:

@@ -1,6 +1,6 @@
 """All benchmarks in one run (``make bench``: ``python bench/run.py``): FPS backends, geometry ops, the
 pre-training step against the released model code, the three jobs' training steps in every
-precision the device runs fast, and the data side, each printed as a table of side-by-side ratios
+precision the device runs fast, the data side and the loading of your own files, each printed as a table of side-by-side ratios
 measured in this run.
 
     python bench/run.py [--device cuda] [--quick]
@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere: the checkout's packages first
 
-from bench import bench_data, bench_fps, bench_ops, bench_train  # noqa: E402
+from bench import bench_data, bench_folder, bench_fps, bench_ops, bench_train  # noqa: E402
 from utils.misc import resolve_device  # noqa: E402
 
 
@@ -39,6 +39,8 @@ def main(argv=None) -> None:
                                 "--rounds", "1", "--isa", "native"] if quick else []))
     print("\n== data ==")
     bench_data.main(device + (["--cache_shapes_numpy", "1", "--cache_shapes", "2", "--views", "8"] if quick else []))
+    print("\n== your own files (PointCloudFolder) ==")
+    bench_folder.main(["--files", "4"] if quick else [])
 
 
 if __name__ == "__main__":

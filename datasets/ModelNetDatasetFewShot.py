@@ -89,7 +89,9 @@ def make_fewshot_splits(train_points: Sequence[np.ndarray], train_labels: Sequen
                         folds: int = 10, seed: int = 0, n_test_per_class: int = 20) -> List[str]:
     """Write ``out_dir/{way}way_{shot}shot/{fold}.pkl`` for every way, shot and fold < ``folds``.
 
-    Per file (seeded by ``(seed, way, shot, fold)``, so every file is deterministic on its own):
+    Per file (seeded by ``(seed, way, shot, fold)``, so every file is deterministic on its own; a
+    negative ``seed`` draws from fresh OS entropy, unrepeatable, as the released unseeded
+    ``random.shuffle`` in ``datasets/generate_few_shot_data.py``):
     ``way`` distinct classes are drawn among those present in both splits; label = position in
     that draw; then ``shot`` train shapes per class from the train set and ``n_test_per_class``
     test shapes per class from the test set, without replacement. A class with fewer shapes
@@ -114,7 +116,7 @@ def make_fewshot_splits(train_points: Sequence[np.ndarray], train_labels: Sequen
             folder = os.path.join(out_dir, f"{way}way_{shot}shot")
             os.makedirs(folder, exist_ok=True)
             for fold in range(folds):
-                rng = np.random.default_rng([seed, way, shot, fold])
+                rng = np.random.default_rng(None if seed < 0 else [seed, way, shot, fold])
                 chosen = rng.choice(classes, way, replace=False)
                 data = {"train": [], "test": []}
                 for new_label, cls in enumerate(chosen):

@@ -17,7 +17,12 @@ from .views import VIEW_KEYS, FeatureCache, check_view_config, choose_views, loa
 
 LAYOUT = """  <DATA_PATH>/ShapeNet/<synset>/<model>.ply                       (x, y, z vertices, >= N_POINTS)
   <DATA_PATH>/ShapeNetRendering/<synset>/<model>/rendering/00.png .. 23.png   (137x137 RGBA)
-  optional <DATA_PATH>/<subset>.txt with lines '<synset>/<model>' (default: every shape is 'train')"""
+  with split: file, <DATA_PATH>/<subset>.txt with lines '<synset>/<model>' (a missing train.txt: every shape)"""
+# ``split``: which shapes a subset holds. ``all`` (default, as the released load_shapenet_data, which
+# globs every shape and ignores ``subset``): every <synset>/<model>.ply, whatever the subset. ``file``:
+# the shapes listed in <DATA_PATH>/<subset>.txt; without that file 'train' is every shape and any
+# other subset is an error (pre-training then skips validation with one log line).
+SPLITS = ("all", "file")
 
 
 @DATASETS.register_module()
@@ -29,9 +34,12 @@ class ShapeNetRender(Dataset):
     IMG_SIZE) in [0, 1]} (random distinct views; RGBA composited on white, or with ``IMG_ALPHA: drop``
     alpha dropped as released) or, with IMG_SOURCE
     'cached', {'points', 'img_feats': (n_imgs, F)}.
+
+    Shapes: ``split: all`` (default) every PLY whatever the subset, as released; ``split: file`` the
+    ``<subset>.txt`` list (see :data:`SPLITS`).
     """
 
-    config_schema = dataset_schema(required=("DATA_PATH", "N_POINTS", "subset", "npoints"), optional=VIEW_KEYS)
+    config_schema = dataset_schema(required=("DATA_PATH", "N_POINTS", "subset", "npoints"), optional=VIEW_KEYS + ("split",))
 
     def __init__(self, config):
         check_view_config(config, "ShapeNetRender")
@@ -49,14 +57,18 @@ class ShapeNetRender(Dataset):
             require_path(self.render_root, "ShapeNetRender", LAYOUT)
         pc_root = os.path.join(self.data_root, "ShapeNet")
         require_path(pc_root, "ShapeNetRender", LAYOUT)
+        self.split = config.get("split", "all")
+        if self.split not in SPLITS:
+            raise DatasetFormatError(f"ShapeNetRender: split must be one of {list(SPLITS)} ('all': every shape, as "
+                                     f"released; 'file': <DATA_PATH>/<subset>.txt), got '{self.split}'")
         split_file = os.path.join(self.data_root, f"{self.subset}.txt")
-        if os.path.isfile(split_file):
+        if self.split == "file" and os.path.isfile(split_file):
             names = [ln.strip() for ln in open(split_file) if ln.strip()]
-        elif self.subset == "train":
+        elif self.split == "all" or self.subset == "train":
             names = sorted(os.path.relpath(p, pc_root)[:-4] for p in glob.glob(os.path.join(pc_root, "*", "*.ply")))
         else:
-            raise DatasetFormatError(f"ShapeNetRender: subset '{self.subset}' needs the split file {split_file}; "
-                                     f"without one, all shapes form the 'train' subset. Expected layout:\n{LAYOUT}")
+            raise DatasetFormatError(f"ShapeNetRender: subset '{self.subset}' with split 'file' needs the split file "
+                                     f"{split_file}; without one, all shapes form the 'train' subset. Expected layout:\n{LAYOUT}")
         self.file_list = []
         for name in names:
             parts = name.split("/")

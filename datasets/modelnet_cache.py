@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import warnings
 from collections import defaultdict
 from typing import List, Optional, Tuple
 
@@ -39,13 +40,19 @@ def cache_file_name(num_category: int, split: str, npoints: int) -> str:
 def read_modelnet_txt(path: str) -> np.ndarray:
     """One ModelNet shape file (rows ``x,y,z,nx,ny,nz``) -> float32 (rows, 6)."""
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"ModelNet shape file '{path}' does not exist")
+        raise DatasetFormatError(f"ModelNet shape file '{path}' does not exist")
     try:
-        data = np.loadtxt(path, delimiter=",", dtype=np.float32, ndmin=2)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # numpy's "input contained no data": 0 rows, reported below
+            data = np.loadtxt(path, delimiter=",", dtype=np.float32, ndmin=2)
     except ValueError as e:
-        raise ValueError(f"'{path}': expected rows of 6 comma-separated floats x,y,z,nx,ny,nz ({e})") from None
+        raise DatasetFormatError(f"ModelNet shape file '{path}': expected rows of 6 comma-separated floats "
+                                 f"x,y,z,nx,ny,nz ({e})") from None
+    if data.size == 0:
+        return np.zeros((0, 6), dtype=np.float32)
     if data.shape[1] != 6:
-        raise ValueError(f"'{path}': expected 6 comma-separated columns x,y,z,nx,ny,nz, got {data.shape[1]}")
+        raise DatasetFormatError(f"ModelNet shape file '{path}': expected 6 comma-separated columns x,y,z,nx,ny,nz, "
+                                 f"got {data.shape[1]}")
     return data
 
 
@@ -144,19 +151,24 @@ def build_modelnet_cache(root: str, split: str, npoints: int, num_category: int 
             del shapes_by_index[i]
         bar.update(len(idx))
 
-    for i, shape_id in enumerate(ids):
-        cls = class_of_shape_id(shape_id)
-        data = read_modelnet_txt(os.path.join(root, cls, shape_id + ".txt"))
-        if data.shape[0] < npoints:
-            raise ValueError(f"'{os.path.join(root, cls, shape_id + '.txt')}': {data.shape[0]} rows, "
-                             f"need at least npoints={npoints}")
-        shapes_by_index[i] = data
-        groups[data.shape[0]].append(i)
-        if len(groups[data.shape[0]]) >= batch_size:
-            flush(data.shape[0])
-    for rows in list(groups):
-        flush(rows)
-    bar.close()
+    try:  # the bar is closed also on an error, whose message then starts on a line of its own
+        for i, shape_id in enumerate(ids):
+            cls = class_of_shape_id(shape_id)
+            shape_file = os.path.join(root, cls, shape_id + ".txt")
+            data = read_modelnet_txt(shape_file)
+            if data.shape[0] < npoints:
+                raise DatasetFormatError(
+                    f"ModelNet shape file '{shape_file}' has {data.shape[0]} rows (points), fewer than the {npoints} "
+                    f"points per shape the cache {cache_file_name(num_category, split, npoints)} keeps (N_POINTS); "
+                    f"use a complete copy of the file, or a smaller N_POINTS")
+            shapes_by_index[i] = data
+            groups[data.shape[0]].append(i)
+            if len(groups[data.shape[0]]) >= batch_size:
+                flush(data.shape[0])
+        for rows in list(groups):
+            flush(rows)
+    finally:
+        bar.close()
 
     path = out_path or os.path.join(root, cache_file_name(num_category, split, npoints))
     atomic_write(path, lambda f: pickle.dump([points, labels], f))

@@ -1,28 +1,33 @@
 """Builders shared by the jobs (the released ``tools/builder.py`` names): data loaders, models,
-optimizer and schedule, DDP wrapping, checkpoint save / resume / load."""
+optimizer and schedule, DDP wrapping, and the one checkpoint writer and reader of every job.
+
+Everything here takes the run's :class:`utils.settings.RunSettings` (or plain arguments), never
+the command line's ``args``."""
 from __future__ import annotations
 
 import math
 import os
-from typing import List, Optional
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Mapping, Optional
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
 from datasets import DATASETS, build_dataset_from_cfg
+from engine.engine import grad_scaler
+from extensions.pointops import configured_backend, resolve_fps_backend
 from models import MODELS, build_model_from_cfg
-from utils.checkpoint import (CheckpointError, atomic_save, load_checkpoint_file, load_state_dict_checked,
-                              state_dict_of)
+from utils.checkpoint import (CheckpointError, load_checkpoint_file, load_state_dict_checked, state_dict_of,
+                              write_checkpoint)
 from utils.config import CHOICE_KEYS, ConfigError, origin_of, to_plain
 from utils.config import load_config as _load_config
-from utils.dist_utils import get_dist_info
-from engine.engine import amp_mode, grad_scaler, resolve_amp
-from extensions.pointops import resolve_fps_backend, set_fps_backend
-from models.layers import get_embed_compute, set_embed_compute
-from utils.logger import get_logger, print_log
-from utils.misc import resolve_device, rng_state, set_rng_state, warn_if_no_gpu, worker_init_fn
-
+from utils.dist_utils import all_gather_objects, get_dist_info, run_on_rank0
+from utils.logger import print_log
+from utils.misc import rng_state, set_rng_state, warn_if_no_gpu, worker_init_fn
+from utils.settings import RunSettings, usable_cores
+from utils.settings import epochs_to_run as _epochs_to_run
 
 # ---------------------------------------------------------------------------------------- config
 def load_config(path: str, opts=(), data_root: Optional[str] = None, logger=None, schedule: bool = False):
@@ -32,14 +37,6 @@ def load_config(path: str, opts=(), data_root: Optional[str] = None, logger=None
 
 
 # ------------------------------------------------------------------------------------------ data
-def usable_cores() -> int:
-    """CPU cores this process may run on (its affinity mask where the OS has one)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # macOS, Windows
-        return max(1, os.cpu_count() or 1)
-
-
 _capped_logged: set = set()
 
 
@@ -56,14 +53,14 @@ def worker_count(requested: int, logger=None) -> int:
     return cores
 
 
-def dataset_builder(args, config):
-    """``config`` is one entry of ``config.dataset`` (``{_base_, others}``) -> (sampler, loader);
+def dataset_builder(entry, *, seed: int = 0, num_workers: int = 0):
+    """``entry`` is one entry of ``config.dataset`` (``{_base_, others}``) -> (sampler, loader);
     training when ``others.subset`` is ``train``. See :func:`build_loader`."""
-    if "_base_" not in config or "others" not in config:
-        raise ConfigError("dataset entries need '_base_' and 'others'", origin_of(config))
-    dataset = build_dataset_from_cfg(config._base_, config.others)
-    return build_loader(dataset, int(config.others.get("bs", 1)), config.others.subset == "train",
-                        seed=getattr(args, "seed", 0), num_workers=int(getattr(args, "num_workers", 0)))
+    if "_base_" not in entry or "others" not in entry:
+        raise ConfigError("dataset entries need '_base_' and 'others'", origin_of(entry))
+    dataset = build_dataset_from_cfg(entry._base_, entry.others)
+    return build_loader(dataset, int(entry.others.get("bs", 1)), entry.others.subset == "train", seed=seed,
+                        num_workers=num_workers)
 
 
 def build_loader(dataset, batch_size: int, train: bool, seed: int = 0, num_workers: int = 0):
@@ -87,8 +84,10 @@ def build_loader(dataset, batch_size: int, train: bool, seed: int = 0, num_worke
     return sampler, loader
 
 
-def model_builder(config):
-    return build_model_from_cfg(config)
+def model_builder(model_config, settings: Optional[RunSettings] = None):
+    """The model of a ``model`` section, with the run's compute switches (``fps_backend``,
+    ``embed_compute``) when ``settings`` are given (else the models' defaults)."""
+    return build_model_from_cfg(model_config, **(settings.model_switches() if settings is not None else {}))
 
 
 # ------------------------------------------------------------------------------- optimization
@@ -150,19 +149,14 @@ EPOCH_COUNTS = CHOICE_KEYS["epoch_count"]
 LR_SCHEDULES = CHOICE_KEYS["lr_schedule"]
 
 
-def _choice(config, key: str, choices, default: str) -> str:
-    value = config.get(key, default) if config is not None else default
-    if value not in choices:
-        raise ConfigError(f"{key}: '{value}' is not one of {list(choices)}", origin_of(config))
-    return value
-
-
 def epochs_to_run(config) -> int:
     """Number of epochs a run of ``config`` trains from epoch 0: ``max_epoch + 1`` with
     ``epoch_count: released`` (default; the released ``range(start_epoch, max_epoch + 1)``),
     ``max_epoch`` with ``epoch_count: exact``."""
-    released = _choice(config, "epoch_count", EPOCH_COUNTS, "released") == "released"
-    return int(config.max_epoch) + (1 if released else 0)
+    count = config.get("epoch_count") or EPOCH_COUNTS[0]
+    if count not in EPOCH_COUNTS:
+        raise ConfigError(f"'epoch_count' = {count!r}: expected one of {list(EPOCH_COUNTS)}", origin_of(config))
+    return _epochs_to_run(int(config.max_epoch), count)
 
 
 class LaggedScheduler:
@@ -193,14 +187,9 @@ def apply_lr_schedule(scheduler, mode: str):
     return LaggedScheduler(scheduler) if mode == "released" and scheduler is not None else scheduler
 
 
-def schedule_for(config, scheduler):
-    """The job's scheduler for the config's ``lr_schedule`` (default ``exact``)."""
-    return apply_lr_schedule(scheduler, _choice(config, "lr_schedule", LR_SCHEDULES, "exact"))
-
-
-def build_opti_sche(base_model: nn.Module, config):
-    """Optimizer and per-epoch schedule from ``config.optimizer`` / ``config.scheduler`` (with the
-    config's ``lr_schedule``, see :func:`schedule_for`)."""
+def build_opti_sche(base_model: nn.Module, config, lr_schedule: Optional[str] = None):
+    """Optimizer and per-epoch schedule from ``config.optimizer`` / ``config.scheduler``, stepped
+    as ``lr_schedule`` says (default: the config's, else ``exact``; see :func:`apply_lr_schedule`)."""
     opti = config.optimizer
     kwargs = dict(opti.kwargs)
     if opti.type == "AdamW":
@@ -226,18 +215,18 @@ def build_opti_sche(base_model: nn.Module, config):
         scheduler = CosineEpochScheduler(optimizer, **kwargs)
     else:
         raise ConfigError(f"scheduler.type '{sche.type}' is not one of CosLR, none", origin_of(sche))
-    return optimizer, schedule_for(config, scheduler)
+    return optimizer, apply_lr_schedule(scheduler, lr_schedule or config.get("lr_schedule") or LR_SCHEDULES[0])
 
 
-def wrap_distributed(model: nn.Module, args, device: torch.device, logger=None,
-                     find_unused_parameters: bool = False) -> nn.Module:
-    """Under ``--launcher pytorch``: optional SyncBatchNorm (``--sync_bn``), then DDP on ``device``
-    (CUDA: its GPU; CPU: gloo). Without torch.distributed the model is returned as it is."""
-    if not getattr(args, "distributed", False):
+def wrap_distributed(model: nn.Module, settings: RunSettings, logger=None, find_unused_parameters: bool = False) -> nn.Module:
+    """Under ``--launcher pytorch``: optional SyncBatchNorm (``--sync_bn``), then DDP on the run's
+    device (CUDA: its GPU; CPU: gloo). Without torch.distributed the model is returned as it is."""
+    if not settings.distributed:
         return model
-    if getattr(args, "sync_bn", False):
+    if settings.sync_bn:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         print_log("Using synchronized BatchNorm", logger=logger)
+    device = settings.device
     model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
                                                 find_unused_parameters=find_unused_parameters)
     print_log("Using Distributed Data parallel", logger=logger)
@@ -245,35 +234,64 @@ def wrap_distributed(model: nn.Module, args, device: torch.device, logger=None,
 
 
 # ------------------------------------------------------------------------------------- jobs
-def runtime(args, logger, config_amp=None, config_fps_backend=None, config_embed_compute=None):
-    """(device, autocast dtype or None) of a job: ``--device`` resolved once (a warning when none
-    is given and no GPU is visible), ``--amp`` / ``--fps_backend`` / ``--embed_compute`` over the
-    config's values; one log line."""
-    device = resolve_device(getattr(args, "device", None), args.local_rank)
-    warn_if_no_gpu(getattr(args, "device", None), device, logger)
-    set_fps_backend(getattr(args, "fps_backend", None) or config_fps_backend)
-    set_embed_compute(getattr(args, "embed_compute", None) or config_embed_compute)
-    amp = resolve_amp(amp_mode(getattr(args, "amp", None), config_amp), device, logger)
-    print_log(f"device: {device}; autocast: {amp or 'off'}; processes: {get_dist_info()[1]}; "
-              f"FPS backend: {resolve_fps_backend(device)}; patch embedding: {get_embed_compute()}", logger=logger)
-    return device, amp
+def log_settings(settings: RunSettings, logger=None) -> None:
+    """The start-up lines of a job: a warning when no GPU was found, the settings and their sources,
+    and the FPS backend the model will use on this device."""
+    if settings.device.type == "cpu" and settings.sources.get("device") == "default":
+        warn_if_no_gpu(None, settings.device, logger)
+    backend = resolve_fps_backend(settings.device, configured_backend(settings.device, settings.fps_backend))
+    print_log(f"device: {settings.device}; autocast: {_dtype_name(settings.amp_dtype)}; processes: "
+              f"{settings.world_size}; FPS backend: {backend}; patch embedding: {settings.embed_compute}", logger=logger)
+    print_log(settings.describe(), logger=logger)
 
 
-def job_context(args, config):
-    """(logger, device, autocast dtype or None) of a ``main.py`` job, see :func:`runtime`."""
-    logger = get_logger(args.log_name)
-    return (logger, *runtime(args, logger, config.get("amp"), config.get("fps_backend"), config.get("embed_compute")))
+def _dtype_name(dtype) -> str:
+    return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "off")
 
 
-def build_training(config, device: torch.device, amp, logger=None):
-    """(model on ``device``, optimizer, schedule, grad scaler, epochs to run) of a training job."""
-    base_model = model_builder(config.model).to(device)
-    optimizer, scheduler = build_opti_sche(base_model, config)
-    n_epochs = epochs_to_run(config)
-    print_log(f"epochs: {n_epochs} (epoch_count: {config.get('epoch_count', 'released')}, max_epoch {config.max_epoch}); "
-              f"lr_schedule: {config.get('lr_schedule', 'exact')}; model.init: {config.model.get('init', 'released')}",
+@dataclass
+class TrainState:
+    """What a training run changes and checkpoints: the model (without a DDP wrapper), its
+    optimizer, schedule and gradient scaler, the best figures so far, and where the run stands."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: torch.amp.GradScaler
+    best_metrics: Dict[str, float] = field(default_factory=dict)
+    start_epoch: int = 0
+    start_step: int = 0  # batches of start_epoch trained before a stop (0: start the epoch afresh)
+    rng_at_stop: Optional[dict] = None  # this process's RNG states at the stop (mid-epoch resume)
+    class_names: Optional[List[str]] = None
+
+
+def build_training(config, settings: RunSettings, logger=None, model: Optional[nn.Module] = None) -> TrainState:
+    """A training run's :class:`TrainState`: the model of ``config.model`` (or ``model``) on the
+    run's device, AdamW (or the config's optimizer) and the per-epoch schedule."""
+    base_model = (model if model is not None else model_builder(config.model, settings)).to(settings.device)
+    optimizer, scheduler = build_opti_sche(base_model, config, settings.lr_schedule)
+    print_log(f"epochs: {settings.n_epochs} (epoch_count: {settings.epoch_count}, max_epoch {settings.max_epoch}); "
+              f"lr_schedule: {settings.lr_schedule}; model.init: {config.model.get('init', 'released')}",
               logger=logger)
-    return base_model, optimizer, scheduler, grad_scaler(device, amp), n_epochs
+    return TrainState(base_model, optimizer, scheduler, grad_scaler(settings.device, settings.amp_dtype))
+
+
+def validation_due(epoch: int, settings: RunSettings) -> bool:
+    """Whether to validate after training epoch ``epoch`` (0-based); the one rule of every job.
+
+    ``epoch_count: released`` (the released fine-tuning runner): after epochs ``val_freq, 2 val_freq,
+    ...`` (``epoch % val_freq == 0 and epoch != 0``). ``exact``: after every ``val_freq``-th epoch
+    and the last one."""
+    freq = max(int(settings.val_freq), 1)
+    if settings.epoch_count == "released":
+        return epoch % freq == 0 and epoch != 0
+    return (epoch + 1) % freq == 0 or epoch + 1 == settings.n_epochs
+
+
+def epoch_copy_due(epoch: int, settings: RunSettings) -> bool:
+    """Whether to keep ``ckpt-epoch-<epoch>`` (0-based, as released: ``epoch % 10 == 0 and epoch >=
+    250`` with the pre-training defaults ``ckpt_period: 10``, ``ckpt_from: 250``)."""
+    return settings.ckpt_period > 0 and epoch >= settings.ckpt_from and epoch % settings.ckpt_period == 0
 
 
 # -------------------------------------------------------------------------------- checkpoints
@@ -282,57 +300,46 @@ def unwrap_model(model: nn.Module) -> nn.Module:
     return model.module if hasattr(model, "module") else model
 
 
-def save_checkpoint(base_model, optimizer, epoch, metrics, best_metrics, prefix, args, logger=None,
-                    scheduler=None, scaler=None, extra: Optional[dict] = None) -> Optional[str]:
-    """Write ``<experiment_path>/<prefix>.pth`` atomically; rank 0 writes, but under
-    torch.distributed every process must call it (it gathers every process's RNG states).
+def save_checkpoint(state: TrainState, name: str, settings: RunSettings, config=None, *, epoch: int,
+                    metrics: Optional[Mapping] = None, next_step: int = 0, epoch_rng: Optional[dict] = None,
+                    folder: Optional[str] = None, logger=None) -> Optional[str]:
+    """Write ``<folder>/<name>.pth`` (``folder``: the run's experiment directory) with
+    :func:`utils.checkpoint.write_checkpoint`, the one writer of every job. Collective under
+    torch.distributed: every process gives its RNG states, rank 0 writes, and a failed write
+    raises the same CheckpointWriteError on every process.
 
-    The dict holds ``base_model`` (no ``module.`` prefix), ``optimizer``, ``epoch``, ``metrics``,
-    ``best_metrics`` (plain numbers), and for exact resumption ``scheduler``, ``scaler`` and
-    ``rng_state`` (:func:`utils.misc.rng_state` of rank 0); a run of N > 1 processes adds
-    ``rng_states``, the N processes' states as a list indexed by rank (see :func:`resume`). Only
-    tensors and plain Python values, so ``torch.load(path)`` reads it with the default
-    ``weights_only=True``.
-    """
-    from utils.checkpoint import plain_numbers
-    from utils.dist_utils import all_gather_objects
-
+    ``epoch``: the last epoch trained to its end (-1: none); ``next_step``: batches of the epoch after
+    it already trained (a stop mid-epoch), 0 otherwise; then ``epoch_rng`` is this process's
+    :func:`utils.misc.rng_state` at the start of that epoch. Returns the path (None off rank 0)."""
     states = all_gather_objects(rng_state())
-    if get_dist_info()[0] != 0:
-        return None
-    path = os.path.join(args.experiment_path, prefix + ".pth")
-    ckpt = {
-        "base_model": unwrap_model(base_model).state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "epoch": epoch,
-        "metrics": plain_numbers(to_plain(metrics)) if metrics is not None else {},
-        "best_metrics": plain_numbers(to_plain(best_metrics)) if best_metrics is not None else {},
-        "scheduler": scheduler.state_dict() if scheduler is not None else None,
-        "scaler": scaler.state_dict() if scaler is not None else None,
-        "rng_state": states[0],
-    }
-    if len(states) > 1:
-        ckpt["rng_states"] = states
-    if extra:
-        ckpt.update(extra)
-    atomic_save(ckpt, path)
-    print_log(f"Save checkpoint at {path}", logger=logger)
-    return path
+    epoch_states = all_gather_objects(epoch_rng) if next_step else None
+    path = os.path.join(folder or settings.experiment_path, name + ".pth")
+
+    def write() -> str:
+        write_checkpoint(path, model=unwrap_model(state.model), optimizer=state.optimizer, scheduler=state.scheduler,
+                         scaler=state.scaler, epoch=epoch, next_step=next_step, metrics=metrics,
+                         best_metrics=state.best_metrics, rng_states=states, epoch_rng_states=epoch_states,
+                         config=to_plain(config) if config is not None else None, class_names=state.class_names,
+                         job=settings.job, seed=settings.seed)
+        print_log(f"Save checkpoint at {path}", logger=logger)
+        return path
+
+    return run_on_rank0(write)
 
 
-def restore_rng_states(ckpt: dict, path: str, start_epoch: int, seed: int = 0, logger=None) -> str:
+def restore_rng_states(ckpt: Mapping, path: str, start_epoch: int, seed: int = 0, logger=None,
+                       key: str = "rng_states") -> str:
     """Put this process's RNG states from checkpoint ``ckpt`` back; returns what was done (for a log line).
 
-    Rank r takes ``rng_states[r]`` when the checkpoint was written by as many processes as run now
-    (a 1-process checkpoint, or one written before per-rank states, holds ``rng_state`` alone,
-    which counts as one). Otherwise one warning line, and every process is seeded from
-    (``seed``, its rank, ``start_epoch``) instead: the run continues, but not bit-exactly.
-    """
+    Rank r takes ``ckpt[key][r]`` when the checkpoint was written by as many processes as run now
+    (a checkpoint written before per-rank states holds ``rng_state`` alone, which counts as one).
+    Otherwise one warning line, and every process is seeded from (``seed``, its rank,
+    ``start_epoch``) instead: the run continues, but not bit-exactly."""
     from utils.misc import derived_seed, set_random_seed
 
     rank, world_size = get_dist_info()
-    states = ckpt.get("rng_states")
-    if states is None and ckpt.get("rng_state") is not None:
+    states = ckpt.get(key)
+    if states is None and key == "rng_states" and ckpt.get("rng_state") is not None:
         states = [ckpt["rng_state"]]
     if states is not None and len(states) == world_size:
         set_rng_state(states[rank])
@@ -346,34 +353,94 @@ def restore_rng_states(ckpt: dict, path: str, start_epoch: int, seed: int = 0, l
     return "fresh RNG seeds"
 
 
-def resume(base_model, optimizer, args, logger=None, scheduler=None, scaler=None):
-    """Continue the experiment from its ``ckpt-last.pth``: weights (strict), optimizer, schedule,
-    grad scaler and this process's RNG states (:func:`restore_rng_states`). Returns (start_epoch,
-    best_metrics). The data order needs no state of its own: the samplers shuffle by (seed,
-    epoch) and the loaders draw their worker seeds from the restored torch RNG."""
-    path = os.path.join(args.experiment_path, "ckpt-last.pth")
+# The hyper-parameters of an optimizer's groups that come from the config: on --resume the
+# config's values win over the checkpoint's (a changed lr or weight decay applies from the next step).
+GROUP_HYPERPARAMETERS = ("initial_lr", "weight_decay", "betas", "eps", "momentum", "dampening", "nesterov")
+
+
+def resume(state: TrainState, settings: RunSettings, path: Optional[str] = None, logger=None) -> TrainState:
+    """Continue a run from its ``ckpt-last.pth`` (or ``path``): weights (strict), optimizer state,
+    the schedule's position, grad scaler, best figures and this process's RNG states; a run stopped
+    mid-epoch continues at the batch after the stop (``start_step``).
+
+    The schedule's length and the optimizer's hyper-parameters are the config's (so ``--resume
+    --opts max_epoch=N`` continues a cosine over N epochs from the restored position, and a changed
+    lr or weight decay applies from the next step). The data order needs no state of its own: the
+    samplers shuffle by (seed, epoch)."""
+    path = path or os.path.join(settings.experiment_path, "ckpt-last.pth")
     if not os.path.exists(path):
         raise CheckpointError(f"--resume: no checkpoint at {path}")
-    ckpt = load_checkpoint_file(path)
-    load_state_dict_checked(unwrap_model(base_model), state_dict_of(ckpt, path), strict=True, source=path)
-    optimizer.load_state_dict(ckpt["optimizer"])
-    for target, key in ((scheduler, "scheduler"), (scaler, "scaler")):
-        if target is not None and ckpt.get(key) is not None:
-            target.load_state_dict(ckpt[key])
-    start_epoch = ckpt["epoch"] + 1
-    restored = restore_rng_states(ckpt, path, start_epoch, getattr(args, "seed", 0), logger)
-    best_metrics = ckpt.get("best_metrics", {})
-    print_log(f"[RESUME INFO] resumed from {path} after epoch {ckpt['epoch']} (best_metrics = {best_metrics}): "
-              f"weights, optimizer, schedule and {restored}", logger=logger)
-    return start_epoch, best_metrics
+    ckpt = load_checkpoint_file(path, trust=settings.trust_checkpoint)
+    load_state_dict_checked(unwrap_model(state.model), state_dict_of(ckpt, path), strict=True, source=path)
+    configured = [{k: g[k] for k in GROUP_HYPERPARAMETERS if k in g} for g in state.optimizer.param_groups]
+    try:
+        state.optimizer.load_state_dict(ckpt["optimizer"])
+    except (KeyError, ValueError) as e:
+        raise CheckpointError(f"--resume: the optimizer state in {path} does not fit this run's optimizer "
+                              f"(optimizer.type or the model changed?): {e}") from None
+    for group, values in zip(state.optimizer.param_groups, configured):
+        group.update(values)
+    if state.scheduler is not None and ckpt.get("scheduler") is not None:
+        # Only the position: the length and floor are this run's config (utils.config.resolve_schedule_length).
+        state.scheduler.last_epoch = ckpt["scheduler"].get("last_epoch", -1)
+    if ckpt.get("scaler") is not None:
+        state.scaler.load_state_dict(ckpt["scaler"])
+    state.start_epoch = int(ckpt["epoch"]) + 1
+    state.start_step = int(ckpt.get("next_step", 0) or 0)
+    state.best_metrics = dict(ckpt.get("best_metrics") or {})
+    state.class_names = ckpt.get("class_names", state.class_names)
+    if state.start_step:
+        # RNG states at the start of the interrupted epoch now (the loaders draw their seeds from
+        # them again), those of the stop once its batches are skipped (engine.train_one_epoch).
+        restored = restore_rng_states(ckpt, path, state.start_epoch, settings.seed, logger, key="epoch_rng_states")
+        rank = get_dist_info()[0]
+        stops = ckpt.get("rng_states")
+        state.rng_at_stop = stops[rank] if stops is not None and len(stops) == settings.world_size else None
+        where = f"in epoch {state.start_epoch} at batch {state.start_step} (stopped there)"
+    else:
+        restored = restore_rng_states(ckpt, path, state.start_epoch, settings.seed, logger)
+        where = f"after epoch {ckpt['epoch']}"
+    print_log(f"[RESUME INFO] resumed from {path} {where} (best_metrics = {state.best_metrics}): weights, optimizer, "
+              f"schedule position and {restored}", logger=logger)
+    return state
 
 
-def load_model(base_model, ckpt_path: str, logger=None, strict: bool = True):
+def read_checkpoint(path: str, trust: bool = False) -> Dict[str, Any]:
+    """The checkpoint dict at ``path``: the one reader of every job and tool (weights-only
+    unpickling unless ``trust``; ``.safetensors`` exports too)."""
+    return load_checkpoint_file(path, trust=trust)
+
+
+def load_model(base_model, ckpt_path: str, logger=None, strict: bool = True, trust: bool = False):
     """Load a whole model (e.g. for --test) from a checkpoint or a ``.safetensors`` export; strict by
     default. Returns (epoch, metrics) (-1 and {} for a ``.safetensors`` file)."""
-    ckpt = load_checkpoint_file(ckpt_path)
-    report = load_state_dict_checked(unwrap_model(base_model), state_dict_of(ckpt, ckpt_path), strict=strict, source=ckpt_path)
+    ckpt = read_checkpoint(ckpt_path, trust)
+    report = load_state_dict_checked(unwrap_model(base_model), state_dict_of(ckpt, ckpt_path), strict=strict,
+                                     source=ckpt_path)
     epoch = ckpt.get("epoch", -1)
     metrics = ckpt.get("metrics", {})
     print_log(f"ckpts @ {epoch} epoch (performance = {metrics}); {report.summary()}", logger=logger)
     return epoch, metrics
+
+
+# Parameters of a pre-training model that the frozen-feature tools (SVM, t-SNE, reconstructions)
+# never use: the image branch and its heads.
+IMAGE_BRANCH_PREFIXES = ("image_branch.", "inv_head.", "pro_head.")
+
+
+def load_point_model(base_model: nn.Module, ckpt_path: str, logger=None, trust: bool = False, strict: bool = True):
+    """Load the point side of a pre-training checkpoint (encoder, decoder, heads) into ``base_model``,
+    strictly (unless ``strict`` is false), whether or not either has an image branch (Point-MAE layouts, or a run with
+    ``image_branch.enabled: false``). The image-branch tensors are not used: one log line says
+    which were left out. Returns (epoch, metrics)."""
+    ckpt = read_checkpoint(ckpt_path, trust)
+    state = state_dict_of(ckpt, ckpt_path)
+    point = OrderedDict((k, v) for k, v in state.items() if not k.startswith(IMAGE_BRANCH_PREFIXES))
+    model = unwrap_model(base_model)
+    own_image = tuple(k for k in model.state_dict() if k.startswith(IMAGE_BRANCH_PREFIXES))
+    report = load_state_dict_checked(model, point, strict=strict, source=ckpt_path, ignore_missing=own_image or ("\0",))
+    unused = len(state) - len(point)
+    print_log(f"[{type(model).__name__}] point model from {ckpt_path}: {report.summary()}; not used: {unused} "
+              f"image-branch tensors of the checkpoint" + (f", the model's image branch ({len(own_image)} tensors) "
+                                                           f"stays as initialised" if own_image else ""), logger=logger)
+    return ckpt.get("epoch", -1), ckpt.get("metrics", {})

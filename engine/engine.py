@@ -9,8 +9,9 @@ One :func:`train_one_epoch` and one :func:`evaluate`, in the spirit of facebookr
   (:class:`MeanMeter`, :class:`AccuracyMeter`, or a job's own with ``update`` / ``sync`` /
   ``compute``).
 
-and :func:`fit` runs the epoch loop of every job: schedule, one training epoch, validation when
-due, the best-so-far rule and the checkpoint writes the job asks for. AMP (bf16 autocast),
+Each job's epoch loop (``engine/pretrain.py``, ``finetune.py``, ``partseg.py``) is a few lines:
+schedule, :func:`train_one_epoch`, validation when :func:`engine.builder.validation_due` says so,
+the checkpoint writes (:func:`engine.builder.save_checkpoint`). AMP (bf16 autocast),
 gradient accumulation, clipping, the finite-loss check, progress bars, logging and TensorBoard
 live here once. Figures stay on the device and are read (one host sync, one all-reduce under
 DDP) every ``log_interval`` steps and at the end of the epoch.
@@ -21,7 +22,8 @@ import contextlib
 import logging
 import math
 import time
-from typing import Callable, Dict, Optional, Tuple
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, Dict, Iterator, Optional
 
 import torch
 from torch import Tensor, nn
@@ -30,12 +32,15 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from utils.dist_utils import all_reduce_sum, get_dist_info
 from utils.logger import print_log
+from utils.settings import AMP_DTYPES as AMP_MODES, amp_mode, cpu_has_native_bf16, resolve_amp  # noqa: F401  (re-exported)
+
+if TYPE_CHECKING:
+    from engine.preemption import StopRequest
 
 TrainStep = Callable[[nn.Module, object], Dict[str, Tensor]]
 EvalStep = Callable[[nn.Module, object, object], None]
 
 
-AMP_MODES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -75,45 +80,6 @@ def check_finite_figures(figures: Dict[str, float], epoch: int) -> None:
                                  f"are logged or saved (the last checkpoint is kept)")
 
 
-def amp_mode(cli: Optional[str], config_value=None) -> str:
-    """``off``, ``bf16`` or ``fp16``: the ``--amp`` flag when given, else the config's ``amp``
-    (``true`` means bf16, as before fp16 existed)."""
-    value = cli if cli is not None else config_value
-    if value is None or value is False:
-        return "off"
-    if value is True:
-        return "bf16"
-    if str(value) not in AMP_MODES:
-        raise ValueError(f"amp: expected one of off, bf16, fp16 (or true / false), got {value!r}")
-    return str(value)
-
-
-def cpu_has_native_bf16() -> bool:
-    """avx512_bf16 or AMX: without them bf16 matmuls fall back to slow reference kernels."""
-    checks = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
-    return any(check() for check in checks if check is not None)
-
-
-def resolve_amp(mode: str, device: torch.device, logger=None) -> Optional[torch.dtype]:
-    """The autocast dtype for ``mode`` on ``device``, or None (fp32). A precision the device
-    cannot run fast is not used: one log line says why and the run continues in fp32."""
-    dtype = AMP_MODES[mode]
-    reason = None
-    if dtype is torch.float16 and device.type != "cuda":
-        reason = f"fp16 autocast (with loss scaling) needs a CUDA device, not {device.type}"
-    elif dtype is torch.bfloat16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        reason = f"{torch.cuda.get_device_name(device)} has no bf16 support; use --amp fp16"
-    elif dtype is torch.bfloat16 and device.type == "cpu" and not cpu_has_native_bf16():
-        reason = ("this CPU has no native bf16 instructions (avx512_bf16 / AMX), where bf16 autocast runs "
-                  "about 16x slower than fp32")
-    elif dtype is not None and device.type not in ("cuda", "cpu"):
-        reason = f"autocast is not set up for {device.type}"
-    if reason:
-        print_log(f"--amp {mode} refused: {reason}; training in fp32", logger=logger)
-        return None
-    return dtype
-
-
 def autocast(device: torch.device, dtype: Optional[torch.dtype]):
     """Autocast to ``dtype`` on ``device`` (None: off). Geometry ops cast themselves back to fp32."""
     return torch.autocast(device_type=device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None)
@@ -136,15 +102,31 @@ def batch_size_of(batch) -> int:
     return 0
 
 
+@dataclass
+class EpochResult:
+    """What :func:`train_one_epoch` did: the epoch means of the step's figures (over the batches it
+    trained, all processes) plus ``samples_per_s``, and ``stopped_at``: the index of the first batch
+    it did not train when a stop was requested (None: it ran to the end)."""
+
+    stats: Dict[str, float]
+    stopped_at: Optional[int] = None
+
+
 def train_one_epoch(model: nn.Module, step: TrainStep, loader, optimizer: torch.optim.Optimizer, device: torch.device,
                     epoch: int, *, accum: int = 1, clip: float = 0.0, amp: Optional[torch.dtype] = None,
                     scaler: Optional[torch.amp.GradScaler] = None, writer=None, log_interval: int = 20,
-                    progress: bool = True) -> Dict[str, float]:
+                    progress: bool = True, stop: Optional["StopRequest"] = None, skip: int = 0,
+                    on_skipped: Optional[Callable[[], None]] = None) -> EpochResult:
     """One pass over ``loader``: ``step`` under autocast to ``amp``, ``loss / accum`` back-propagated
     (through ``scaler`` for fp16), an optimizer step (after clipping to ``clip``, when > 0) every
     ``accum`` batches and at the end.
 
-    Returns the epoch means of the step's figures over all processes, plus ``samples_per_s``.
+    ``stop``: checked after every optimizer step (on all processes together); when a stop was
+    requested the epoch ends there, ``stopped_at`` saying which batch comes next. ``skip``: the
+    first ``skip`` batches (trained before a stop) are loaded but not trained, then ``on_skipped()``
+    runs (it restores the random state of the stop), so that the rest of the epoch repeats the
+    uninterrupted run exactly.
+
     Raises :class:`NonFiniteLossError` at the first check after a NaN / Inf loss on any process.
     """
     model.train()
@@ -153,15 +135,21 @@ def train_one_epoch(model: nn.Module, step: TrainStep, loader, optimizer: torch.
     n_batches = len(loader)
     names, sums, logged = None, None, None
     first_bad = torch.full((), -1, dtype=torch.long, device=device)
-    samples, start = 0, time.perf_counter()
-    pbar = tqdm(loader, desc=f"epoch {epoch}", disable=not progress or rank != 0, dynamic_ncols=True, leave=False)
+    samples, start, trained, since_log, stopped_at = 0, time.perf_counter(), 0, 0, None
+    pbar = tqdm(loader, desc=f"epoch {epoch}", disable=not progress or rank != 0, dynamic_ncols=True, leave=False,
+                initial=0)
     optimizer.zero_grad(set_to_none=True)
     for idx, batch in enumerate(pbar):
+        if idx < skip:  # loaded (the loaders' random streams advance as they did), not trained
+            if idx + 1 == skip and on_skipped is not None:
+                on_skipped()
+            continue
         with autocast(device, amp):
             out = step(model, batch)
         loss = out["loss"]
         scaler.scale(loss / accum).backward()
-        if (idx + 1) % accum == 0 or idx + 1 == n_batches:
+        stepped = (idx + 1) % accum == 0 or idx + 1 == n_batches
+        if stepped:
             if clip > 0:
                 scaler.unscale_(optimizer)
                 torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
@@ -174,11 +162,14 @@ def train_one_epoch(model: nn.Module, step: TrainStep, loader, optimizer: torch.
             names, sums = list(out), torch.zeros_like(values)
             logged = torch.zeros_like(values)
         sums += values
+        trained += 1
+        since_log += 1
         # full_like fills on the device: torch.tensor(idx, device=...) would copy from the host every step.
         first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss.detach()), torch.full_like(first_bad, idx), first_bad)
         samples += batch_size_of(batch) * world_size
-        if (idx + 1) % log_interval == 0 or idx + 1 == n_batches:
-            interval = (idx % log_interval) + 1
+        stopping = stepped and idx + 1 < n_batches and stop is not None and stop.agreed(device)
+        if (idx + 1) % log_interval == 0 or idx + 1 == n_batches or stopping:
+            interval, since_log = since_log, 0
             totals = all_reduce_sum(torch.cat([sums, (first_bad >= 0).float().reshape(1)])) / world_size
             if totals[-1] > 0:
                 local = f" (iteration {int(first_bad)} on this process)" if int(first_bad) >= 0 else ""
@@ -195,12 +186,15 @@ def train_one_epoch(model: nn.Module, step: TrainStep, loader, optimizer: torch.
                 writer.add_scalar("Loss/Batch/LR", lr, global_step)
             pbar.set_postfix({**{k: f"{v:.4g}" for k, v in means.items()}, "lr": f"{lr:.2e}",
                               "samples/s": f"{samples / (time.perf_counter() - start):.1f}"})
+        if stopping:
+            stopped_at = idx + 1
+            break
     pbar.close()
     if names is None:
-        return {"samples_per_s": 0.0}
-    stats = dict(zip(names, (logged / n_batches).tolist()))
+        return EpochResult({"samples_per_s": 0.0}, stopped_at)
+    stats = dict(zip(names, (logged / max(trained, 1)).tolist()))
     stats["samples_per_s"] = samples / max(time.perf_counter() - start, 1e-9)
-    return stats
+    return EpochResult(stats, stopped_at)
 
 
 @torch.no_grad()
@@ -271,66 +265,36 @@ def log_scalars(writer, prefix: str, values: Dict[str, float], epoch: int) -> No
             writer.add_scalar(f"{prefix}/{key}", value, epoch)
 
 
-def fit(model: nn.Module, step: TrainStep, loader, sampler, optimizer: torch.optim.Optimizer, scheduler,
-        device: torch.device, *, start_epoch: int, max_epoch: int, accum: int = 1, clip: float = 0.0,
-        amp: Optional[torch.dtype] = None, scaler: Optional[torch.amp.GradScaler] = None, validate: Optional[Callable[[int], Dict[str, float]]] = None, val_freq: int = 1,
-        better: Optional[Callable[[Dict[str, float], Dict[str, float]], bool]] = None,
-        save: Optional[Callable[[str, int, Dict[str, float], Dict[str, float]], None]] = None,
-        best: Optional[Dict[str, float]] = None, writers=(None, None), progress: bool = True,
-        logger=None) -> Tuple[Dict[str, float], Dict[str, float]]:
-    """Epochs ``start_epoch .. max_epoch - 1``: ``scheduler.step(epoch)``, one
-    :func:`train_one_epoch`, then, every ``val_freq`` epochs and after the last one,
-    ``validate(epoch) -> metrics`` (may be empty: nothing due). When ``better(metrics, best)`` says so, ``best`` becomes
-    ``{**metrics, 'epoch': epoch}`` and ``save('best', ...)`` is called; ``save('last', epoch,
-    metrics, best)`` follows every epoch. ``metrics`` holds the epoch's training means as
-    ``train_<name>`` and the validation figures. Returns (last metrics, best).
+def log_epoch(epoch: int, n_epochs: int, stats: Dict[str, float], seconds: float, optimizer, writer=None,
+              logger=None) -> None:
+    """The released ``[Training] EPOCH`` line of an epoch's means, and their TensorBoard scalars."""
+    print_log(f"[Training] EPOCH: {epoch} ({epoch + 1}/{n_epochs}) EpochTime = {seconds:.1f} s "
+              + " ".join(f"{k} = {v:.5g}" for k, v in stats.items())
+              + f" lr = {optimizer.param_groups[0]['lr']:.6f}", logger=logger)
+    log_scalars(writer, "Loss/Epoch", stats, epoch)
 
-    With ``progress`` (rank 0) a bar over the epochs sits below each epoch's bar; the log lines are
-    written above them."""
-    best = dict(best or {})
+
+def log_validation(epoch: int, figures: Dict[str, float], writer=None, logger=None) -> None:
+    """Stop on non-finite validation figures; else one ``[Validation] EPOCH`` line and the scalars."""
+    check_finite_figures(figures, epoch)
+    if figures:
+        print_log(f"[Validation] EPOCH: {epoch} " + " ".join(f"{k} = {v:.6g}" for k, v in figures.items()),
+                  logger=logger)
+    log_scalars(writer, "Metric", figures, epoch)
+
+
+def epoch_range(start: int, stop: int, progress: bool = True, logger=None) -> Iterator[int]:
+    """``range(start, stop)`` with, when ``progress`` (rank 0), a bar over the epochs below each
+    epoch's bar; log lines are written above the bars."""
     show = progress and get_dist_info()[0] == 0
-    epochs_bar = tqdm(total=max_epoch, initial=start_epoch, desc="epochs", unit="epoch", disable=not show,
-                      dynamic_ncols=True)
+    bar = tqdm(total=stop, initial=start, desc="epochs", unit="epoch", disable=not show, dynamic_ncols=True)
     redirect = logging_redirect_tqdm(loggers=[logger]) if show and isinstance(logger, logging.Logger) \
         else contextlib.nullcontext()
-    with redirect:
-        metrics, best = _fit_epochs(model, step, loader, sampler, optimizer, scheduler, device, start_epoch, max_epoch,
-                                    accum, clip, amp, scaler, validate, val_freq, better, save, best, writers, progress,
-                                    logger, epochs_bar)
-    epochs_bar.close()
-    return metrics, best
+    try:
+        with redirect:
+            for epoch in range(start, stop):
+                yield epoch
+                bar.update(1)
+    finally:
+        bar.close()
 
-
-def _fit_epochs(model, step, loader, sampler, optimizer, scheduler, device, start_epoch, max_epoch, accum, clip, amp,
-                scaler, validate, val_freq, better, save, best, writers, progress, logger, epochs_bar):
-    """The epoch loop of :func:`fit`."""
-    train_writer, val_writer = writers
-    metrics: Dict[str, float] = {}
-    for epoch in range(start_epoch, max_epoch):
-        sampler.set_epoch(epoch)
-        if scheduler is not None:
-            scheduler.step(epoch)
-        start = time.time()
-        stats = train_one_epoch(model, step, loader, optimizer, device, epoch, accum=accum, clip=clip, amp=amp,
-                                scaler=scaler, writer=train_writer, progress=progress)
-        print_log(f"[Training] EPOCH: {epoch} ({epoch + 1}/{max_epoch}) EpochTime = {time.time() - start:.1f} s "
-                  + " ".join(f"{k} = {v:.5g}" for k, v in stats.items())
-                  + f" lr = {optimizer.param_groups[0]['lr']:.6f}", logger=logger)
-        log_scalars(train_writer, "Loss/Epoch", stats, epoch)
-        metrics = {f"train_{k}": v for k, v in stats.items() if k != "samples_per_s"}
-        if validate is not None and ((epoch + 1) % max(val_freq, 1) == 0 or epoch + 1 == max_epoch):
-            figures = validate(epoch)
-            check_finite_figures(figures, epoch)
-            if figures:
-                print_log(f"[Validation] EPOCH: {epoch} " + " ".join(f"{k} = {v:.6g}" for k, v in figures.items()),
-                          logger=logger)
-            log_scalars(val_writer, "Metric", figures, epoch)
-            metrics.update(figures)
-            if figures and better is not None and better(figures, best):
-                best = {**figures, "epoch": epoch}
-                if save is not None:
-                    save("best", epoch, metrics, best)
-        if save is not None:
-            save("last", epoch, metrics, best)
-        epochs_bar.update(1)
-    return metrics, best

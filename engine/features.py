@@ -153,12 +153,13 @@ class PointFeatureExtractor:
 
 def load_point_encoder(ckpt_path: str, config: Union[None, str, os.PathLike, Mapping] = None,
                        device: Union[None, str, torch.device] = None, npoints: int = DEFAULT_NPOINTS,
-                       logger=None) -> PointFeatureExtractor:
+                       logger=None, trust: bool = False) -> PointFeatureExtractor:
     """The frozen encoder of a checkpoint (pre-training, classifier, segmenter, or a ``.safetensors``
     export) as a :class:`PointFeatureExtractor`. ``device``: ``cuda``, ``cuda:N``, ``cpu`` or None
     (CUDA when present). The encoder loads strictly; the sizes come from the run's config (see
-    :func:`find_config`)."""
-    ckpt = load_checkpoint_file(ckpt_path)
+    :func:`find_config`). ``trust``: load a checkpoint holding other Python objects than tensors,
+    plain types and NumPy arrays (``utils.checkpoint.load_checkpoint_file``; only files you trust)."""
+    ckpt = load_checkpoint_file(ckpt_path, trust=trust)
     state = state_dict_of(ckpt, ckpt_path)
     weights = encoder_state_dict(state, ckpt_path)
     cfg, cfg_source = find_config(ckpt_path, ckpt, config)

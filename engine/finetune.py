@@ -1,8 +1,8 @@
 """Fine-tuning and testing of the classifier (``--finetune_model`` / ``--scratch_model`` /
 ``--test``): ScanObjectNN, ModelNet40, few-shot ModelNet40.
 
-Training: FPS to ``point_all`` (1200 for 1024 points, 2400 for 2048), a random ``npoints`` of
-those, then per-sample scale-and-translate. Testing: FPS to ``npoints``. Voting: ``voting.times``
+Training: FPS to ``point_all`` (1200 for 1024 points; 2400 for 2048, but at most the cloud's N:
+all of ScanObjectNN's 2048, see ``fps_to``), a random ``npoints`` of those, then per-sample scale-and-translate. Testing: FPS to ``npoints``. Voting: ``voting.times``
 (10) passes of a random ``npoints`` of an FPS-``point_all`` set with scale-and-translate, logits
 averaged.
 
@@ -26,7 +26,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import Callable, Dict, Optional, Tuple
+import time
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -36,21 +37,27 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from datasets.data_transforms import PointcloudScaleAndTranslate
 from engine import builder
-from engine.engine import AccuracyMeter, check_finite_points, evaluate, fit
-from extensions.pointops import fps, furthest_point_sample, gather_points
-from utils.checkpoint import load_checkpoint_file, write_json
-from utils.config import VOTING_DEFAULTS, VOTING_SCHEMA, ConfigError, origin_of
-from utils.dist_utils import get_dist_info
+from engine.engine import (
+    AccuracyMeter,
+    check_finite_points,
+    epoch_range,
+    evaluate,
+    log_epoch,
+    log_validation,
+    train_one_epoch,
+)
+from engine.preemption import StopRequest, preempted
+from extensions.pointops import fps, gather_points
+from utils.checkpoint import write_json
+from utils.config import VOTING_DEFAULTS
 from utils.logger import print_log
+from utils.misc import rng_state, set_rng_state
+from utils.schema import ConfigError, origin_of
+from utils.settings import RunSettings
 
 VOTE_TIMES = VOTING_DEFAULTS["times"]  # voting passes (the released 10)
 
 # ------------------------------------------------------------------------- epochs and schedule
-def released_validation_due(epoch: int, val_freq: int) -> bool:
-    """The released fine-tuning rule: validate after epoch ``e`` when ``e % val_freq == 0 and e != 0``."""
-    return epoch % max(int(val_freq), 1) == 0 and epoch != 0
-
-
 def vote_due(acc: float, best_before: float, vote_cfg: Dict[str, float]) -> bool:
     """The released rule for a voting validation during fine-tuning (``runner_finetune.run_net``):
     ``acc > 92.1 or (better and acc > 91)``, ``better`` meaning above the best accuracy so far."""
@@ -58,16 +65,11 @@ def vote_due(acc: float, best_before: float, vote_cfg: Dict[str, float]) -> bool
 
 
 def voting_config(config) -> Dict[str, float]:
-    """The ``voting`` section checked, with the released defaults filled in."""
-    section = config.get("voting") if config is not None else None
+    """The ``voting`` section with the released defaults filled in (its values were checked when the
+    config was loaded: utils.config.check_voting)."""
     out = dict(VOTING_DEFAULTS)
-    if section is not None:
-        VOTING_SCHEMA.check(section, "voting")
-        out.update({k: section[k] for k in section})
-    for key in ("times", "repeats"):
-        if int(out[key]) < 1:
-            raise ConfigError(f"voting.{key} must be a positive integer, got {out[key]}", origin_of(section))
-        out[key] = int(out[key])
+    out.update(dict((config or {}).get("voting") or {}))
+    out["times"], out["repeats"] = int(out["times"]), int(out["repeats"])
     return out
 
 
@@ -86,27 +88,51 @@ def unpack_cls_batch(data, device: torch.device) -> Tuple[Tensor, Tensor]:
 
 
 def fps_then_subset(points: Tensor, npoints: int, point_all: Optional[int] = None) -> Tensor:
-    """(B, N, 3) -> (B, npoints, 3): FPS to ``point_all`` points, then the same random ``npoints``
-    of them (numpy RNG, one choice for the whole batch as released)."""
+    """(B, N, 3) -> (B, npoints, 3): FPS to ``point_all`` points (at most N), then the same random
+    ``npoints`` of them (numpy RNG, one choice for the whole batch as released). With
+    ``point_all == N`` the FPS set is :func:`fps_to`'s (every distinct point, the released kernel's
+    repeats for the rest)."""
     B, N, _ = points.shape
     if npoints > N:
         raise ValueError(f"cannot draw {npoints} points from clouds of {N}; raise the dataset's N_POINTS or lower npoints")
     point_all = min(point_all or points_for_sampling(npoints), N)
-    if point_all == N:
-        # FPS of every point is only a reordering; a random subset of it is a random subset.
-        idx = torch.from_numpy(np.random.choice(N, npoints, replace=False)).to(points.device)
-        return points[:, idx]
-    fps_idx = furthest_point_sample(points[..., :3].contiguous(), point_all)
-    fps_idx = fps_idx[:, torch.from_numpy(np.random.choice(point_all, npoints, replace=False)).to(points.device)]
-    return gather_points(points, fps_idx)
+    pool = fps_to(points, point_all)
+    return pool[:, torch.from_numpy(np.random.choice(point_all, npoints, replace=False)).to(points.device)]
 
 
 def fps_to(points: Tensor, npoints: int) -> Tensor:
-    """Test-time sampling: FPS to ``npoints`` (B, N, 3) -> (B, npoints, 3). With N == npoints the
-    FPS order is a reordering that the model's grouping (FPS from index 0) cannot tell apart."""
-    if points.shape[1] == npoints:
+    """FPS to ``npoints``: (B, N, C) -> (B, npoints, C), sampled on the first three channels.
+
+    With ``N == npoints`` (ScanObjectNN's 2048 points at ``npoints`` 2048, ModelNet's 8192 at 8192)
+    the released code still runs the pointnet2_ops kernel, whose output is not the cloud reordered:
+    it holds point 0 and every distinct point outside the 1e-3 ball (squared norm) around the origin
+    once, and for each other point (inside the ball, or an exact duplicate) a repeat of the tie pick,
+    point 0 (the lowest-index point outside the ball when point 0 is inside it, as the torch and
+    triton FPS backends pick; the CUDA kernel's tie order can differ then). Here the same multiset,
+    without the N-step loop: those points are replaced by the tie pick in place, the order otherwise
+    kept (FPS order differs only by a permutation that keeps point 0 first, which the model's
+    grouping, FPS from index 0, cannot tell apart). A cloud with nothing to replace is returned as is.
+    """
+    B, N, _ = points.shape
+    if N != npoints:
+        return fps(points, npoints)
+    from extensions.pointops import SKIP_NORM2
+
+    xyz = points[..., :3].float()
+    x, y, z = xyz.unbind(-1)
+    outside = (x.square() + y.square() + z.square()) > SKIP_NORM2  # (B, N), in the kernel's fp32 order
+    batch = torch.arange(B, device=points.device, dtype=xyz.dtype).view(B, 1, 1).expand(B, N, 1)
+    _, inverse = torch.unique(torch.cat([batch, xyz], -1).reshape(B * N, 4), dim=0, return_inverse=True)
+    position = torch.arange(B * N, device=points.device)
+    first = torch.full((int(inverse.max()) + 1,), B * N, device=points.device, dtype=torch.long)
+    first = first.scatter_reduce(0, inverse, position, reduce="amin")
+    keep = outside & (first[inverse] == position).view(B, N)
+    keep[:, 0] = True  # the first pick, also inside the ball
+    if bool(keep.all()):
         return points
-    return fps(points, npoints)
+    tie = outside.int().argmax(1)  # point 0 when outside the ball (or when every point is inside)
+    index = torch.where(keep, torch.arange(N, device=points.device).expand(B, N), tie.view(B, 1))
+    return gather_points(points, index)
 
 
 @torch.no_grad()
@@ -118,11 +144,11 @@ def vote_logits(model: Callable[[Tensor], Tensor], points: Tensor, npoints: int,
     transform = transform or PointcloudScaleAndTranslate()
     B, N, _ = points.shape
     point_all = min(points_for_sampling(npoints), N)
-    fps_idx_raw = furthest_point_sample(points[..., :3].contiguous(), point_all)
+    pool = fps_to(points, point_all)  # the FPS set, in FPS order (N == point_all: see fps_to)
     logits = []
     for _ in range(times):
         choice = torch.from_numpy(np.random.choice(point_all, npoints, replace=False)).to(points.device)
-        logits.append(model(transform(gather_points(points, fps_idx_raw[:, choice]))).float())
+        logits.append(model(transform(pool[:, choice])).float())
     return torch.stack(logits, dim=0).mean(dim=0)
 
 
@@ -161,82 +187,105 @@ def accuracy(model: nn.Module, loader, device: torch.device, npoints: int, amp: 
                     progress=show_progress, desc=desc).compute()["acc"]
 
 
-def _npoints(config) -> int:
-    npoints = int(config.npoints)
-    if npoints <= 0:
-        raise ConfigError(f"npoints must be positive, got {npoints}", origin_of(config))
-    return npoints
+def classes_from_dataset(config, dataset, logger=None) -> Optional[List[str]]:
+    """The class names of a training set that names its classes (``dataset.class_names``, e.g. a
+    folder of class subfolders), which set ``model.cls_dim``; a config ``cls_dim`` that disagrees
+    is a ConfigError. None for datasets without names (cls_dim stays the config's)."""
+    names = getattr(dataset, "class_names", None)
+    if names is None:
+        return None
+    names = [str(n) for n in names]
+    given = config.model.get("cls_dim")
+    if given is not None and int(given) != len(names):
+        raise ConfigError(f"'model.cls_dim' = {given}: the training set has {len(names)} classes ({', '.join(names[:8])}"
+                          f"{', ...' if len(names) > 8 else ''}); remove cls_dim or set it to {len(names)}",
+                          origin_of(config.model))
+    config.model.cls_dim = len(names)
+    print_log(f"Classes: {len(names)} from the training set ({', '.join(names[:10])}{', ...' if len(names) > 10 else ''})",
+              logger=logger)
+    return names
 
 
-def run_net(args, config, train_writer=None, val_writer=None) -> Dict[str, float]:
+def run_net(settings: RunSettings, config, writers=(None, None), stop: Optional[StopRequest] = None,
+            logger=None) -> Dict[str, float]:
     """Fine-tune (``--finetune_model --ckpts P.pth``) or train from scratch (``--scratch_model``)
-    ``config.model`` on ``config.dataset.train``; validate on ``config.dataset.val`` every
-    ``--val_freq`` epochs; keep ``ckpt-best`` (accuracy) and ``ckpt-last``. Returns best metrics."""
-    logger, device, amp = builder.job_context(args, config)
-    npoints = _npoints(config)
-    show_progress = getattr(args, "progress", True)
-
-    train_sampler, train_dataloader = builder.dataset_builder(args, config.dataset.train)
-    _, val_dataloader = builder.dataset_builder(args, config.dataset.val)
-    base_model, optimizer, scheduler, scaler, n_epochs = builder.build_training(config, device, amp, logger)
-    released_count = n_epochs != int(config.max_epoch)
+    ``config.model`` on ``config.dataset.train``; validate on ``config.dataset.val`` when
+    :func:`engine.builder.validation_due`; keep ``ckpt-best`` (accuracy), ``ckpt-last`` and, with
+    ``--vote``, ``ckpt-best_vote``. Returns the best figures."""
+    train_writer, val_writer = writers
+    npoints, device, amp = int(config.npoints), settings.device, settings.amp_dtype
+    loader_args = dict(seed=settings.seed, num_workers=settings.num_workers)
+    train_sampler, train_loader = builder.dataset_builder(config.dataset.train, **loader_args)
+    _, val_loader = builder.dataset_builder(config.dataset.val, **loader_args)
+    class_names = classes_from_dataset(config, train_loader.dataset, logger)
+    state = builder.build_training(config, settings, logger)
+    state.class_names = class_names
     vote_cfg = voting_config(config)
-    start_epoch, best_metrics = 0, {}
-    best_vote_path = os.path.join(args.experiment_path, "ckpt-best_vote.pth")
+    best_vote_path = os.path.join(settings.experiment_path, "ckpt-best_vote.pth")
     best_vote: Dict[str, float] = {}
-    if args.resume:
-        start_epoch, best_metrics = builder.resume(base_model, optimizer, args, logger, scheduler, scaler)
+    if settings.resume != "no":
+        builder.resume(state, settings, logger=logger)
         if os.path.exists(best_vote_path):
-            best_vote = dict(load_checkpoint_file(best_vote_path).get("best_metrics") or {})
-    elif args.ckpts is not None and not args.scratch_model:
-        base_model.load_model_from_ckpt(args.ckpts, strict=not getattr(args, "partial_load", False), logger=logger)
+            best_vote = dict(builder.read_checkpoint(best_vote_path, settings.trust_checkpoint).get("best_metrics") or {})
+    elif settings.ckpts is not None:  # --finetune_model (the parser refuses --ckpts with --scratch_model)
+        state.model.load_model_from_ckpt(settings.ckpts, strict=not settings.partial_load, logger=logger,
+                                         trust=settings.trust_checkpoint)
     else:
         print_log("Training from scratch (no pre-trained weights)", logger=logger)
-    model = builder.wrap_distributed(base_model, args, device, logger)
+    model = builder.wrap_distributed(state.model, settings, logger)
+    train_step = make_train_step(device, npoints, state.model.get_loss_acc)
 
-    state = {"best_acc": float(best_metrics.get("acc", -1.0))}
+    def accuracy_of(vote: bool = False, desc: str = "validate") -> float:
+        return accuracy(model, val_loader, device, npoints, amp, vote=vote, show_progress=settings.progress, desc=desc,
+                        times=vote_cfg["times"])
 
-    def validate(epoch: int) -> Dict[str, float]:
-        if released_count and not released_validation_due(epoch, args.val_freq):
-            return {}
-        acc = accuracy(model, val_dataloader, device, npoints, amp, show_progress=show_progress, desc="validate")
-        figures = {"acc": acc}
-        due = vote_due(acc, state["best_acc"], vote_cfg)
-        state["best_acc"] = max(state["best_acc"], acc)
-        if getattr(args, "vote", False) and due:
+    for epoch in epoch_range(state.start_epoch, settings.n_epochs, settings.progress, logger):
+        train_sampler.set_epoch(epoch)
+        if state.scheduler is not None:
+            state.scheduler.step(epoch)
+        epoch_rng, skip = rng_state(), state.start_step if epoch == state.start_epoch else 0
+        start = time.time()
+        result = train_one_epoch(model, train_step, train_loader, state.optimizer, device, epoch, accum=settings.accum,
+                                 clip=settings.clip, amp=amp, scaler=state.scaler, writer=train_writer,
+                                 progress=settings.progress, stop=stop, skip=skip,
+                                 on_skipped=lambda: set_rng_state(state.rng_at_stop) if state.rng_at_stop else None)
+        if result.stopped_at is not None:
+            builder.save_checkpoint(state, "ckpt-last", settings, config, epoch=epoch - 1, next_step=result.stopped_at,
+                                    epoch_rng=epoch_rng, logger=logger)
+            raise preempted(stop, settings, epoch, result.stopped_at, len(train_loader), logger)
+        log_epoch(epoch, settings.n_epochs, result.stats, time.time() - start, state.optimizer, train_writer, logger)
+        metrics = {f"train_{k}": v for k, v in result.stats.items() if k != "samples_per_s"}
+
+        if builder.validation_due(epoch, settings):
+            acc = accuracy_of()
+            figures = {"acc": acc}
             # the released run_net: a voting validation once the accuracy passes its thresholds
-            acc_vote = accuracy(model, val_dataloader, device, npoints, amp, vote=True, show_progress=show_progress,
-                                desc="validate_vote", times=vote_cfg["times"])
-            figures["acc_vote"] = acc_vote
-            print_log(f"[Validation_vote] EPOCH: {epoch}  acc_vote = {acc_vote:.4f}", logger=logger)
-            if acc_vote > best_vote.get("acc_vote", -1.0):
-                best_vote.clear()
-                best_vote.update(acc_vote=acc_vote, epoch=epoch)
-                builder.save_checkpoint(base_model, optimizer, epoch, figures, dict(best_vote), "ckpt-best_vote", args,
-                                        logger, scheduler=scheduler, scaler=scaler)
-        return figures
+            if settings.vote and vote_due(acc, float(state.best_metrics.get("acc", -1.0)), vote_cfg):
+                figures["acc_vote"] = accuracy_of(vote=True, desc="validate_vote")
+                print_log(f"[Validation_vote] EPOCH: {epoch}  acc_vote = {figures['acc_vote']:.4f}", logger=logger)
+            log_validation(epoch, figures, val_writer, logger)
+            metrics.update(figures)
+            if acc > state.best_metrics.get("acc", -1.0):
+                state.best_metrics = {**figures, "epoch": epoch}
+                builder.save_checkpoint(state, "ckpt-best", settings, config, epoch=epoch, metrics=metrics, logger=logger)
+            if figures.get("acc_vote", -1.0) > best_vote.get("acc_vote", -1.0):
+                best_vote = {"acc_vote": figures["acc_vote"], "epoch": epoch}
+                keep, state.best_metrics = state.best_metrics, dict(best_vote)
+                builder.save_checkpoint(state, "ckpt-best_vote", settings, config, epoch=epoch, metrics=metrics,
+                                        logger=logger)
+                state.best_metrics = keep
+        builder.save_checkpoint(state, "ckpt-last", settings, config, epoch=epoch, metrics=metrics, logger=logger)
 
-    def save(tag: str, epoch: int, metrics: Dict[str, float], best: Dict[str, float]) -> None:
-        builder.save_checkpoint(base_model, optimizer, epoch, metrics, best, f"ckpt-{tag}", args, logger,
-                                scheduler=scheduler, scaler=scaler)
-
-    _, best_metrics = fit(model, make_train_step(device, npoints, base_model.get_loss_acc), train_dataloader,
-                          train_sampler, optimizer, scheduler, device, start_epoch=start_epoch,
-                          max_epoch=n_epochs, accum=int(config.get("step_per_update", 1)),
-                          clip=float(config.get("grad_norm_clip", 0) or 0), amp=amp, scaler=scaler, validate=validate,
-                          val_freq=1 if released_count else args.val_freq,  # released: validate() decides
-                          better=lambda m, b: m["acc"] > b.get("acc", -1.0), save=save,
-                          best=best_metrics, writers=(train_writer, val_writer), progress=show_progress, logger=logger)
-    if best_metrics:
-        print_log(f"[Fine-tuning] best validation accuracy = {best_metrics['acc']:.4f} % (epoch {best_metrics['epoch']})",
-                  logger=logger)
+    if state.best_metrics:
+        print_log(f"[Fine-tuning] best validation accuracy = {state.best_metrics['acc']:.4f} % "
+                  f"(epoch {state.best_metrics['epoch']})", logger=logger)
     if best_vote:
         print_log(f"[Fine-tuning] best voting validation accuracy = {best_vote['acc_vote']:.4f} % "
                   f"(epoch {best_vote['epoch']}, {best_vote_path})", logger=logger)
-    return best_metrics
+    return state.best_metrics
 
 
-def test_net(args, config) -> Dict[str, float]:
+def test_net(settings: RunSettings, config, logger=None) -> Dict[str, float]:
     """``--test --ckpts F.pth``: accuracy of a fine-tuned classifier on ``config.dataset.test``;
     with ``--vote`` also the voting accuracy: the best of ``voting.repeats`` runs (299 as released,
     each run logged as ``[TEST_VOTE_time k]``). Each is logged with its own label and written to
@@ -244,28 +293,31 @@ def test_net(args, config) -> Dict[str, float]:
 
     A few-shot ``--way/--shot/--fold`` reaches the test set only when it is a few-shot set: the
     released ``cfgs/fewshot.yaml`` tests on the full ModelNet40 test split."""
-    logger, device, amp = builder.job_context(args, config)
-    npoints = _npoints(config)
+    npoints, device, amp = int(config.npoints), settings.device, settings.amp_dtype
     vote_cfg = voting_config(config)
     test_cfg = config.dataset.get("test") or config.dataset.val
-    if getattr(args, "shot", -1) != -1 and test_cfg._base_.get("NAME") == "ModelNetFewShot":
-        test_cfg.others.update(way=args.way, shot=args.shot, fold=args.fold)
-    _, test_dataloader = builder.dataset_builder(args, test_cfg)
-    base_model = builder.model_builder(config.model)
-    builder.load_model(base_model, args.ckpts, logger=logger, strict=not getattr(args, "partial_load", False))
-    base_model = base_model.to(device)
-    model = builder.wrap_distributed(base_model, args, device, logger)
-    show_progress = getattr(args, "progress", True)
-    results = {"acc": accuracy(model, test_dataloader, device, npoints, amp, show_progress=show_progress)}
+    if settings.few_shot is not None and test_cfg._base_.get("NAME") == "ModelNetFewShot":
+        way, shot, fold = settings.few_shot
+        test_cfg.others.update(way=way, shot=shot, fold=fold)
+    _, test_loader = builder.dataset_builder(test_cfg, seed=settings.seed, num_workers=settings.num_workers)
+    ckpt = builder.read_checkpoint(settings.ckpts, settings.trust_checkpoint)
+    if config.model.get("cls_dim") is None and ckpt.get("class_names"):
+        config.model.cls_dim = len(ckpt["class_names"])
+    base_model = builder.model_builder(config.model, settings)
+    builder.load_model(base_model, settings.ckpts, logger=logger, strict=not settings.partial_load,
+                       trust=settings.trust_checkpoint)
+    model = builder.wrap_distributed(base_model.to(device), settings, logger)
+    show_progress = settings.progress
+    results = {"acc": accuracy(model, test_loader, device, npoints, amp, show_progress=show_progress)}
     print_log(f"[TEST] plain accuracy (FPS {npoints} points, 1 pass) = {results['acc']:.4f} %", logger=logger)
-    if args.vote:
+    if settings.vote:
         times, repeats = vote_cfg["times"], vote_cfg["repeats"]
         runs = []
-        show_runs = show_progress and get_dist_info()[0] == 0
+        show_runs = show_progress and settings.is_main_process
         bar = tqdm(range(1, repeats + 1), desc="voting runs", disable=not show_runs, dynamic_ncols=True)
-        with logging_redirect_tqdm(loggers=[logger]) if show_runs else contextlib.nullcontext():
+        with logging_redirect_tqdm(loggers=[logger]) if show_runs and logger is not None else contextlib.nullcontext():
             for run in bar:
-                runs.append(accuracy(model, test_dataloader, device, npoints, amp, vote=True,
+                runs.append(accuracy(model, test_loader, device, npoints, amp, vote=True,
                                      show_progress=show_progress, desc=f"vote {run}/{repeats}", times=times))
                 print_log("[TEST_VOTE_time %d]  acc = %.4f, best acc = %.4f" % (run, runs[-1], max(runs)), logger=logger)
                 bar.set_postfix(best=f"{max(runs):.2f}")
@@ -274,9 +326,9 @@ def test_net(args, config) -> Dict[str, float]:
         print_log(f"[TEST_VOTE] voting accuracy (best of {repeats} run(s) of {times} passes of {npoints} of FPS "
                   f"{points_for_sampling(npoints)} with scale-and-translate, logits averaged; mean over runs "
                   f"{results['vote_acc_mean']:.4f} %) = {results['vote_acc']:.4f} %", logger=logger)
-    if get_dist_info()[0] == 0:
-        path = write_json(os.path.join(args.experiment_path, "test_results.json"),
-                          {**results, "ckpts": str(args.ckpts), "test_shapes": len(test_dataloader.dataset),
-                           "npoints": npoints, "voting": dict(vote_cfg) if args.vote else None})
+    if settings.is_main_process:
+        path = write_json(os.path.join(settings.experiment_path, "test_results.json"),
+                          {**results, "ckpts": str(settings.ckpts), "test_shapes": len(test_loader.dataset),
+                           "npoints": npoints, "voting": dict(vote_cfg) if settings.vote else None})
         print_log(f"[TEST] results written to {path}", logger=logger)
     return results

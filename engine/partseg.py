@@ -11,18 +11,18 @@ Metrics, implemented once for training, ``--test`` and the tests:
 * class-average accuracy: mean over the parts that occur in the ground truth of the per-part
   point accuracy (recall).
 
-Model initialisation follows the released ``get_model`` (PyTorch's default init; ``args.init``
-``trunc_normal`` restores the project's earlier one); ``args.lr_schedule`` ``released`` restores
-the released one-epoch schedule lag (default ``exact``). Both are read with ``getattr`` so that a
-namespace without them gets the defaults.
+Model initialisation follows the released ``get_model`` (PyTorch's default init; ``--init
+trunc_normal`` restores the project's earlier one); ``--lr_schedule released`` restores the
+released one-epoch schedule lag (default ``exact``). The flags map onto a config
+(``segmentation/main.py``: ``config_from_args``) whose ``model`` section builds the registered
+``PartSegTransformer``; the run's settings are :class:`utils.settings.PartSegSettings`.
 """
 from __future__ import annotations
 
-import datetime
-import sys
+import os
+import time
 from collections import OrderedDict
-from pathlib import Path
-from typing import Dict, Iterable, List, Sequence
+from typing import Dict, Iterable, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -32,19 +32,41 @@ from tensorboardX import SummaryWriter
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Subset
 
-from datasets.ShapeNetPartDataset import CATEGORIES, NUM_PARTS, SEG_CLASSES, PartNormalDataset, category_part_mask
+from datasets import DATASETS
+from datasets.ShapeNetPartDataset import (
+    CATEGORIES,
+    NUM_PARTS,
+    SEG_CLASSES,
+    PartNormalDataset,
+    category_part_mask,
+)
 from engine import builder
-from engine.engine import evaluate, fit, grad_scaler
+from engine.engine import (
+    check_finite_figures,
+    epoch_range,
+    evaluate,
+    log_epoch,
+    log_scalars,
+    train_one_epoch,
+)
+from engine.preemption import StopRequest, catch_stop_signals, preempted
+from models import MODELS
 from models.backbone import patch_embed_kind, read_encoder
 from models.PartSegTransformer import PartSegTransformer
 from utils import dist_utils
-from utils.checkpoint import (CheckpointError, atomic_save, load_checkpoint_file, load_state_dict_checked, state_dict_of,
-                              write_json)
-from utils.logger import get_logger, print_log
-from utils.misc import set_random_seed, worker_init_fn
-from utils.parser import RunDirError, acquire_run_lock, release_run_lock
-
-MODEL_ARGS = ("trans_dim", "depth", "num_heads", "drop_path_rate", "num_group", "group_size", "return_layers", "normal")
+from utils.checkpoint import (
+    CheckpointError,
+    load_state_dict_checked,
+    remove_orphan_temporaries,
+    state_dict_of,
+    write_json,
+)
+from utils.cli import InputError
+from utils.logger import attach_log_file, print_log, start_run_logger
+from utils.misc import rng_state, set_random_seed, set_rng_state, worker_init_fn
+from utils.rundir import RunDirError, acquire_run_lock, release_run_lock
+from utils.schema import ConfigError, merge_into
+from utils.settings import PartSegSettings
 
 
 def get_loss(logits: Tensor, target: Tensor) -> Tensor:
@@ -155,17 +177,17 @@ def random_scale_shift(points: torch.Tensor, scale_low: float = 0.8, scale_high:
     return points
 
 
-def make_loaders(args, world_size: int, rank: int):
-    train_set = PartNormalDataset(args.root, npoints=args.npoint, split="trainval", normal_channel=args.normal)
-    test_set = PartNormalDataset(args.root, npoints=args.npoint, split="test", normal_channel=args.normal)
-    per_rank = args.batch_size // world_size
-    if per_rank < 1 or args.batch_size % world_size:
-        raise ValueError(f"--batch_size {args.batch_size} is not divisible by the {world_size} processes")
-    workers = builder.worker_count(args.num_workers)
-    sampler, train_loader = builder.build_loader(train_set, per_rank, train=True, seed=args.seed, num_workers=workers)
+def make_loaders(settings: PartSegSettings, normal: bool):
+    """(train set, test set, train sampler, train loader, test loader) of ShapeNetPart at
+    ``settings.root`` (``npoint`` points; normals as extra channels with ``normal``)."""
+    train_set = PartNormalDataset(settings.root, npoints=settings.npoint, split="trainval", normal_channel=normal)
+    test_set = PartNormalDataset(settings.root, npoints=settings.npoint, split="test", normal_channel=normal)
+    per_rank = settings.batch_size // settings.world_size
+    sampler, train_loader = builder.build_loader(train_set, per_rank, train=True, seed=settings.seed,
+                                                 num_workers=settings.num_workers)
     # Each process evaluates a disjoint slice of the test set, so no shape is counted twice.
-    test_loader = DataLoader(Subset(test_set, range(rank, len(test_set), world_size)), batch_size=per_rank,
-                             num_workers=workers, worker_init_fn=worker_init_fn,
+    test_loader = DataLoader(Subset(test_set, range(settings.rank, len(test_set), settings.world_size)),
+                             batch_size=per_rank, num_workers=settings.num_workers, worker_init_fn=worker_init_fn,
                              pin_memory=torch.cuda.is_available())
     return train_set, test_set, sampler, train_loader, test_loader
 
@@ -207,96 +229,124 @@ def log_metrics(title: str, meter: PartSegMeter, logger, categories_on_console: 
     return metrics
 
 
-def build_model(args, logger=None) -> PartSegTransformer:
-    """The model of ``args``; the patch embedding follows ``--ckpts`` unless given explicitly."""
-    kind = args.patch_embed
-    if kind == "auto":
-        kind = (patch_embed_kind(read_encoder(args.ckpts)[2]) if args.ckpts else None) or "inter_mae"
-    model = PartSegTransformer(trans_dim=args.trans_dim, depth=args.depth, num_heads=args.num_heads,
-                               drop_path_rate=args.drop_path_rate, num_group=args.num_group, group_size=args.group_size,
-                               patch_embed=kind, return_layers=args.return_layers, normal=args.normal,
-                               init=getattr(args, "init", "released"))
-    print_log(f"[PartSeg] init {model.init_mode}; {kind} patch embedding, width {args.trans_dim}, depth {args.depth}, "
-              f"{args.num_heads} heads, "
-              f"{args.num_group} x {args.group_size} patches, head on blocks {model.return_layers}, "
+def build_model(config, settings: PartSegSettings, logger=None) -> PartSegTransformer:
+    """The model of ``config.model`` (``NAME: PartSegTransformer``; segmentation/main.py maps its
+    flags onto it) with the run's compute switches; one log line."""
+    model = builder.model_builder(config.model, settings)
+    print_log(f"[PartSeg] init {model.init_mode}; {model.patch_embed_kind} patch embedding, width {model.trans_dim}, "
+              f"depth {model.depth}, {model.num_heads} heads, {model.group_divider.num_group} x "
+              f"{model.group_divider.group_size} patches, head on blocks {model.return_layers}, "
               f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters", logger=logger)
     return model
 
 
-def run(args) -> Dict[str, float]:
-    """Train (or ``--test``) as ``segmentation/main.py`` asks; returns the best (or the test) metrics."""
+def run(settings, config=None, stop: Optional[StopRequest] = None, logger=None) -> Dict[str, float]:
+    """Train (or, for ``partseg_test``, test) as ``segmentation/main.py`` asks; returns the best (or
+    the test) metrics. Given the command's parsed flags (an ``argparse.Namespace``) instead of
+    settings, it is the whole command: :func:`run_command`."""
+    if not isinstance(settings, PartSegSettings):
+        return run_command(settings)
+    set_random_seed(settings.seed + settings.rank, deterministic=settings.deterministic)
+    builder.log_settings(settings, logger)
+    if settings.job == "partseg_test":
+        return test(settings, config, logger)
+    return train(settings, config, stop, logger)
+
+
+def resolve_patch_embed(config, settings: PartSegSettings) -> None:
+    """``model.patch_embed: auto``: the checkpoint's (``--ckpts``) when training from one, else the
+    released segmentation model's ``point_mae`` (segmentation/models/pt.py always builds Point-MAE's
+    mini-PointNet ``first_conv``), so the from-scratch baseline is the released one."""
+    if config.model.get("patch_embed") != "auto" or settings.job != "partseg" or settings.resume != "no":
+        return
+    kind = patch_embed_kind(read_encoder(settings.ckpts, trust=settings.trust_checkpoint)[2]) if settings.ckpts else None
+    config.model.patch_embed = kind or "point_mae"
+
+
+def prepare_run_dir(settings: PartSegSettings, logger=None) -> str:
+    """Rank 0: refuse a training run over another's checkpoints (unless --overwrite / --resume),
+    make ``checkpoints/`` and ``logs/``, take the run's lock. Returns the lock path."""
+    saved = sorted(p for p in os.listdir(settings.ckpt_dir) if p.endswith(".pth")) if os.path.isdir(settings.ckpt_dir) else []
+    if saved and settings.job == "partseg" and not settings.overwrite and settings.resume == "no":
+        raise RunDirError(f"segmentation run directory {settings.experiment_path} already holds checkpoints "
+                          f"({saved[0]}): pass --resume to continue that run, --overwrite to train a new model over "
+                          f"it, or choose another --log_dir")
+    os.makedirs(settings.ckpt_dir, exist_ok=True)
+    os.makedirs(settings.log_dir, exist_ok=True)
+    lock = acquire_run_lock(settings.experiment_path, logger, other_run="use another --log_dir")
+    remove_orphan_temporaries(settings.ckpt_dir, logger)
+    return lock
+
+
+def run_command(args) -> Dict[str, float]:
+    """``segmentation/main.py``: flags -> config (checked) -> settings -> run directory, lock, log
+    and config.yaml -> :func:`run`, stopping cleanly on SIGTERM / SIGINT."""
+    from utils.config import save_run_config, validate_config
+    from utils.settings import build_partseg_settings, partseg_config
+
     if args.launcher == "pytorch":
         dist_utils.init_dist(args.launcher)
-    rank, world_size = dist_utils.get_dist_info()
-    set_random_seed(args.seed + rank, deterministic=args.deterministic)
-
-    run_dir = Path(args.log_root) / "part_seg" / (args.log_dir or datetime.datetime.now().strftime("%Y-%m-%d_%H-%M"))
-    ckpt_dir, log_dir = run_dir / "checkpoints", run_dir / "logs"
-
-    def prepare_run_dir() -> str:
-        saved = sorted(ckpt_dir.glob("*.pth")) if ckpt_dir.is_dir() else []
-        if saved and not args.test and not getattr(args, "overwrite", False):
-            raise RunDirError(f"segmentation run directory {run_dir} already holds checkpoints ({saved[0].name}): "
-                              f"pass --overwrite to train a new model over it, or choose another --log_dir")
-        ckpt_dir.mkdir(parents=True, exist_ok=True)
-        log_dir.mkdir(parents=True, exist_ok=True)
-        return acquire_run_lock(str(run_dir))
-
-    try:  # rank 0 prepares; its refusal is raised on every process (none waits for a rank 0 that stopped)
-        lock = dist_utils.run_on_rank0(prepare_run_dir)
-    except Exception:
-        if dist_utils.is_dist():
-            dist.destroy_process_group()
-        raise
     try:
-        return _run(args, rank, world_size, ckpt_dir, log_dir)
-    finally:
-        release_run_lock(lock)
-
-
-def _run(args, rank: int, world_size: int, ckpt_dir: Path, log_dir: Path) -> Dict[str, float]:
-    logger = get_logger("part_seg", log_file=str(log_dir / f"{'test' if args.test else args.model}.txt"))
-    print_log(f"Command: {' '.join(sys.argv)}", logger=logger)
-    print_log(f"PARAMETER ... {vars(args)}", logger=logger)
-    device, args.amp_dtype = builder.runtime(args, logger)
-    args.num_workers = builder.worker_count(args.num_workers, logger)
-    try:
-        return test(args, device, rank, world_size, ckpt_dir, logger) if args.test else \
-            train(args, device, rank, world_size, ckpt_dir, log_dir, logger)
+        logger = start_run_logger("part_seg")
+        config = partseg_config(args)
+        job = "partseg_test" if args.test else "partseg"
+        settings = build_partseg_settings(args, config, logger)
+        resolve_patch_embed(config, settings)
+        if job == "partseg":
+            validate_config(config, job, MODELS, DATASETS, world_size=settings.world_size)
+        if settings.batch_size % settings.world_size:
+            raise ConfigError(f"--batch_size {settings.batch_size} is not divisible by the {settings.world_size} processes")
+        lock = dist_utils.run_on_rank0(lambda: prepare_run_dir(settings, logger))
+        try:
+            attach_log_file(logger, os.path.join(settings.log_dir, "test.txt" if args.test else f"{args.model}.txt"))
+            print_log(f"Command: {settings.command}", logger=logger)
+            if job == "partseg" and settings.is_main_process and settings.resume == "no":
+                save_run_config(settings.experiment_path, config, logger=logger)
+            with catch_stop_signals() as stop:
+                try:
+                    return run(settings, config, stop, logger)
+                except InputError as error:
+                    print_log(f"error: {error} [{type(error).__name__}]", logger=logger, file_only=True)
+                    raise
+        finally:
+            release_run_lock(lock)
     finally:
         if dist_utils.is_dist():
             dist.destroy_process_group()
 
 
-def test(args, device, rank, world_size, ckpt_dir: Path, logger) -> Dict[str, float]:
-    """Evaluate a saved segmentation model (ours, or the released script's ``model_state_dict``)."""
-    path = args.ckpts or str(ckpt_dir / "best_model.pth")
-    ckpt = load_checkpoint_file(path)
+def test(settings: PartSegSettings, config, logger=None) -> Dict[str, float]:
+    """Evaluate a saved segmentation model (``settings.ckpts``, else the run's ``best_model.pth``):
+    ours (its config inside) or the released script's ``model_state_dict``."""
+    path = settings.ckpts or os.path.join(settings.ckpt_dir, "best_model.pth")
+    ckpt = builder.read_checkpoint(path, settings.trust_checkpoint)
     state = state_dict_of(ckpt, path)
-    for key, value in (ckpt.get("model_args") or {}).items():
-        setattr(args, key, value)
+    saved = (ckpt.get("config") or {}).get("model") or ckpt.get("model_args")  # model_args: checkpoints before format 2
+    requested = config.model.get("patch_embed", "auto")
+    if saved:
+        config.model = merge_into(config.model, {k: v for k, v in saved.items() if k != "NAME"})
     kind = patch_embed_kind(state)
-    if args.patch_embed not in ("auto", kind):
-        raise CheckpointError(f"checkpoint '{path}' uses the '{kind}' patch embedding, not --patch_embed {args.patch_embed}")
-    args.patch_embed, args.ckpts = kind or "inter_mae", None
-    model = build_model(args, logger).to(device)
+    if requested not in ("auto", kind) and kind is not None:
+        raise CheckpointError(f"checkpoint '{path}' uses the '{kind}' patch embedding, not --patch_embed {requested}")
+    config.model.patch_embed = kind or (requested if requested != "auto" else "inter_mae")
+    model = build_model(config, settings, logger).to(settings.device)
     report = load_state_dict_checked(model, state, strict=True, source=path)
     print_log(f"[PartSeg] segmentation model from {path} (saved after training EPOCH {ckpt.get('epoch', '?')}): "
               f"{report.summary()}", logger=logger)
-    _, test_set, _, _, test_loader = make_loaders(args, world_size, rank)
+    _, test_set, _, _, test_loader = make_loaders(settings, model.normal)
     print_log(f"The number of test data is: {len(test_set)}", logger=logger)
-    meter = evaluate(model, make_eval_step(device), test_loader, device, PartSegMeter(), amp=args.amp_dtype,
-                     progress=getattr(args, "progress", True) and rank == 0)
+    meter = evaluate(model, make_eval_step(settings.device), test_loader, settings.device, PartSegMeter(),
+                     amp=settings.amp_dtype, progress=settings.progress and settings.is_main_process)
     metrics = log_metrics("Test", meter, logger, categories_on_console=True)
-    if rank == 0:
-        run_dir = ckpt_dir.parent
-        result = write_json(str(run_dir / "test_results.json"),
-                            {**metrics, "ckpts": path, "test_shapes": len(test_set), "npoint": args.npoint,
+    if settings.is_main_process:
+        result = write_json(os.path.join(settings.experiment_path, "test_results.json"),
+                            {**metrics, "ckpts": path, "test_shapes": len(test_set), "npoint": settings.npoint,
                              "category_iou": meter.category_ious()})
         print_log(f"[Test] results written to {result}", logger=logger)
-        if getattr(args, "vis", 0) > 0:
-            picture = plot_predictions(model, test_set, args.vis, device, str(run_dir / "predictions.png"))
-            print_log(f"[Test] {args.vis} segmented test shapes drawn to {picture}", logger=logger)
+        if settings.vis > 0:
+            picture = plot_predictions(model, test_set, settings.vis, settings.device,
+                                       os.path.join(settings.experiment_path, "predictions.png"))
+            print_log(f"[Test] {settings.vis} segmented test shapes drawn to {picture}", logger=logger)
     return metrics
 
 
@@ -341,50 +391,66 @@ def plot_predictions(model: nn.Module, test_set, n: int, device: torch.device, p
                            row_labels=labels, colors=colors)
 
 
-def train(args, device, rank, world_size, ckpt_dir: Path, log_dir: Path, logger) -> Dict[str, float]:
-    """Fine-tune (``--ckpts``) or train from scratch; keep ``best_model.pth`` (best instance mIoU)."""
-    base_model = build_model(args, logger)
-    if args.ckpts:
-        base_model.load_model_from_ckpt(args.ckpts, logger=logger)
-    else:
-        print_log("[PartSeg] no --ckpts: training from scratch", logger=logger)
-    train_set, test_set, sampler, train_loader, test_loader = make_loaders(args, world_size, rank)
+def train(settings: PartSegSettings, config, stop: Optional[StopRequest] = None, logger=None) -> Dict[str, float]:
+    """Fine-tune (``--ckpts``) or train from scratch; validate on the test split every epoch; keep
+    ``checkpoints/best_model.pth`` (best instance mIoU, the released name) and ``ckpt-last.pth``."""
+    device, amp = settings.device, settings.amp_dtype
+    base_model = build_model(config, settings, logger)
+    if settings.resume == "no" and settings.ckpts:
+        base_model.load_model_from_ckpt(settings.ckpts, logger=logger, trust=settings.trust_checkpoint)
+    elif settings.resume == "no":
+        print_log(f"[PartSeg] no --ckpts: training from scratch ({base_model.patch_embed_kind} patch embedding)",
+                  logger=logger)
+    train_set, test_set, sampler, train_loader, test_loader = make_loaders(settings, base_model.normal)
     print_log(f"The number of training data is: {len(train_set)}", logger=logger)
     print_log(f"The number of test data is: {len(test_set)}", logger=logger)
-    base_model = base_model.to(device)
-    model = builder.wrap_distributed(base_model, args, device, logger)
-    optimizer = torch.optim.AdamW(builder.add_weight_decay(base_model, weight_decay=args.weight_decay), lr=args.learning_rate)
-    scheduler = builder.apply_lr_schedule(builder.CosineEpochScheduler(optimizer, epochs=args.epoch, initial_epochs=args.warmup_epoch),
-                                  getattr(args, "lr_schedule", "exact"))
-
-    writer = SummaryWriter(str(log_dir)) if rank == 0 else None
-    eval_step = make_eval_step(device)
-    best = {"accuracy": 0.0, "class_avg_iou": 0.0, "instance_avg_iou": -1.0}  # each the best of any epoch
-    model_args = {k: getattr(args, k) for k in MODEL_ARGS}
-    model_args["return_layers"] = list(base_model.return_layers)
-
-    def validate(epoch: int) -> Dict[str, float]:
-        meter = evaluate(model, eval_step, test_loader, device, PartSegMeter(), amp=args.amp_dtype,
-                         progress=getattr(args, "progress", True) and rank == 0)
-        # numbered as the training line of the same epoch ("[Training] EPOCH: e (e+1/N)")
-        metrics = log_metrics(f"[Test] EPOCH: {epoch} ({epoch + 1}/{args.epoch})", meter, logger)
-        best.update({key: max(best[key], metrics[key]) for key in best})
-        print_log(f"Best accuracy is: {best['accuracy']:.5f}  Best class avg mIoU is: {best['class_avg_iou']:.5f}  "
-                  f"Best instance avg mIoU is: {best['instance_avg_iou']:.5f}", logger=logger)
-        return metrics
-
-    def save(tag: str, epoch: int, metrics: Dict[str, float], best_state: Dict[str, float]) -> None:
-        if tag == "best" and rank == 0:
-            path = ckpt_dir / "best_model.pth"
-            atomic_save({"base_model": base_model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
-                         "metrics": metrics, "best_metrics": best_state, "model_args": model_args}, str(path))
-            print_log(f"Saving best model (EPOCH {epoch}, instance mIoU {metrics['instance_avg_iou']:.5f}) at {path}",
-                      logger=logger)
-
-    fit(model, make_train_step(device), train_loader, sampler, optimizer, scheduler, device, start_epoch=0,
-        max_epoch=args.epoch, clip=args.clip, amp=args.amp_dtype, scaler=grad_scaler(device, args.amp_dtype), validate=validate,
-        better=lambda m, b: m["instance_avg_iou"] >= b.get("instance_avg_iou", -1.0), save=save,
-        writers=(writer, writer), progress=getattr(args, "progress", True) and rank == 0, logger=logger)
-    if writer is not None:
-        writer.close()
-    return best
+    state = builder.build_training(config, settings, logger, model=base_model)
+    if settings.resume != "no":
+        builder.resume(state, settings, os.path.join(settings.ckpt_dir, "ckpt-last.pth"), logger)
+    model = builder.wrap_distributed(state.model, settings, logger)
+    writer = SummaryWriter(settings.log_dir) if settings.is_main_process else None
+    train_step, eval_step = make_train_step(device), make_eval_step(device)
+    # the best of each figure over the epochs (logged), and the figures of the best epoch (best_model.pth)
+    best_each = dict(state.best_metrics.get("best_each") or {"accuracy": 0.0, "class_avg_iou": 0.0,
+                                                              "instance_avg_iou": -1.0})
+    save = dict(folder=settings.ckpt_dir, logger=logger)
+    try:
+        for epoch in epoch_range(state.start_epoch, settings.n_epochs, settings.progress, logger):
+            sampler.set_epoch(epoch)
+            if state.scheduler is not None:
+                state.scheduler.step(epoch)
+            epoch_rng, skip = rng_state(), state.start_step if epoch == state.start_epoch else 0
+            start = time.time()
+            result = train_one_epoch(model, train_step, train_loader, state.optimizer, device, epoch, clip=settings.clip,
+                                     amp=amp, scaler=state.scaler, writer=writer, progress=settings.progress
+                                     and settings.is_main_process, stop=stop, skip=skip,
+                                     on_skipped=lambda: set_rng_state(state.rng_at_stop) if state.rng_at_stop else None)
+            if result.stopped_at is not None:
+                builder.save_checkpoint(state, "ckpt-last", settings, config, epoch=epoch - 1,
+                                        next_step=result.stopped_at, epoch_rng=epoch_rng, **save)
+                raise preempted(stop, settings, epoch, result.stopped_at, len(train_loader), logger)
+            log_epoch(epoch, settings.n_epochs, result.stats, time.time() - start, state.optimizer, writer, logger)
+            metrics = {f"train_{k}": v for k, v in result.stats.items() if k != "samples_per_s"}
+            if builder.validation_due(epoch, settings):
+                meter = evaluate(model, eval_step, test_loader, device, PartSegMeter(), amp=amp,
+                                 progress=settings.progress and settings.is_main_process)
+                # numbered as the training line of the same epoch ("[Training] EPOCH: e (e+1/N)")
+                figures = log_metrics(f"[Test] EPOCH: {epoch} ({epoch + 1}/{settings.n_epochs})", meter, logger)
+                check_finite_figures(figures, epoch)
+                log_scalars(writer, "Metric", figures, epoch)
+                metrics.update(figures)
+                best_each = {key: max(best_each[key], figures[key]) for key in best_each}
+                print_log(f"Best accuracy is: {best_each['accuracy']:.5f}  Best class avg mIoU is: "
+                          f"{best_each['class_avg_iou']:.5f}  Best instance avg mIoU is: "
+                          f"{best_each['instance_avg_iou']:.5f}", logger=logger)
+                if figures["instance_avg_iou"] >= state.best_metrics.get("instance_avg_iou", -1.0):
+                    state.best_metrics = {**figures, "epoch": epoch, "best_each": best_each}
+                    builder.save_checkpoint(state, "best_model", settings, config, epoch=epoch, metrics=metrics, **save)
+                    print_log(f"Saving best model (EPOCH {epoch}, instance mIoU {figures['instance_avg_iou']:.5f})",
+                              logger=logger)
+                state.best_metrics["best_each"] = best_each
+            builder.save_checkpoint(state, "ckpt-last", settings, config, epoch=epoch, metrics=metrics, **save)
+    finally:
+        if writer is not None:
+            writer.close()
+    return best_each

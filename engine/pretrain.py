@@ -13,6 +13,7 @@ no ``test.txt`` split of ShapeNetRender) the run logs one line and trains withou
 from __future__ import annotations
 
 import math
+import time
 from typing import Dict, Optional, Tuple
 
 import torch
@@ -21,9 +22,19 @@ from torch import Tensor, nn
 from datasets.common import DatasetFormatError
 from datasets.data_transforms import PointcloudScaleAndTranslate
 from engine import builder
-from engine.engine import MeanMeter, evaluate, fit
+from engine.engine import (
+    MeanMeter,
+    epoch_range,
+    evaluate,
+    log_epoch,
+    log_validation,
+    train_one_epoch,
+)
+from engine.preemption import StopRequest, preempted
 from engine.svm import svm_validate
 from utils.logger import print_log
+from utils.misc import rng_state, set_rng_state
+from utils.settings import RunSettings
 
 
 def unpack_batch(data, device: torch.device) -> Tuple[Tensor, Optional[Tensor]]:
@@ -60,57 +71,69 @@ def make_val_step(device: torch.device):
     return step
 
 
-def run_net(args, config, train_writer=None, val_writer=None) -> Dict[str, float]:
-    """Pre-train ``config.model`` on ``config.dataset.train`` (released entry point)."""
-    logger, device, amp = builder.job_context(args, config)
-    train_sampler, train_dataloader = builder.dataset_builder(args, config.dataset.train)
-    val_dataloader = None
+def run_net(settings: RunSettings, config, writers=(None, None), stop: Optional[StopRequest] = None,
+            logger=None) -> Dict[str, float]:
+    """Pre-train ``config.model`` on ``config.dataset.train`` (released entry point); returns the
+    last epoch's figures. A stop request (SIGTERM / SIGINT) ends the run after the current step with
+    ``ckpt-last`` written, raising :class:`engine.preemption.Preempted`."""
+    train_writer, val_writer = writers
+    loader_args = dict(seed=settings.seed, num_workers=settings.num_workers)
+    train_sampler, train_loader = builder.dataset_builder(config.dataset.train, **loader_args)
+    val_loader = None
     if config.dataset.get("val") is not None:
         try:
-            _, val_dataloader = builder.dataset_builder(args, config.dataset.val)
+            _, val_loader = builder.dataset_builder(config.dataset.val, **loader_args)
         except DatasetFormatError as e:
-            reason = str(e).splitlines()[0]
-            print_log(f"[Validation] skipped: dataset.val cannot be read ({reason})", logger=logger)
+            print_log(f"[Validation] skipped: dataset.val cannot be read ({str(e).splitlines()[0]})", logger=logger)
 
-    base_model, optimizer, scheduler, scaler, n_epochs = builder.build_training(config, device, amp, logger)
-    start_epoch, best_metrics = 0, {}
-    if args.resume:
-        start_epoch, best_metrics = builder.resume(base_model, optimizer, args, logger, scheduler, scaler)
-    elif args.start_ckpts is not None:
-        builder.load_model(base_model, args.start_ckpts, logger=logger, strict=not getattr(args, "partial_load", False))
-
-    has_image_branch = getattr(base_model, "image_branch", None) is not None
+    state = builder.build_training(config, settings, logger)
+    if settings.resume != "no":
+        builder.resume(state, settings, logger=logger)
+    elif settings.start_ckpts is not None:
+        builder.load_model(state.model, settings.start_ckpts, logger=logger, strict=not settings.partial_load,
+                           trust=settings.trust_checkpoint)
+    has_image_branch = getattr(state.model, "image_branch", None) is not None
     # pro_head is idle without an image branch, so DDP must tolerate unused parameters then.
-    unused = not has_image_branch and hasattr(base_model, "pro_head")
-    model = builder.wrap_distributed(base_model, args, device, logger, find_unused_parameters=unused)
-
+    model = builder.wrap_distributed(state.model, settings, logger,
+                                     find_unused_parameters=not has_image_branch and hasattr(state.model, "pro_head"))
+    train_step, device, amp = make_train_step(settings.device, has_image_branch), settings.device, settings.amp_dtype
     svm_cfg = config.get("svm_validation") or {}
     svm_freq = max(int(svm_cfg.get("freq", 1)), 1) if svm_cfg.get("enabled", False) else 0
 
-    def validate(epoch: int) -> Dict[str, float]:
-        figures = {}
-        if val_dataloader is not None and (epoch + 1) % max(args.val_freq, 1) == 0:
-            figures["val_loss_rec"] = evaluate(model, make_val_step(device), val_dataloader, device, MeanMeter(device),
-                                               amp=amp, seed=0).compute()["loss_rec"]
-        if svm_freq and (epoch + 1) % svm_freq == 0:
-            svm_acc = svm_validate(base_model, config, args, device, logger=logger, epoch=epoch)
-            if svm_acc is not None:
-                figures["svm_acc"] = svm_acc
-        return figures
+    metrics: Dict[str, float] = {}
+    for epoch in epoch_range(state.start_epoch, settings.n_epochs, settings.progress, logger):
+        train_sampler.set_epoch(epoch)
+        if state.scheduler is not None:
+            state.scheduler.step(epoch)
+        epoch_rng, skip = rng_state(), state.start_step if epoch == state.start_epoch else 0
+        start = time.time()
+        result = train_one_epoch(model, train_step, train_loader, state.optimizer, device, epoch, accum=settings.accum,
+                                 clip=settings.clip, amp=amp, scaler=state.scaler, writer=train_writer,
+                                 progress=settings.progress, stop=stop, skip=skip,
+                                 on_skipped=lambda: set_rng_state(state.rng_at_stop) if state.rng_at_stop else None)
+        if result.stopped_at is not None:
+            builder.save_checkpoint(state, "ckpt-last", settings, config, epoch=epoch - 1, metrics=metrics,
+                                    next_step=result.stopped_at, epoch_rng=epoch_rng, logger=logger)
+            raise preempted(stop, settings, epoch, result.stopped_at, len(train_loader), logger)
+        log_epoch(epoch, settings.n_epochs, result.stats, time.time() - start, state.optimizer, train_writer, logger)
+        metrics = {f"train_{k}": v for k, v in result.stats.items() if k != "samples_per_s"}
 
-    ckpt_period = int(config.get("ckpt_period", 0) or 0)
+        if builder.validation_due(epoch, settings):
+            figures = {}
+            if val_loader is not None:
+                figures["val_loss_rec"] = evaluate(model, make_val_step(device), val_loader, device, MeanMeter(device),
+                                                   amp=amp, seed=0).compute()["loss_rec"]
+            if svm_freq and (epoch + 1) % svm_freq == 0:
+                svm_acc = svm_validate(state.model, config, settings, logger=logger, epoch=epoch)
+                if svm_acc is not None:
+                    figures["svm_acc"] = svm_acc
+            log_validation(epoch, figures, val_writer, logger)
+            metrics.update(figures)
+            if figures.get("val_loss_rec", math.inf) < state.best_metrics.get("val_loss_rec", math.inf):
+                state.best_metrics = {**figures, "epoch": epoch}
 
-    def save(tag: str, epoch: int, metrics: Dict[str, float], best: Dict[str, float]) -> None:
-        if tag != "last":
-            return
-        for prefix in ["ckpt-last"] + ([f"ckpt-epoch-{epoch + 1:03d}"] if ckpt_period and (epoch + 1) % ckpt_period == 0 else []):
-            builder.save_checkpoint(base_model, optimizer, epoch, metrics, best, prefix, args, logger, scheduler=scheduler,
-                                    scaler=scaler)
-
-    metrics, _ = fit(model, make_train_step(device, has_image_branch), train_dataloader, train_sampler, optimizer,
-                     scheduler, device, start_epoch=start_epoch, max_epoch=n_epochs,
-                     accum=int(config.get("step_per_update", 1)), clip=float(config.get("grad_norm_clip", 0) or 0),
-                     amp=amp, scaler=scaler, validate=validate, better=lambda m, b: m.get("val_loss_rec", math.inf) <
-                     b.get("val_loss_rec", math.inf), save=save, best=best_metrics, writers=(train_writer, val_writer),
-                     progress=getattr(args, "progress", True), logger=logger)
+        builder.save_checkpoint(state, "ckpt-last", settings, config, epoch=epoch, metrics=metrics, logger=logger)
+        if builder.epoch_copy_due(epoch, settings):
+            builder.save_checkpoint(state, f"ckpt-epoch-{epoch:03d}", settings, config, epoch=epoch, metrics=metrics,
+                                    logger=logger)
     return metrics

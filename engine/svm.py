@@ -33,21 +33,22 @@ from datasets.common import DatasetFormatError
 from engine.finetune import unpack_cls_batch
 from extensions.pointops import fps
 from models.backbone import max_mean_pool
-from utils.config import (SVM_SCHEMA, ConfigError, cfg_from_yaml_file, merge_into, origin_of, rebase_entry,
-                          resolve_base_path, resolve_data_root)
+from utils.config import (SVM_DEFAULT_C, SVM_DEFAULT_DATASET, SVM_DEFAULT_NPOINTS, SVM_SCHEMA, ConfigError,
+                          cfg_from_yaml_file, merge_into, origin_of, rebase_entry, resolve_base_path, svm_default_entry)
 from utils.dist_utils import get_dist_info
 from utils.logger import print_log
+from utils.settings import RunSettings
 
-DEFAULT_DATASET = "cfgs/dataset_configs/ModelNet40SVM.yaml"  # modelnet40_ply_hdf5_2048, as released
+DEFAULT_DATASET = SVM_DEFAULT_DATASET  # modelnet40_ply_hdf5_2048, as released
 CACHE_DATASET = "cfgs/dataset_configs/ModelNet40.yaml"  # the .dat caches (FPS to npoints)
-DEFAULT_C = 1.0  # sklearn's default, which the released LinearSVC() used
-DEFAULT_MAX_ITER = 1000  # ditto
-DEFAULT_NPOINTS = 1024
+DEFAULT_C = SVM_DEFAULT_C
+DEFAULT_MAX_ITER = 1000  # sklearn's default, which the released LinearSVC() used
+DEFAULT_NPOINTS = SVM_DEFAULT_NPOINTS
 
 
 def default_svm_config() -> EasyDict:
-    entry = lambda subset: EasyDict({"_base_": DEFAULT_DATASET, "others": {"subset": subset, "npoints": DEFAULT_NPOINTS}})
-    return EasyDict({"enabled": True, "train": entry("train"), "test": entry("test"), "C": DEFAULT_C, "freq": 1})
+    return EasyDict({"enabled": True, "train": svm_default_entry("train"), "test": svm_default_entry("test"),
+                     "C": DEFAULT_C, "freq": 1})
 
 
 def resolve_svm_config(config, data_root: Optional[str] = None) -> EasyDict:
@@ -125,19 +126,18 @@ def _loader(entry, batch_size: int, num_workers: int) -> Tuple[DataLoader, int]:
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, drop_last=False), npoints
 
 
-def svm_validate(base_model: nn.Module, config, args, device: torch.device, logger=None,
-                 epoch: Optional[int] = None) -> Optional[float]:
+def svm_validate(base_model: nn.Module, config, settings: RunSettings, logger=None,
+                 epoch: Optional[int] = None, batch_size: int = 32) -> Optional[float]:
     """Linear-SVM accuracy (%) of ``base_model``'s frozen encoder features on ModelNet40 (or the
     datasets of ``config.svm_validation``). Runs on rank 0 only (returns None elsewhere). Logs the
     released line ``[Validation] EPOCH: <epoch>  acc = <fraction>`` and a line with the details."""
     if get_dist_info()[0] != 0:
         return None
-    svm_cfg = resolve_svm_config(config, resolve_data_root(getattr(args, "data_root", None))[0])
-    bs = int(getattr(args, "svm_batch_size", 0) or 32)
-    workers = builder.worker_count(int(getattr(args, "num_workers", 0) or 0), logger)
-    train_loader, npoints_train = _loader(svm_cfg.train, bs, workers)
-    test_loader, npoints_test = _loader(svm_cfg.test, bs, workers)
-    show = getattr(args, "progress", True)
+    svm_cfg = resolve_svm_config(config)  # its _base_ files were read when the config was loaded
+    device, workers = settings.device, settings.num_workers
+    train_loader, npoints_train = _loader(svm_cfg.train, batch_size, workers)
+    test_loader, npoints_test = _loader(svm_cfg.test, batch_size, workers)
+    show = settings.progress
     # The training RNG streams (torch, numpy) are left as they were: the loaders draw from both.
     np_state = np.random.get_state()
     fork_devices = [device.index or 0] if device.type == "cuda" else []
@@ -155,7 +155,7 @@ def svm_validate(base_model: nn.Module, config, args, device: torch.device, logg
     finally:
         np.random.set_state(np_state)
         model.train(was_training)
-    acc = fit_linear_svm(train_x, train_y, test_x, test_y, C=float(svm_cfg.C), seed=int(getattr(args, "seed", 0)))
+    acc = fit_linear_svm(train_x, train_y, test_x, test_y, C=float(svm_cfg.C), seed=settings.seed)
     print_log("[Validation] EPOCH: %d  acc = %.4f" % (-1 if epoch is None else epoch, acc / 100.0), logger=logger)
     print_log(f"[SVM] linear SVM accuracy = {acc:.4f} % (C = {svm_cfg.C}; {len(train_y)} train / {len(test_y)} test shapes, "
               f"feature width {train_x.shape[1]})", logger=logger)

@@ -10,7 +10,7 @@ released ``pointnet2_ops`` extension when installed.
 """
 from __future__ import annotations
 
-import os
+import functools
 from typing import Optional, Union
 
 import torch
@@ -20,10 +20,10 @@ __all__ = [
     "FPS_BACKENDS",
     "FPS_BACKEND_ENV",
     "SKIP_NORM2",
+    "check_fps_backend",
+    "configured_backend",
     "furthest_point_sample",
     "fps",
-    "set_fps_backend",
-    "get_fps_backend",
     "resolve_fps_backend",
     "gather_points",
     "square_distance",
@@ -33,9 +33,9 @@ __all__ = [
 ]
 
 FPS_BACKENDS = ("auto", "torch", "triton", "pointnet2_ops")
+# The environment variable that supplies the default of the top-level config key ``fps_backend`` when
+# a run's settings are built (utils/settings.py); the ops never read it.
 FPS_BACKEND_ENV = "INTERMAE_FPS_BACKEND"
-_configured_backend: Optional[str] = None
-_triton_ok: Optional[bool] = None
 
 # (query rows x reference points) per chunk when building distance matrices; bounds memory to
 # about 4 * _CHUNK_ELEMS bytes per batch element.
@@ -64,23 +64,15 @@ def _parse_backend(name: str, source: str) -> str:
     return name
 
 
-def set_fps_backend(name: Optional[str]) -> None:
-    """Select the backend that ``backend="auto"`` resolves to, process-wide (config key / CLI flag).
-
-    ``"torch"``, ``"triton"`` or ``"pointnet2_ops"`` force that backend for CUDA tensors (CPU tensors
-    keep the torch loop, the other two being CUDA-only); ``"auto"`` restores the device rule; ``None``
-    clears the setting so the environment variable ``INTERMAE_FPS_BACKEND`` (else ``"auto"``) applies.
-    """
-    global _configured_backend
-    _configured_backend = None if name is None else _parse_backend(name, "set_fps_backend")
+def check_fps_backend(name: str) -> str:
+    """``name`` if it is one of :data:`FPS_BACKENDS`, else ValueError."""
+    return _parse_backend(name, "fps_backend")
 
 
-def get_fps_backend() -> str:
-    """The configured backend name: ``set_fps_backend``'s, else ``$INTERMAE_FPS_BACKEND``, else ``"auto"``."""
-    if _configured_backend is not None:
-        return _configured_backend
-    env = os.environ.get(FPS_BACKEND_ENV, "").strip()
-    return _parse_backend(env, FPS_BACKEND_ENV) if env else "auto"
+def configured_backend(device: Union[torch.device, str], name: str) -> str:
+    """The backend a run configured (config key ``fps_backend``) for tensors on ``device``: ``name``
+    on CUDA; ``"auto"`` (the torch loop) elsewhere, the other backends being CUDA-only."""
+    return name if torch.device(device).type == "cuda" else "auto"
 
 
 def _load_triton_fps():
@@ -95,15 +87,14 @@ def _load_triton_fps():
     return fps_triton
 
 
+@functools.lru_cache(maxsize=None)
 def _triton_available() -> bool:
-    global _triton_ok
-    if _triton_ok is None:
-        try:
-            _load_triton_fps()
-            _triton_ok = True
-        except RuntimeError:
-            _triton_ok = False
-    return _triton_ok
+    """Whether triton imports (asked once per process: the answer cannot change)."""
+    try:
+        _load_triton_fps()
+        return True
+    except RuntimeError:
+        return False
 
 
 def _load_pointnet2_ops():
@@ -120,20 +111,17 @@ def _load_pointnet2_ops():
 def resolve_fps_backend(device: Union[torch.device, str], backend: str = "auto") -> str:
     """The concrete backend ("torch", "triton" or "pointnet2_ops") that FPS uses on ``device``.
 
-    ``"auto"`` takes the configured backend (:func:`get_fps_backend`) for CUDA tensors when one is
-    forced, else triton on CUDA when triton imports, else torch; on other devices it is always torch.
-    An explicit name is returned as given. Raises RuntimeError when the resolved backend cannot run
+    ``"auto"``: triton on CUDA when triton imports, else torch; on other devices always torch.
+    ``"torch"``, ``"triton"`` or ``"pointnet2_ops"`` are that backend (on a CPU device the CUDA-only
+    two are an error, except triton under ``TRITON_INTERPRET=1``). Raises RuntimeError when the resolved backend cannot run
     (package missing, or a CUDA-only backend on a CPU device), so a start-up log line fails early.
     """
     device = torch.device(device)
     backend = _parse_backend(backend, "furthest_point_sample")
     if backend == "auto":
-        configured = get_fps_backend()
         if device.type != "cuda":
             return "torch"
-        if configured == "auto":
-            return "triton" if _triton_available() else "torch"
-        backend = configured
+        return "triton" if _triton_available() else "torch"
     if backend == "triton":
         module = _load_triton_fps()
         if device.type != "cuda" and not module.INTERPRETED:
@@ -205,8 +193,8 @@ def furthest_point_sample(xyz: Tensor, npoint: int, *, backend: str = "auto", sk
     Args:
         xyz: (B, N, 3) points.
         npoint: number of points to pick, 1 <= npoint <= N.
-        backend: "auto" (the configured backend, see :func:`set_fps_backend`; by default triton on
-            CUDA when triton imports, else torch), "torch", "triton" or "pointnet2_ops".
+        backend: "auto" (triton on CUDA when triton imports, else torch), "torch", "triton" or
+            "pointnet2_ops". Models take it from the run's config (``fps_backend``) at construction.
         skip_origin: apply the released kernel's skip rule for points near the origin.
     Returns:
         (B, npoint) long indices.

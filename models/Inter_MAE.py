@@ -25,7 +25,7 @@ from utils.schema import ConfigError, Schema, origin_of
 from .backbone import PointEncoder, check_init, first_max_pool
 from .build import MODELS
 from .image_encoder import IMAGE_BRANCH_SCHEMA, ImageBranch
-from .layers import TransformerDecoder, init_weights, pos_embedding
+from .layers import DEFAULT_EMBED_COMPUTE, TransformerDecoder, init_weights, pos_embedding
 
 TRANSFORMER_KEYS = (
     "mask_ratio", "mask_type", "trans_dim", "encoder_dims", "depth", "drop_path_rate", "num_heads",
@@ -77,10 +77,12 @@ class MaskTransformer(PointEncoder):
 
     def __init__(self, trans_dim: int = 384, depth: int = 12, num_heads: int = 6, drop_path_rate: float = 0.1,
                  mask_ratio: float = 0.6, mask_type: str = "rand", encoder_dims: int = 384,
-                 patch_embed: str = "inter_mae", num_group: int = 64, group_size: int = 32):
+                 patch_embed: str = "inter_mae", num_group: int = 64, group_size: int = 32,
+                 fps_backend: str = "auto", embed_compute: str = DEFAULT_EMBED_COMPUTE):
         if mask_type not in ("rand", "block"):
             raise ValueError(f"mask_type must be 'rand' or 'block', got '{mask_type}'")
-        super().__init__(trans_dim, depth, num_heads, drop_path_rate, encoder_dims, num_group, group_size, patch_embed)
+        super().__init__(trans_dim, depth, num_heads, drop_path_rate, encoder_dims, num_group, group_size, patch_embed,
+                         fps_backend, embed_compute)
         self.mask_ratio = mask_ratio
         self.mask_type = mask_type
         self.apply(init_weights)
@@ -120,14 +122,14 @@ class _MaskedPointAutoencoder(nn.Module):
     """Shared body of Point-MAE and Inter-MAE pre-training.
 
     Subclasses set ``decoder_dim`` and build ``self.decoder_embed`` (or Identity) and the
-    reconstruction head.
+    reconstruction head. ``fps_backend`` / ``embed_compute``: see :class:`models.backbone.PointEncoder`.
     """
 
     config_schema = Schema(required=("NAME", "group_size", "num_group", "loss"), optional=("patch_embed", "init"),
                            sections={"transformer_config": Schema(required=TRANSFORMER_KEYS)})
     default_patch_embed = "inter_mae"
 
-    def __init__(self, config):
+    def __init__(self, config, *, fps_backend: str = "auto", embed_compute: str = DEFAULT_EMBED_COMPUTE):
         super().__init__()
         tc = config.transformer_config
         self.config = config
@@ -140,7 +142,7 @@ class _MaskedPointAutoencoder(nn.Module):
             trans_dim=tc.trans_dim, depth=tc.depth, num_heads=tc.num_heads, drop_path_rate=tc.drop_path_rate,
             mask_ratio=tc.mask_ratio, mask_type=tc.mask_type, encoder_dims=tc.encoder_dims,
             patch_embed=config.get("patch_embed", self.default_patch_embed), num_group=self.num_group,
-            group_size=self.group_size,
+            group_size=self.group_size, fps_backend=fps_backend, embed_compute=embed_compute,
         )
         self.mask_token = nn.Parameter(torch.zeros(1, 1, self.trans_dim))
         self.decoder_dim = self._decoder_dim(tc)
@@ -231,8 +233,8 @@ class Inter_MAE(_MaskedPointAutoencoder):
         sections={"transformer_config": Schema(required=TRANSFORMER_KEYS, optional=("embed_dim", "decoder_embed_dim")),
                   "image_branch": IMAGE_BRANCH_SCHEMA})
 
-    def __init__(self, config):
-        super().__init__(config)
+    def __init__(self, config, **switches):
+        super().__init__(config, **switches)
         tc = config.transformer_config
         embed_dim = tc.get("embed_dim", tc.trans_dim)
         if embed_dim != tc.trans_dim:
@@ -301,8 +303,8 @@ class Point_MAE(_MaskedPointAutoencoder):
 
     default_patch_embed = "point_mae"
 
-    def __init__(self, config):
-        super().__init__(config)
+    def __init__(self, config, **switches):
+        super().__init__(config, **switches)
         self.increase_dim = nn.Sequential(nn.Conv1d(self.trans_dim, 3 * self.group_size, 1))
 
     def _decoder_dim(self, tc) -> int:

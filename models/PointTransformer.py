@@ -13,11 +13,11 @@ from timm.layers import trunc_normal_
 from torch import Tensor, nn
 
 from utils.checkpoint import LoadReport
-from utils.schema import Schema, origin_of
+from utils.schema import ConfigError, Schema, origin_of
 
 from .backbone import PointEncoder, check_init, first_max_pool, load_encoder
 from .build import MODELS
-from .layers import init_weights
+from .layers import DEFAULT_EMBED_COMPUTE, init_weights
 
 
 @MODELS.register_module()
@@ -28,13 +28,19 @@ class PointTransformer(PointEncoder):
     ``pts`` (B, N, 3) -> logits (B, cls_dim).
     """
 
-    config_schema = Schema(required=("NAME", "trans_dim", "depth", "drop_path_rate", "cls_dim", "num_heads",
+    # cls_dim may be left out when the training set names its classes (a folder dataset): the
+    # fine-tuning job sets it from the number of classes before the model is built.
+    config_schema = Schema(required=("NAME", "trans_dim", "depth", "drop_path_rate", "num_heads",
                                      "group_size", "num_group", "encoder_dims"),
-                           optional=("patch_embed", "label_smoothing", "init"))
+                           optional=("cls_dim", "patch_embed", "label_smoothing", "init"))
 
-    def __init__(self, config):
+    def __init__(self, config, *, fps_backend: str = "auto", embed_compute: str = DEFAULT_EMBED_COMPUTE):
+        if config.get("cls_dim") is None:
+            raise ConfigError("model.cls_dim is not set: give the number of classes (or train on a dataset that "
+                              "names its classes, which sets it)", origin_of(config))
         super().__init__(config.trans_dim, config.depth, config.num_heads, config.drop_path_rate, config.encoder_dims,
-                         config.num_group, config.group_size, config.get("patch_embed", "inter_mae"))
+                         config.num_group, config.group_size, config.get("patch_embed", "inter_mae"),
+                         fps_backend, embed_compute)
         self.config = config
         self.init_mode = check_init(config.get("init", "released"), "model.init", origin_of(config))
         self.depth = config.depth
@@ -61,10 +67,11 @@ class PointTransformer(PointEncoder):
         acc = (ret.argmax(-1) == gt).float().mean() * 100
         return loss, acc
 
-    def load_model_from_ckpt(self, ckpt_path: str, strict: bool = True, logger=None) -> LoadReport:
+    def load_model_from_ckpt(self, ckpt_path: str, strict: bool = True, logger=None, trust: bool = False) -> LoadReport:
         """Take over the encoder of a pre-training, classifier or segmentation checkpoint (released
         name); a fine-tuned classifier's ``cls_token`` / ``cls_pos`` too. See :func:`load_encoder`."""
-        return load_encoder(self, ckpt_path, strict=strict, extra_keys=("cls_token", "cls_pos"), logger=logger)
+        return load_encoder(self, ckpt_path, strict=strict, extra_keys=("cls_token", "cls_pos"), logger=logger,
+                            trust=trust)
 
     def forward_features(self, pts: Tensor) -> Tensor:
         """(B, N, 3) -> (B, 2C): :func:`first_max_pool` of the encoded sequence (cls token first)."""

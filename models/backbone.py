@@ -19,7 +19,7 @@ from utils.checkpoint import CheckpointError, LoadReport, load_checkpoint_file, 
 from utils.schema import ConfigError
 from utils.logger import print_log
 
-from .layers import Group, TransformerEncoder, build_patch_embed, pos_embedding
+from .layers import DEFAULT_EMBED_COMPUTE, Group, TransformerEncoder, build_patch_embed, pos_embedding
 
 # Top-level names of a PointEncoder's parameters (classifier / segmenter) and their prefix inside a
 # pre-training model.
@@ -75,15 +75,21 @@ class PointEncoder(nn.Module):
         encoder_dims: output width of the patch embedding (equal to ``trans_dim`` in every released model).
         num_group, group_size: G patches of K points (FPS centres, kNN).
         patch_embed: ``inter_mae`` (bias-free convs + TransPooling) or ``point_mae`` (mini-PointNet).
+        fps_backend: farthest point sampling on CUDA (``auto``, ``torch``, ``triton``, ``pointnet2_ops``).
+        embed_compute: the patch embedding's arithmetic (``fast`` or ``exact``; same parameters).
+
+    The last two change how, not what, the model computes; a run takes them from its settings
+    (top-level config keys ``fps_backend`` / ``embed_compute``, see utils/settings.py).
     """
 
     def __init__(self, trans_dim: int = 384, depth: int = 12, num_heads: int = 6, drop_path_rate: float = 0.1,
-                 encoder_dims: int = 384, num_group: int = 64, group_size: int = 32, patch_embed: str = "inter_mae"):
+                 encoder_dims: int = 384, num_group: int = 64, group_size: int = 32, patch_embed: str = "inter_mae",
+                 fps_backend: str = "auto", embed_compute: str = DEFAULT_EMBED_COMPUTE):
         super().__init__()
         self.trans_dim = trans_dim
         self.patch_embed_kind = patch_embed
-        self.group_divider = Group(num_group=num_group, group_size=group_size)
-        self.encoder = build_patch_embed(patch_embed, encoder_dims)
+        self.group_divider = Group(num_group=num_group, group_size=group_size, fps_backend=fps_backend)
+        self.encoder = build_patch_embed(patch_embed, encoder_dims, embed_compute)
         self.pos_embed = pos_embedding(trans_dim)
         self.blocks = TransformerEncoder(trans_dim, depth, num_heads, drop_path_rate=drop_path_rate)
         self.norm = nn.LayerNorm(trans_dim)
@@ -144,14 +150,15 @@ def patch_embed_kind(state: Mapping[str, Tensor]) -> Optional[str]:
     return None
 
 
-def read_encoder(path: str) -> Tuple[str, "OrderedDict[str, Tensor]", "OrderedDict[str, Tensor]"]:
-    """(kind, full state dict, encoder state dict) of a checkpoint file."""
-    state = state_dict_of(load_checkpoint_file(path), path)
+def read_encoder(path: str, trust: bool = False) -> Tuple[str, "OrderedDict[str, Tensor]", "OrderedDict[str, Tensor]"]:
+    """(kind, full state dict, encoder state dict) of a checkpoint file (``trust``: see
+    ``utils.checkpoint.load_checkpoint_file``)."""
+    state = state_dict_of(load_checkpoint_file(path, trust=trust), path)
     return checkpoint_kind(state), state, encoder_state_dict(state, path)
 
 
 def load_encoder(model: PointEncoder, path: str, strict: bool = True, extra_keys: Sequence[str] = (),
-                 logger=None) -> LoadReport:
+                 logger=None, trust: bool = False) -> LoadReport:
     """Load the encoder of any checkpoint (pre-training, classifier, segmenter) into ``model``.
 
     ``extra_keys``: further entries the model takes when the checkpoint has them (a classifier's
@@ -160,8 +167,9 @@ def load_encoder(model: PointEncoder, path: str, strict: bool = True, extra_keys
     mis-shaped tensors and the config keys to change (``utils.checkpoint.load_state_dict_checked``,
     the one loader every model goes through). The model's own head stays as initialised. Logs one
     line per group: what was loaded, what is new, what the checkpoint had that was not used.
+    ``trust``: full unpickling (``--trust_checkpoint``; see ``utils.checkpoint.load_checkpoint_file``).
     """
-    kind, state, encoder = read_encoder(path)
+    kind, state, encoder = read_encoder(path, trust=trust)
     embed = patch_embed_kind(encoder)
     if embed is not None and embed != model.patch_embed_kind:
         raise CheckpointError(

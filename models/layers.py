@@ -5,7 +5,6 @@ checkpoints load without renaming.
 """
 from __future__ import annotations
 
-import os
 from typing import Optional, Tuple
 
 import torch
@@ -13,24 +12,26 @@ import torch.nn.functional as F
 from timm.layers import DropPath, trunc_normal_
 from torch import Tensor, nn
 
-from extensions.pointops import fps, gather_points, knn_query
+from extensions.pointops import check_fps_backend, configured_backend, fps, gather_points, knn_query
 
 
 class Group(nn.Module):
     """Split a cloud into patches: FPS centres, then the K nearest points of each centre.
 
     Input ``xyz`` (B, N, 3). Output ``neighborhood`` (B, G, K, 3) relative to the centres and
-    ``center`` (B, G, 3). Computed in fp32.
+    ``center`` (B, G, 3). Computed in fp32. ``fps_backend``: the FPS backend on CUDA (see
+    :func:`extensions.pointops.configured_backend`; ``auto``: triton when it imports, else torch).
     """
 
-    def __init__(self, num_group: int, group_size: int):
+    def __init__(self, num_group: int, group_size: int, fps_backend: str = "auto"):
         super().__init__()
         self.num_group = num_group
         self.group_size = group_size
+        self.fps_backend = check_fps_backend(fps_backend)
 
     def forward(self, xyz: Tensor) -> Tuple[Tensor, Tensor]:
         xyz = xyz.float()
-        center = fps(xyz, self.num_group)  # B G 3
+        center = fps(xyz, self.num_group, backend=configured_backend(xyz.device, self.fps_backend))  # B G 3
         idx = knn_query(self.group_size, xyz, center)  # B G K
         neighborhood = gather_points(xyz, idx) - center.unsqueeze(2)  # B G K 3
         return neighborhood, center
@@ -97,27 +98,16 @@ def pointwise_mlp(mlp: nn.Sequential, x: Tensor) -> Tensor:
 #          split between them. On CPU (one thread, batch 32) the embedding runs about 2.3x and the
 #          pre-training step about 1.3x faster than with ``exact`` (bench/bench_train.py).
 EMBED_COMPUTE_MODES = ("exact", "fast")
+# The environment variable that supplies the default of the top-level config key ``embed_compute``
+# when a run's settings are built (utils/settings.py); models never read it.
 EMBED_COMPUTE_ENV = "INTERMAE_EMBED_COMPUTE"
 DEFAULT_EMBED_COMPUTE = "fast"
-_embed_compute: Optional[str] = None
 
 
-def set_embed_compute(mode: Optional[str]) -> None:
-    """Process-wide patch-embedding arithmetic (``"exact"`` or ``"fast"``, see above); ``None``: the
-    environment variable ``INTERMAE_EMBED_COMPUTE``, else ``"fast"``. A module's own ``compute``
-    attribute, when set, takes precedence."""
-    global _embed_compute
-    if mode is not None and mode not in EMBED_COMPUTE_MODES:
-        raise ValueError(f"embed compute must be one of {EMBED_COMPUTE_MODES}, got {mode!r}")
-    _embed_compute = mode
-
-
-def get_embed_compute() -> str:
-    if _embed_compute is not None:
-        return _embed_compute
-    mode = os.environ.get(EMBED_COMPUTE_ENV, "").strip() or DEFAULT_EMBED_COMPUTE
+def check_embed_compute(mode: str) -> str:
+    """``mode`` if it is one of :data:`EMBED_COMPUTE_MODES`, else ValueError."""
     if mode not in EMBED_COMPUTE_MODES:
-        raise ValueError(f"{EMBED_COMPUTE_ENV} must be one of {EMBED_COMPUTE_MODES}, got {mode!r}")
+        raise ValueError(f"embed_compute must be one of {EMBED_COMPUTE_MODES}, got {mode!r}")
     return mode
 
 
@@ -185,14 +175,14 @@ class TransPooling(nn.Module):
 class InterMAEPatchEmbed(nn.Module):
     """Inter-MAE patch embedding (bias-free convs, TransPooling, mean+max pooling).
 
-    ``point_groups`` (B, G, K, 3) -> tokens (B, G, C). ``compute`` (None: :func:`get_embed_compute`)
-    chooses the arithmetic, see :data:`EMBED_COMPUTE_MODES`.
+    ``point_groups`` (B, G, K, 3) -> tokens (B, G, C). ``compute`` chooses the arithmetic, see
+    :data:`EMBED_COMPUTE_MODES` (same parameters either way).
     """
 
-    def __init__(self, encoder_channel: int):
+    def __init__(self, encoder_channel: int, compute: str = DEFAULT_EMBED_COMPUTE):
         super().__init__()
         self.encoder_channel = encoder_channel
-        self.compute: Optional[str] = None
+        self.compute = check_embed_compute(compute)
         self.first_conv = nn.Sequential(PointwiseConv(3, 128, bias=False), nn.BatchNorm1d(128), nn.ReLU(inplace=True),
                                         PointwiseConv(128, 256, bias=False))
         self.first_trans = TransPooling(256)
@@ -214,7 +204,7 @@ class InterMAEPatchEmbed(nn.Module):
 
     def forward(self, point_groups: Tensor) -> Tensor:
         B, G, K, _ = point_groups.shape
-        fast = (self.compute or get_embed_compute()) == "fast"
+        fast = self.compute == "fast"
         points = point_groups.reshape(B * G, K, 3)
         if fast:
             feature = self._fast_pooled(points)
@@ -231,10 +221,10 @@ class PointMAEPatchEmbed(nn.Module):
     (here only the max pooling differs).
     """
 
-    def __init__(self, encoder_channel: int):
+    def __init__(self, encoder_channel: int, compute: str = DEFAULT_EMBED_COMPUTE):
         super().__init__()
         self.encoder_channel = encoder_channel
-        self.compute: Optional[str] = None
+        self.compute = check_embed_compute(compute)
         self.first_conv = nn.Sequential(PointwiseConv(3, 128), nn.BatchNorm1d(128), nn.ReLU(inplace=True),
                                         PointwiseConv(128, 256))
         self.second_conv = nn.Sequential(PointwiseConv(512, 512), nn.BatchNorm1d(512), nn.ReLU(inplace=True),
@@ -242,7 +232,7 @@ class PointMAEPatchEmbed(nn.Module):
 
     def forward(self, point_groups: Tensor) -> Tensor:
         B, G, K, _ = point_groups.shape
-        fast = (self.compute or get_embed_compute()) == "fast"
+        fast = self.compute == "fast"
         feature = pointwise_mlp(self.first_conv, point_groups.reshape(B * G, K, 3))  # BG K 256
         feature_global = _max_pool(feature, 1, fast, keepdim=True)  # BG 1 256
         feature = torch.cat([feature_global.expand(-1, K, -1), feature], dim=-1)  # BG K 512
@@ -253,10 +243,10 @@ class PointMAEPatchEmbed(nn.Module):
 PATCH_EMBEDS = {"inter_mae": InterMAEPatchEmbed, "point_mae": PointMAEPatchEmbed}
 
 
-def build_patch_embed(kind: str, encoder_channel: int) -> nn.Module:
+def build_patch_embed(kind: str, encoder_channel: int, compute: str = DEFAULT_EMBED_COMPUTE) -> nn.Module:
     if kind not in PATCH_EMBEDS:
         raise ValueError(f"patch_embed must be one of {sorted(PATCH_EMBEDS)}, got '{kind}'")
-    return PATCH_EMBEDS[kind](encoder_channel)
+    return PATCH_EMBEDS[kind](encoder_channel, compute)
 
 
 class Mlp(nn.Module):

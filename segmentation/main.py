@@ -2,14 +2,17 @@
 
     python segmentation/main.py --ckpts P.pth --log_dir NAME [--data_root DIR | --root DIR/shapenetcore_partanno_segmentation_benchmark_v0_normal]
     python segmentation/main.py --test --log_dir NAME    # evaluate log/part_seg/NAME/checkpoints/best_model.pth
+    python segmentation/main.py --resume --log_dir NAME  # continue NAME from checkpoints/ckpt-last.pth
     torchrun --nproc_per_node N segmentation/main.py --launcher pytorch ...
 
-Outputs: ``segmentation/log/part_seg/<log_dir>/checkpoints/best_model.pth`` (best instance mIoU)
-and ``logs/`` (``pt.txt`` log and TensorBoard events). The job itself is ``engine/partseg.py``.
+Outputs: ``segmentation/log/part_seg/<log_dir>/checkpoints/best_model.pth`` (best instance mIoU),
+``checkpoints/ckpt-last.pth``, ``config.yaml`` (the flags as a config) and ``logs/`` (``pt.txt``
+log and TensorBoard events). The job itself is ``engine/partseg.py``.
 """
 from __future__ import annotations
 
 import argparse
+import datetime
 import sys
 from pathlib import Path
 from typing import Dict
@@ -19,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywher
 from engine.partseg import run  # noqa: E402
 from utils.cli import run_main  # noqa: E402
 from utils.config import CHOICE_KEYS, resolve_data_root  # noqa: E402
-from utils.parser import add_common_args, new_parser, progress_enabled  # noqa: E402
+from utils.parser import add_common_args, new_parser  # noqa: E402
 
 DEFAULT_LOG_ROOT = Path(__file__).resolve().parent / "log"
 
@@ -55,16 +58,21 @@ def build_parser() -> argparse.ArgumentParser:
                         "to <run>/predictions.png")
     p.add_argument("--overwrite", action="store_true",
                    help="train in a --log_dir whose checkpoints/ already holds a model (it is replaced)")
+    p.add_argument("--resume", nargs="?", const=True, default=False, choices=["auto"],
+                   help="continue the run --log_dir from its checkpoints/ckpt-last.pth with its saved config.yaml "
+                        "(the model and training flags are the saved ones; --root may move the data). --resume "
+                        "auto: continue when the run has a ckpt-last.pth, else start it (default: a new run)")
     p.add_argument("--init", choices=["released", "trunc_normal"], default="released",
                    help="initialisation: released (PyTorch's default, as the released get_model) or trunc_normal")
     p.add_argument("--lr_schedule", choices=CHOICE_KEYS["lr_schedule"], default="exact",
                    help="exact: epoch e trains at cosine(e); released: the released one-epoch lag")
     p.add_argument("--gpu", type=str, default=None, help="GPU index (same as --device cuda:N) (default: none)")
     add_common_args(p, "device", "amp", "fps_backend", "embed_compute", "seed", "deterministic", "num_workers", "launcher", "local_rank",
-                    "no_progress")
+                    "no_progress", "trust_checkpoint")
     g = p.add_argument_group("model (defaults: released sizes; must match the pre-training checkpoint)")
     g.add_argument("--patch_embed", choices=["auto", "inter_mae", "point_mae"], default="auto",
-                   help="patch embedding; auto = the checkpoint's (inter_mae without one)")
+                   help="patch embedding; auto = the checkpoint's, or without --ckpts point_mae (the released "
+                        "segmentation model's mini-PointNet)")
     g.add_argument("--trans_dim", type=int, default=384, help="encoder width")
     g.add_argument("--depth", type=int, default=12, help="transformer blocks")
     g.add_argument("--num_heads", type=int, default=6, help="attention heads")
@@ -85,14 +93,23 @@ def get_args(argv=None) -> argparse.Namespace:
         p.error("give --root (the ShapeNetPart folder) or --data_root (the folder holding it), not both")
     if args.test and args.overwrite:
         p.error("--overwrite is for training; --test only reads the run's checkpoint")
+    if args.resume and (args.test or args.overwrite or args.ckpts):
+        p.error("--resume continues the run's own ckpt-last.pth: give it without --test, --overwrite or --ckpts")
+    if args.resume and args.log_dir is None:
+        p.error("--resume needs --log_dir (the run to continue)")
     if args.epoch < 1 or args.batch_size < 1 or args.npoint < 1:
         p.error(f"--epoch ({args.epoch}), --batch_size ({args.batch_size}) and --npoint ({args.npoint}) must be >= 1")
     if args.device is None and args.gpu is not None:
         args.device = f"cuda:{args.gpu}"
+    args.root_given = args.root is not None or args.data_root is not None
     if args.root is None:
         data_root, _ = resolve_data_root(args.data_root)
         args.root = str(Path(data_root) / SEG_FOLDER) if data_root else str(DEFAULT_DATA_ROOT / SEG_FOLDER)
-    args.progress = progress_enabled(args)
+    if args.log_dir is None:
+        args.log_dir = datetime.datetime.now().strftime("%Y-%m-%d_%H-%M")
+    if args.resume == "auto":
+        last = Path(args.log_root) / "part_seg" / args.log_dir / "checkpoints" / "ckpt-last.pth"
+        args.resume = last.is_file()
     return args
 
 

@@ -1,5 +1,6 @@
 """Shared fixtures: the repository on sys.path, the CPU thread count and the ShapeNet-55 data fixture
-(the data writers and tiny configs live in writers.py)."""
+(the data writers and tiny configs live in writers.py). No process-wide model settings exist to
+reset between tests: models take their compute switches as constructor arguments."""
 from __future__ import annotations
 
 import os
@@ -16,16 +17,6 @@ if str(REPO) not in sys.path:
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 from writers import write_shapenet55  # noqa: E402  (tests/ is on sys.path under pytest)
-
-
-@pytest.fixture(autouse=True)
-def _default_process_settings():
-    """Jobs set process-wide choices (the patch-embedding arithmetic from --embed_compute or the
-    config); each test starts from the defaults."""
-    from models.layers import set_embed_compute
-    set_embed_compute(None)
-    yield
-    set_embed_compute(None)
 
 
 @pytest.fixture(scope="session")

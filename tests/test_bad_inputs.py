@@ -20,7 +20,7 @@ from datasets import DATASETS
 from datasets.common import DatasetFormatError
 from datasets.io import read_ply, write_ply
 from datasets.modelnet_cache import load_cache
-from engine.engine import NonFiniteInputError, NonFiniteLossError, fit
+from engine.engine import NonFiniteInputError, NonFiniteLossError, log_validation
 from engine.finetune import make_eval_step
 from engine.engine import AccuracyMeter
 from models import MODELS
@@ -209,13 +209,21 @@ def test_ckpts_in_pretraining_is_a_warm_start(capsys):
 
 
 # ------------------------------------------------------------------------------ run directories
-def bad_value_cfg(tmp_path) -> Path:
-    """A config that fails validation (after the run-directory checks): the run stops right there."""
-    return write_cfg(tmp_path, pretrain_text(tmp_path).replace("max_epoch: 1", "max_epoch: two"))
+def no_data_cfg(tmp_path) -> Path:
+    """A valid config whose data is absent: the run stops at its data, after the run-directory checks."""
+    return write_cfg(tmp_path, pretrain_text(tmp_path))
+
+
+def test_a_bad_config_writes_nothing(tmp_path):
+    """The config is checked before the run directory exists: a bad value leaves no directory behind."""
+    cfg = write_cfg(tmp_path, pretrain_text(tmp_path).replace("max_epoch: 1", "max_epoch: two"))
+    with pytest.raises(ConfigError, match="'max_epoch' = 'two'"):
+        run_main(tmp_path, cfg)
+    assert not (tmp_path / "exp").exists()
 
 
 def test_existing_checkpoints_refuse_a_new_run(tmp_path):
-    cfg = bad_value_cfg(tmp_path)
+    cfg = no_data_cfg(tmp_path)
     exp = tmp_path / "exp" / "bad" / "run"
     exp.mkdir(parents=True)
     (exp / "ckpt-last.pth").write_bytes(b"old run")
@@ -223,14 +231,14 @@ def test_existing_checkpoints_refuse_a_new_run(tmp_path):
         run_main(tmp_path, cfg)
     message = str(err.value)
     assert str(exp) in message and "--resume" in message and "--overwrite" in message
-    with pytest.raises(ConfigError):  # past the directory check
+    with pytest.raises(DatasetFormatError):  # past the directory check
         run_main(tmp_path, cfg, "--overwrite")
     assert (exp / "ckpt-last.pth").read_bytes() == b"old run"
     assert not (exp / ".lock").exists()
 
 
 def test_live_lock_refuses_and_stale_lock_is_replaced(tmp_path):
-    cfg = bad_value_cfg(tmp_path)
+    cfg = no_data_cfg(tmp_path)
     exp = tmp_path / "exp" / "bad" / "run"
     exp.mkdir(parents=True)
     live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
@@ -243,7 +251,7 @@ def test_live_lock_refuses_and_stale_lock_is_replaced(tmp_path):
         live.wait()
     assert (exp / ".lock").exists()  # not ours: left alone
     # now the pid is dead: the lock is stale, replaced, and removed when the run ends
-    with pytest.raises(ConfigError):
+    with pytest.raises(DatasetFormatError):
         run_main(tmp_path, cfg)
     assert not (exp / ".lock").exists()
 
@@ -251,7 +259,7 @@ def test_live_lock_refuses_and_stale_lock_is_replaced(tmp_path):
 def test_lock_is_exclusive_within_one_host(tmp_path):
     path = parser.acquire_run_lock(str(tmp_path))
     try:
-        assert Path(path).read_text().split() == [str(os.getpid()), socket.gethostname()]
+        assert Path(path).read_text().split()[:2] == [str(os.getpid()), socket.gethostname()]
         with pytest.raises(RunDirError, match=f"pid {os.getpid()}"):
             parser.acquire_run_lock(str(tmp_path))
     finally:
@@ -284,23 +292,17 @@ def test_disk_full_checkpoint_write(tmp_path, monkeypatch):
 
 
 # ------------------------------------------------------------------------------ non-finite figures
-def test_non_finite_validation_stops_before_saving():
-    model = torch.nn.Linear(2, 1)
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    saved = []
+def test_non_finite_validation_stops_before_it_is_logged():
+    """Every job hands its validation figures to log_validation before any checkpoint is written."""
+    logged = []
 
-    def step(m, batch):
-        return {"loss": m(batch).pow(2).mean()}
-
-    class Sampler:
-        def set_epoch(self, epoch):
-            pass
+    class Writer:
+        def add_scalar(self, *a):
+            logged.append(a)
 
     with pytest.raises(NonFiniteLossError, match="validation at epoch 0 gave non-finite figures"):
-        fit(model, step, [torch.ones(2, 2)], Sampler(), opt, None, torch.device("cpu"), start_epoch=0, max_epoch=2,
-            validate=lambda epoch: {"acc": float("nan")}, better=lambda f, b: True,
-            save=lambda *a: saved.append(a[0]), progress=False)
-    assert saved == []
+        log_validation(0, {"acc": float("nan")}, Writer())
+    assert logged == []
 
 
 def test_non_finite_test_points_name_the_batch():
@@ -404,7 +406,7 @@ def test_segmentation_refuses_a_run_dir_with_checkpoints(tmp_path):
     args = ["--root", str(tmp_path / "no_data"), "--log_root", str(tmp_path / "log"), "--log_dir", "old",
             "--device", "cpu", "--num_workers", "0"]
     with pytest.raises(RunDirError, match=f"segmentation run directory {run} already holds checkpoints "
-                                          r"\(best_model.pth\): pass --overwrite"):
+                                          r"\(best_model.pth\): pass --resume to continue that run, --overwrite"):
         seg_main(args)
     with pytest.raises(Exception, match="ShapeNetPart root"):  # past the directory check: the (missing) data is next
         seg_main(args + ["--overwrite"])

@@ -229,20 +229,13 @@ def test_fast_embedding_under_bf16_autocast():
 
 
 def test_embed_compute_switch(monkeypatch):
-    monkeypatch.delenv(layers.EMBED_COMPUTE_ENV, raising=False)
-    assert layers.get_embed_compute() == "fast"
+    """The arithmetic is a constructor argument (default fast); the environment variable is never
+    read by the model (it only supplies a run's config default, utils/settings.py)."""
     monkeypatch.setenv(layers.EMBED_COMPUTE_ENV, "exact")
-    assert layers.get_embed_compute() == "exact"
-    layers.set_embed_compute("fast")  # the job's choice (--embed_compute / config) over the environment
-    try:
-        assert layers.get_embed_compute() == "fast"
-        with pytest.raises(ValueError, match="exact"):
-            layers.set_embed_compute("quick")
-    finally:
-        layers.set_embed_compute(None)
-    monkeypatch.setenv(layers.EMBED_COMPUTE_ENV, "quick")
-    with pytest.raises(ValueError, match=layers.EMBED_COMPUTE_ENV):
-        layers.get_embed_compute()
+    assert layers.InterMAEPatchEmbed(32).compute == "fast" and layers.DEFAULT_EMBED_COMPUTE == "fast"
+    assert layers.build_patch_embed("point_mae", 32, "exact").compute == "exact"
+    with pytest.raises(ValueError, match="exact"):
+        layers.InterMAEPatchEmbed(32, "quick")
 
 
 def test_fast_model_gives_the_stand_in_loss(pair):

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import random
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -16,6 +15,7 @@ from easydict import EasyDict
 from torch import nn
 
 from engine import builder
+from utils.settings import RunSettings
 from models.backbone import load_encoder
 from models.Inter_MAE import Inter_MAE
 from models.PointTransformer import PointTransformer
@@ -25,7 +25,13 @@ from utils.config import ConfigError
 from utils.misc import rng_state, set_rng_state
 from writers import TINY_TC
 
-LAYOUT = {"base_model", "optimizer", "epoch", "metrics", "best_metrics", "scheduler", "scaler", "rng_state"}
+# The keys of every job's checkpoint (utils.checkpoint.write_checkpoint, the one writer).
+LAYOUT = {"base_model", "optimizer", "epoch", "next_step", "metrics", "best_metrics", "scheduler", "scaler",
+          "rng_state", "rng_states", "epoch_rng_states", "config", "class_names", "job", "seed", "format"}
+
+
+def run_settings(folder) -> RunSettings:
+    return RunSettings(job="pretrain", experiment_path=str(folder), tfboard_path=None, log_name="t", config_path="")
 
 
 def draws() -> list:
@@ -68,14 +74,15 @@ def tiny_training_state():
 
 def test_checkpoint_loads_with_plain_torch_load_and_resume_restores_rng(tmp_path):
     model, optimizer, scheduler, scaler = tiny_training_state()
-    args = SimpleNamespace(experiment_path=str(tmp_path))
+    settings = run_settings(tmp_path)
+    state = builder.TrainState(model, optimizer, scheduler, scaler, best_metrics={"acc": np.float32(50.0), "epoch": 1},
+                               class_names=["a", "b"])
     random.seed(3)
     np.random.seed(3)
     torch.manual_seed(3)
     draws()  # leaves a cached Python gauss and a cached NumPy gaussian in the states
-    path = builder.save_checkpoint(model, optimizer, 1, {"acc": np.float64(50.0), "loss": torch.tensor(0.25)},
-                                   {"acc": np.float32(50.0), "epoch": 1}, "ckpt-last", args,
-                                   scheduler=scheduler, scaler=scaler)
+    path = builder.save_checkpoint(state, "ckpt-last", settings, {"model": {"NAME": "x"}}, epoch=1,
+                                   metrics={"acc": np.float64(50.0), "loss": torch.tensor(0.25)})
     expected = draws()
 
     ckpt = torch.load(path)  # defaults: weights_only=True
@@ -83,15 +90,17 @@ def test_checkpoint_loads_with_plain_torch_load_and_resume_restores_rng(tmp_path
     only_plain(ckpt)
     assert ckpt["epoch"] == 1 and ckpt["metrics"] == {"acc": 50.0, "loss": 0.25}
     assert type(ckpt["metrics"]["acc"]) is float and ckpt["best_metrics"] == {"acc": 50.0, "epoch": 1}
-    assert set(ckpt["rng_state"]) >= {"python", "numpy", "torch"}
+    assert set(ckpt["rng_state"]) >= {"python", "numpy", "torch"} and len(ckpt["rng_states"]) == 1
+    assert ckpt["config"] == {"model": {"NAME": "x"}} and ckpt["class_names"] == ["a", "b"] and ckpt["next_step"] == 0
 
     scramble()
     model2, optimizer2, scheduler2, scaler2 = tiny_training_state()
     for p in model2.parameters():
         nn.init.zeros_(p)
-    start_epoch, best = builder.resume(model2, optimizer2, args, scheduler=scheduler2, scaler=scaler2)
+    state2 = builder.resume(builder.TrainState(model2, optimizer2, scheduler2, scaler2), settings)
     assert draws() == expected
-    assert start_epoch == 2 and best == {"acc": 50.0, "epoch": 1}
+    assert state2.start_epoch == 2 and state2.start_step == 0 and state2.best_metrics == {"acc": 50.0, "epoch": 1}
+    assert state2.class_names == ["a", "b"]
     for (k, a), b in zip(model.state_dict().items(), model2.state_dict().values()):
         assert torch.equal(a, b), k
     assert scheduler2.state_dict() == scheduler.state_dict() and scaler2.get_scale() == 1024.0
@@ -115,7 +124,8 @@ def test_rng_state_round_trip_is_exact_and_old_format_still_reads():
 
 
 def test_resume_reads_a_checkpoint_in_the_old_format(tmp_path):
-    """Checkpoints written before the change hold tuples and NumPy arrays: read with full unpickling."""
+    """Checkpoints written before the change hold tuples and NumPy arrays: read through the allowlist
+    of NumPy globals (no --trust_checkpoint needed)."""
     model, optimizer, scheduler, _ = tiny_training_state()
     np.random.seed(5)
     random.seed(5)
@@ -128,7 +138,9 @@ def test_resume_reads_a_checkpoint_in_the_old_format(tmp_path):
     with pytest.raises(Exception):
         torch.load(tmp_path / "ckpt-last.pth")  # not weights-only loadable ...
     scramble()
-    assert builder.resume(model, optimizer, SimpleNamespace(experiment_path=str(tmp_path)), scheduler=scheduler)[0] == 1
+    state = builder.resume(builder.TrainState(model, optimizer, scheduler, torch.amp.GradScaler("cpu", enabled=False)),
+                           run_settings(tmp_path))
+    assert state.start_epoch == 1
     assert draws() == expected  # ... but still resumes exactly
 
 

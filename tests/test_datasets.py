@@ -128,6 +128,27 @@ def test_fewshot_generator_split_counts_read_by_the_loader(tmp_path):
                 assert len(ds) == way * shot and ds[0][2][0].shape == (32, 6)
 
 
+def test_fewshot_generator_seeded_by_default_unseeded_with_a_negative_seed(tmp_path):
+    """The released generator shuffles with Python's unseeded ``random``; here ``seed >= 0`` makes
+    every file repeatable and ``seed=-1`` (``tools/make_fewshot.py --seed -1``) draws fresh ones."""
+    rng = np.random.default_rng(4)
+    labs = [np.array([c], np.int32) for c in range(8) for _ in range(30)]
+    pts = [rng.normal(size=(16, 6)).astype(np.float32) for _ in labs]
+
+    def fold(out, seed):
+        make_fewshot_splits(pts, labs, pts, labs, str(tmp_path / out), ways=(5,), shots=(10,), folds=1, seed=seed)
+        return (tmp_path / out / "5way_10shot" / "0.pkl").read_bytes()
+
+    assert fold("a", 0) == fold("b", 0)
+    unseeded = [fold(name, -1) for name in ("c", "d")]
+    assert unseeded[0] != unseeded[1]
+    for data in unseeded:
+        split = pickle.loads(data)
+        assert sorted(split) == ["test", "train"] and len(split["train"]) == 50 and len(split["test"]) == 100
+        points, label, cls = split["train"][0]
+        assert points.dtype == np.float32 and points.shape == (16, 6) and 0 <= label < 5 and 0 <= cls < 8
+
+
 # --------------------------------------------------------------------------------- ScanObjectNN
 @pytest.mark.parametrize("name,suffix", [("ScanObjectNN", ""), ("ScanObjectNN_hardest", "_augmentedrot_scale75")])
 def test_scanobjectnn_reads_h5(tmp_path, name, suffix):
@@ -199,3 +220,35 @@ def test_shapenetpart_errors_name_the_problem(tmp_path):
     token_file.unlink()
     with pytest.raises(ShapeNetPartFormatError, match="listed in the test split"):
         PartNormalDataset(str(broken), split="test")
+
+
+# ------------------------------------------------------------------------------- ShapeNetRender
+def test_shapenet_render_globs_every_shape_unless_split_file(tmp_path):
+    """As the released load_shapenet_data: every <synset>/<model>.ply, whatever the subset and
+    whatever split lists lie in DATA_PATH; ``split: file`` reads <subset>.txt instead."""
+    from datasets.io import write_ply
+
+    rng = np.random.default_rng(0)
+    shapes = [f"9000000{s}/m{i}" for s in range(2) for i in range(3)]
+    for name in shapes:
+        (tmp_path / "ShapeNet" / name.split("/")[0]).mkdir(parents=True, exist_ok=True)
+        write_ply(str(tmp_path / "ShapeNet" / f"{name}.ply"), rng.normal(size=(64, 3)).astype(np.float32))
+    (tmp_path / "train.txt").write_text("90000000/m0\n90000001/m2\n")
+    (tmp_path / "test.txt").write_text("90000000/m1\n")
+    base = EasyDict(NAME="ShapeNetRender", DATA_PATH=str(tmp_path), N_POINTS=64)
+
+    def names(**others):
+        ds = build_dataset_from_cfg(base, dict(npoints=32, n_imgs=0, **others))
+        return [f"{f['taxonomy_id']}/{f['model_id']}" for f in ds.file_list]
+
+    assert names(subset="train") == names(subset="test") == names(subset="train", split="all") == shapes
+    assert names(subset="train", split="file") == ["90000000/m0", "90000001/m2"]
+    assert names(subset="test", split="file") == ["90000000/m1"]
+    (tmp_path / "train.txt").unlink()
+    assert names(subset="train", split="file") == shapes  # a missing train.txt: every shape
+    with pytest.raises(DatasetFormatError, match="val.txt"):
+        names(subset="val", split="file")
+    with pytest.raises(DatasetFormatError, match="split must be one of"):
+        names(subset="train", split="some")
+    points = build_dataset_from_cfg(base, dict(subset="test", npoints=32, n_imgs=0))[0][2]
+    assert points.shape == (32, 3) and points.dtype == torch.float32

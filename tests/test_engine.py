@@ -77,7 +77,7 @@ def test_epoch_means_are_means_of_the_steps():
     data = batches(5, 3, seed=3)
     model = linear_model([0.1, 0.2, 0.3])
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
-    stats = train_one_epoch(model, mse_step, data, opt, CPU, 0, log_interval=2, progress=False)
+    stats = train_one_epoch(model, mse_step, data, opt, CPU, 0, log_interval=2, progress=False).stats
     w = np.array([0.1, 0.2, 0.3])
     expected = [float(np.mean((x.double().numpy() @ w - y.double().numpy()) ** 2)) for x, y in data]
     assert stats["loss"] == pytest.approx(np.mean(expected), rel=1e-5)
@@ -138,7 +138,7 @@ def test_loss_scaling_leaves_the_update_unchanged():
 
 
 def test_amp_mode_and_refusals(monkeypatch, capsys):
-    from engine import engine
+    from utils import settings as engine  # the settings builder resolves the precision once per run
 
     assert [engine.amp_mode(c, v) for c, v in ((None, None), (None, True), (None, False), ("fp16", True),
                                                   (None, "bf16"), ("off", "fp16"))] == \
@@ -151,3 +151,37 @@ def test_amp_mode_and_refusals(monkeypatch, capsys):
     assert engine.resolve_amp("bf16", CPU) is None and "no native bf16" in capsys.readouterr().out
     monkeypatch.setattr(engine, "cpu_has_native_bf16", lambda: True)
     assert engine.resolve_amp("bf16", CPU) is torch.bfloat16
+
+
+class _StopAfter:
+    """A stop request that becomes true after ``n`` optimizer steps (as a signal would)."""
+
+    def __init__(self, n):
+        self.n, self.seen = n, 0
+
+    def agreed(self, device):
+        self.seen += 1
+        return self.seen >= self.n
+
+
+def test_a_stop_ends_the_epoch_after_the_current_step_and_skip_resumes_it():
+    """Stopped after step 2 of 5 then continued with ``skip=2`` gives the weights of one
+    uninterrupted epoch (the same SGD steps on the same batches), by hand."""
+    data = batches(5, 4, seed=8)
+    w0 = np.array([0.3, -0.2, 0.5])
+    whole = linear_model(w0)
+    train_one_epoch(whole, mse_step, data, torch.optim.SGD(whole.parameters(), lr=0.1), CPU, 0, progress=False)
+    part = linear_model(w0)
+    opt = torch.optim.SGD(part.parameters(), lr=0.1)
+    result = train_one_epoch(part, mse_step, data, opt, CPU, 0, progress=False, stop=_StopAfter(2))
+    assert result.stopped_at == 2
+    w = w0.copy()
+    for x, y in data[:2]:
+        w = w - 0.1 * mse_grad(w, x, y)
+    np.testing.assert_allclose(part.weight.detach().numpy().reshape(-1), w, rtol=1e-5)
+    skipped = []
+    rest = train_one_epoch(part, mse_step, data, opt, CPU, 0, progress=False, skip=2,
+                           on_skipped=lambda: skipped.append(True))
+    assert rest.stopped_at is None and skipped == [True]
+    torch.testing.assert_close(part.weight, whole.weight)
+

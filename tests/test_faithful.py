@@ -38,7 +38,8 @@ from models.image_encoder import ImageBranch
 from models.Inter_MAE import Inter_MAE
 from models.PartSegTransformer import PartSegTransformer
 from utils.checkpoint import load_checkpoint_file
-from utils.config import ConfigError, cfg_from_yaml_file
+from utils.config import ConfigError, cfg_from_yaml_file, check_voting
+from utils.settings import RunSettings
 from writers import TINY_FINETUNE, TINY_TC, write_modelnet
 
 REPO_CFGS = __import__("pathlib").Path(__file__).resolve().parent.parent / "cfgs"
@@ -134,10 +135,14 @@ def test_bad_init_is_named():
 def test_epoch_count_and_validation_rule():
     assert builder.epochs_to_run(EasyDict(max_epoch=300)) == 301  # len(range(0, 300 + 1))
     assert builder.epochs_to_run(EasyDict(max_epoch=300, epoch_count="exact")) == 300
-    with pytest.raises(ConfigError, match="epoch_count: 'all'"):
+    with pytest.raises(ConfigError, match="'epoch_count' = 'all'"):
         builder.epochs_to_run(EasyDict(max_epoch=3, epoch_count="all"))
     released = [e for e in range(0, 10 + 1) if e % 3 == 0 and e != 0]  # runner_finetune.run_net
-    assert [e for e in range(11) if finetune.released_validation_due(e, 3)] == released == [3, 6, 9]
+    settings = RunSettings(job="finetune", experiment_path="", tfboard_path=None, log_name="t", config_path="",
+                           n_epochs=11, epoch_count="released", val_freq=3)
+    assert [e for e in range(11) if builder.validation_due(e, settings)] == released == [3, 6, 9]
+    exact = settings.replace(epoch_count="exact", n_epochs=10)
+    assert [e for e in range(10) if builder.validation_due(e, exact)] == [2, 5, 8, 9]  # and the last epoch
 
 
 def test_lagged_schedule_equals_timm_driven_as_released():
@@ -209,8 +214,8 @@ def test_vote_thresholds_are_the_released_ones():
     assert not finetune.vote_due(92.0, 99.0, cfg)  # between 91 and 92.1, not better
     assert finetune.vote_due(91.5, 91.2, cfg)  # better and above 91
     assert not finetune.vote_due(90.9, 10.0, cfg)  # better but not above 91
-    with pytest.raises(ConfigError, match="voting.repeats"):
-        finetune.voting_config(EasyDict(voting=EasyDict(repeats=0)))
+    with pytest.raises(ConfigError, match="voting.repeats"):  # checked when the config is loaded
+        check_voting(EasyDict(voting=EasyDict(repeats=0)))
 
 
 # ------------------------------------------------------------------------------------ SVM, h5
@@ -393,20 +398,20 @@ def test_pretraining_skips_absent_validation_data_with_one_line(tmp_path):
             "N_POINTS: 256, DATA_PATH: " + str(tmp_path / "snr") + "}}}}"
     cfg.write_text(f"""optimizer: {{type: AdamW, kwargs: {{lr: 0.001, weight_decay: 0.05}}}}
 scheduler: {{type: CosLR, kwargs: {{epochs: 1, initial_epochs: 0}}}}
-dataset: {{train: {entry.format(s='train')}, val: {entry.format(s='test')}}}
+dataset: {{train: {entry.format(s='train')}, val: {entry.format(s='test, split: file')}}}
 model: {{NAME: Inter_MAE, group_size: 8, num_group: 8, loss: cdl2, transformer_config: {{mask_ratio: 0.5, mask_type: rand,
   trans_dim: 32, encoder_dims: 32, depth: 1, drop_path_rate: 0.0, num_heads: 2, decoder_embed_dim: 16, decoder_depth: 1,
   decoder_num_heads: 2}}}}
 npoints: 128
 total_bs: 4
-max_epoch: 0
-""")
+max_epoch: 1
+""")  # released count: epochs 0 and 1, validation after epoch 1 (epoch % val_freq == 0 and epoch != 0)
     run_main("--config", str(cfg), "--exp_name", "skip", "--experiment_root", str(tmp_path / "exp"))
     log = next((tmp_path / "exp" / "pre" / "skip").glob("*.log")).read_text()
     skipped = [ln for ln in log.splitlines() if "[Validation] skipped" in ln]
     assert len(skipped) == 1 and "test.txt" in skipped[0]
     assert "val_loss_rec" not in log
-    assert load_checkpoint_file(str(tmp_path / "exp" / "pre" / "skip" / "ckpt-last.pth"))["epoch"] == 0  # 0..max_epoch
+    assert load_checkpoint_file(str(tmp_path / "exp" / "pre" / "skip" / "ckpt-last.pth"))["epoch"] == 1  # 0..max_epoch
     (tmp_path / "snr" / "test.txt").write_text("90000000/m0\n90000000/m1\n")
     run_main("--config", str(cfg), "--exp_name", "val", "--experiment_root", str(tmp_path / "exp"))
     log = next((tmp_path / "exp" / "pre" / "val").glob("*.log")).read_text()

@@ -14,6 +14,7 @@ from torch import nn
 
 import main as main_module
 from engine import finetune
+from extensions.pointops import furthest_point_sample
 from models import build_model_from_cfg
 from models.Inter_MAE import Inter_MAE
 from utils.checkpoint import load_checkpoint_file
@@ -48,7 +49,7 @@ def test_fps_set_sizes_and_test_time_sampling():
     assert [finetune.points_for_sampling(n) for n in (64, 1024, 2048, 4096, 8192)] == [75, 1200, 2400, 4800, 8192]
     assert finetune.VOTE_TIMES == 10
     pts = torch.randn(2, 120, 3, generator=torch.Generator().manual_seed(0))
-    assert finetune.fps_to(pts, 120) is pts  # nothing to reduce
+    assert finetune.fps_to(pts, 120) is pts  # N == npoints, no point near the origin, no duplicate: nothing to replace
     sub = finetune.fps_to(pts, 16)
     for b in range(2):
         torch.testing.assert_close(sub[b], pts[b, numpy_fps(pts[b].double().numpy(), 16)])
@@ -77,6 +78,77 @@ def test_voting_averages_logits_of_subsets_of_the_fps_set():
     by_hand = torch.stack([torch.cat([x.mean(1), torch.full((3, 1), float(k))], 1) for k, x in enumerate(seen)]).mean(0)
     torch.testing.assert_close(logits, by_hand)
     assert torch.allclose(logits[:, 3], torch.full((3,), 4.5))
+
+
+def released_kernel_fps(points: np.ndarray, npoint: int) -> np.ndarray:
+    """Brute-force NumPy port of the released pointnet2_ops FPS kernel run by one thread: (N, 3) ->
+    (npoint,) indices. fp32 squared distances, points with x^2+y^2+z^2 <= 1e-3 (compared in double)
+    never picked after the first pick, strict '>' (ties to the lowest index), 0 when nothing is left."""
+    x, y, z = (points[:, c].astype(np.float32) for c in range(3))
+    skip = (x * x + y * y + z * z).astype(np.float64) <= 1e-3
+    temp = np.full(len(x), 1e10, np.float32)
+    old, out = 0, [0]
+    for _ in range(npoint - 1):
+        d = (x - x[old]) * (x - x[old]) + (y - y[old]) * (y - y[old]) + (z - z[old]) * (z - z[old])
+        temp = np.where(skip, temp, np.minimum(d, temp))
+        best, besti = -1.0, 0
+        for k in range(len(x)):
+            if not skip[k] and temp[k] > best:
+                best, besti = temp[k], k
+        old = besti
+        out.append(old)
+    return np.array(out, dtype=np.int64)
+
+
+def _rows_sorted(a: np.ndarray) -> np.ndarray:
+    return a[np.lexsort(a.T[::-1])]
+
+
+def clouds_near_origin_and_duplicated() -> torch.Tensor:
+    """(3, 75, 3): cloud 0 with points inside the 1e-3 ball (one exactly at the origin), cloud 1 with
+    exact duplicates (of point 0 too), cloud 2 with point 0 inside the ball."""
+    pts = np.random.default_rng(5).normal(size=(3, 75, 3)).astype(np.float32)
+    pts[0, [4, 30, 74]] *= np.float32(0.005)
+    pts[0, 11] = 0.0
+    pts[1, [20, 21, 60]] = pts[1, [3, 3, 0]]
+    pts[2, [0, 9]] *= np.float32(0.005)
+    return torch.from_numpy(pts)
+
+
+def test_fps_of_every_point_follows_the_released_kernel():
+    """N == npoints: the released code still runs the kernel, which replaces points near the origin
+    and exact duplicates by repeats of its tie pick; fps_to gives the same multiset of points."""
+    pts = clouds_near_origin_and_duplicated()
+    out = finetune.fps_to(pts, 75)
+    assert out.shape == (3, 75, 3)
+    for b in range(3):
+        reference = pts[b].numpy()[released_kernel_fps(pts[b].numpy(), 75)]
+        np.testing.assert_array_equal(_rows_sorted(out[b].numpy()), _rows_sorted(reference))
+        torch.testing.assert_close(out[b, 0], pts[b, 0])  # the first pick stays first
+        backend = pts[b][furthest_point_sample(pts[b:b + 1], 75, backend="torch")[0]]
+        np.testing.assert_array_equal(_rows_sorted(out[b].numpy()), _rows_sorted(backend.numpy()))
+    assert (out[0] == pts[0, 0]).all(-1).sum() == 5  # point 0 and its four repeats
+    assert (out[1] == pts[1, 0]).all(-1).sum() == 4  # point 0, its duplicate and two for point 3's duplicates
+    assert (out[2] == pts[2, 1]).all(-1).sum() == 2  # point 0 inside the ball: the tie pick is point 1
+    with_normals = torch.cat([pts, pts + 10.0], -1)  # extra channels follow the xyz rows
+    torch.testing.assert_close(finetune.fps_to(with_normals, 75), torch.cat([out, out + 10.0], -1))
+    clean = torch.randn(2, 75, 3, generator=torch.Generator().manual_seed(1)) + 3.0
+    assert finetune.fps_to(clean, 75) is clean
+
+
+def test_training_subset_and_voting_of_every_point_follow_the_released_kernel():
+    pts = clouds_near_origin_and_duplicated()
+    pool = finetune.fps_to(pts, 75)
+    np.random.seed(3)
+    sub = finetune.fps_then_subset(pts, 64)  # point_all = min(75, 75): every point
+    np.random.seed(3)
+    torch.testing.assert_close(sub, pool[:, torch.from_numpy(np.random.choice(75, 64, replace=False))])
+    seen = []
+    np.random.seed(4)
+    finetune.vote_logits(lambda x: seen.append(x.clone()) or x.mean(1), pts, npoints=64, times=3, transform=lambda x: x)
+    np.random.seed(4)
+    for x in seen:
+        torch.testing.assert_close(x, pool[:, torch.from_numpy(np.random.choice(75, 64, replace=False))])
 
 
 def test_accuracy_in_percent_over_the_loader():

@@ -13,7 +13,7 @@ import torch
 
 from conftest import REPO
 from extensions import pointops
-from extensions.pointops import fps, furthest_point_sample, get_fps_backend, resolve_fps_backend, set_fps_backend
+from extensions.pointops import check_fps_backend, configured_backend, fps, furthest_point_sample, resolve_fps_backend
 
 HAS_TRITON = importlib.util.find_spec("triton") is not None
 HAS_POINTNET2_OPS = importlib.util.find_spec("pointnet2_ops") is not None
@@ -84,14 +84,6 @@ LINE_PLAIN = [0, 2, 4, 1, 3, 5]
 EDGE = np.array([[[-1, 0, 0], [0.030000001, 0.01, 0], [0.031622775, 0, 0], [0.5, 0, 0]]], np.float32)
 EDGE_SKIP = [0, 3, 1, 0]
 EDGE_PLAIN = [0, 3, 1, 2]
-
-
-@pytest.fixture(autouse=True)
-def _reset_backend(monkeypatch):
-    monkeypatch.delenv(pointops.FPS_BACKEND_ENV, raising=False)
-    set_fps_backend(None)
-    yield
-    set_fps_backend(None)
 
 
 def assert_matches_reference(pts: np.ndarray, npoint: int, skip_origin: bool = True, backend: str = "torch"):
@@ -191,17 +183,17 @@ def test_clear_errors():
     with pytest.raises(ValueError, match="unknown FPS backend 'fast'"):
         furthest_point_sample(torch.rand(1, 5, 3), 2, backend="fast")
     with pytest.raises(ValueError, match="unknown FPS backend"):
-        set_fps_backend("cuda")
+        check_fps_backend("cuda")
 
 
 @pytest.mark.skipif(HAS_POINTNET2_OPS, reason="pointnet2_ops is installed here")
 def test_pointnet2_ops_missing_is_a_clear_error():
     with pytest.raises(RuntimeError, match="pointnet2_ops package is not installed"):
         furthest_point_sample(torch.rand(1, 5, 3), 2, backend="pointnet2_ops")
-    set_fps_backend("pointnet2_ops")
     with pytest.raises(RuntimeError, match="pointnet2_ops package is not installed"):
-        resolve_fps_backend("cuda")
-    assert resolve_fps_backend("cpu") == "torch"  # CPU tensors (data loading) keep the torch loop
+        resolve_fps_backend("cuda", configured_backend("cuda", "pointnet2_ops"))
+    # a model configured for pointnet2_ops keeps the torch loop on CPU tensors
+    assert resolve_fps_backend("cpu", configured_backend("cpu", "pointnet2_ops")) == "torch"
 
 
 @pytest.mark.skipif(not HAS_TRITON, reason="triton is not importable")
@@ -224,20 +216,39 @@ def test_triton_missing_is_a_clear_error(monkeypatch):
 
 
 def test_backend_selection(monkeypatch):
-    assert get_fps_backend() == "auto"
+    """No process-wide setting: ``auto`` is the device rule, a name is that backend, and the
+    environment variable is never read by the ops (it only supplies a run's config default)."""
+    monkeypatch.setenv(pointops.FPS_BACKEND_ENV, "bogus")
     assert resolve_fps_backend(torch.device("cpu")) == "torch"
     assert resolve_fps_backend("cuda") == ("triton" if HAS_TRITON else "torch")
-    set_fps_backend("torch")
-    assert get_fps_backend() == "torch" and resolve_fps_backend("cuda") == "torch"
-    set_fps_backend(None)
-    monkeypatch.setenv(pointops.FPS_BACKEND_ENV, "torch")
-    assert get_fps_backend() == "torch" and resolve_fps_backend("cuda") == "torch"
-    monkeypatch.setenv(pointops.FPS_BACKEND_ENV, "bogus")
-    with pytest.raises(ValueError, match=pointops.FPS_BACKEND_ENV):
-        get_fps_backend()
-    set_fps_backend("auto")  # the process-wide setting wins over the environment
-    assert get_fps_backend() == "auto"
+    assert resolve_fps_backend("cuda", "torch") == "torch"
     assert resolve_fps_backend("cpu", "torch") == "torch"
+    assert configured_backend("cuda", "torch") == "torch" and configured_backend("cpu", "torch") == "auto"
+
+
+def test_two_models_with_different_switches_compute_as_configured(monkeypatch):
+    """Two encoders built side by side with other compute switches each use their own: the FPS
+    backend and the embedding arithmetic are constructor arguments, read from the module itself."""
+    from models.backbone import PointEncoder
+
+    calls = []
+    original = pointops.furthest_point_sample
+
+    def spy(xyz, npoint, *, backend="auto", skip_origin=True):
+        calls.append(backend)
+        return original(xyz, npoint, backend="torch", skip_origin=skip_origin)
+
+    monkeypatch.setattr(pointops, "furthest_point_sample", spy)
+    torch.manual_seed(0)
+    exact = PointEncoder(32, 1, 2, 0.0, 32, 8, 8, fps_backend="triton", embed_compute="exact")
+    torch.manual_seed(0)
+    fast = PointEncoder(32, 1, 2, 0.0, 32, 8, 8, fps_backend="torch", embed_compute="fast")
+    assert (exact.encoder.compute, fast.encoder.compute) == ("exact", "fast")
+    assert (exact.group_divider.fps_backend, fast.group_divider.fps_backend) == ("triton", "torch")
+    pts = torch.rand(2, 64, 3)
+    a, b = exact.eval().patch_tokens(pts), fast.eval().patch_tokens(pts)
+    assert calls == ["auto", "auto"]  # on CPU tensors the configured (CUDA-only) backend gives way to the torch loop
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)  # the same function, another order of operations
 
 
 def test_importing_pointops_does_not_import_triton():

@@ -148,7 +148,7 @@ def test_main_trains_one_epoch_then_tests(tmp_path, part_root):
                               "--trans_dim", "32", "--depth", "3", "--num_heads", "2", "--num_group", "16", "--group_size", "8"])
     run = tmp_path / "log" / "part_seg" / "smoke"
     saved = load_checkpoint_file(str(run / "checkpoints" / "best_model.pth"))
-    assert saved["epoch"] == 0 and saved["model_args"]["trans_dim"] == 32
+    assert saved["epoch"] == 0 and saved["config"]["model"]["trans_dim"] == 32
     assert "encoder.first_trans.q_conv.weight" in saved["base_model"]
     assert saved["metrics"]["instance_avg_iou"] == pytest.approx(best["instance_avg_iou"])
     log = (run / "logs" / "pt.txt").read_text()
@@ -156,7 +156,7 @@ def test_main_trains_one_epoch_then_tests(tmp_path, part_root):
     for text in (loaded, "[Training] EPOCH: 0", "class avg accuracy", "class avg mIoU", "instance avg mIoU", "eval mIoU of Bag"):
         assert text in log
     assert list((run / "logs").glob("events.*"))
-    # --test rebuilds the tiny model from the checkpoint's model_args
+    # --test rebuilds the tiny model from the checkpoint's model section
     tested = seg_main(common + ["--test", "--vis", "3"])
     assert set(tested) == {"accuracy", "class_avg_accuracy", "class_avg_iou", "instance_avg_iou"}
     assert all(0.0 <= v <= 1.0 for v in tested.values())

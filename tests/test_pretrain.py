@@ -26,7 +26,7 @@ def test_one_run_writes_layout_and_loss_falls(tmp_path, shapenet55_root):
     run_main(cfg, tmp_path / "exp", "one")
     exp = tmp_path / "exp" / "tiny" / "one"
     assert (exp / "config.yaml").is_file() and list(exp.glob("*.log"))
-    assert (exp / "ckpt-epoch-001.pth").is_file() and (exp / "ckpt-epoch-002.pth").is_file()
+    assert (exp / "ckpt-epoch-000.pth").is_file() and (exp / "ckpt-epoch-001.pth").is_file()  # 0-based, as released
     assert list((tmp_path / "exp" / "tiny" / "TFBoard" / "one" / "train").glob("events.*"))
     ckpt = load_checkpoint_file(str(exp / "ckpt-last.pth"))
     assert ckpt["epoch"] == 1

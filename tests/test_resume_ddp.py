@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import REPO
-from writers import write_tiny_pretrain_config
+from writers import TINY_PRETRAIN, write_tiny_pretrain_config
 
 from utils.checkpoint import load_checkpoint_file
 
@@ -229,8 +229,8 @@ def test_a_live_lock_stops_every_process(tmp_path, job):
     """Rank 0 finds the run directory locked by a live process (this one): both ranks exit non-zero
     at once, each naming the lock, instead of rank 1 waiting for rank 0 at a barrier."""
     if job == "pretrain":
-        cfg = tmp_path / "cfg.yaml"  # never read: the directory is refused first
-        cfg.write_text("{}\n")
+        cfg = tmp_path / "cfg.yaml"  # valid (it is checked first); its data is never read: the directory is refused
+        cfg.write_text(TINY_PRETRAIN.format(root=tmp_path / "no_data", epochs=1))
         run_dir = tmp_path / "exp" / "cfg" / "locked"
         cmd = [sys.executable, str(REPO / "main.py"), "--launcher", "pytorch", "--config", str(cfg), "--exp_name",
                "locked", "--device", "cpu", "--experiment_root", str(tmp_path / "exp")]

@@ -28,7 +28,7 @@ import main as main_module
 from conftest import REPO
 from datasets import DATASETS, build_dataset_from_cfg
 from engine import builder
-from engine.engine import fit
+from engine.engine import epoch_range
 from engine.partseg import PartSegMeter, log_metrics
 from engine.svm import resolve_svm_config
 from models import MODELS
@@ -110,7 +110,8 @@ def test_shipped_dataset_configs_name_their_root_data_path_under_data():
     for path in sorted((REPO / "cfgs" / "dataset_configs").glob("*.yaml")):
         cfg = yaml.safe_load(path.read_text())
         assert "ROOT" not in cfg, path.name
-        assert str(cfg["DATA_PATH"]).startswith("data/"), path.name
+        # under data/, or data itself: a folder dataset is the --data_root folder (PointCloudFolder)
+        assert str(cfg["DATA_PATH"]).startswith("data/") or cfg["DATA_PATH"] == "data", path.name
 
 
 def test_data_root_flag_moves_every_dataset_entry_through_main(tmp_path, data_root, shipped_paths_cfg):
@@ -399,22 +400,11 @@ def test_segmentation_mismatch_names_the_flag():
     assert any(ln.split()[:4] == ["norm.weight", "(48,)", "(32,)", "--trans_dim"] for ln in str(err.value).splitlines())
 
 
-def test_fit_shows_an_epochs_bar_when_asked(capsys):
-    model = torch.nn.Linear(2, 1)
-    data = [(torch.ones(2, 2),)] * 2
-
-    class Sampler:
-        def set_epoch(self, epoch):
-            pass
-
-    def step(m, batch):
-        return {"loss": m(batch[0]).pow(2).mean()}
-
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    fit(model, step, data, Sampler(), opt, None, torch.device("cpu"), start_epoch=0, max_epoch=3, progress=True)
+def test_epoch_loops_show_an_epochs_bar_when_asked(capsys):
+    assert list(epoch_range(0, 3, progress=True)) == [0, 1, 2]
     err = capsys.readouterr().err
     assert "epochs" in err and "3/3" in err
-    fit(model, step, data, Sampler(), opt, None, torch.device("cpu"), start_epoch=0, max_epoch=1, progress=False)
+    assert list(epoch_range(1, 2, progress=False)) == [1]
     assert "epochs" not in capsys.readouterr().err
 
 
@@ -648,27 +638,35 @@ def test_readme_usage_commands_parse(section, command, monkeypatch, tmp_path):
 
 
 def test_embed_compute_flag_and_config_key(tmp_path, monkeypatch):
-    """--embed_compute over the config's embed_compute over $INTERMAE_EMBED_COMPUTE; a bad config
-    value is a ConfigError naming the key, the value and the file."""
-    from engine import builder
-    from models.layers import EMBED_COMPUTE_ENV, get_embed_compute
+    """--embed_compute over the config's embed_compute over $INTERMAE_EMBED_COMPUTE, resolved once
+    into the run's settings (with where it came from); a bad config value is a ConfigError naming
+    the key, the value and the file."""
+    from easydict import EasyDict
+
+    from models.layers import EMBED_COMPUTE_ENV
     from utils.config import ConfigError, check_values
     from utils.parser import build_parser as get_args_parser
+    from utils.settings import build_run_settings
+
+    def settings(argv, config):
+        args = get_args_parser().parse_args(["--config", "x.yaml", "--device", "cpu", *argv])
+        args.config_from_run = False
+        return build_run_settings(args, EasyDict(config), "pretrain")
 
     monkeypatch.setenv(EMBED_COMPUTE_ENV, "fast")
-    args = get_args_parser().parse_args(["--config", "x.yaml", "--device", "cpu"])
-    assert args.embed_compute is None
-    builder.runtime(args, None, config_embed_compute="exact")
-    assert get_embed_compute() == "exact"
-    args = get_args_parser().parse_args(["--config", "x.yaml", "--device", "cpu", "--embed_compute", "fast"])
-    builder.runtime(args, None, config_embed_compute="exact")
-    assert get_embed_compute() == "fast"
+    s = settings([], {"embed_compute": "exact"})
+    assert (s.embed_compute, s.sources["embed_compute"]) == ("exact", "config embed_compute")
+    s = settings(["--embed_compute", "fast"], {"embed_compute": "exact"})
+    assert (s.embed_compute, s.sources["embed_compute"]) == ("fast", "--embed_compute")
     monkeypatch.setenv(EMBED_COMPUTE_ENV, "exact")
-    builder.runtime(get_args_parser().parse_args(["--config", "x.yaml", "--device", "cpu"]), None)
-    assert get_embed_compute() == "exact"
+    s = settings([], {})
+    assert (s.embed_compute, s.sources["embed_compute"]) == ("exact", f"${EMBED_COMPUTE_ENV}")
+    assert s.model_switches()["embed_compute"] == "exact"
+    monkeypatch.setenv(EMBED_COMPUTE_ENV, "quick")
+    with pytest.raises(ConfigError, match=f"\\${EMBED_COMPUTE_ENV} = 'quick'"):
+        settings([], {})
     with pytest.raises(SystemExit):
         get_args_parser().parse_args(["--config", "x.yaml", "--embed_compute", "quick"])
-    from easydict import EasyDict
     config = EasyDict(embed_compute="quick")
     with pytest.raises(ConfigError, match="embed_compute.*quick"):
         check_values(config, "pretrain")

@@ -43,6 +43,7 @@ total_bs: 4
 step_per_update: 1
 max_epoch: {epochs}
 ckpt_period: 1
+ckpt_from: 0
 epoch_count: exact
 """
 

@@ -38,7 +38,7 @@ from utils.misc import resolve_device  # noqa: E402
 from utils.parser import add_common_args, new_parser, progress_enabled  # noqa: E402
 
 
-def build_branch(config, ckpts: str | None = None) -> ImageBranch:
+def build_branch(config, ckpts: str | None = None, trust: bool = False) -> ImageBranch:
     branch_cfg = config.model.get("image_branch")
     if branch_cfg is None:
         raise ConfigError("the config has no model.image_branch section")
@@ -47,7 +47,7 @@ def build_branch(config, ckpts: str | None = None) -> ImageBranch:
                           "(a randomly initialised encoder would differ from the one training builds)")
     branch = ImageBranch.from_config(branch_cfg)
     if ckpts:
-        state = state_dict_of(load_checkpoint_file(ckpts), ckpts)
+        state = state_dict_of(load_checkpoint_file(ckpts, trust=trust), ckpts)
         encoder_state = {k[len("image_branch.encoder."):]: v for k, v in state.items() if k.startswith("image_branch.encoder.")}
         if not encoder_state:
             raise ConfigError(f"checkpoint '{ckpts}' holds no image_branch.encoder weights")
@@ -95,14 +95,14 @@ def build_parser():
                         help="take the encoder from this pre-training checkpoint (default: "
                              "model.image_branch.pretrained)")
     parser.add_argument("--batch_size", type=int, default=96, help="images per encoder call")
-    add_common_args(parser, "device", "data_root", "no_progress", "opts")
+    add_common_args(parser, "device", "trust_checkpoint", "data_root", "no_progress", "opts")
     return parser
 
 
 def main(argv=None) -> str:
     args = build_parser().parse_args(argv)
     config = load_config(args.config, args.opts, args.data_root)
-    branch = build_branch(config, args.ckpts)
+    branch = build_branch(config, args.ckpts, trust=args.trust_checkpoint)
     train = config.dataset.train
     others = merge_into(train.others, {"n_imgs": 0})
     others.pop("IMG_SOURCE", None)

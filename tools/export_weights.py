@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere: the checkout's packages first
 
-from utils.parser import new_parser  # noqa: E402
+from utils.parser import add_common_args, new_parser  # noqa: E402
 
 
 def build_parser():
@@ -30,6 +30,7 @@ def build_parser():
     parser.add_argument("--config", default=None, help="the run's config (default: config.yaml beside the checkpoint)")
     parser.add_argument("--encoder_only", action="store_true", help="export only the point encoder")
     parser.add_argument("--no_config", action="store_true", help="write no .json (when no config is at hand)")
+    add_common_args(parser, "trust_checkpoint")
     return parser
 
 
@@ -51,7 +52,7 @@ def main(argv=None) -> list:
         raise SystemExit(f"export_weights.py: --out '{out}' must end in .safetensors")
     if os.path.abspath(out) == os.path.abspath(args.ckpts):
         raise SystemExit(f"export_weights.py: --out '{out}' is the checkpoint itself")
-    ckpt = load_checkpoint_file(args.ckpts)
+    ckpt = load_checkpoint_file(args.ckpts, trust=args.trust_checkpoint)
     state = state_dict_of(ckpt, args.ckpts)
     kind = checkpoint_kind(state)
     weights = encoder_state_dict(state, args.ckpts) if args.encoder_only else state
@@ -70,11 +71,14 @@ def main(argv=None) -> list:
 
 
 if __name__ == "__main__":
-    from utils.checkpoint import CheckpointError
+    from utils.checkpoint import CheckpointError, UntrustedCheckpointError
+    from utils.cli import exit_on_input_error
     from utils.config import ConfigError
 
     try:
         main()
+    except UntrustedCheckpointError as e:  # a refused unpickling: one line, exit status 2, as in every command
+        exit_on_input_error(e, "export_weights.py")
     except CheckpointError as e:
         raise SystemExit(f"export_weights.py: {e}") from None
     except ConfigError as e:

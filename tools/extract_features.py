@@ -34,7 +34,7 @@ def build_parser():
                              ".safetensors file)")
     parser.add_argument("--npoints", type=int, default=1024, help="points per cloud after FPS")
     parser.add_argument("--batch_size", type=int, default=32, help="clouds per encoder call")
-    add_common_args(parser, "device", "no_progress")
+    add_common_args(parser, "device", "trust_checkpoint", "no_progress")
     return parser
 
 
@@ -48,7 +48,8 @@ def main(argv=None):
         parser.error(f"--npoints ({args.npoints}) and --batch_size ({args.batch_size}) must be >= 1")
     if not args.out.lower().endswith((".npy", ".h5", ".hdf5")):
         parser.error(f"--out '{args.out}' must end in .npy or .h5")
-    extractor = load_point_encoder(args.ckpts, config=args.config, device=args.device, npoints=args.npoints)
+    extractor = load_point_encoder(args.ckpts, config=args.config, device=args.device, npoints=args.npoints,
+                                   trust=args.trust_checkpoint)
     features, names = extract_files(extractor, args.input, batch_size=args.batch_size, progress=progress_enabled(args))
     info = {"checkpoint": str(args.ckpts), "npoints": args.npoints, "feature": "max_mean_pool(patch_tokens)",
             "dim": int(features.shape[1])}

@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywher
 
 from utils.cli import run_main  # noqa: E402
 from utils.logger import print_log  # noqa: E402
-from utils.parser import new_parser  # noqa: E402
+from utils.parser import add_common_args, new_parser  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--folds", type=int, nargs="+", default=None,
                         help="folds to run (default: every <fold>.pkl in DATA_PATH/{way}way_{shot}shot/)")
     parser.add_argument("--experiment_root", default="./experiments", help="where experiments go")
+    add_common_args(parser, "trust_checkpoint")  # passed on to main.py (for --ckpts)
     return parser
 
 
@@ -130,7 +131,8 @@ def run_folds(argv=None) -> dict:
         name = fold_exp_name(args.exp_name, args.way, args.shot, fold)
         try:
             main_module.main(["--config", args.config, "--exp_name", name, "--experiment_root", args.experiment_root,
-                              "--way", str(args.way), "--shot", str(args.shot), "--fold", str(fold), *passthrough])
+                              "--way", str(args.way), "--shot", str(args.shot), "--fold", str(fold),
+                              *(["--trust_checkpoint"] if args.trust_checkpoint else []), *passthrough])
             ckpt = load_checkpoint_file(os.path.join(args.experiment_root, stem, name, "ckpt-last.pth"))
             acc = float(ckpt["best_metrics"]["acc"])
         except (Exception, SystemExit) as e:  # one failing fold must not stop the others

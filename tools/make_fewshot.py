@@ -30,7 +30,8 @@ def build_parser():
     ap = new_parser(__doc__.split("\n\n")[0])
     ap.add_argument("--cache_root", required=True, help="modelnet40_normal_resampled folder")
     ap.add_argument("--out", required=True, help="output ModelNetFewshot folder")
-    ap.add_argument("--seed", type=int, default=0, help="random seed of the splits")
+    ap.add_argument("--seed", type=int, default=0,
+                    help="random seed of the splits (default 0: repeatable files); -1: unseeded, as released")
     ap.add_argument("--ways", type=int, nargs="+", default=[5, 10], help="ways to write")
     ap.add_argument("--shots", type=int, nargs="+", default=[10, 20], help="shots to write")
     ap.add_argument("--folds", type=int, default=10, help="folds per way and shot")

@@ -22,9 +22,10 @@ from engine import builder  # noqa: E402
 from engine.svm import CACHE_DATASET, DEFAULT_C, svm_validate  # noqa: E402
 from utils.checkpoint import write_json  # noqa: E402
 from utils.cli import run_main  # noqa: E402
-from utils.config import merge_into  # noqa: E402
-from utils.misc import resolve_device, set_random_seed  # noqa: E402
-from utils.parser import add_common_args, new_parser, progress_enabled  # noqa: E402
+from utils.config import apply_data_root, expand_svm_section, merge_into, resolve_data_root  # noqa: E402
+from utils.misc import set_random_seed  # noqa: E402
+from utils.parser import add_common_args, new_parser  # noqa: E402
+from utils.settings import build_tool_settings  # noqa: E402
 
 
 def build_parser():
@@ -38,7 +39,8 @@ def build_parser():
     parser.add_argument("--out", default=None,
                         help="also write the result as JSON to this file (acc in %%, C, shape counts, checkpoint) "
                              "(default: none)")
-    add_common_args(parser, "device", "num_workers", "seed", "partial_load", "data_root", "no_progress", "opts")
+    add_common_args(parser, "device", "num_workers", "seed", "partial_load", "trust_checkpoint", "data_root", "no_progress",
+                    "opts")
     parser.add_argument("--svm_batch_size", type=int, default=32, help="shapes per feature-extraction batch")
     parser.add_argument("--C", type=float, default=None,
                         help=f"LinearSVC C (default: svm_validation.C, else {DEFAULT_C}, the released LinearSVC() default)")
@@ -65,7 +67,6 @@ def main(argv=None) -> float:
         parser.error("--modelnet_npoints needs --modelnet_root")
     if args.modelnet_classes is not None and args.modelnet_root is None:
         parser.error("--modelnet_classes needs --modelnet_root")
-    args.progress = progress_enabled(args)
     set_random_seed(args.seed)
     config = builder.load_config(args.config, args.opts, args.data_root)
     overrides = {}
@@ -86,12 +87,15 @@ def main(argv=None) -> float:
             overrides[split] = entry
     if overrides:
         config.svm_validation = merge_into(config.get("svm_validation") or {}, overrides)
-    device = resolve_device(args.device)
-    base_model = builder.model_builder(config.model)
+        expand_svm_section(config)
+        apply_data_root(config, *resolve_data_root(args.data_root))
+    settings = build_tool_settings(args, config, "svm")
+    base_model = builder.model_builder(config.model, settings)
     epoch = -1
-    if args.ckpts is not None:
-        epoch, _ = builder.load_model(base_model, args.ckpts, strict=not args.partial_load)
-    acc = svm_validate(base_model.to(device), config, args, device, epoch=epoch)
+    if args.ckpts is not None:  # the point model of any pre-training checkpoint, with or without an image branch
+        epoch, _ = builder.load_point_model(base_model, args.ckpts, trust=settings.trust_checkpoint,
+                                               strict=not args.partial_load)
+    acc = svm_validate(base_model.to(settings.device), config, settings, epoch=epoch)
     if args.out is not None:
         C = float((config.get("svm_validation") or {}).get("C", DEFAULT_C))
         write_json(args.out, {"acc": acc, "C": C, "ckpts": args.ckpts, "random_init": args.random_init, "seed": args.seed})

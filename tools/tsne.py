@@ -19,7 +19,6 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 from typing import List, Optional, Tuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere: the checkout's packages first
@@ -34,7 +33,8 @@ from models import backbone
 from engine import builder
 from utils.cli import run_main
 from utils.vis import class_colours, new_figure, save_figure
-from utils.checkpoint import CheckpointError, load_checkpoint_file, state_dict_of, write_json  # noqa: E402
+from utils.checkpoint import (CheckpointError, UntrustedCheckpointError, load_checkpoint_file, state_dict_of,  # noqa: E402
+                              write_json)
 from utils.config import ConfigError, dataset_entry, origin_of
 from utils.logger import print_log
 from utils.misc import resolve_device, set_random_seed
@@ -58,13 +58,14 @@ def build_parser():
     p.add_argument("--perplexity", type=float, default=30.0, help="t-SNE perplexity (lowered for tiny sets)")
     p.add_argument("--max_iter", type=int, default=1000, help="t-SNE iterations (>= 250)")
     p.add_argument("--batch_size", type=int, default=32, help="shapes per feature-extraction batch")
-    add_common_args(p, "num_workers", "seed", "device", "data_root", "no_progress", "opts", num_workers=0)
+    add_common_args(p, "num_workers", "seed", "device", "trust_checkpoint", "data_root", "no_progress", "opts",
+                    num_workers=0)
     return p
 
 
-def checkpoint_kind(path: str) -> str:
+def checkpoint_kind(path: str, trust: bool = False) -> str:
     """'pretrain' (MAE_encoder.* weights) or 'finetune' (classifier weights) of a checkpoint file."""
-    kind = backbone.checkpoint_kind(state_dict_of(load_checkpoint_file(path), path))
+    kind = backbone.checkpoint_kind(state_dict_of(load_checkpoint_file(path, trust=trust), path))
     if kind in ("pretrain", "encoder"):  # "encoder": an encoder-only export (tools/export_weights.py)
         return "pretrain"
     if kind == "classifier":
@@ -73,19 +74,21 @@ def checkpoint_kind(path: str) -> str:
                           f"PointTransformer classifier (encoder.*, blocks.*)")
 
 
-def build_feature_model(config, ckpts: Optional[str], device: torch.device) -> Tuple[torch.nn.Module, str]:
-    """The classifier of ``config.model`` with the checkpoint's weights -> (model in eval mode, kind)."""
+def build_feature_model(config, ckpts: Optional[str], device: torch.device,
+                        trust: bool = False) -> Tuple[torch.nn.Module, str]:
+    """The classifier of ``config.model`` with the checkpoint's weights -> (model in eval mode, kind).
+    ``trust``: full unpickling of ``ckpts`` (``--trust_checkpoint``)."""
     if config.model.get("NAME") != "PointTransformer":
         raise ConfigError(f"tools/tsne.py needs a fine-tuning config (model.NAME PointTransformer), got "
                           f"'{config.model.get('NAME')}'", origin_of(config.model))
     model = builder.model_builder(config.model)
     kind = "random"
     if ckpts is not None:
-        kind = checkpoint_kind(ckpts)
+        kind = checkpoint_kind(ckpts, trust)
         if kind == "pretrain":
-            model.load_model_from_ckpt(ckpts, strict=True)
+            model.load_model_from_ckpt(ckpts, strict=True, trust=trust)
         else:
-            builder.load_model(model, ckpts, strict=True)
+            builder.load_model(model, ckpts, strict=True, trust=trust)
     return model.to(device).eval(), kind
 
 
@@ -175,6 +178,8 @@ def main(argv=None) -> dict:
     args = build_parser().parse_args(argv)
     try:
         return run(args)
+    except UntrustedCheckpointError:
+        raise  # a refused unpickling: one line and exit status 2 (utils.cli.run_main), as in every command
     except (CheckpointError, ConfigError, DatasetFormatError, ValueError) as e:
         raise SystemExit(f"tools/tsne.py: {e}") from None
 
@@ -185,11 +190,11 @@ def run(args) -> dict:
     config = builder.load_config(args.config, args.opts, args.data_root, logger="tsne")
     set_random_seed(args.seed)
     device = resolve_device(args.device)
-    model, kind = build_feature_model(config, args.ckpts, device)
+    model, kind = build_feature_model(config, args.ckpts, device, trust=getattr(args, "trust_checkpoint", False))
     feature = args.features if args.features != "auto" else ("cls" if kind == "finetune" else "patch")
 
     split, entry = dataset_entry(config, *([args.split] if args.split else ["test", "val"]))
-    _, loader = builder.dataset_builder(SimpleNamespace(seed=args.seed, num_workers=args.num_workers), entry)
+    _, loader = builder.dataset_builder(entry, seed=args.seed, num_workers=builder.worker_count(args.num_workers))
     dataset = loader.dataset
     n = len(dataset)
     rng = np.random.default_rng(args.seed)

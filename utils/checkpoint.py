@@ -5,7 +5,9 @@ import json
 import os
 import pickle
 import re
+import shutil
 import tempfile
+import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Callable, Dict, Iterable, List, Mapping, Optional, Tuple
@@ -22,6 +24,11 @@ class CheckpointError(InputError, RuntimeError):
     """A checkpoint is missing, unreadable, or does not fit the model. The message names the file."""
 
 
+class UntrustedCheckpointError(CheckpointError):
+    """A checkpoint's pickle calls or builds a Python object outside the safe-load allowlist (tensors,
+    plain types, :data:`NUMPY_SAFE_GLOBALS`): refused unless the user trusts the file."""
+
+
 class CheckpointWriteError(CheckpointError, OSError):
     """Writing a checkpoint failed (disk full, permissions, ...); the previous file is intact.
     Also an OSError, so callers that caught the underlying error still catch it."""
@@ -30,19 +37,48 @@ class CheckpointWriteError(CheckpointError, OSError):
         return self.args[0] if self.args else ""
 
 
+TMP_PREFIX = ".tmp-"  # atomic_write's temporary files: TMP_PREFIX + target name + mkstemp's 8 random characters
+TMP_NAME = re.compile(r"^" + re.escape(TMP_PREFIX) + r".+[a-z0-9_]{8}$")
+# A RuntimeError of torch's zip writer (torch.save), e.g. "[enforce fail at inline_container.cc:672] . unexpected
+# pos 704 vs 598" when the disk fills up: a failed write, as an OSError would be.
+TORCH_WRITE_FAILURE = re.compile(r"inline_container|PytorchStreamWriter|unexpected pos|file write failed", re.I)
+NEARLY_FULL_BYTES = 64 * 2 ** 20  # less free space than this when a write fails: "no space left on device"
+
+
+def _free_bytes(folder: str) -> Optional[int]:
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return None
+
+
+def _is_write_failure(e: BaseException, free: Optional[int]) -> bool:
+    """An OSError, or a RuntimeError from torch's writer (or any RuntimeError when the disk is full)."""
+    if isinstance(e, InputError):
+        return False
+    if isinstance(e, OSError):
+        return True
+    return isinstance(e, RuntimeError) and (bool(TORCH_WRITE_FAILURE.search(str(e)))
+                                            or (free is not None and free < NEARLY_FULL_BYTES))
+
+
 def atomic_write(path: str, write: Callable[[BinaryIO], None]) -> None:
     """Call ``write(f)`` on a temporary file in the same folder, fsync, then rename over ``path``.
 
-    A crash at any point leaves either the old file or the new one, never a truncated file. An
-    OSError (disk full, permissions, ...) removes the temporary file and is raised as a
-    :class:`CheckpointWriteError` (a CheckpointError and an OSError) whose one-line message says what failed, why, and that the previous
-    file at ``path`` is intact (when there is one).
+    A crash at any point leaves either the old file or the new one, never a truncated file (a kill
+    may leave the temporary ``.tmp-<name>XXXXXXXX``; :func:`remove_orphan_temporaries` removes it).
+    A failed write -- an OSError (disk full, permissions, ...) or a RuntimeError of torch's writer
+    (``torch.save`` on a full disk raises "[enforce fail at inline_container.cc:...] unexpected pos
+    ...") -- removes the temporary file and is raised as a :class:`CheckpointWriteError` (a
+    CheckpointError and an OSError) whose one-line message says what failed, why ("no space left
+    on device" when the folder's file system is (nearly) full, else the error's first line), and
+    that the previous file at ``path`` is intact (when there is one).
     """
     folder = os.path.dirname(os.path.abspath(path))
     tmp = None
     try:
         os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-" + os.path.basename(path), dir=folder)
+        fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX + os.path.basename(path), dir=folder)
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -50,17 +86,58 @@ def atomic_write(path: str, write: Callable[[BinaryIO], None]) -> None:
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException as e:
+        free = _free_bytes(folder) if isinstance(e, (OSError, RuntimeError)) else None  # before the removal
         if tmp is not None and os.path.exists(tmp):
             try:
                 os.remove(tmp)
             except OSError:
                 pass
-        if isinstance(e, OSError):
-            why = e.strerror or str(e)
+        if _is_write_failure(e, free):
             kept = (f"the previous checkpoint at {path} is intact" if os.path.exists(path)
                     else f"no file was written at {path}")
-            raise CheckpointWriteError(f"writing {path} failed: {why} (errno {e.errno}); {kept}") from e
+            if isinstance(e, OSError):
+                why = f"{e.strerror or str(e)} (errno {e.errno})"
+            else:
+                lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+                why = lines[0] if lines else type(e).__name__
+            if free is not None and free < NEARLY_FULL_BYTES and "space" not in why.lower():
+                why = f"no space left on device ({free / 2 ** 20:.1f} MiB free in {folder}; {why})"
+            raise CheckpointWriteError(f"writing {path} failed: {why}; {kept}") from e
         raise
+
+
+def remove_orphan_temporaries(folder: str, logger=None, min_age_s: float = 60.0) -> List[str]:
+    """Remove the temporary files :func:`atomic_write` left in ``folder`` when a process was killed
+    during a save (``.tmp-<name>XXXXXXXX``, not modified for ``min_age_s`` seconds, so a save in
+    progress is left alone); one log line when any were removed. Returns the removed paths.
+
+    Call it once the folder's run lock is held (one writer per run directory)."""
+    from utils.logger import print_log
+
+    removed: List[str] = []
+    try:
+        names = sorted(os.listdir(folder))
+    except OSError:
+        return removed
+    now = time.time()
+    for name in names:
+        full = os.path.join(folder, name)
+        if not TMP_NAME.match(name):
+            continue
+        try:
+            st = os.lstat(full)
+            if not os.path.isfile(full) or os.path.islink(full) or now - st.st_mtime < min_age_s:
+                continue
+            os.remove(full)
+        except OSError:
+            continue
+        removed.append(full)
+    if removed:
+        shown = ", ".join(os.path.basename(p) for p in removed[:5]) + (f", ... ({len(removed) - 5} more)"
+                                                                           if len(removed) > 5 else "")
+        print_log(f"Removed {len(removed)} temporary file(s) left by an interrupted save in {folder}: {shown}",
+                  logger=logger)
+    return removed
 
 
 def atomic_save(obj: Any, path: str) -> None:
@@ -149,15 +226,92 @@ def _load_safetensors(path: str, map_location: Any) -> Dict[str, Any]:
     return ckpt
 
 
-def load_checkpoint_file(path: str, map_location: Any = "cpu") -> Dict[str, Any]:
+# The NumPy globals a safe load allows (besides torch's own tensors and plain Python types): exactly what
+# the pickles of NumPy RNG states (np.random.get_state(): a uint32 array), NumPy scalars (np.float64 /
+# np.int64 / ... metrics) and numeric arrays need. Pickles name the functions by module path:
+# ``numpy._core.multiarray`` under NumPy 2, ``numpy.core.multiarray`` in files written under NumPy 1 (both
+# names map to the same function). The dtype classes are not named in pickles, but torch's safe
+# unpickler builds (sets the state of) only allowlisted types, and np.dtype('f8') is a Float64DType.
+NUMPY_SAFE_GLOBALS = (
+    "numpy._core.multiarray._reconstruct",  # ndarray.__reduce__
+    "numpy.core.multiarray._reconstruct",   # the same, as written under NumPy 1
+    "numpy._core.multiarray.scalar",        # NumPy scalar.__reduce__
+    "numpy.core.multiarray.scalar",
+    "numpy.ndarray",
+    "numpy.dtype",
+    "numpy.dtypes.BoolDType",
+    "numpy.dtypes.Int8DType", "numpy.dtypes.Int16DType", "numpy.dtypes.Int32DType", "numpy.dtypes.Int64DType",
+    "numpy.dtypes.UInt8DType", "numpy.dtypes.UInt16DType", "numpy.dtypes.UInt32DType", "numpy.dtypes.UInt64DType",
+    "numpy.dtypes.Float16DType", "numpy.dtypes.Float32DType", "numpy.dtypes.Float64DType",
+)
+TRUST_HINT = "pass --trust_checkpoint if you trust this file"
+_WARNED_PATHS: set = set()  # files whose full-unpickling warning was printed (once per process and file)
+
+
+def _resolve_global(name: str) -> Any:
+    """The object behind a dotted name of :data:`NUMPY_SAFE_GLOBALS` (``numpy.core.*`` read from
+    ``numpy._core``, without importing the deprecated alias)."""
+    import importlib
+
+    module, _, attr = name.rpartition(".")
+    if module.startswith("numpy.core."):
+        module = "numpy._core." + module[len("numpy.core."):]
+    return getattr(importlib.import_module(module), attr)
+
+
+def numpy_safe_globals() -> List[Tuple[Any, str]]:
+    """``(object, dotted name)`` pairs of :data:`NUMPY_SAFE_GLOBALS` for ``torch.serialization.safe_globals``."""
+    pairs = []
+    for name in NUMPY_SAFE_GLOBALS:
+        try:
+            pairs.append((_resolve_global(name), name))
+        except (ImportError, AttributeError):  # another NumPy version: that name cannot occur
+            continue
+    return pairs
+
+
+_REFUSED_GLOBAL = (  # torch's weights-only unpickler's refusals (torch/_weights_only_unpickler.py)
+    re.compile(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) (\S+)"),  # not allowed / blocked module
+    re.compile(r"but got <class '([^']+)'>"),                               # NEWOBJ / BUILD of a class
+    re.compile(r"unrecognized function (.+?)(?: which belongs to .*)?$", re.M),  # REDUCE
+)
+SAFE_LOAD_FAILED = "Weights only load failed"  # how torch.load starts the message of every such refusal
+# the safe unpickler's words for bytes that are no pickle at all (a damaged file, not a refusal)
+NOT_A_PICKLE = re.compile(r"Unsupported operand|String is too long|unsupported persistent id|persistent_load id")
+
+
+def refused_global(message: str) -> Tuple[Optional[str], Optional[str]]:
+    """``(global, reason)`` of a refusal by torch's weights-only unpickler, read from the
+    UnpicklingError's message: the global it would have called or built (``posix.system``,
+    ``builtins.eval`` shown as ``eval``, a class) when the message names one, else None and the
+    reason torch gave; ``(None, None)`` when the message is not such a refusal (a damaged file:
+    no pickle, or not one torch wrote)."""
+    for pattern in _REFUSED_GLOBAL:
+        m = pattern.search(message)
+        if m:
+            return m.group(1).strip().rstrip("."), None
+    if SAFE_LOAD_FAILED not in message or NOT_A_PICKLE.search(message):
+        return None, None
+    body = message.split("WeightsUnpickler error:", 1)[1] if "WeightsUnpickler error:" in message else \
+        message.split("\n", 1)[-1]
+    lines = [ln.strip() for ln in body.splitlines()
+             if ln.strip() and not ln.strip().startswith(("Check the documentation", "Please file an issue"))]
+    return None, (lines[0][:200] if lines else "an object outside the allowlist")
+
+
+def load_checkpoint_file(path: str, map_location: Any = "cpu", trust: bool = False) -> Dict[str, Any]:
     """Read a checkpoint dict; a missing or unreadable file raises CheckpointError naming it.
 
     ``.safetensors``: weights only, returned as ``{'base_model': state_dict}``, plus
     ``'config'`` (the parsed JSON) when a same-stem ``.json`` lies beside it.
-    Other files: ``torch.load`` with ``weights_only=True`` (every checkpoint this code writes
-    loads so); files holding other Python objects (checkpoints of earlier versions, whose RNG
-    states held NumPy arrays, and of other code bases) are read with full unpickling instead --
-    load only checkpoints you trust.
+    Other files: ``torch.load(weights_only=True)`` -- tensors and plain Python types -- with the
+    NumPy objects of older and third-party checkpoints allowed (:data:`NUMPY_SAFE_GLOBALS`: RNG
+    states, NumPy scalars, numeric arrays). Anything else (a pickle that would call ``os.system``,
+    build an arbitrary class, ...) is refused with :class:`UntrustedCheckpointError` naming the
+    file and the first refused global, before any of it runs. With ``trust=True``
+    (``--trust_checkpoint``) such a file is then loaded with full unpickling, after one warning line
+    naming it (once per file and process): only for files you trust. (A file that loads safely
+    loads safely, trusted or not.)
     """
     if path is None or not os.path.isfile(path):
         raise CheckpointError(f"checkpoint file '{path}' does not exist")
@@ -165,11 +319,31 @@ def load_checkpoint_file(path: str, map_location: Any = "cpu") -> Dict[str, Any]
         return _load_safetensors(path, map_location)
     try:
         try:
-            ckpt = torch.load(path, map_location=map_location, weights_only=True)
-        except pickle.UnpicklingError:  # holds objects other than tensors and plain types
+            present = set(torch.serialization.get_safe_globals())  # the user's own: left in place on exit
+            with torch.serialization.safe_globals([g for g in numpy_safe_globals() if g not in present]):
+                ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        except pickle.UnpicklingError as e:
+            name, reason = refused_global(str(e))
+            if name is None and reason is None:  # a damaged pickle
+                raise CheckpointError(f"checkpoint file '{path}' could not be read: UnpicklingError: "
+                                      f"{next((ln.strip() for ln in str(e).splitlines() if ln.strip()), '')}") from None
+            what = f"unpickling it would call or build {name}" if name else reason
+            if not trust:
+                raise UntrustedCheckpointError(
+                    f"checkpoint file '{path}' is refused by the safe load: {what} (only tensors, plain Python types "
+                    f"and numeric NumPy arrays / scalars load safely); {TRUST_HINT}") from None
+            if os.path.realpath(path) not in _WARNED_PATHS:
+                from utils.logger import print_log
+
+                _WARNED_PATHS.add(os.path.realpath(path))
+                print_log(f"WARNING: loading checkpoint {path} with full unpickling (--trust_checkpoint; {what}): "
+                          f"it can run any code it holds; do this only for files you trust")
             ckpt = torch.load(path, map_location=map_location, weights_only=False)
+    except CheckpointError:
+        raise
     except Exception as e:  # corrupt zip, truncated pickle, ...
-        raise CheckpointError(f"checkpoint file '{path}' could not be read: {type(e).__name__}: {e}") from None
+        first = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), "")
+        raise CheckpointError(f"checkpoint file '{path}' could not be read: {type(e).__name__}: {first}") from None
     if not isinstance(ckpt, Mapping):
         raise CheckpointError(f"checkpoint file '{path}' holds a {type(ckpt).__name__}, expected a dict")
     return dict(ckpt)
@@ -356,3 +530,47 @@ def load_state_dict_checked(model: nn.Module, state_dict: Mapping[str, torch.Ten
                               + (f"\n  {depth}" if depth else ""))
     model.load_state_dict(fitting, strict=False)
     return report
+
+
+# ------------------------------------------------------------------------------ run checkpoints
+# The keys of a training run's checkpoint, the same for every job (engine.builder.save_checkpoint).
+CHECKPOINT_FORMAT = 2
+
+
+def write_checkpoint(path: str, *, model: nn.Module, optimizer=None, scheduler=None, scaler=None, epoch: int = -1,
+                     next_step: int = 0, metrics: Optional[Mapping] = None, best_metrics: Optional[Mapping] = None,
+                     rng_states: Optional[List[dict]] = None, epoch_rng_states: Optional[List[dict]] = None,
+                     config: Optional[Mapping] = None, class_names: Optional[List[str]] = None,
+                     job: Optional[str] = None, seed: Optional[int] = None) -> str:
+    """The one checkpoint writer of every job: ``torch.save`` of the dict below, atomically
+    (:func:`atomic_save`). Tensors and plain Python values only, so :func:`load_checkpoint_file`
+    reads it with ``weights_only=True``.
+
+    Keys: ``base_model`` (the model's state dict, no ``module.`` prefix), ``optimizer``,
+    ``scheduler``, ``scaler`` (state dicts or None), ``epoch`` (last epoch trained to its end, -1:
+    none), ``next_step`` (batches of the next epoch already trained: a stop mid-epoch), ``metrics``
+    and ``best_metrics`` (plain numbers), ``rng_state`` (rank 0's :func:`utils.misc.rng_state`) and
+    ``rng_states`` (every process's, by rank), ``epoch_rng_states`` (with ``next_step``: every
+    process's at the start of that epoch), ``config`` (the run's resolved config), ``class_names``
+    (the training set's, when it names them), ``job``, ``seed`` and ``format``."""
+    ckpt = {
+        "base_model": model.state_dict(),
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "scaler": scaler.state_dict() if scaler is not None else None,
+        "epoch": int(epoch),
+        "next_step": int(next_step),
+        "metrics": plain_numbers(dict(metrics or {})),
+        "best_metrics": plain_numbers(dict(best_metrics or {})),
+        "rng_state": rng_states[0] if rng_states else None,
+        "rng_states": list(rng_states) if rng_states else None,
+        "epoch_rng_states": list(epoch_rng_states) if epoch_rng_states else None,
+        "config": plain_numbers(config) if config is not None else None,
+        "class_names": [str(c) for c in class_names] if class_names is not None else None,
+        "job": job,
+        "seed": seed,
+        "format": CHECKPOINT_FORMAT,
+    }
+    atomic_save(ckpt, path)
+    return path
+

@@ -12,7 +12,6 @@ the registries check a section again whenever they build from it.
 """
 from __future__ import annotations
 
-import copy
 import math
 import os
 from pathlib import Path
@@ -21,6 +20,8 @@ from typing import Any, Iterable, Mapping, Optional, Tuple
 import yaml
 from easydict import EasyDict
 
+from extensions.pointops import FPS_BACKENDS
+from models.layers import DEFAULT_EMBED_COMPUTE, EMBED_COMPUTE_MODES
 from utils.logger import print_log
 from utils.schema import ConfigError, Schema, _set_origin, check_keys, did_you_mean, merge_into, origin_of, to_plain
 
@@ -30,8 +31,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 # Top-level keys a training config may have, with what they mean. Unknown keys are errors.
 TOP_LEVEL_KEYS = {
     "optimizer": "{type: AdamW|Adam|SGD, kwargs: {...}}",
-    "scheduler": "{type: CosLR|StepLR|none, kwargs: {...}}",
-    "bnmscheduler": "accepted for released configs; unused",
+    "scheduler": "{type: CosLR|none, kwargs: {epochs, initial_epochs, lr_min, warmup_lr_init}}",
     "dataset": "{train, val, test, ...: {_base_: dataset yaml, others: {...}}}",
     "model": "{NAME: registered model, ...}",
     "npoints": "points per sample fed to the model",
@@ -39,14 +39,16 @@ TOP_LEVEL_KEYS = {
     "step_per_update": "gradient accumulation steps",
     "max_epoch": "number of epochs",
     "grad_norm_clip": "clip gradients to this L2 norm (0 or absent: no clipping)",
-    "consider_metric": "metric that selects ckpt-best",
     "amp": "mixed precision: off | bf16 | fp16 (true = bf16)",
-    "ckpt_period": "also keep ckpt-epoch-XXX every this many epochs (0: never)",
+    "ckpt_period": "also keep ckpt-epoch-XXX (XXX: the 0-based epoch) every this many epochs from ckpt_from "
+                   "(0: never; pre-training default 10, as released)",
+    "ckpt_from": "first epoch (0-based) of ckpt_period's copies (pre-training default 250, as released)",
     "fps_backend": "farthest point sampling on CUDA: auto | torch | triton | pointnet2_ops",
     "embed_compute": "patch-embedding arithmetic: fast (default) | exact (the released order of operations)",
     "svm_validation": "linear-SVM validation of pre-trained features during pre-training",
     "epoch_count": "released (default: epochs 0..max_epoch, as the released loops) | exact (max_epoch epochs)",
     "lr_schedule": "exact (default: epoch e at cosine(e)) | released (the released one-epoch lag)",
+    "seg_root": "part segmentation (segmentation/main.py --root): the ShapeNetPart folder",
     "voting": "{times: 10, repeats: 299, above: 92.1, above_if_best: 91.0}: voting passes, --test repeats, "
               "fine-tuning thresholds",
 }
@@ -57,14 +59,23 @@ JOB_REQUIRED_KEYS = {
     "pretrain": ("model", "dataset", "optimizer", "max_epoch", "total_bs"),
     "finetune": ("model", "dataset", "optimizer", "max_epoch", "total_bs", "npoints"),
     "test": ("model", "dataset", "npoints"),
+    "partseg": ("model", "optimizer", "max_epoch", "total_bs", "npoints", "seg_root"),
+    "partseg_test": ("model", "npoints", "seg_root"),
 }
 
 
 OPTIMIZER_SCHEMA = Schema(required=("type", "kwargs"), optional=("part",))
+OPTIMIZER_TYPES = ("AdamW", "Adam", "SGD")  # engine.builder.build_opti_sche
+SCHEDULER_TYPES = ("CosLR", "none", None)
 # CosLR, the only schedule the released configs use; kwargs.epochs defaults to max_epoch (see resolve_schedule_length).
 SCHEDULER_SCHEMA = Schema(required=("type",), sections={
     "kwargs": Schema(optional=("epochs", "initial_epochs", "lr_min", "warmup_lr_init"))})
 SVM_SCHEMA = Schema(optional=("enabled", "train", "test", "C", "freq"))
+# The released linear-SVM protocol's data (ModelNet40SVM: modelnet40_ply_hdf5_2048, 1024 points) and
+# LinearSVC C (sklearn's default, which the released LinearSVC() used).
+SVM_DEFAULT_DATASET = "cfgs/dataset_configs/ModelNet40SVM.yaml"
+SVM_DEFAULT_NPOINTS = 1024
+SVM_DEFAULT_C = 1.0
 # ``voting`` (top-level key of fine-tuning configs): the released figures (tools/runner_finetune.py:
 # validate_vote / test_vote times=10, run_net's thresholds 92.1 and 91, test's range(1, 300)).
 VOTING_DEFAULTS = {"times": 10, "repeats": 299, "above": 92.1, "above_if_best": 91.0}
@@ -89,11 +100,21 @@ def resolve_base_path(path: str, including_file: str) -> Path:
 def _load_yaml(path: Path) -> dict:
     if not path.is_file():
         raise ConfigError(f"config file '{path}' does not exist")
-    with open(path, "r") as f:
-        try:
-            data = yaml.safe_load(f)
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config file is not valid YAML: {e}", str(path)) from None
+    import io
+
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")  # whole file at once: the error's offset is the file's byte offset
+    except UnicodeDecodeError as e:  # a binary file, a Latin-1 or UTF-16 config
+        line = raw[:e.start].count(b"\n") + 1
+        raise ConfigError(f"config file is not UTF-8 text: byte 0x{raw[e.start]:02x} at byte offset {e.start} "
+                          f"(line {line}) cannot be decoded ({e.reason}); save it as UTF-8", str(path)) from None
+    stream = io.StringIO(text)
+    stream.name = str(path)  # YAML error messages name the file
+    try:
+        data = yaml.safe_load(stream)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file is not valid YAML: {e}", str(path)) from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -218,13 +239,16 @@ def check_bool(node: Any, key: str, where: str) -> None:
 
 # (key, integer, low, low_open): the top-level numbers.
 TOP_LEVEL_NUMBERS = (("max_epoch", True, 0, False), ("total_bs", True, 0, True), ("step_per_update", True, 1, False),
-                     ("grad_norm_clip", False, 0, False), ("npoints", True, 1, False), ("ckpt_period", True, 0, False))
+                     ("grad_norm_clip", False, 0, False), ("npoints", True, 1, False), ("ckpt_period", True, 0, False),
+                     ("ckpt_from", True, 0, False))
 DATASET_BOOLS = ("USE_NORMALS",)
-# Top-level keys that take one of a few words: key -> the allowed words, the default first. Checked
-# by check_values with the other values; engine/builder.py takes its epoch_count and lr_schedule
-# words from here (models/layers.py, which does not import utils, keeps EMBED_COMPUTE_MODES).
+# Top-level keys that take one of a few words: key -> the allowed words, the default first. The one
+# list of each: check_values checks the config with it, the flags of utils/parser.py offer it, and
+# utils/settings.py resolves the settings with it. The ops define their own words (FPS_BACKENDS,
+# EMBED_COMPUTE_MODES), taken from there.
 CHOICE_KEYS = {"epoch_count": ("released", "exact"), "lr_schedule": ("exact", "released"),
-               "embed_compute": ("fast", "exact")}
+               "embed_compute": (DEFAULT_EMBED_COMPUTE,) + tuple(m for m in EMBED_COMPUTE_MODES if m != DEFAULT_EMBED_COMPUTE),
+               "fps_backend": FPS_BACKENDS, "amp": ("off", "bf16", "fp16")}
 IMAGE_BRANCH_BOOLS = ("trainable", "normalize", "per_view", "fresh_encoder_every_step")
 
 
@@ -233,6 +257,13 @@ def is_pretraining_model(cls: type) -> bool:
     with a ``mask_ratio``; the fine-tuning PointTransformer has a flat section."""
     schema = getattr(cls, "config_schema", None)
     return schema is not None and "transformer_config" in schema.sections
+
+
+def check_mask_ratio(node: Mapping, where: str = "model.transformer_config.mask_ratio") -> None:
+    """The fraction of masked patches: in (0, 1), so that some patches are masked (the loss is the
+    reconstruction of the masked ones) and some stay visible. The one rule of pre-training and
+    main_vis.py's --mask_ratio."""
+    check_number(node, "mask_ratio", where, low=0, high=1, low_open=True, high_open=True, allow_none=False)
 
 
 def check_values(config: Mapping, job: str, model_cls: Optional[type] = None, world_size: int = 1) -> None:
@@ -244,9 +275,25 @@ def check_values(config: Mapping, job: str, model_cls: Optional[type] = None, wo
         raise ConfigError(f"'total_bs' = {config.total_bs}: expected a multiple of the {world_size} processes "
                           f"(each process takes total_bs / world size)", origin_of(config))
     for key, words in CHOICE_KEYS.items():
-        if config.get(key) is not None and config[key] not in words:
-            raise ConfigError(f"'{key}' = {config[key]!r}: expected one of {list(words)}", origin_of(config))
+        value = config.get(key)
+        if key == "amp" and isinstance(value, bool):  # true = bf16, false = off (configs before fp16)
+            continue
+        if value is not None and value not in words:
+            raise ConfigError(f"'{key}' = {value!r}: expected one of {list(words)}", origin_of(config))
+    released_count = config.get("epoch_count", CHOICE_KEYS["epoch_count"][0]) == "released"
+    if job in ("pretrain", "finetune", "partseg") and isinstance(config.get("max_epoch"), int) \
+            and config.max_epoch + released_count < 1:
+        raise ConfigError(f"'max_epoch' = {config.max_epoch}: expected an integer >= 1 with epoch_count: exact (a "
+                          f"training run of 0 epochs trains nothing)", origin_of(config))
+    check_voting(config)
     opt = config.get("optimizer")
+    if isinstance(opt, Mapping) and opt.get("type") not in OPTIMIZER_TYPES:
+        raise ConfigError(f"'optimizer.type' = {opt.get('type')!r}: expected one of {list(OPTIMIZER_TYPES)}",
+                          origin_of(opt))
+    sched = config.get("scheduler")
+    if isinstance(sched, Mapping) and sched.get("type") not in SCHEDULER_TYPES:
+        raise ConfigError(f"'scheduler.type' = {sched.get('type')!r}: expected one of {list(SCHEDULER_TYPES)[:2]}",
+                          origin_of(sched))
     if isinstance(opt, Mapping) and isinstance(opt.get("kwargs"), Mapping):
         check_number(opt.kwargs, "lr", "optimizer.kwargs.lr", low=0, low_open=True, allow_none=False)
         check_number(opt.kwargs, "weight_decay", "optimizer.kwargs.weight_decay", low=0)
@@ -283,8 +330,7 @@ def check_values(config: Mapping, job: str, model_cls: Optional[type] = None, wo
             check_number(tc, key, prefix + key, integer=True, low=1)
         check_number(tc, "drop_path_rate", prefix + "drop_path_rate", low=0, high=1, high_open=True)
         if tc is not model:
-            check_number(tc, "mask_ratio", prefix + "mask_ratio", low=0, high=1, low_open=True, high_open=True,
-                         allow_none=False)
+            check_mask_ratio(tc, prefix + "mask_ratio")
         if isinstance(model.get("image_branch"), Mapping):
             for key in IMAGE_BRANCH_BOOLS:
                 check_bool(model.image_branch, key, f"model.image_branch.{key}")
@@ -300,6 +346,60 @@ def check_values(config: Mapping, job: str, model_cls: Optional[type] = None, wo
             check_number(node, "N_POINTS", f"dataset.{split}.{part}.N_POINTS", integer=True, low=1)
             for key in DATASET_BOOLS:
                 check_bool(node, key, f"dataset.{split}.{part}.{key}")
+
+
+def check_voting(config: Mapping) -> None:
+    """The ``voting`` section: its keys and values (passes and repeats positive integers,
+    thresholds percentages)."""
+    section = config.get("voting")
+    if section is None:
+        return
+    if not isinstance(section, Mapping):
+        raise ConfigError(f"'voting' = {section!r}: expected a mapping such as {VOTING_DEFAULTS}", origin_of(config))
+    VOTING_SCHEMA.check(section, "voting")
+    for key in ("times", "repeats"):
+        check_number(section, key, f"voting.{key}", integer=True, low=1, allow_none=False)
+    for key in ("above", "above_if_best"):  # accuracy thresholds in percent (below 0: vote at every validation)
+        check_number(section, key, f"voting.{key}", allow_none=False)
+
+
+def _points_of(entry: Mapping) -> Tuple[Optional[int], Optional[int]]:
+    """(npoints, N_POINTS) of a dataset entry, ``others`` over ``_base_`` (None when absent)."""
+    merged = {**(entry.get("_base_") if isinstance(entry.get("_base_"), Mapping) else {}),
+              **(entry.get("others") if isinstance(entry.get("others"), Mapping) else {})}
+    values = [merged.get(k) for k in ("npoints", "N_POINTS")]
+    return tuple(v if isinstance(v, int) and not isinstance(v, bool) else None for v in values)
+
+
+def check_point_counts(config: Mapping, job: str) -> None:
+    """Sizes that would otherwise fail at the first step: a patch of ``model.group_size`` points
+    (kNN) and ``model.num_group`` centres (FPS) need that many points per sample, and a classifier
+    fed ``npoints`` needs datasets holding at least that many (``N_POINTS``)."""
+    model = config.get("model")
+    if not isinstance(model, Mapping):
+        return
+    fed = config.get("npoints") if isinstance(config.get("npoints"), int) else None
+    where = "npoints"
+    if fed is None:
+        train = (config.get("dataset") or {}).get("train")
+        if isinstance(train, Mapping):
+            fed, where = _points_of(train)[0], "dataset.train.others.npoints"
+    for key in ("group_size", "num_group"):
+        value = model.get(key)
+        if isinstance(fed, int) and isinstance(value, int) and value > fed:
+            what = "points per patch (k nearest neighbours)" if key == "group_size" else "group centres (FPS)"
+            raise ConfigError(f"'model.{key}' = {value}: expected at most {where} = {fed} ({what} are drawn from "
+                              f"the {fed} points of a sample)", origin_of(model))
+    if job not in ("finetune", "test") or not isinstance(config.get("npoints"), int):
+        return
+    for split, entry in (config.get("dataset") or {}).items():
+        if not isinstance(entry, Mapping):
+            continue
+        n_points = _points_of(entry)[1]
+        if n_points is not None and config.npoints > n_points:
+            raise ConfigError(f"'npoints' = {config.npoints}: expected at most dataset.{split}'s N_POINTS = "
+                              f"{n_points} (the points each of its shapes holds); lower npoints or use the "
+                              f"dataset's larger variant", origin_of(config))
 
 
 def check_dataset_others(entry: Mapping, split: str, datasets) -> None:
@@ -327,7 +427,7 @@ def validate_config(config: Mapping, job: str, models, datasets, world_size: int
     model's kind against the job, ``total_bs`` against ``world_size``)."""
     check_top_level(config, required=JOB_REQUIRED_KEYS[job])
     model_cls = models.check(config.model, "model")
-    for split, entry in config.dataset.items():
+    for split, entry in (config.get("dataset") or {}).items():
         if not isinstance(entry, Mapping) or "_base_" not in entry or "others" not in entry:
             raise ConfigError(f"dataset.{split} needs '_base_' and 'others'", origin_of(config.dataset))
         check_dataset_others(entry, split, datasets)
@@ -338,7 +438,14 @@ def validate_config(config: Mapping, job: str, models, datasets, world_size: int
         SCHEDULER_SCHEMA.check(config.scheduler, "scheduler")
     if isinstance(config.get("svm_validation"), Mapping):
         SVM_SCHEMA.check(config.svm_validation, "svm_validation")
+        for split in ("train", "test"):
+            entry = config.svm_validation.get(split)
+            if isinstance(entry, Mapping):
+                if "_base_" not in entry or "others" not in entry:
+                    raise ConfigError(f"svm_validation.{split} needs '_base_' and 'others'", origin_of(entry))
+                datasets.check(merge_into(entry._base_, entry.others), f"svm_validation.{split}")
     check_values(config, job, model_cls if isinstance(model_cls, type) else None, world_size)
+    check_point_counts(config, job)
 
 
 def _parse_value(text: str) -> Any:
@@ -581,15 +688,6 @@ def run_config_of(ckpt_path: str) -> Optional[str]:
     return next((c for c in candidates if os.path.isfile(c)), None)
 
 
-def save_experiment_config(args, config: Mapping, logger=None) -> str:
-    """Write the resolved config to ``<experiment_path>/config.yaml`` (released function name)."""
-    path = os.path.join(args.experiment_path, RUN_CONFIG)
-    with open(path, "w") as f:
-        yaml.safe_dump(to_plain(config), f, sort_keys=False)
-    print_log(f"Config written to {path}", logger=logger)
-    return path
-
-
 def load_config(path: str, opts: Iterable[str] = (), data_root: Optional[str] = None, models=None, datasets=None,
                 logger=None, schedule: bool = False) -> EasyDict:
     """A command's config: ``path`` (with ``_base_`` files), then ``--opts`` (see :func:`apply_opts`),
@@ -603,25 +701,77 @@ def load_config(path: str, opts: Iterable[str] = (), data_root: Optional[str] = 
         line = resolve_schedule_length(config, file_max_epoch, file_epochs, opts)
         if line:
             print_log(line, logger=logger)
+    expand_svm_section(config)
     root, source = resolve_data_root(data_root)
     apply_data_root(config, root, source, logger=logger)
     return config
 
 
-def get_config(args, logger=None, models=None, datasets=None) -> EasyDict:
-    """Config for a run: ``args.config`` (the saved one when resuming), with ``--opts`` and the data
-    root (:func:`load_config`); saved to the experiment directory on rank 0 (one log line)."""
-    resume = getattr(args, "resume", False)
-    if resume:
-        saved = os.path.join(args.experiment_path, RUN_CONFIG)
-        if not os.path.exists(saved):
-            raise ConfigError(f"--resume: no saved config at {saved}; is --exp_name right?")
-        print_log(f"Resume: loading config from {saved}", logger=logger)
-        args.config = saved
-    elif getattr(args, "config_from_run", False):
-        print_log(f"--test without --config: using the run's saved config {args.config}", logger=logger)
-    config = load_config(args.config, getattr(args, "opts", None), getattr(args, "data_root", None), models, datasets,
-                         logger=logger, schedule=not getattr(args, "test", False))
-    if not resume and getattr(args, "local_rank", 0) == 0 and hasattr(args, "experiment_path"):
-        save_experiment_config(args, config, logger)
-    return config
+def svm_default_entry(subset: str) -> EasyDict:
+    """A ``svm_validation.train`` / ``.test`` entry of the released protocol (``_base_`` unloaded)."""
+    return EasyDict({"_base_": SVM_DEFAULT_DATASET, "others": {"subset": subset, "npoints": SVM_DEFAULT_NPOINTS}})
+
+
+def expand_svm_section(config: Mapping) -> None:
+    """Fill a config's ``svm_validation`` in once, at load time: the released protocol's entries
+    where ``train`` / ``test`` are absent, every ``_base_`` path replaced by its file's contents (so
+    the data root applies to them and validation never reads the YAML again)."""
+    svm = config.get("svm_validation")
+    if not isinstance(svm, Mapping):
+        return
+    source = origin_of(svm) or origin_of(config) or "."
+    for split in ("train", "test"):
+        if svm.get(split) is None:
+            svm[split] = svm_default_entry(split)
+            _set_origin(svm[split], source)
+        entry = svm[split]
+        if isinstance(entry, Mapping) and isinstance(entry.get("_base_"), str):
+            entry["_base_"] = cfg_from_yaml_file(resolve_base_path(entry["_base_"], source))
+
+
+# ------------------------------------------------------------------------------------- resume
+# Keys of the model section that may change when a run is resumed: they change what the next steps
+# do, not the shape of any parameter or optimizer state. Any other model key is refused.
+RESUMABLE_MODEL_KEYS = ("transformer_config.mask_ratio", "transformer_config.mask_type",
+                        "transformer_config.drop_path_rate", "drop_path_rate", "label_smoothing", "loss", "init",
+                        "image_branch.weight", "image_branch.temperature", "image_branch.trainable")
+
+
+def config_changes(old: Any, new: Any, prefix: str = "") -> list:
+    """``[(dotted key, old value, new value), ...]`` where two configs differ (missing: None)."""
+    if isinstance(old, Mapping) and isinstance(new, Mapping):
+        out = []
+        for key in list(old) + [k for k in new if k not in old]:
+            out += config_changes(old.get(key), new.get(key), f"{prefix}{key}.")
+        return out
+    old, new = to_plain(old), to_plain(new)
+    return [] if old == new else [(prefix.rstrip("."), old, new)]
+
+
+def check_resume_changes(changes: list, source: str) -> None:
+    """Refuse a resumed run's changes that cannot apply mid-run: the model's shape (any ``model.``
+    key but :data:`RESUMABLE_MODEL_KEYS`) and ``optimizer.type``, naming the key."""
+    for key, old, new in changes:
+        fixed = (key.startswith("model.") and key[len("model."):] not in RESUMABLE_MODEL_KEYS) or key == "optimizer.type"
+        if fixed:
+            raise ConfigError(f"--resume cannot change '{key}' ({old!r} -> {new!r}): the checkpoint's weights and "
+                              f"optimizer state were made for {old!r}; start a new run (another --exp_name, or "
+                              f"--ckpts / --start_ckpts for its weights) to change it", source)
+
+
+def save_run_config(folder: str, config: Mapping, keep_previous: bool = False, logger=None) -> str:
+    """Write ``config`` to ``<folder>/config.yaml`` atomically; with ``keep_previous`` an existing one is
+    first renamed ``config.resume-<N>.yaml`` (N = 1, 2, ...). Returns the path."""
+    from utils.checkpoint import atomic_write
+
+    path = os.path.join(folder, RUN_CONFIG)
+    if keep_previous and os.path.exists(path):
+        n = 1
+        while os.path.exists(os.path.join(folder, f"config.resume-{n}.yaml")):
+            n += 1
+        os.replace(path, os.path.join(folder, f"config.resume-{n}.yaml"))
+        print_log(f"Config: the previous config.yaml is kept as config.resume-{n}.yaml", logger=logger)
+    text = yaml.safe_dump(to_plain(config), sort_keys=False, allow_unicode=True)
+    atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+    print_log(f"Config written to {path}", logger=logger)
+    return path

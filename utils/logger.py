@@ -47,6 +47,45 @@ def get_logger(name: str, log_file: Optional[str] = None, log_level: int = loggi
     return logger
 
 
+class _EarlyLines(logging.Handler):
+    """Keeps a run's first records (before its log file exists) for :func:`attach_log_file`."""
+
+    def __init__(self):
+        super().__init__()
+        self.records = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+def start_run_logger(name: str) -> logging.Logger:
+    """A run's logger before its folder exists (the config is checked first): console as usual,
+    and every record kept until :func:`attach_log_file` writes them to the run log."""
+    _initialized.discard(name)  # a fresh console handler (on the current stderr) and no file of an earlier run
+    logger = get_logger(name)
+    if _rank() == 0:
+        logger.addHandler(_EarlyLines())
+    return logger
+
+
+def attach_log_file(logger: logging.Logger, log_file: str) -> logging.Logger:
+    """Add the run's log file to ``logger`` (rank 0), writing the records kept since
+    :func:`start_run_logger` first."""
+    early = [h for h in logger.handlers if isinstance(h, _EarlyLines)]
+    for handler in early:
+        logger.removeHandler(handler)
+    if _rank() != 0:
+        return logger
+    os.makedirs(os.path.dirname(os.path.abspath(log_file)), exist_ok=True)
+    file_handler = logging.FileHandler(log_file, "a", encoding="utf-8")
+    file_handler.setFormatter(logging.Formatter("%(asctime)s - %(name)s - %(levelname)s - %(message)s"))
+    for handler in early:
+        for record in handler.records:
+            file_handler.handle(record)
+    logger.addHandler(file_handler)
+    return logger
+
+
 def log_to_file(msg: str, logger, level: int = logging.INFO) -> bool:
     """Write ``msg`` to the log file(s) of ``logger`` (a Logger or a name) only, not to the console
     (e.g. per-category figures). Returns False when the logger writes no file (nothing is written)."""

@@ -4,15 +4,13 @@ command uses (:class:`HelpFormatter`: each flag's help ends with its default).""
 from __future__ import annotations
 
 import argparse
-import atexit
-import glob
 import os
-import socket
-import sys
-from pathlib import Path
+from typing import Optional
 
-from utils.cli import InputError
 from utils.config import CHOICE_KEYS
+from utils.settings import progress_enabled as _progress_enabled
+from utils.rundir import (LOCK_NAME, RunDirError, acquire_run_lock, check_no_checkpoints,  # noqa: F401 (re-exported)
+                          release_run_lock)
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -47,7 +45,7 @@ COMMON_ARGS = {
     "seed": (("--seed",), dict(type=int, default=0, help="random seed")),
     "deterministic": (("--deterministic",), dict(action="store_true", help="deterministic kernels (slower)")),
     "device": (("--device",), dict(type=str, default=None, help="cuda, cuda:N or cpu (default: CUDA when present)")),
-    "fps_backend": (("--fps_backend",), dict(choices=["auto", "torch", "triton", "pointnet2_ops"], default=None,
+    "fps_backend": (("--fps_backend",), dict(choices=CHOICE_KEYS["fps_backend"], default=None,
                                              help="farthest point sampling on CUDA: auto (triton when it imports, "
                                                   "else torch), torch, triton, pointnet2_ops (default: the config's "
                                                   "fps_backend, else $INTERMAE_FPS_BACKEND, else auto)")),
@@ -57,11 +55,16 @@ COMMON_ARGS = {
                                                       "exact to ~1e-6 relative, a faster step) or exact (the released order "
                                                       "of operations) (default: the config's embed_compute, else "
                                                       "$INTERMAE_EMBED_COMPUTE, else fast)")),
-    "amp": (("--amp",), dict(nargs="?", const="bf16", default=None, choices=["off", "bf16", "fp16"],
+    "amp": (("--amp",), dict(nargs="?", const="bf16", default=None, choices=CHOICE_KEYS["amp"],
                              help="mixed precision: bf16 autocast (--amp alone), fp16 autocast with loss scaling "
                                   "(CUDA), or off (default: the config's amp, else off)")),
     "partial_load": (("--partial_load",), dict(action="store_true", help="load checkpoints non-strictly: report "
                                                                             "missing and unexpected keys instead of failing")),
+    "trust_checkpoint": (("--trust_checkpoint",), dict(
+        action="store_true", help="load the checkpoint files given to this command with full unpickling (one "
+                                  "warning line each), which runs any code they hold: only for files you trust. "
+                                  "Without it a checkpoint holding other Python objects than tensors, plain types "
+                                  "and NumPy arrays / scalars is refused (README 'Reliability and security')")),
     "data_root": (("--data_root",), dict(type=str, default=None, metavar="DIR",
                                          help="folder holding the datasets: every dataset path of the config that "
                                               "starts with data/ is read from DIR instead (e.g. "
@@ -89,7 +92,7 @@ def add_common_args(parser: argparse.ArgumentParser, *names: str, **defaults) ->
 
 def progress_enabled(args) -> bool:
     """Progress bars: on unless ``--no_progress`` or stderr is not a terminal (logs redirected to a file)."""
-    return not getattr(args, "no_progress", False) and sys.stderr.isatty()
+    return _progress_enabled(bool(args.no_progress))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -109,12 +112,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--ckpts", type=str, default=None,
                         help="checkpoint: the pre-trained model to fine-tune (--finetune_model), the model to test "
                              "(--test), or a warm start in pre-training (same as --start_ckpts) (default: none)")
-    add_common_args(parser, "partial_load")
+    add_common_args(parser, "partial_load", "trust_checkpoint")
     parser.add_argument("--val_freq", type=int, default=1, help="validate every this many epochs")
     parser.add_argument("--vote", action="store_true",
                         help="voting evaluation: with --test, voting.repeats runs of voting.times passes; when "
                              "fine-tuning, a voting validation once the accuracy passes the released thresholds")
-    parser.add_argument("--resume", action="store_true", help="continue the experiment from its ckpt-last.pth")
+    parser.add_argument("--resume", nargs="?", const=True, default=False, choices=["auto"],
+                        help="continue the experiment from its ckpt-last.pth (with --opts: the changed keys are "
+                             "listed, the schedule follows a new max_epoch, a new lr applies; the model's shape "
+                             "cannot change). --resume auto: continue when the run has a ckpt-last.pth, else start "
+                             "it (for requeued jobs and torchrun --max-restarts) (default: a new run)")
     parser.add_argument("--overwrite", action="store_true",
                         help="start a new run in an experiment directory that already holds checkpoints")
     parser.add_argument("--test", action="store_true", help="evaluate the classifier --ckpts on dataset.test")
@@ -180,6 +187,10 @@ def find_test_config(parser: argparse.ArgumentParser, ckpts: str) -> str:
 
 
 def get_args(argv=None) -> argparse.Namespace:
+    """``main.py``'s flags, checked together (:func:`check_combinations`). Two are completed here:
+    ``--config`` of ``--test`` without one (the run's saved config, ``config_from_run``), and
+    ``--start_ckpts`` from a pre-training ``--ckpts`` (a warm start, ``ckpts_warm_start``). Every
+    other derived setting is made once, by :func:`utils.settings.build_run_settings`."""
     parser = build_parser()
     args = parser.parse_args(argv)
     check_combinations(parser, args)
@@ -199,104 +210,20 @@ def get_args(argv=None) -> argparse.Namespace:
         args.ckpts_warm_start = True
     if "LOCAL_RANK" in os.environ:
         args.local_rank = int(os.environ["LOCAL_RANK"])
-    args.progress = progress_enabled(args)
-    if args.test:
-        args.exp_name = "test_" + args.exp_name
-    if args.mode is not None:
-        args.exp_name = args.exp_name + "_" + args.mode
-    stem = Path(args.config).stem
-    if (args.resume or args.config_from_run) and Path(args.config).name in ("config.yaml", "config.json"):
-        stem = Path(args.config).parent.parent.name  # a saved run config: the run's own config stem
-    elif args.config_from_run:  # the .json beside a .safetensors export
-        stem = Path(args.ckpts).stem
-    args.experiment_path = os.path.join(args.experiment_root, stem, args.exp_name)
-    args.tfboard_path = os.path.join(args.experiment_root, stem, "TFBoard", args.exp_name)
-    args.log_name = stem
     return args
 
 
-class RunDirError(InputError, RuntimeError):
-    """An experiment directory cannot be used: it holds another run's checkpoints, or a live run holds it."""
+def create_experiment_dir(experiment_path: str, tfboard_path: Optional[str], resume: bool, overwrite: bool,
+                          logger=None) -> str:
+    """Make the experiment (and TensorBoard) folders, refuse a folder holding another run's
+    checkpoints (:func:`check_no_checkpoints`), take its lock (:func:`acquire_run_lock`) and remove
+    the temporary files of a save a kill interrupted. Rank 0 only. Returns the lock path."""
+    from utils.checkpoint import remove_orphan_temporaries
 
-
-LOCK_NAME = ".lock"
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, another user's
-        return True
-    return True
-
-
-def acquire_run_lock(folder: str, logger=None) -> str:
-    """Create ``<folder>/.lock`` (O_CREAT | O_EXCL) holding ``pid hostname``; returns its path.
-
-    A lock of a live process, or of another host, is a RunDirError naming the pid; a lock whose pid
-    is not alive on this host is stale and is replaced (one log line). Released by
-    :func:`release_run_lock` (also registered with ``atexit``).
-    """
-    from utils.logger import print_log
-
-    path = os.path.join(folder, LOCK_NAME)
-    host = socket.gethostname()
-    for _ in range(3):
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            try:
-                with open(path) as f:
-                    words = f.read().split()
-                pid, owner = int(words[0]), (words[1] if len(words) > 1 else host)
-            except (OSError, ValueError, IndexError):
-                pid, owner = -1, host  # unreadable or half-written: treat as stale
-            if owner == host and (pid <= 0 or not _pid_alive(pid)):
-                print_log(f"Removing the stale lock {path} (pid {pid} on {owner} is not running)", logger=logger)
-                try:
-                    os.remove(path)
-                except FileNotFoundError:
-                    pass
-                continue
-            raise RunDirError(f"experiment directory {folder} is in use by another run (pid {pid} on {owner}, "
-                              f"lock file {path}); wait for it to finish, or use another --exp_name") from None
-        with os.fdopen(fd, "w") as f:
-            f.write(f"{os.getpid()} {host}\n")
-        atexit.register(release_run_lock, path)
-        return path
-    raise RunDirError(f"could not take the lock {path}")
-
-
-def release_run_lock(path) -> None:
-    """Remove the lock at ``path`` if this process holds it."""
-    if not path:
-        return
-    try:
-        with open(path) as f:
-            words = f.read().split()
-        if words and int(words[0]) == os.getpid():
-            os.remove(path)
-    except (OSError, ValueError):
-        pass
-
-
-def check_no_checkpoints(folder: str, resume: bool, overwrite: bool) -> None:
-    """A new run refuses an experiment directory that holds checkpoints, unless --resume or --overwrite."""
-    found = sorted(glob.glob(os.path.join(glob.escape(folder), "ckpt-*.pth")))
-    if found and not resume and not overwrite:
-        raise RunDirError(f"experiment directory {folder} already holds checkpoints ({os.path.basename(found[0])}"
-                          f"{f' and {len(found) - 1} more' if len(found) > 1 else ''}): pass --resume to continue "
-                          f"that run, --overwrite to start a new run over it, or choose another --exp_name")
-
-
-def create_experiment_dir(args, logger=None) -> str:
-    """Make the experiment and TensorBoard folders, refuse a folder holding another run's checkpoints
-    (:func:`check_no_checkpoints`) and take its lock (:func:`acquire_run_lock`). Rank 0 only.
-    Returns the lock path (``args.lock_path``)."""
-    os.makedirs(args.experiment_path, exist_ok=True)
-    os.makedirs(args.tfboard_path, exist_ok=True)
-    check_no_checkpoints(args.experiment_path, getattr(args, "resume", False), getattr(args, "overwrite", False))
-    args.lock_path = acquire_run_lock(args.experiment_path, logger)
-    return args.lock_path
+    os.makedirs(experiment_path, exist_ok=True)
+    if tfboard_path:
+        os.makedirs(tfboard_path, exist_ok=True)
+    check_no_checkpoints(experiment_path, resume, overwrite)
+    lock = acquire_run_lock(experiment_path, logger)
+    remove_orphan_temporaries(experiment_path, logger)
+    return lock

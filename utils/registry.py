@@ -49,14 +49,18 @@ class Registry:
             schema.check(cfg, f"{where} ({cfg['NAME']})")
         return cls
 
-    def build(self, cfg: Any, default_args: Optional[dict] = None) -> Any:
-        """Check ``cfg`` (see :meth:`check`) and build ``cfg.NAME`` with it as the only argument.
+    def build(self, cfg: Any, default_args: Optional[dict] = None, **kwargs) -> Any:
+        """Check ``cfg`` (see :meth:`check`) and build ``cfg.NAME`` from it: ``cls.from_config(cfg,
+        **kwargs)`` when the class has that constructor, else ``cls(cfg, **kwargs)``.
 
         ``default_args`` (e.g. a dataset's ``others``) are merged into a copy of ``cfg`` first;
         their values win, as in the released ``build_dataset_from_cfg(cfg._base_, cfg.others)``.
+        ``kwargs``: keyword arguments for the constructor (a model's compute switches).
         """
         from utils.schema import merge_into
 
         if default_args:
             cfg = merge_into(cfg, default_args)
-        return self.check(cfg, self.name.rstrip("s"))(cfg)
+        cls = self.check(cfg, self.name.rstrip("s"))
+        make = getattr(cls, "from_config", None)
+        return make(cfg, **kwargs) if make is not None else cls(cfg, **kwargs)

@@ -1,0 +1,558 @@
+"""Your own point clouds: a folder of files as a dataset (``NAME: PointCloudFolder``).
+
+Two layouts, chosen by ``labels``:
+
+* ``labels: true`` (classification): one subfolder per class, the ImageFolder convention; the
+  classes are the sorted subfolder names (files may lie at any depth below their class folder).
+* ``labels: false`` (pre-training): any folder tree; every file is a sample.
+
+Splits: with ``train/`` and ``test/`` subfolders (each in the layout above) those are the
+subsets. Otherwise a seeded split (stratified by class when labelled; ``split_ratio`` of each
+class goes to ``test``), written to ``split_file`` (a JSON file, set to ``<run dir>/split.json``
+by :func:`attach_split_files`) when it does not exist yet and read from it when it does, so a
+run (and its ``--test``) can be repeated exactly.
+
+Files (any mix; see :mod:`datasets.io`): ``.ply`` (ascii / binary; with faces: a mesh),
+``.xyz`` / ``.txt`` / ``.pts`` / ``.csv``, ``.npy`` / ``.npz``, meshes ``.off`` / ``.obj`` /
+``.stl``. Each file gives ``N_POINTS`` points: meshes are sampled on their surface
+(area-weighted), larger clouds reduced to a subset, both seeded by the file's bytes and
+``sample_seed``. Names starting with ``.`` (files and folders) are skipped.
+
+Every file is read once when the dataset is built (one scan, with a progress bar): a bad file
+(empty, unreadable, non-finite, too few points, unknown extension, outside a class folder)
+stops the run before the first epoch with one line listing every bad file. The points read go
+into a cache (``.npy`` per file, keyed on absolute path, size, mtime, ``N_POINTS``,
+``sample_seed``): later epochs and later runs read the cache, not the files. The cache folder is
+``CACHE_DIR``, by default ``<DATA_PATH>/.intermae_cache``, or ``$XDG_CACHE_HOME/inter-mae/folders``
+(``~/.cache/...``) when the data folder is read-only; ``cache: false`` turns it off.
+
+Items: ``(class name or 'folder', relative path, data)``. Labelled: ``data = (points (N_POINTS, 3)
+float32, label)``, centred and scaled into the unit sphere (the point order shuffled when
+``subset`` is ``train``, as ModelNet; the runner samples ``npoints`` by FPS). Unlabelled:
+``data = points (npoints, 3)`` (a random ``npoints`` of the file's points, then normalised, as
+ShapeNet-55) or, with ``n_imgs > 0`` (``IMG_SOURCE: projected``), ``{'points', 'imgs'}``: views
+rendered from the file's normalised points by :mod:`datasets.render` and cached as PNGs.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import tempfile
+import time
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from utils.logger import print_log
+
+from .build import DATASETS
+from .common import DatasetFormatError, dataset_schema, pc_normalize, random_subset
+from .io import CLOUD_EXTS, BadFileError, load_cloud_file
+from .views import VIEW_KEYS, check_view_config, choose_views, project_views
+
+NAME = "PointCloudFolder"
+LAYOUT = """  labels: true   <DATA_PATH>/<class>/.../<file>              (one subfolder per class)
+  labels: false  <DATA_PATH>/.../<file>                      (any tree)
+  optional split <DATA_PATH>/train/... and <DATA_PATH>/test/... (each in the layout above)
+  files: """ + " ".join(CLOUD_EXTS)
+CACHE_FOLDER = ".intermae_cache"
+CACHE_VERSION = 1  # bump when the reading / sampling of a format changes
+SUBSETS = ("train", "test", "all")
+SPLIT_DIRS = ("train", "test")
+DEFAULT_SPLIT_RATIO = 0.2
+LOGGER = NAME
+
+# Actual file reads (cache misses) of this process, for tests and benchmarks.
+PARSE_COUNT = {"files": 0}
+
+
+# ---------------------------------------------------------------------------------------- cache
+def user_cache_dir() -> str:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "inter-mae", "folders")
+
+
+def _writable(folder: str) -> bool:
+    try:
+        os.makedirs(folder, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".probe-", dir=folder)
+        os.close(fd)
+        os.remove(probe)
+        return True
+    except OSError:
+        return False
+
+
+def resolve_cache_dir(root: str, configured: Optional[str] = None, enabled: bool = True) -> Optional[str]:
+    """The cache folder: ``configured``, else ``<root>/.intermae_cache``, else the user cache
+    folder when the data folder is read-only; None when disabled or nothing is writable."""
+    if not enabled:
+        return None
+    candidates = [configured] if configured else [os.path.join(root, CACHE_FOLDER), user_cache_dir()]
+    return next((c for c in candidates if _writable(c)), None)
+
+
+class CloudCache:
+    """Parsed and sampled clouds as ``<folder>/<sha1>.npy``, keyed on the file's absolute path,
+    size and mtime and the sampling parameters. Writes are atomic (temporary file + rename); an
+    unreadable entry counts as a miss and is rewritten. ``folder`` None: no cache."""
+
+    def __init__(self, folder: Optional[str], n_points: int, seed: int):
+        self.folder, self.n_points, self.seed = folder, int(n_points), int(seed)
+
+    def key(self, path: str) -> str:
+        st = os.stat(path)
+        ident = f"{os.path.abspath(path)}|{st.st_size}|{st.st_mtime_ns}|{self.n_points}|{self.seed}|{CACHE_VERSION}"
+        return hashlib.sha1(ident.encode("utf-8", errors="surrogateescape")).hexdigest()
+
+    def entry(self, path: str, suffix: str = ".npy") -> Optional[str]:
+        return None if self.folder is None else os.path.join(self.folder, self.key(path) + suffix)
+
+    def has(self, path: str) -> bool:
+        entry = self.entry(path)
+        return entry is not None and os.path.isfile(entry)
+
+    def points(self, path: str) -> np.ndarray:
+        """The file's (n_points, 3) float32 points: from the cache, else read (and cached)."""
+        entry = self.entry(path)
+        if entry is not None and os.path.isfile(entry):
+            try:
+                pts = np.load(entry, allow_pickle=False)
+                if pts.shape == (self.n_points, 3) and pts.dtype == np.float32:
+                    return pts
+            except (OSError, ValueError):
+                pass  # a damaged entry: read the file again
+        PARSE_COUNT["files"] += 1
+        pts = load_cloud_file(path, self.n_points, self.seed)
+        if entry is not None:
+            write_atomic(entry, lambda f: np.save(f, pts))
+        return pts
+
+
+def write_atomic(path: str, write) -> bool:
+    """``write(f)`` to a temporary file beside ``path``, renamed over it (readers never see a
+    partial file). A cache write that fails (disk full, permissions) is skipped: returns False."""
+    folder = os.path.dirname(path)
+    tmp = None
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+        return True
+    except OSError:
+        if tmp is not None and os.path.exists(tmp):
+            os.remove(tmp)
+        return False
+
+
+# ----------------------------------------------------------------------------------------- scan
+def _visible(name: str) -> bool:
+    return not name.startswith(".")
+
+
+def _walk_files(folder: str) -> List[str]:
+    """Every visible file under ``folder`` (recursive, sorted, hidden names skipped)."""
+    out = []
+    for cur, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if _visible(d))
+        out += [os.path.join(cur, f) for f in sorted(files) if _visible(f)]
+    return out
+
+
+def _subdirs(folder: str) -> List[str]:
+    return sorted(d for d in os.listdir(folder) if _visible(d) and os.path.isdir(os.path.join(folder, d)))
+
+
+def has_split_dirs(root: str) -> bool:
+    return all(os.path.isdir(os.path.join(root, d)) for d in SPLIT_DIRS)
+
+
+class FolderScan:
+    """The files of a folder: ``files`` {subset ('train'/'test' for a train/ test/ layout, else
+    'all'): [(relative path, class name or None)]}, ``classes`` (sorted; labelled only) and
+    ``bad`` [(relative path, reason)] (every file is read once, through the cache)."""
+
+    def __init__(self, root: str, labelled: bool, cache: CloudCache, progress: bool = True):
+        self.root, self.labelled = root, labelled
+        self.bad: List[Tuple[str, str]] = []
+        self.files: Dict[str, List[Tuple[str, Optional[str]]]] = {}
+        self.classes: List[str] = []
+        self.split_dirs = has_split_dirs(root)
+        self.ignored: List[str] = []
+        parts = SPLIT_DIRS if self.split_dirs else ("all",)
+        if self.split_dirs:
+            self.ignored = [n for n in os.listdir(root) if _visible(n) and n not in SPLIT_DIRS]
+        candidates: Dict[str, List[Tuple[str, Optional[str]]]] = {}
+        for part in parts:
+            base = root if part == "all" else os.path.join(root, part)
+            candidates[part] = self._list(base, part)
+        if labelled:
+            self._check_classes(candidates)
+        self.cached_before = 0
+        todo = [rel for part in parts for rel, _ in candidates[part]]
+        bad = self._read_all(todo, cache, progress)
+        self.bad = [(rel, bad[rel]) for rel in todo if rel in bad] + self.bad
+        for part in parts:
+            self.files[part] = [(rel, c) for rel, c in candidates[part] if rel not in bad]
+
+    def _list(self, base: str, part: str) -> List[Tuple[str, Optional[str]]]:
+        out = []
+        prefix = "" if part == "all" else part + "/"
+        if not self.labelled:
+            return [(os.path.relpath(p, self.root).replace(os.sep, "/"), None) for p in _walk_files(base)]
+        for name in sorted(os.listdir(base)):
+            full = os.path.join(base, name)
+            if _visible(name) and os.path.isfile(full):
+                self.bad.append((prefix + name, "not in a class subfolder"))
+        for cls in _subdirs(base):
+            out += [(os.path.relpath(p, self.root).replace(os.sep, "/"), cls)
+                    for p in _walk_files(os.path.join(base, cls))]
+        return out
+
+    def _check_classes(self, candidates) -> None:
+        where = {part: (self.root if part == "all" else os.path.join(self.root, part)) for part in candidates}
+        first = "train" if self.split_dirs else "all"
+        classes = _subdirs(where[first])
+        if not classes:
+            raise DatasetFormatError(f"{NAME}: no class subfolders in {where[first]} (labels: true expects one "
+                                     f"subfolder per class; for pre-training on any tree use labels: false). "
+                                     f"Expected layout:\n{LAYOUT}")
+        for part, items in candidates.items():
+            counts = {c: 0 for c in _subdirs(where[part])}
+            for _, c in items:
+                counts[c] += 1
+            empty = [c for c, n in counts.items() if n == 0]
+            if empty:
+                raise DatasetFormatError(f"{NAME}: class folder(s) with no files in {where[part]}: "
+                                         f"{', '.join(empty)}; add files or remove the folder(s)")
+            extra = sorted(set(counts) - set(classes))
+            if extra:
+                raise DatasetFormatError(f"{NAME}: {where[part]} has class folder(s) {', '.join(extra)} that "
+                                         f"{where[first]} lacks; the classes are the training folder's subfolders")
+        self.classes = classes
+
+    def _read_all(self, rels: Sequence[str], cache: CloudCache, progress: bool) -> Dict[str, str]:
+        """{relative path: reason} of the files that cannot be used; the others land in the cache."""
+        bad: Dict[str, str] = {}
+        todo = []
+        for rel in rels:
+            path = os.path.join(self.root, rel)
+            ext = os.path.splitext(rel)[1].lower()
+            if ext not in CLOUD_EXTS:
+                bad[rel] = f"unknown extension {ext or '(none)'}; expected one of {' '.join(CLOUD_EXTS)}"
+            elif cache.folder is not None and cache.has(path):
+                self.cached_before += 1
+            else:
+                todo.append(rel)
+        if not todo:
+            return bad
+        from tqdm import tqdm
+
+        show = progress and len(todo) > 1 and sys.stderr.isatty()
+        bar = tqdm(total=len(todo), desc=f"reading {os.path.basename(os.path.normpath(self.root))}", disable=not show,
+                   dynamic_ncols=True, leave=False)
+        paths = [os.path.join(self.root, rel) for rel in todo]
+        workers = scan_workers(len(todo), cache)
+        if workers > 1:  # the first read of a large folder: one process per core (the cache is the result)
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+                for rel, reason in zip(todo, pool.map(_read_one, [(p, cache) for p in paths], chunksize=4)):
+                    PARSE_COUNT["files"] += 1
+                    if reason is not None:
+                        bad[rel] = reason
+                    bar.update()
+        else:
+            for rel, path in zip(todo, paths):
+                reason = _read_one((path, cache))
+                if reason is not None:
+                    bad[rel] = reason
+                bar.update()
+        bar.close()
+        return bad
+
+
+PARALLEL_SCAN_MIN_FILES = 64  # fewer files to read: one process (starting workers costs more)
+
+
+def scan_workers(n_files: int, cache: CloudCache) -> int:
+    """Processes for the first read of ``n_files``: the usable cores (at most 16) when there are at
+    least :data:`PARALLEL_SCAN_MIN_FILES`, the cache is on (it carries the result) and ``fork``
+    exists; else 1."""
+    import multiprocessing
+
+    if n_files < PARALLEL_SCAN_MIN_FILES or cache.folder is None or "fork" not in multiprocessing.get_all_start_methods():
+        return 1
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    return max(1, min(cores, 16))
+
+
+def _read_one(job) -> Optional[str]:
+    """Read one file into the cache; the reason it is bad, or None."""
+    path, cache = job
+    try:
+        cache.points(path)
+        return None
+    except BadFileError as e:
+        return e.reason
+
+
+def bad_files_error(root: str, bad: Sequence[Tuple[str, str]]) -> DatasetFormatError:
+    listed = ", ".join(f"{rel} ({reason})" for rel, reason in bad)
+    return DatasetFormatError(f"{len(bad)} bad file{'s' if len(bad) != 1 else ''} in {root}: {listed}; fix or remove "
+                              f"them (README 'Your own data')")
+
+
+_SCANS: Dict[tuple, FolderScan] = {}
+
+
+def scan_folder(root: str, labelled: bool, cache: CloudCache, progress: bool = True) -> FolderScan:
+    """:class:`FolderScan` of ``root``, remembered for this process while no file changed (the train,
+    val and test datasets of a run share one scan)."""
+    stamp = []
+    for path in _walk_files(root):
+        try:
+            st = os.stat(path)
+            stamp.append((path, st.st_size, st.st_mtime_ns))
+        except OSError:
+            stamp.append((path, -1, -1))
+    key = (os.path.abspath(root), labelled, cache.folder, cache.n_points, cache.seed, tuple(stamp))
+    if key not in _SCANS:
+        _SCANS.clear()  # keep one
+        _SCANS[key] = FolderScan(root, labelled, cache, progress)
+    return _SCANS[key]
+
+
+# ---------------------------------------------------------------------------------------- split
+def stratified_split(items: Sequence[Tuple[str, Optional[str]]], ratio: float, seed: int) -> Dict[str, List[str]]:
+    """{'train': [...], 'test': [...]} relative paths: per class (sorted by name), a seeded
+    permutation of its sorted files, ``round(ratio * n)`` of them to test (at least 1 when
+    ``ratio > 0`` and the class has 2 or more files; at least 1 always kept for train)."""
+    rng = np.random.default_rng(int(seed))
+    groups: Dict[Optional[str], List[str]] = {}
+    for rel, cls in items:
+        groups.setdefault(cls, []).append(rel)
+    train, test = [], []
+    for cls in sorted(groups, key=lambda c: "" if c is None else c):
+        files = sorted(groups[cls])
+        order = [files[i] for i in rng.permutation(len(files))]
+        n_test = int(round(ratio * len(files)))
+        if ratio > 0 and len(files) >= 2:
+            n_test = max(n_test, 1)
+        n_test = min(n_test, len(files) - 1)
+        test += sorted(order[:n_test])
+        train += sorted(order[n_test:])
+    return {"train": train, "test": test}
+
+
+def read_split_file(path: str, root: str) -> Dict[str, List[str]]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            split = json.load(f)
+        if not all(isinstance(split.get(s), list) for s in SPLIT_DIRS):
+            raise ValueError("expected lists 'train' and 'test'")
+    except (OSError, ValueError) as e:
+        raise DatasetFormatError(f"{NAME}: split file {path} cannot be read ({e}); delete it to split {root} again") from None
+    return split
+
+
+def write_split_file(path: str, split: Mapping) -> None:
+    from utils.checkpoint import atomic_write
+
+    text = json.dumps(split, indent=1, ensure_ascii=False) + "\n"
+    atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+
+
+# -------------------------------------------------------------------------------------- dataset
+@DATASETS.register_module()
+class PointCloudFolder(Dataset):
+    """A folder of point-cloud and mesh files (module docstring). ``class_names``: the sorted class
+    folder names (labelled), else None; ``files``: this subset's relative paths."""
+
+    config_schema = dataset_schema(
+        required=("DATA_PATH", "N_POINTS", "subset"),
+        optional=("labels", "split_ratio", "split_seed", "split_file", "sample_seed", "cache", "CACHE_DIR")
+        + VIEW_KEYS)
+
+    def __init__(self, config):
+        self.root = str(config.DATA_PATH)
+        self.n_points = int(config.N_POINTS)
+        self.subset = str(config.subset)
+        self.labelled = bool(config.get("labels", True))
+        self.npoints = int(config.get("npoints") or self.n_points)
+        self.n_imgs = int(config.get("n_imgs", 0) or 0)
+        self.img_size = int(config.get("IMG_SIZE", 224))
+        self._check_config(config)
+        seed = int(config.get("sample_seed", 0) or 0)
+        cache_dir = resolve_cache_dir(self.root, config.get("CACHE_DIR"), bool(config.get("cache", True)))
+        if config.get("cache", True) and cache_dir is None:
+            print_log(f"[{NAME}] no writable cache folder (tried {os.path.join(self.root, CACHE_FOLDER)} and "
+                      f"{user_cache_dir()}): every epoch reads the files", logger=LOGGER)
+        self.cache = CloudCache(cache_dir, self.n_points, seed)
+        start = time.time()
+        scan = scan_folder(self.root, self.labelled, self.cache)
+        if scan.bad:
+            raise bad_files_error(self.root, scan.bad)
+        self.class_names: Optional[List[str]] = list(scan.classes) if self.labelled else None
+        items = self._subset_items(scan, config)
+        if not items:
+            raise DatasetFormatError(f"{NAME}: subset '{self.subset}' of {self.root} holds no files"
+                                     f"{'' if scan.split_dirs else ' (split_ratio ' + str(self.split_ratio) + ')'}")
+        self.items = items
+        self.files = [rel for rel, _ in items]
+        n_all = sum(len(v) for v in scan.files.values())
+        what = f"{len(self.class_names)} classes ({self._class_list()})" if self.labelled else "unlabelled"
+        print_log(f"[{NAME}] {self.root}: subset '{self.subset}' {len(items)} of {n_all} files, {what}; "
+                  f"{self.n_points} points per file; cache {self.cache.folder or 'off'} "
+                  f"({scan.cached_before} of {n_all + len(scan.bad)} files cached before, {time.time() - start:.1f} s)",
+                  logger=LOGGER)
+        if scan.ignored:
+            print_log(f"[{NAME}] {self.root} has train/ and test/: ignored beside them: {', '.join(scan.ignored)}",
+                      logger=LOGGER)
+
+    def _class_list(self, most: int = 10) -> str:
+        names = self.class_names or []
+        return ", ".join(names[:most]) + (f", ... ({len(names) - most} more)" if len(names) > most else "")
+
+    def _check_config(self, config) -> None:
+        if not os.path.isdir(self.root):
+            hint = ("pass your folder with --data_root DIR" if os.path.normpath(self.root) == "data" else
+                    "check the path, or pass your folder with --data_root DIR")
+            raise DatasetFormatError(f"{NAME}: folder '{self.root}' does not exist; {hint} (DATA_PATH: data in the "
+                                     f"config means the --data_root folder itself). Expected layout:\n{LAYOUT}")
+        if self.subset not in SUBSETS:
+            raise DatasetFormatError(f"{NAME}: subset must be one of {list(SUBSETS)}, got '{self.subset}'")
+        self.split_ratio = float(config.get("split_ratio", DEFAULT_SPLIT_RATIO))
+        if not 0.0 <= self.split_ratio < 1.0:
+            raise DatasetFormatError(f"{NAME}: split_ratio must be in [0, 1) (the test share), got {self.split_ratio}")
+        if self.n_points < 1 or self.npoints > self.n_points:
+            raise DatasetFormatError(f"{NAME}: npoints = {self.npoints} must be at most N_POINTS = {self.n_points}")
+        if self.n_imgs:
+            if self.labelled:
+                raise DatasetFormatError(f"{NAME}: n_imgs > 0 (views for the image branch) needs labels: false "
+                                         f"(pre-training)")
+            check_view_config({"IMG_SOURCE": "projected", **dict(config)}, NAME, allowed_sources=("projected",))
+
+    def _subset_items(self, scan: FolderScan, config) -> List[Tuple[str, Optional[str]]]:
+        if scan.split_dirs:
+            parts = SPLIT_DIRS if self.subset == "all" else (self.subset,)
+            return [item for part in parts for item in scan.files[part]]
+        items = scan.files["all"]
+        if self.subset == "all":
+            return list(items)
+        split_file = config.get("split_file")
+        split = None
+        if split_file and os.path.isfile(split_file):
+            split = read_split_file(split_file, self.root)
+            known = {rel for rel, _ in items}
+            missing = [rel for s in SPLIT_DIRS for rel in split[s] if rel not in known]
+            if missing:
+                raise DatasetFormatError(f"{NAME}: split file {split_file} lists {len(missing)} file(s) that "
+                                         f"{self.root} lacks ({', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''});"
+                                         f" delete the split file to split the folder again")
+            listed = set(split["train"]) | set(split["test"])
+            new = [rel for rel, _ in items if rel not in listed]
+            if new:
+                print_log(f"[{NAME}] {len(new)} file(s) of {self.root} are not in the split file {split_file} and "
+                          f"are left out ({', '.join(new[:3])}{', ...' if len(new) > 3 else ''})", logger=LOGGER)
+        if split is None:
+            seed = int(config.get("split_seed", 0) or 0)
+            split = stratified_split(items, self.split_ratio, seed)
+            split = {"root": os.path.abspath(self.root), "split_ratio": self.split_ratio, "split_seed": seed,
+                     "stratified": self.labelled, **split}
+            if split_file:
+                write_split_file(split_file, split)
+                print_log(f"[{NAME}] split of {self.root} (test share {self.split_ratio}, seed {seed}"
+                          f"{', stratified by class' if self.labelled else ''}): {len(split['train'])} train, "
+                          f"{len(split['test'])} test; written to {split_file}", logger=LOGGER)
+        by_rel = dict(items)
+        return [(rel, by_rel[rel]) for rel in split[self.subset] if rel in by_rel]
+
+    @staticmethod
+    def bind_run_dir(entry: Mapping, run_dir: str) -> bool:
+        """``others.split_file = <run_dir>/split.json`` for a dataset entry that sets no split file
+        (``datasets.build.bind_run_dir``: called before the run's config.yaml is written, so that
+        ``--test`` and ``--resume`` read the split this run draws). Returns whether it was set."""
+        base = entry.get("_base_") if isinstance(entry.get("_base_"), Mapping) else {}
+        if entry.get("others") is None:
+            entry["others"] = {}
+        if entry["others"].get("split_file") or base.get("split_file"):
+            return False
+        entry["others"]["split_file"] = os.path.join(os.path.abspath(run_dir), "split.json")
+        return True
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def path_of(self, index: int) -> str:
+        return os.path.join(self.root, self.items[index][0])
+
+    def points(self, index: int) -> np.ndarray:
+        """The file's ``N_POINTS`` points, raw coordinates (float32), through the cache."""
+        return self.cache.points(self.path_of(index))
+
+    def __getitem__(self, index: int):
+        rel, cls = self.items[index]
+        raw = self.points(index)
+        if self.labelled:
+            points = pc_normalize(raw)
+            if self.subset == "train":
+                points = points[np.random.permutation(points.shape[0])]
+            label = self.class_names.index(cls)
+            return cls, rel, (torch.from_numpy(np.ascontiguousarray(points, dtype=np.float32)), label)
+        points = pc_normalize(random_subset(raw, self.npoints)).astype(np.float32)
+        if not self.n_imgs:
+            return "folder", rel, torch.from_numpy(points)
+        views = choose_views(self.n_imgs)
+        imgs = torch.stack([self.view(index, raw, int(v)) for v in views])
+        return "folder", rel, {"points": torch.from_numpy(points), "imgs": imgs}
+
+    def view(self, index: int, raw: np.ndarray, view: int) -> torch.Tensor:
+        """View ``view`` of the grid (:func:`datasets.render.default_view_grid`) of the file's
+        normalised points, (3, IMG_SIZE, IMG_SIZE) in [0, 1] (8-bit, as cached), from the cache."""
+        entry = self.cache.entry(self.path_of(index), f"-view{view:02d}-{self.img_size}.png")
+        if entry is not None and os.path.isfile(entry):
+            try:
+                with Image.open(entry) as img:
+                    arr = np.asarray(img.convert("RGB"), dtype=np.uint8)
+                if arr.shape == (self.img_size, self.img_size, 3):
+                    return torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(255.0)
+            except (OSError, ValueError):
+                pass
+        img = project_views(pc_normalize(raw), [view], self.img_size)[0]
+        arr = (img.permute(1, 2, 0).numpy() * 255.0 + 0.5).clip(0, 255).astype(np.uint8)
+        if entry is not None:
+            write_atomic(entry, lambda f: Image.fromarray(arr, "RGB").save(f, format="PNG"))
+        return torch.from_numpy(arr).permute(2, 0, 1).float().div_(255.0)
+
+
+# ------------------------------------------------------------------------------ run integration
+def _entry_name(entry: Mapping) -> Optional[str]:
+    others = entry.get("others") if isinstance(entry.get("others"), Mapping) else {}
+    base = entry.get("_base_") if isinstance(entry.get("_base_"), Mapping) else {}
+    return others.get("NAME", base.get("NAME"))
+
+
+def attach_split_files(config: Mapping, run_dir: str) -> List[str]:
+    """For every ``config.dataset.<split>`` entry of this dataset without a ``split_file``, set
+    ``others.split_file = <run_dir>/split.json`` (call once the run directory exists and before
+    its config.yaml is written, so that ``--test`` reuses the split). Returns the splits changed."""
+    changed = []
+    for split, entry in (config.get("dataset") or {}).items():
+        if isinstance(entry, Mapping) and _entry_name(entry) == NAME and PointCloudFolder.bind_run_dir(entry, run_dir):
+            changed.append(split)
+    return changed
+
+
+__all__ = ["PointCloudFolder", "attach_split_files", "scan_folder", "stratified_split", "CloudCache",
+           "resolve_cache_dir", "PARSE_COUNT", "bad_files_error"]

@@ -1,0 +1,331 @@
+"""Your own files as a dataset (datasets/PointCloudFolder.py, datasets/io.load_cloud_file): every
+format (meshes written by trimesh), surface sampling, layouts and splits, the one-line list of bad
+files, the cache, the split file of a run; pre-training on a folder through main.py."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from easydict import EasyDict
+
+import datasets.PointCloudFolder as folder_module
+from datasets import build_dataset_from_cfg
+from datasets.common import DatasetFormatError
+from datasets.io import BadFileError, load_cloud_file, write_ply
+from datasets.PointCloudFolder import PARSE_COUNT, attach_split_files, stratified_split
+
+trimesh = pytest.importorskip("trimesh")
+
+N_POINTS = 96
+# every supported format, in the order the shapes of a class cycle through them
+FORMATS = ("off", "obj", "stl", "mesh.ply", "ply", "ascii.ply", "xyz", "txt", "pts", "csv", "npy", "npz")
+
+
+def make_mesh(kind: str, rng: np.random.Generator):
+    """Separable shapes: a ball, a flat plate, a long stick (randomly scaled a little)."""
+    jitter = rng.uniform(0.85, 1.15, size=3)
+    if kind == "ball":
+        mesh = trimesh.creation.icosphere(subdivisions=2)
+    elif kind == "plate":
+        mesh = trimesh.creation.box(extents=(2.0, 0.15, 2.0))
+    else:
+        mesh = trimesh.creation.cylinder(radius=0.12, height=2.5, sections=12)
+    mesh.apply_scale(jitter)
+    return mesh
+
+
+def write_shape(path: Path, fmt: str, mesh, rng: np.random.Generator, n_cloud: int = 300) -> Path:
+    """``mesh`` as ``fmt``: meshes through trimesh; point formats from surface samples."""
+    stem = path.with_suffix("")
+    if fmt in ("off", "obj", "stl", "mesh.ply"):
+        out = Path(f"{stem}.{fmt.split('.')[-1]}")
+        mesh.export(str(out))
+        return out
+    pts = np.asarray(mesh.sample(n_cloud, seed=int(rng.integers(1 << 30))), dtype=np.float32)
+    out = Path(f"{stem}.{fmt.split('.')[-1]}")
+    if fmt == "ply":
+        write_ply(str(out), pts, normals=np.ones_like(pts))
+    elif fmt == "ascii.ply":
+        write_ply(str(out), pts, binary=False)
+    elif fmt == "xyz":
+        np.savetxt(out, pts)
+    elif fmt == "txt":  # a header line and extra columns, as some exporters write
+        np.savetxt(out, np.c_[pts, np.ones((len(pts), 3))], header="x y z nx ny nz", comments="")
+    elif fmt == "pts":
+        np.savetxt(out, pts, fmt="%.5f", delimiter="\t")
+    elif fmt == "csv":
+        np.savetxt(out, np.c_[pts, np.zeros(len(pts))], delimiter=",", header="x,y,z,intensity", comments="")
+    elif fmt == "npy":
+        np.save(out, pts)
+    elif fmt == "npz":
+        np.savez(out, points=pts, colour=np.zeros((len(pts), 3)))
+    return out
+
+
+def write_folder(root: Path, per_class: int = 6, classes=("ball", "plate", "stick"), split_dirs=None,
+                 seed: int = 0, names=("shape {i} é",)) -> Path:
+    """One subfolder per class holding ``per_class`` shapes that cycle through every format (names
+    with a space and a non-ASCII letter). ``split_dirs`` {'train': n, 'test': m}: train/ and test/."""
+    rng = np.random.default_rng(seed)
+    parts = split_dirs or {"": per_class}
+    for part, n in parts.items():
+        for c, kind in enumerate(classes):
+            folder = root / part / kind
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                write_shape(folder / names[0].format(i=i), FORMATS[(i + c) % len(FORMATS)], make_mesh(kind, rng), rng)
+    return root
+
+
+def folder_dataset(root, **others):
+    base = EasyDict(NAME="PointCloudFolder", DATA_PATH=str(root), N_POINTS=N_POINTS)
+    others.setdefault("subset", "train")
+    return build_dataset_from_cfg(base, others)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_scans():
+    folder_module._SCANS.clear()
+    yield
+    folder_module._SCANS.clear()
+
+
+# ------------------------------------------------------------------------------------ formats
+def test_every_format_reads_to_n_points_deterministically(tmp_path):
+    rng = np.random.default_rng(1)
+    mesh = make_mesh("ball", rng)
+    for fmt in FORMATS:
+        path = write_shape(tmp_path / f"s_{fmt.replace('.', '_')}", fmt, mesh, rng)
+        pts = load_cloud_file(str(path), N_POINTS, seed=0)
+        assert pts.shape == (N_POINTS, 3) and pts.dtype == np.float32, fmt
+        radius = np.linalg.norm(pts, axis=1) / mesh.scale  # all on (or near) the jittered sphere
+        assert np.isfinite(pts).all() and radius.max() < 1.0, fmt
+        np.testing.assert_array_equal(pts, load_cloud_file(str(path), N_POINTS, seed=0))  # seeded
+        moved = tmp_path / "moved" / path.name  # the seed comes from the bytes, not the place
+        moved.parent.mkdir(exist_ok=True)
+        shutil.copy(path, moved)
+        np.testing.assert_array_equal(pts, load_cloud_file(str(moved), N_POINTS, seed=0))
+        if fmt in ("off", "stl"):
+            assert not np.array_equal(pts, load_cloud_file(str(path), N_POINTS, seed=1))
+
+
+def test_mesh_sampling_is_area_weighted_on_the_surface(tmp_path):
+    mesh = trimesh.creation.box(extents=(1.0, 1.0, 4.0))  # 4 long faces of area 4, 2 ends of area 1
+    mesh.export(str(tmp_path / "box.off"))
+    pts = load_cloud_file(str(tmp_path / "box.off"), 6000, seed=0)
+    on_end = np.isclose(np.abs(pts[:, 2]), 2.0, atol=1e-5)
+    on_side = np.isclose(np.abs(pts[:, :2]), 0.5, atol=1e-5).any(axis=1)
+    assert (on_end | on_side).all()  # on the surface
+    assert on_end.mean() == pytest.approx(2 / 18, abs=0.02)  # share of the area, not of the 12 triangles
+
+
+def test_text_files_with_header_commas_and_extra_columns(tmp_path):
+    rows = np.arange(300 * 3, dtype=np.float64).reshape(300, 3) / 7
+    (tmp_path / "a.csv").write_text("x,y,z,i\n" + "".join(f"{x},{y},{z},9\n" for x, y, z in rows))
+    (tmp_path / "b.xyz").write_text("# exported\n\n" + "".join(f"{x} {y}  {z}\n" for x, y, z in rows))
+    for name in ("a.csv", "b.xyz"):
+        np.testing.assert_allclose(load_cloud_file(str(tmp_path / name), 300), rows.astype(np.float32), rtol=1e-6)
+
+
+# ------------------------------------------------------------------------- layouts and splits
+def test_labelled_folder_stratified_split_written_and_reused(tmp_path):
+    root = write_folder(tmp_path / "data", per_class=5)
+    split_file = tmp_path / "run" / "split.json"
+    train = folder_dataset(root, labels=True, split_file=str(split_file), split_ratio=0.4)
+    test = folder_dataset(root, subset="test", labels=True, split_file=str(split_file), split_ratio=0.4)
+    assert train.class_names == ["ball", "plate", "stick"]
+    split = json.loads(split_file.read_text())
+    assert len(split["train"]) == 9 and len(split["test"]) == 6  # 2 of each class's 5 files to test
+    assert sorted(train.files + test.files) == sorted(split["train"] + split["test"])
+    assert not set(train.files) & set(test.files)
+    for cls in train.class_names:
+        assert sum(f.startswith(cls + "/") for f in test.files) == 2
+    cls, rel, (points, label) = test[0]
+    assert rel == test.files[0] and label == test.class_names.index(cls) == test.class_names.index(rel.split("/")[0])
+    assert points.shape == (N_POINTS, 3) and points.dtype == torch.float32
+    assert torch.linalg.norm(points, dim=1).max() == pytest.approx(1.0, abs=1e-5)  # unit sphere
+    # the written split is read back, whatever the ratio / seed now say
+    again = folder_dataset(root, subset="test", labels=True, split_file=str(split_file), split_ratio=0.2, split_seed=5)
+    assert again.files == test.files
+    # a seeded split: the same seed gives the same split, another seed another one
+    items = [(f"c{i % 3}/f{i}", f"c{i % 3}") for i in range(30)]
+    assert stratified_split(items, 0.2, 0) == stratified_split(items, 0.2, 0) != stratified_split(items, 0.2, 1)
+
+
+def test_train_test_subfolders_and_unlabelled_tree(tmp_path):
+    root = write_folder(tmp_path / "data", split_dirs={"train": 2, "test": 1})
+    train = folder_dataset(root, labels=True)
+    test = folder_dataset(root, subset="test", labels=True)
+    assert len(train) == 6 and len(test) == 3 and all(f.startswith("test/") for f in test.files)
+    assert train.class_names == test.class_names == ["ball", "plate", "stick"]
+    np.random.seed(0)
+    pre = folder_dataset(root, labels=False, npoints=64)  # any tree: train/ is the train subset
+    _, rel, points = pre[0]
+    assert len(pre) == 6 and points.shape == (64, 3) and rel.startswith("train/")
+
+
+def test_missing_folder_says_to_pass_data_root(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DatasetFormatError, match="--data_root DIR"):
+        folder_dataset("data")
+
+
+def test_attach_split_files_sets_only_folder_entries_without_one(tmp_path):
+    cfg = EasyDict(dataset={
+        "train": {"_base_": {"NAME": "PointCloudFolder"}, "others": {"subset": "train"}},
+        "val": {"_base_": {"NAME": "PointCloudFolder"}, "others": {"subset": "test", "split_file": "/x.json"}},
+        "extra": {"_base_": {"NAME": "ModelNet"}, "others": {"subset": "test"}}})
+    assert attach_split_files(cfg, str(tmp_path)) == ["train"]
+    assert cfg.dataset.train.others.split_file == str(tmp_path / "split.json")
+    assert cfg.dataset.val.others.split_file == "/x.json" and "split_file" not in cfg.dataset.extra.others
+
+
+# ---------------------------------------------------------------------------------- bad files
+def test_every_bad_file_in_one_line(tmp_path):
+    root = write_folder(tmp_path / "data dir ü", per_class=2)
+    (root / "ball" / "empty.ply").write_bytes(b"")
+    (root / "ball" / "nan.txt").write_text("1 2 3\n4 nan 5\n" + "1 1 1\n" * 200)
+    (root / "plate" / "small.xyz").write_text("1 2 3\n4 5 6\n")
+    (root / "plate" / "broken.npy").write_bytes(b"\x93NUMPY garbage")
+    (root / "stick" / "notes.docx").write_text("hi")
+    (root / "stick" / ".hidden.foo").write_text("skipped")  # hidden: not a file of the set
+    with pytest.raises(DatasetFormatError) as info:
+        folder_dataset(root)
+    msg = str(info.value)
+    assert "\n" not in msg and msg.startswith(f"5 bad files in {root}: ")
+    assert "ball/empty.ply (empty)" in msg
+    assert "ball/nan.txt (non-finite value at row 2" in msg
+    assert f"plate/small.xyz (too small: 2 points, fewer than N_POINTS = {N_POINTS})" in msg
+    assert "plate/broken.npy (unreadable" in msg
+    assert "stick/notes.docx (unknown extension .docx; expected one of .ply" in msg
+    assert ".hidden" not in msg
+
+
+def test_empty_class_folder_and_folder_without_classes(tmp_path):
+    root = write_folder(tmp_path / "data", per_class=1)
+    (root / "empty_class").mkdir()
+    with pytest.raises(DatasetFormatError, match="class folder.*with no files.*empty_class"):
+        folder_dataset(root)
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    with pytest.raises(DatasetFormatError, match="no class subfolders in"):
+        folder_dataset(flat)
+    mesh = trimesh.creation.box()
+    mesh.export(str(flat / "a.off"))
+    with pytest.raises(DatasetFormatError, match="no class subfolders"):
+        folder_dataset(flat)
+    assert len(folder_dataset(flat, labels=False, subset="all")) == 1  # the same files, unlabelled
+
+
+def test_degenerate_mesh_and_load_errors_name_the_file(tmp_path):
+    (tmp_path / "flat.off").write_text("OFF\n3 1 0\n0 0 0\n1 0 0\n2 0 0\n3 0 1 2\n")
+    with pytest.raises(BadFileError, match=r"flat.off: zero surface area"):
+        load_cloud_file(str(tmp_path / "flat.off"), 10)
+    (tmp_path / "x.stl").write_bytes(b"not an stl at all")
+    with pytest.raises(BadFileError, match=r"x.stl: "):
+        load_cloud_file(str(tmp_path / "x.stl"), 10)
+
+
+# -------------------------------------------------------------------------------------- cache
+def test_cache_is_used_from_the_second_epoch_and_by_later_runs(tmp_path):
+    root = write_folder(tmp_path / "data", per_class=3)
+    n_files = 9
+    start = PARSE_COUNT["files"]
+    ds = folder_dataset(root, subset="all")
+    assert PARSE_COUNT["files"] - start == n_files  # the scan read every file once, into the cache
+    cache = root / ".intermae_cache"
+    assert len(list(cache.glob("*.npy"))) == n_files
+    first = [ds[i][2][0] for i in range(len(ds))]  # epoch 1
+    second = [ds[i][2][0] for i in range(len(ds))]  # epoch 2
+    assert PARSE_COUNT["files"] - start == n_files  # both epochs read the cache
+    for a, b in zip(first, second):
+        assert torch.equal(a, b)
+    folder_module._SCANS.clear()  # a later run
+    folder_dataset(root, subset="all")
+    assert PARSE_COUNT["files"] - start == n_files
+    # a changed file is read again; cache: false reads the files every epoch
+    target = root / ds.files[0]
+    os.utime(target, ns=(target.stat().st_atime_ns, target.stat().st_mtime_ns + 10**9))
+    folder_module._SCANS.clear()
+    folder_dataset(root, subset="all")
+    assert PARSE_COUNT["files"] - start == n_files + 1
+    folder_module._SCANS.clear()
+    uncached = folder_dataset(root, subset="all", cache=False)
+    before = PARSE_COUNT["files"]
+    for _ in range(2):
+        fresh = [uncached[i][2][0] for i in range(len(uncached))]
+    assert PARSE_COUNT["files"] - before == 2 * n_files
+    for a, b in zip(first, fresh):
+        assert torch.equal(a, b)  # the same points with or without the cache
+
+
+@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root writes into read-only folders")
+def test_read_only_data_folder_caches_in_the_user_cache(tmp_path, monkeypatch):
+    root = write_folder(tmp_path / "data", per_class=1)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    os.chmod(root, 0o555)
+    try:
+        ds = folder_dataset(root, subset="all")
+    finally:
+        os.chmod(root, 0o755)
+    assert ds.cache.folder == str(tmp_path / "xdg" / "inter-mae" / "folders")
+    assert len(list(Path(ds.cache.folder).glob("*.npy"))) == 3
+
+
+def test_views_for_the_image_branch_are_rendered_once_and_cached(tmp_path):
+    root = write_folder(tmp_path / "data", per_class=1, classes=("ball",))
+    ds = folder_dataset(root, subset="all", labels=False, npoints=64, n_imgs=2, IMG_SIZE=32)
+    np.random.seed(0)
+    _, _, data = ds[0]
+    assert data["points"].shape == (64, 3) and data["imgs"].shape == (2, 3, 32, 32)
+    assert 0.0 <= data["imgs"].min() and data["imgs"].max() == 1.0 and data["imgs"].min() < 0.9  # a shape on white
+    pngs = sorted((root / ".intermae_cache").glob("*.png"))
+    assert len(pngs) == 2
+    np.random.seed(0)
+    assert torch.equal(ds[0][2]["imgs"], data["imgs"])  # the same views, now read from the cache
+    assert sorted((root / ".intermae_cache").glob("*.png")) == pngs
+    with pytest.raises(DatasetFormatError, match="IMG_SOURCE"):
+        folder_dataset(root, subset="all", labels=False, n_imgs=1, IMG_SOURCE="rendered")
+
+
+# ----------------------------------------------------------------------------- main.py runs
+TINY_PRETRAIN_OPTS = ["model.transformer_config.trans_dim=32", "model.transformer_config.encoder_dims=32",
+                      "model.transformer_config.embed_dim=32", "model.transformer_config.depth=1",
+                      "model.transformer_config.num_heads=2", "model.transformer_config.decoder_embed_dim=32",
+                      "model.transformer_config.decoder_depth=1", "model.transformer_config.decoder_num_heads=2",
+                      "model.group_size=8", "model.num_group=8", "npoints=64", "total_bs=4", "max_epoch=1",
+                      f"dataset.train.N_POINTS={N_POINTS}", f"dataset.val.N_POINTS={N_POINTS}",
+                      f"dataset.test.N_POINTS={N_POINTS}", "dataset.train.npoints=64", "dataset.val.npoints=64",
+                      "dataset.test.npoints=64"]
+
+
+IMAGE_BRANCH_OPTS = ["model.image_branch.enabled=true", "model.image_branch.model=vit_tiny_patch16_224",
+                     "model.image_branch.model_kwargs={img_size: 32, depth: 1, embed_dim: 48, num_heads: 2}",
+                     "dataset.train.n_imgs=1", "dataset.train.IMG_SIZE=32"]
+
+
+@pytest.mark.parametrize("branch", ["points", "images"])
+def test_pretrain_on_a_folder_of_clouds_for_one_epoch(tmp_path, branch):
+    import main as main_module
+    from utils.checkpoint import load_checkpoint_file
+
+    root = write_folder(tmp_path / "clouds", per_class=3)
+    exp_root = tmp_path / "exp"
+    main_module.main(["--config", "cfgs/pretrain_folder.yaml", "--exp_name", "mine", "--data_root", str(root),
+                      "--device", "cpu", "--num_workers", "0", "--experiment_root", str(exp_root),
+                      "--opts", *TINY_PRETRAIN_OPTS, *(IMAGE_BRANCH_OPTS if branch == "images" else [])])
+    run = exp_root / "pretrain_folder" / "mine"
+    ckpt = load_checkpoint_file(str(run / "ckpt-last.pth"))
+    assert ckpt["epoch"] == 0 and any(k.startswith("MAE_encoder.") for k in ckpt["base_model"])
+    assert any(k.startswith("image_branch.") for k in ckpt["base_model"]) == (branch == "images")
+    log = next(run.glob("*.log")).read_text()
+    assert "[Validation] EPOCH: 0 val_loss_rec" in log  # on the folder's seeded test share
+    assert ("loss_con_raw" in log) == (branch == "images")
+    assert len(list((root / ".intermae_cache").glob("*.npy"))) == 9
+    assert (run / "split.json").is_file()
+    assert len(list((root / ".intermae_cache").glob("*.png"))) == (4 if branch == "images" else 0)  # 1 view x 4 steps

@@ -1,0 +1,397 @@
+"""Run settings: every choice a run makes, resolved once, in one place.
+
+A command script parses its flags, loads and validates its config (``utils.config``), then calls
+:func:`build_run_settings` (``main.py``) or :func:`build_partseg_settings`
+(``segmentation/main.py``). The result, a frozen :class:`RunSettings`, is handed to the job, the
+builders and the engine, which read nothing else: no ``args``, no environment, no module state.
+This is the only module that reads the ``argparse`` namespace.
+
+Where each setting comes from (the first that is given wins):
+
+=================  ==========================  ===========================  ==========================  ===============================
+setting            flag                        config key                   environment                 default
+=================  ==========================  ===========================  ==========================  ===============================
+device             ``--device`` (``--gpu``)    -                            -                           CUDA (LOCAL_RANK's GPU) if present, else CPU
+amp                ``--amp``                   ``amp``                      -                           ``off``
+fps_backend        ``--fps_backend``           ``fps_backend``              ``INTERMAE_FPS_BACKEND``    ``auto``
+embed_compute      ``--embed_compute``         ``embed_compute``            ``INTERMAE_EMBED_COMPUTE``  ``fast``
+progress           ``--no_progress``           -                            stderr is a terminal        on
+num_workers        ``--num_workers``           -                            -                           4, capped to the usable cores
+seed               ``--seed``                  -                            -                           0
+val_freq           ``--val_freq``              -                            -                           1
+n_epochs           -                           ``max_epoch``, ``epoch_count``                           ``max_epoch + 1`` (released count)
+lr_schedule        segmentation's flag         ``lr_schedule``              -                           ``exact``
+ckpt_period/from   -                           ``ckpt_period``, ``ckpt_from``                           pre-training 10 / 250 (released), else never
+accum, clip        -                           ``step_per_update``, ``grad_norm_clip``                  1, 0 (off)
+experiment_path    ``--experiment_root``, ``--exp_name`` (segmentation: ``--log_root``, ``--log_dir``)  ``experiments/<config stem>/<exp_name>``
+data_root          ``--data_root``             -                            ``DATA_ROOT``               the config's paths
+resume             ``--resume [auto]``         -                            -                           no
+trust_checkpoint   ``--trust_checkpoint``      -                            -                           off (weights-only loading)
+=================  ==========================  ===========================  ==========================  ===============================
+
+``RunSettings.sources`` records, for each of these, which one it was (logged at start-up).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Mapping, Optional, Tuple
+
+import torch
+
+from extensions.pointops import FPS_BACKEND_ENV
+from models.layers import DEFAULT_EMBED_COMPUTE, EMBED_COMPUTE_ENV
+from utils.config import CHOICE_KEYS, resolve_data_root
+from utils.logger import print_log
+from utils.schema import ConfigError, origin_of
+
+AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+RESUME_MODES = ("no", "yes", "auto")
+
+# The released pre-training writes ckpt-epoch-XXX when ``epoch % 10 == 0 and epoch >= 250``
+# (tools/runner_pretrain.py, epochs counted from 0).
+RELEASED_CKPT_PERIOD, RELEASED_CKPT_FROM = 10, 250
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunSettings:
+    """Everything a job needs besides the config sections that describe the model and the data."""
+
+    job: str  # pretrain | finetune | test | partseg | partseg_test
+    # where the run writes
+    experiment_path: str
+    tfboard_path: Optional[str]
+    log_name: str
+    config_path: str
+    command: str = ""
+    # what it starts from
+    ckpts: Optional[str] = None
+    start_ckpts: Optional[str] = None
+    resume: str = "no"  # no | yes | auto (yes when the run has a ckpt-last, else a new run)
+    overwrite: bool = False
+    partial_load: bool = False
+    trust_checkpoint: bool = False
+    # device and arithmetic
+    device: torch.device = torch.device("cpu")
+    amp: str = "off"  # what was asked for
+    amp_dtype: Optional[torch.dtype] = None  # what runs (None: fp32), see engine.engine.resolve_amp
+    fps_backend: str = "auto"
+    embed_compute: str = DEFAULT_EMBED_COMPUTE
+    # processes
+    distributed: bool = False
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    sync_bn: bool = False
+    num_workers: int = 0
+    # randomness
+    seed: int = 0
+    deterministic: bool = False
+    # schedule and checkpoints
+    max_epoch: int = 0
+    n_epochs: int = 0
+    epoch_count: str = "released"
+    lr_schedule: str = "exact"
+    val_freq: int = 1
+    ckpt_period: int = 0
+    ckpt_from: int = 0
+    accum: int = 1
+    clip: float = 0.0
+    # evaluation
+    vote: bool = False
+    few_shot: Optional[Tuple[int, int, int]] = None  # (way, shot, fold)
+    # display and data
+    progress: bool = True
+    data_root: Optional[str] = None
+    sources: Mapping[str, str] = field(default_factory=dict)
+
+    def model_switches(self) -> Dict[str, str]:
+        """The model constructor's compute switches (how, not what, it computes)."""
+        return {"fps_backend": self.fps_backend, "embed_compute": self.embed_compute}
+
+    def replace(self, **changes) -> "RunSettings":
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def is_main_process(self) -> bool:
+        return self.rank == 0
+
+    def describe(self) -> str:
+        """One line: the device and arithmetic settings and where each came from."""
+        parts = [f"{name}: {getattr(self, name)} ({self.sources.get(name, 'default')})"
+                 for name in ("device", "amp", "fps_backend", "embed_compute", "n_epochs", "lr_schedule", "seed")]
+        if self.amp_dtype is None and self.amp != "off":
+            parts[1] = f"amp: {self.amp} refused, fp32 ({self.sources.get('amp', 'default')})"
+        return "Settings: " + "; ".join(parts)
+
+
+@dataclass(frozen=True, kw_only=True)
+class PartSegSettings(RunSettings):
+    """A segmentation run: :class:`RunSettings` plus its data and optimisation flags."""
+
+    root: str = ""
+    npoint: int = 2048
+    batch_size: int = 16
+    vis: int = 0
+    ckpt_dir: str = ""
+    log_dir: str = ""
+
+
+# ------------------------------------------------------------------------------------ resolving
+def amp_mode(cli: Optional[str], config_value=None) -> str:
+    """``off``, ``bf16`` or ``fp16``: the ``--amp`` flag when given, else the config's ``amp``
+    (``true`` means bf16, as before fp16 existed)."""
+    value = cli if cli is not None else config_value
+    if value is None or value is False:
+        return "off"
+    if value is True:
+        return "bf16"
+    if str(value) not in AMP_DTYPES:
+        raise ConfigError(f"amp: expected one of off, bf16, fp16 (or true / false), got {value!r}")
+    return str(value)
+
+
+def cpu_has_native_bf16() -> bool:
+    """avx512_bf16 or AMX: without them bf16 matmuls fall back to slow reference kernels."""
+    checks = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    return any(check() for check in checks if check is not None)
+
+
+def resolve_amp(mode: str, device: torch.device, logger=None) -> Optional[torch.dtype]:
+    """The autocast dtype for ``mode`` on ``device``, or None (fp32). A precision the device
+    cannot run fast is not used: one log line says why and the run continues in fp32."""
+    dtype = AMP_DTYPES[mode]
+    reason = None
+    if dtype is torch.float16 and device.type != "cuda":
+        reason = f"fp16 autocast (with loss scaling) needs a CUDA device, not {device.type}"
+    elif dtype is torch.bfloat16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        reason = f"{torch.cuda.get_device_name(device)} has no bf16 support; use --amp fp16"
+    elif dtype is torch.bfloat16 and device.type == "cpu" and not cpu_has_native_bf16():
+        reason = ("this CPU has no native bf16 instructions (avx512_bf16 / AMX), where bf16 autocast runs "
+                  "about 16x slower than fp32")
+    elif dtype is not None and device.type not in ("cuda", "cpu"):
+        reason = f"autocast is not set up for {device.type}"
+    if reason:
+        print_log(f"--amp {mode} refused: {reason}; training in fp32", logger=logger)
+        return None
+    return dtype
+
+
+def progress_enabled(no_progress: bool) -> bool:
+    """Progress bars: on unless ``--no_progress`` or stderr is not a terminal (logs redirected to a file)."""
+    return not no_progress and sys.stderr.isatty()
+
+
+def choose(name: str, flag: Any, flag_name: str, config: Optional[Mapping] = None, env: Optional[str] = None,
+           default: Any = None) -> Tuple[Any, str]:
+    """(value, where it came from) of a setting: the flag, else the config key ``name``, else the
+    environment variable ``env``, else ``default``. A config or environment value outside
+    ``CHOICE_KEYS[name]`` is a ConfigError naming it."""
+    words = CHOICE_KEYS.get(name)
+    if flag is not None:
+        return flag, flag_name
+    if config is not None and config.get(name) is not None:
+        return config[name], f"config {name}"
+    if env is not None and os.environ.get(env, "").strip():
+        value = os.environ[env].strip()
+        if words is not None and value not in words:
+            raise ConfigError(f"${env} = {value!r}: expected one of {list(words)}")
+        return value, f"${env}"
+    return default, "default"
+
+
+def resolve_device(name: Optional[str], local_rank: int = 0) -> torch.device:
+    """``--device``: 'cuda', 'cuda:1', 'cpu', or None/'auto' (CUDA when present, else CPU). Under
+    torchrun on CUDA each process takes the GPU of its LOCAL_RANK."""
+    if name in (None, "", "auto"):
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"--device {name!r}: expected cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError("--device cuda was asked for but CUDA is not available; use --device cpu")
+        if device.index is None:
+            device = torch.device("cuda", local_rank)
+    return device
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # macOS, Windows
+        return max(1, os.cpu_count() or 1)
+
+
+def epochs_to_run(max_epoch: int, epoch_count: str) -> int:
+    """Epochs a run trains from epoch 0: ``max_epoch + 1`` with ``epoch_count: released`` (the
+    released ``range(start_epoch, max_epoch + 1)``), ``max_epoch`` with ``exact``."""
+    return int(max_epoch) + (1 if epoch_count == "released" else 0)
+
+
+def _runtime(args: argparse.Namespace, config: Mapping, job: str, logger=None) -> Dict[str, Any]:
+    """The device / arithmetic / process settings shared by every job, with their sources."""
+    sources: Dict[str, str] = {}
+    local_rank = int(os.environ.get("LOCAL_RANK", getattr(args, "local_rank", 0) or 0))
+    device_flag = getattr(args, "device", None)
+    if device_flag is None and getattr(args, "gpu", None) is not None:
+        device_flag, sources["device"] = f"cuda:{args.gpu}", "--gpu"
+    device = resolve_device(device_flag, local_rank)
+    sources.setdefault("device", "--device" if device_flag not in (None, "", "auto") else "default")
+    amp, sources["amp"] = choose("amp", getattr(args, "amp", None), "--amp", config, default="off")
+    amp = amp_mode(None, amp)
+    fps_backend, sources["fps_backend"] = choose("fps_backend", getattr(args, "fps_backend", None), "--fps_backend",
+                                                 config, FPS_BACKEND_ENV, "auto")
+    embed, sources["embed_compute"] = choose("embed_compute", getattr(args, "embed_compute", None), "--embed_compute",
+                                             config, EMBED_COMPUTE_ENV, DEFAULT_EMBED_COMPUTE)
+    for name, value in (("amp", amp), ("fps_backend", fps_backend), ("embed_compute", embed)):
+        if value not in CHOICE_KEYS[name]:
+            raise ConfigError(f"'{name}' = {value!r}: expected one of {list(CHOICE_KEYS[name])}", origin_of(config))
+    from utils.dist_utils import get_dist_info
+
+    rank, world_size = get_dist_info()
+    requested = max(0, int(getattr(args, "num_workers", 0) or 0))
+    sources["seed"] = "--seed" if getattr(args, "seed", 0) else "default"
+    return dict(
+        device=device, amp=amp, amp_dtype=resolve_amp(amp, device, logger), fps_backend=fps_backend, embed_compute=embed,
+        distributed=getattr(args, "launcher", "none") != "none", rank=rank, world_size=world_size,
+        local_rank=local_rank, sync_bn=bool(getattr(args, "sync_bn", False)),
+        num_workers=min(requested, usable_cores()), seed=int(getattr(args, "seed", 0)),
+        deterministic=bool(getattr(args, "deterministic", False)),
+        progress=progress_enabled(bool(getattr(args, "no_progress", False))),
+        trust_checkpoint=bool(getattr(args, "trust_checkpoint", False)),
+        partial_load=bool(getattr(args, "partial_load", False)),
+        command=" ".join(sys.argv), sources=sources,
+    )
+
+
+def resume_mode(value: Any) -> str:
+    """``--resume`` (``True``: yes), ``--resume auto`` or absent (``False`` / None: no)."""
+    if value in (None, False, "no"):
+        return "no"
+    if value in (True, "yes"):
+        return "yes"
+    if value == "auto":
+        return "auto"
+    raise ConfigError(f"--resume {value!r}: expected nothing (continue the run) or 'auto'")
+
+
+def experiment_paths(args: argparse.Namespace) -> Tuple[str, str, str]:
+    """(experiment_path, tfboard_path, log name) of a ``main.py`` run: ``<experiment_root>/<config
+    stem>/<exp_name>`` (``test_`` before the name with --test, ``_<mode>`` after it with --mode); a
+    saved run config (``.../<stem>/<name>/config.yaml``) keeps its run's stem."""
+    exp_name = args.exp_name
+    if args.test:
+        exp_name = "test_" + exp_name
+    if getattr(args, "mode", None) is not None:
+        exp_name = exp_name + "_" + args.mode
+    stem = Path(args.config).stem
+    saved = Path(args.config).name in ("config.yaml", "config.json")
+    if (args.resume or args.config_from_run) and saved:
+        stem = Path(args.config).parent.parent.name
+    elif args.config_from_run:  # the .json beside a .safetensors export
+        stem = Path(args.ckpts).stem
+    return (os.path.join(args.experiment_root, stem, exp_name),
+            os.path.join(args.experiment_root, stem, "TFBoard", exp_name), stem)
+
+
+def build_run_settings(args: argparse.Namespace, config: Mapping, job: str, logger=None) -> RunSettings:
+    """The settings of a ``main.py`` run (``job``: pretrain, finetune or test) from its flags and its
+    validated config. Raises ConfigError for a value outside its choices."""
+    runtime = _runtime(args, config, job, logger)
+    sources = dict(runtime.pop("sources"))
+    experiment_path, tfboard_path, log_name = experiment_paths(args)
+    epoch_count = config.get("epoch_count") or CHOICE_KEYS["epoch_count"][0]
+    lr_schedule = config.get("lr_schedule") or CHOICE_KEYS["lr_schedule"][0]
+    max_epoch = int(config.get("max_epoch", 0) or 0)
+    sources.update(n_epochs="config max_epoch, epoch_count", lr_schedule="config lr_schedule"
+                   if config.get("lr_schedule") else "default")
+    period_default, from_default = (RELEASED_CKPT_PERIOD, RELEASED_CKPT_FROM) if job == "pretrain" else (0, 0)
+    few_shot = (args.way, args.shot, args.fold) if getattr(args, "shot", -1) != -1 else None
+    data_root, root_source = resolve_data_root(getattr(args, "data_root", None))
+    if data_root:
+        sources["data_root"] = root_source
+    return RunSettings(
+        job=job, experiment_path=experiment_path, tfboard_path=None if job == "test" else tfboard_path,
+        log_name=log_name, config_path=args.config, ckpts=args.ckpts, start_ckpts=args.start_ckpts,
+        resume=resume_mode(args.resume), overwrite=bool(args.overwrite),
+        max_epoch=max_epoch, n_epochs=epochs_to_run(max_epoch, epoch_count), epoch_count=epoch_count,
+        lr_schedule=lr_schedule, val_freq=int(args.val_freq),
+        ckpt_period=int(config.get("ckpt_period", period_default) or 0),
+        ckpt_from=int(config.get("ckpt_from", from_default) or 0),
+        accum=int(config.get("step_per_update", 1) or 1), clip=float(config.get("grad_norm_clip", 0) or 0),
+        vote=bool(args.vote), few_shot=few_shot, data_root=data_root, sources=sources, **runtime)
+
+
+def build_partseg_settings(args: argparse.Namespace, config: Mapping, logger=None) -> PartSegSettings:
+    """The settings of a ``segmentation/main.py`` run from its flags and the config they map onto
+    (:func:`engine.partseg.config_from_args`)."""
+    runtime = _runtime(args, config, "partseg", logger)
+    sources = dict(runtime.pop("sources"))
+    run_dir = Path(args.log_root) / "part_seg" / args.log_dir
+    lr_schedule = config.get("lr_schedule", "exact")
+    sources["lr_schedule"] = "--lr_schedule"
+    max_epoch = int(config.get("max_epoch", 0) or 0)
+    return PartSegSettings(
+        job="partseg_test" if args.test else "partseg", experiment_path=str(run_dir),
+        tfboard_path=str(run_dir / "logs"), log_name="part_seg", config_path=str(run_dir / "config.yaml"),
+        ckpts=args.ckpts, resume=resume_mode(getattr(args, "resume", False)), overwrite=bool(args.overwrite),
+        max_epoch=max_epoch, n_epochs=max_epoch, epoch_count="exact", lr_schedule=lr_schedule, val_freq=1,
+        ckpt_period=0, ckpt_from=0, accum=1, clip=float(config.get("grad_norm_clip", 0) or 0),
+        root=str(config.seg_root), npoint=int(config.npoints), batch_size=int(config.get("total_bs", args.batch_size)),
+        vis=int(getattr(args, "vis", 0)),
+        ckpt_dir=str(run_dir / "checkpoints"), log_dir=str(run_dir / "logs"), sources=sources, **runtime)
+
+
+def build_tool_settings(args: argparse.Namespace, config: Mapping, tool: str, logger=None) -> RunSettings:
+    """The settings of a tool that runs a model without training it (``tools/svm.py``,
+    ``tools/tsne.py``, ``main_vis.py``, ``tools/predict.py``): device, arithmetic, workers, seed,
+    progress, checkpoint trust."""
+    runtime = _runtime(args, config, tool, logger)
+    return RunSettings(job=tool, experiment_path=str(getattr(args, "experiment_path", "") or ""), tfboard_path=None,
+                       log_name=tool, config_path=str(getattr(args, "config", "") or ""),
+                       ckpts=getattr(args, "ckpts", None), **runtime)
+
+
+# ------------------------------------------------------------------------------- segmentation
+def partseg_config(args: argparse.Namespace):
+    """The config ``segmentation/main.py``'s flags map onto (saved as the run's config.yaml and in
+    every checkpoint): the ``model`` section of the registered ``PartSegTransformer``, AdamW with the
+    released cosine schedule, the epochs, batch size, points and data folder. ``model.patch_embed``
+    may still be ``auto`` (resolved from --ckpts by the job). On ``--resume`` the run's saved
+    config.yaml, with ``--root`` when given."""
+    from easydict import EasyDict
+
+    from utils.config import cfg_from_yaml_file
+    from utils.schema import _set_origin
+
+    run_dir = Path(args.log_root) / "part_seg" / args.log_dir
+    if getattr(args, "resume", False):
+        saved = run_dir / "config.yaml"
+        if not saved.is_file():
+            raise ConfigError(f"--resume: no saved config at {saved}; is --log_dir right?")
+        config = cfg_from_yaml_file(saved)
+        if getattr(args, "root_given", False):
+            config.seg_root = args.root
+        return config
+    model = {"NAME": "PartSegTransformer", "trans_dim": args.trans_dim, "depth": args.depth,
+             "num_heads": args.num_heads, "drop_path_rate": args.drop_path_rate, "num_group": args.num_group,
+             "group_size": args.group_size, "patch_embed": args.patch_embed,
+             "return_layers": list(args.return_layers) if args.return_layers is not None else None,
+             "normal": bool(args.normal), "init": getattr(args, "init", "released")}
+    config = EasyDict({
+        "model": model,
+        "optimizer": {"type": "AdamW", "kwargs": {"lr": args.learning_rate, "weight_decay": args.weight_decay}},
+        "scheduler": {"type": "CosLR", "kwargs": {"epochs": args.epoch, "initial_epochs": args.warmup_epoch}},
+        "max_epoch": args.epoch, "epoch_count": "exact", "lr_schedule": getattr(args, "lr_schedule", "exact"),
+        "grad_norm_clip": args.clip, "total_bs": args.batch_size, "npoints": args.npoint, "seg_root": args.root,
+    })
+    _set_origin(config, "segmentation/main.py flags")
+    return config
+
