@@ -11,7 +11,7 @@ released ``pointnet2_ops`` extension when installed.
 from __future__ import annotations
 
 import functools
-from typing import Optional, Union
+from typing import Union
 
 import torch
 from torch import Tensor

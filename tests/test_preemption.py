@@ -210,7 +210,8 @@ def test_segmentation_interrupted_and_resumed_equals_the_uninterrupted_run(tmp_p
 def test_torchrun_restarts_a_killed_rank_and_the_job_completes(tmp_path, shapenet55_root):
     """2 CPU processes under ``torchrun --max-restarts 1`` with ``--resume auto``: rank 1 is killed
     (SIGKILL) in the middle of epoch 1 of the first attempt; torchrun restarts both, they continue
-    from ckpt-last (epoch 0) and the job completes."""
+    from ckpt-last (epoch 0) and the job completes. (More than one restart is allowed: on a loaded
+    machine a restarted gloo group can fail to connect once, which a restart also absorbs.)"""
     cfg = write_tiny_pretrain_config(tmp_path / "tiny.yaml", shapenet55_root, epochs=3)
     script = tmp_path / "killed.py"
     script.write_text(textwrap.dedent(f"""
@@ -232,7 +233,7 @@ def test_torchrun_restarts_a_killed_rank_and_the_job_completes(tmp_path, shapene
     """))
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "--max-restarts",
-           "1", str(script), "--launcher", "pytorch", "--config", str(cfg), "--exp_name", "elastic", "--resume", "auto",
+           "3", str(script), "--launcher", "pytorch", "--config", str(cfg), "--exp_name", "elastic", "--resume", "auto",
            "--num_workers", "0", "--device", "cpu", "--experiment_root", str(tmp_path / "exp"), "--no_progress"]
     result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -240,3 +241,36 @@ def test_torchrun_restarts_a_killed_rank_and_the_job_completes(tmp_path, shapene
     assert load_checkpoint_file(str(run_dir / "ckpt-last.pth"))["epoch"] == 2
     logs = "".join(p.read_text() for p in sorted(run_dir.glob("*.log")))
     assert "resumed from" in logs and not (run_dir / ".lock").exists()
+
+
+def test_a_rank0_write_failure_stops_every_rank_with_the_same_line(tmp_path, shapenet55_root):
+    """Disk full on rank 0 while saving ckpt-last: both processes end with exit status 2 and the same
+    CheckpointWriteError line (none keeps training), and the run log has it too."""
+    cfg = write_tiny_pretrain_config(tmp_path / "tiny.yaml", shapenet55_root, epochs=2)
+    script = tmp_path / "full_disk.py"
+    script.write_text(textwrap.dedent(f"""
+        import errno, os, sys
+        sys.path.insert(0, {str(REPO)!r})
+        from utils import checkpoint
+        if os.environ.get("RANK") == "0":
+            def full(f):
+                f.write(b"partial")
+                raise OSError(errno.ENOSPC, "No space left on device")
+            checkpoint.atomic_save = lambda obj, path: checkpoint.atomic_write(path, full)
+        import main
+        from utils.cli import run_main
+        sys.argv = ["main.py"] + sys.argv[1:]
+        run_main(main.main)
+    """))
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
+           "--launcher", "pytorch", "--config", str(cfg), "--exp_name", "full", "--num_workers", "0", "--device", "cpu",
+           "--experiment_root", str(tmp_path / "exp"), "--no_progress"]
+    result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    lines = [ln for ln in result.stderr.splitlines() if "error: writing" in ln and "[CheckpointWriteError]" in ln]
+    assert len(lines) == 2 and len({ln.split("error: ", 1)[1] for ln in lines}) == 1, result.stderr[-3000:]
+    assert "No space left on device" in lines[0] and "Traceback" not in result.stderr.split("error: writing")[0][-500:]
+    run_dir = tmp_path / "exp" / "tiny" / "full"
+    assert "CheckpointWriteError" in next(run_dir.glob("*.log")).read_text()
+    assert not (run_dir / "ckpt-last.pth").exists() and not list(run_dir.glob(".tmp-*"))

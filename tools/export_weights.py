@@ -12,6 +12,7 @@ written as ``<out stem>.json`` and read back by every loader (``utils.checkpoint
 """
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -63,6 +64,8 @@ def main(argv=None) -> list:
         print_log(f"[export] config from {source}")
     metadata = {"format": "pt", "source": os.path.basename(args.ckpts), "kind": "encoder" if args.encoder_only else kind,
                 "epoch": str(ckpt.get("epoch", -1))}
+    if ckpt.get("class_names"):  # predictions from the export carry the class names too
+        metadata["class_names"] = json.dumps(list(ckpt["class_names"]))
     written = save_safetensors(weights, out, config=config, metadata=metadata)
     n = sum(v.numel() for v in weights.values())
     print_log(f"[export] {kind} checkpoint {args.ckpts}: {'encoder' if args.encoder_only else 'whole model'}, "

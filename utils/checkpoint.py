@@ -216,6 +216,15 @@ def _load_safetensors(path: str, map_location: Any) -> Dict[str, Any]:
     except Exception as e:  # not a safetensors file, truncated header, ...
         raise CheckpointError(f"safetensors file '{path}' could not be read: {type(e).__name__}: {e}") from None
     ckpt: Dict[str, Any] = {"base_model": OrderedDict(state)}
+    try:
+        from safetensors import safe_open
+
+        with safe_open(path, framework="pt") as f:
+            header = f.metadata() or {}
+        if header.get("class_names"):
+            ckpt["class_names"] = json.loads(header["class_names"])
+    except (ValueError, OSError):  # a header without (readable) class names: weights only
+        pass
     json_path = config_json_path(path)
     if os.path.isfile(json_path):
         try:
@@ -391,10 +400,16 @@ BLOCK_INDEX = re.compile(r"(blocks\.)(\d+)(\.)")
 POINT_MODELS = ("Inter_MAE", "Point_MAE", "PointTransformer", "PartSegTransformer", "PointEncoder", "MaskTransformer")
 
 
-def _config_key(key: str, model_name: str, pretraining: bool) -> str:
+# The reconstruction heads' outputs are 3 * group_size wide (the points of a patch).
+PATCH_OUTPUT_HEADS = ("pre_head.", "increase_dim.")
+
+
+def _config_key(key: str, model_name: str, pretraining: bool, ckpt_shape: tuple = (), model_shape: tuple = ()) -> str:
     """The config key (or segmentation flag) that sets the shape of parameter ``key`` ('-': unknown)."""
     if model_name not in POINT_MODELS:
         return "-"
+    if key.startswith(PATCH_OUTPUT_HEADS) and ckpt_shape[:1] != model_shape[:1]:
+        return "model.group_size"
     bare = key[len("MAE_encoder."):] if key.startswith("MAE_encoder.") else key
     name = next((hint for prefix, hint in SHAPE_HINTS if bare.startswith(prefix)), "trans_dim")
     if model_name == "PartSegTransformer":
@@ -470,12 +485,13 @@ class LoadReport:
         table = [("key", "checkpoint", "model", "config key to change")]
         sizes: Dict[str, Dict[int, int]] = {}
         for (pattern, ckpt_shape, model_shape), count in rows.items():
-            hint = _config_key(pattern, self.model_name, self.pretraining)
+            hint = _config_key(pattern, self.model_name, self.pretraining, ckpt_shape, model_shape)
             table.append((pattern + (f" (x{count})" if count > 1 else ""), str(tuple(ckpt_shape)),
                           str(tuple(model_shape)), hint))
             if hint != "-" and ckpt_shape and model_shape and ckpt_shape[0] != model_shape[0]:
                 votes = sizes.setdefault(hint, {})
-                votes[ckpt_shape[0]] = votes.get(ckpt_shape[0], 0) + count
+                size = ckpt_shape[0] // 3 if hint == "model.group_size" else ckpt_shape[0]  # 3 coordinates per point
+                votes[size] = votes.get(size, 0) + count
         widths = [max(len(r[c]) for r in table) for c in range(4)]
         lines = ["  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in table]
         if sizes:
@@ -494,6 +510,8 @@ class LoadReport:
                 key = "decoder_depth" if "decoder" in stack.lower() else "depth"
                 where = ("--depth" if self.model_name == "PartSegTransformer" else
                          f"model.{'transformer_config.' if self.pretraining else ''}{key}")
+                if stack.startswith(("image_branch.", "inv_head.")):  # the image encoder's blocks: its timm model
+                    where = "model.image_branch.model / model.image_branch.model_kwargs"
                 parts.append(f"{stack}: the checkpoint has {ckpt.get(stack, 0)} blocks, the model "
                              f"{model.get(stack, 0)} (set {where})")
         return "; ".join(parts)

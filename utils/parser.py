@@ -143,7 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
 def check_combinations(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """``parser.error`` (exit status 2, the reason on stderr) for flags that do not go together."""
     fail = parser.error
-    job_flags = [f for f in ("test", "finetune_model", "scratch_model") if getattr(args, f)]
+    job_flags = [flag for flag, given in (("test", args.test), ("finetune_model", args.finetune_model),
+                                          ("scratch_model", args.scratch_model)) if given]
     if len(job_flags) > 1:
         fail(f"--{' and --'.join(job_flags)} cannot be combined: give one job (--test evaluates --ckpts, "
              f"--finetune_model fine-tunes it, --scratch_model trains from scratch)")
