@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional
@@ -274,6 +275,33 @@ def build_training(config, settings: RunSettings, logger=None, model: Optional[n
               f"lr_schedule: {settings.lr_schedule}; model.init: {config.model.get('init', 'released')}",
               logger=logger)
     return TrainState(base_model, optimizer, scheduler, grad_scaler(settings.device, settings.amp_dtype))
+
+
+def train_epoch(model: nn.Module, step, sampler, loader, state: TrainState, settings: RunSettings, config, epoch: int,
+                writer=None, stop=None, logger=None, folder: Optional[str] = None) -> Dict[str, float]:
+    """One training epoch of a job: the sampler's epoch, the schedule's step,
+    :func:`engine.engine.train_one_epoch` (continuing a stopped epoch at its batch), the epoch line.
+    Returns the epoch means as ``train_<name>``. On a stop request: ``ckpt-last`` with the position
+    inside the epoch (in ``folder``, default the run directory), then :class:`engine.preemption.Preempted`."""
+    from engine.engine import log_epoch, train_one_epoch
+    from engine.preemption import preempted
+
+    sampler.set_epoch(epoch)
+    if state.scheduler is not None:
+        state.scheduler.step(epoch)
+    epoch_rng, skip = rng_state(), state.start_step if epoch == state.start_epoch else 0
+    restore = (lambda: set_rng_state(state.rng_at_stop)) if skip and state.rng_at_stop is not None else None
+    start = time.time()
+    result = train_one_epoch(model, step, loader, state.optimizer, settings.device, epoch, accum=settings.accum,
+                             clip=settings.clip, amp=settings.amp_dtype, scaler=state.scaler, writer=writer,
+                             progress=settings.progress and settings.is_main_process, stop=stop, skip=skip,
+                             on_skipped=restore)
+    if result.stopped_at is not None:
+        save_checkpoint(state, "ckpt-last", settings, config, epoch=epoch - 1, next_step=result.stopped_at,
+                        epoch_rng=epoch_rng, folder=folder, logger=logger)
+        raise preempted(stop, settings, epoch, result.stopped_at, len(loader), logger)
+    log_epoch(epoch, settings.n_epochs, result.stats, time.time() - start, state.optimizer, writer, logger)
+    return {f"train_{k}": v for k, v in result.stats.items() if k != "samples_per_s"}
 
 
 def validation_due(epoch: int, settings: RunSettings) -> bool:

@@ -55,14 +55,17 @@ class PointCloudFileError(InputError, ValueError):
 def find_config(ckpt_path: str, ckpt: Optional[Mapping[str, Any]] = None,
                 config: Union[None, str, os.PathLike, Mapping] = None) -> Tuple[EasyDict, str]:
     """(config, where it came from) for a checkpoint: ``config`` (YAML path or dict), else the
-    ``config`` entry of ``ckpt`` (the JSON beside a ``.safetensors`` file), else its ``model_args``
-    (segmentation checkpoints), else ``config.yaml`` in the checkpoint's folder."""
+    ``config`` entry of ``ckpt`` (every checkpoint a run writes holds its config; for a
+    ``.safetensors`` file, the JSON beside it), else its ``model_args`` (segmentation checkpoints of
+    earlier versions), else ``config.yaml`` in the checkpoint's folder (checkpoints of earlier versions)."""
     if isinstance(config, Mapping):
         return EasyDict(config), "<config given as a dict>"
     if config is not None:
         return cfg_from_yaml_file(config), str(config)
     if ckpt is not None and isinstance(ckpt.get("config"), Mapping):
-        return EasyDict(ckpt["config"]), os.path.splitext(ckpt_path)[0] + ".json"
+        where = (os.path.splitext(ckpt_path)[0] + ".json" if str(ckpt_path).endswith(".safetensors")
+                 else f"the config saved in {ckpt_path}")
+        return EasyDict(ckpt["config"]), where
     if ckpt is not None and isinstance(ckpt.get("model_args"), Mapping):  # segmentation checkpoints
         return EasyDict(model=dict(ckpt["model_args"])), f"'model_args' of {ckpt_path}"
     beside = os.path.join(os.path.dirname(os.path.abspath(ckpt_path)), "config.yaml")

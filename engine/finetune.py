@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import time
 from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
@@ -42,16 +41,13 @@ from engine.engine import (
     check_finite_points,
     epoch_range,
     evaluate,
-    log_epoch,
     log_validation,
-    train_one_epoch,
 )
-from engine.preemption import StopRequest, preempted
+from engine.preemption import StopRequest
 from extensions.pointops import fps, gather_points
 from utils.checkpoint import write_json
 from utils.config import VOTING_DEFAULTS
 from utils.logger import print_log
-from utils.misc import rng_state, set_rng_state
 from utils.schema import ConfigError, origin_of
 from utils.settings import RunSettings
 
@@ -240,21 +236,8 @@ def run_net(settings: RunSettings, config, writers=(None, None), stop: Optional[
                         times=vote_cfg["times"])
 
     for epoch in epoch_range(state.start_epoch, settings.n_epochs, settings.progress, logger):
-        train_sampler.set_epoch(epoch)
-        if state.scheduler is not None:
-            state.scheduler.step(epoch)
-        epoch_rng, skip = rng_state(), state.start_step if epoch == state.start_epoch else 0
-        start = time.time()
-        result = train_one_epoch(model, train_step, train_loader, state.optimizer, device, epoch, accum=settings.accum,
-                                 clip=settings.clip, amp=amp, scaler=state.scaler, writer=train_writer,
-                                 progress=settings.progress, stop=stop, skip=skip,
-                                 on_skipped=lambda: set_rng_state(state.rng_at_stop) if state.rng_at_stop else None)
-        if result.stopped_at is not None:
-            builder.save_checkpoint(state, "ckpt-last", settings, config, epoch=epoch - 1, next_step=result.stopped_at,
-                                    epoch_rng=epoch_rng, logger=logger)
-            raise preempted(stop, settings, epoch, result.stopped_at, len(train_loader), logger)
-        log_epoch(epoch, settings.n_epochs, result.stats, time.time() - start, state.optimizer, train_writer, logger)
-        metrics = {f"train_{k}": v for k, v in result.stats.items() if k != "samples_per_s"}
+        metrics = builder.train_epoch(model, train_step, train_sampler, train_loader, state, settings, config, epoch,
+                                      train_writer, stop, logger)
 
         if builder.validation_due(epoch, settings):
             acc = accuracy_of()

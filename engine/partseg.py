@@ -20,7 +20,6 @@ released one-epoch schedule lag (default ``exact``). The flags map onto a config
 from __future__ import annotations
 
 import os
-import time
 from collections import OrderedDict
 from typing import Dict, Iterable, List, Optional, Sequence
 
@@ -45,11 +44,9 @@ from engine.engine import (
     check_finite_figures,
     epoch_range,
     evaluate,
-    log_epoch,
     log_scalars,
-    train_one_epoch,
 )
-from engine.preemption import StopRequest, catch_stop_signals, preempted
+from engine.preemption import StopRequest, catch_stop_signals
 from models import MODELS
 from models.backbone import patch_embed_kind, read_encoder
 from models.PartSegTransformer import PartSegTransformer
@@ -63,7 +60,7 @@ from utils.checkpoint import (
 )
 from utils.cli import InputError
 from utils.logger import attach_log_file, print_log, start_run_logger
-from utils.misc import rng_state, set_random_seed, set_rng_state, worker_init_fn
+from utils.misc import set_random_seed, worker_init_fn
 from utils.rundir import RunDirError, acquire_run_lock, release_run_lock
 from utils.schema import ConfigError, merge_into
 from utils.settings import PartSegSettings
@@ -416,21 +413,8 @@ def train(settings: PartSegSettings, config, stop: Optional[StopRequest] = None,
     save = dict(folder=settings.ckpt_dir, logger=logger)
     try:
         for epoch in epoch_range(state.start_epoch, settings.n_epochs, settings.progress, logger):
-            sampler.set_epoch(epoch)
-            if state.scheduler is not None:
-                state.scheduler.step(epoch)
-            epoch_rng, skip = rng_state(), state.start_step if epoch == state.start_epoch else 0
-            start = time.time()
-            result = train_one_epoch(model, train_step, train_loader, state.optimizer, device, epoch, clip=settings.clip,
-                                     amp=amp, scaler=state.scaler, writer=writer, progress=settings.progress
-                                     and settings.is_main_process, stop=stop, skip=skip,
-                                     on_skipped=lambda: set_rng_state(state.rng_at_stop) if state.rng_at_stop else None)
-            if result.stopped_at is not None:
-                builder.save_checkpoint(state, "ckpt-last", settings, config, epoch=epoch - 1,
-                                        next_step=result.stopped_at, epoch_rng=epoch_rng, **save)
-                raise preempted(stop, settings, epoch, result.stopped_at, len(train_loader), logger)
-            log_epoch(epoch, settings.n_epochs, result.stats, time.time() - start, state.optimizer, writer, logger)
-            metrics = {f"train_{k}": v for k, v in result.stats.items() if k != "samples_per_s"}
+            metrics = builder.train_epoch(model, train_step, sampler, train_loader, state, settings, config, epoch,
+                                          writer, stop, logger, folder=settings.ckpt_dir)
             if builder.validation_due(epoch, settings):
                 meter = evaluate(model, eval_step, test_loader, device, PartSegMeter(), amp=amp,
                                  progress=settings.progress and settings.is_main_process)

@@ -205,20 +205,13 @@ def choose(name: str, flag: Any, flag_name: str, config: Optional[Mapping] = Non
 
 
 def resolve_device(name: Optional[str], local_rank: int = 0) -> torch.device:
-    """``--device``: 'cuda', 'cuda:1', 'cpu', or None/'auto' (CUDA when present, else CPU). Under
-    torchrun on CUDA each process takes the GPU of its LOCAL_RANK."""
-    if name in (None, "", "auto"):
-        name = "cuda" if torch.cuda.is_available() else "cpu"
+    """``--device`` (:func:`utils.misc.resolve_device`), a device that cannot be had as a ConfigError."""
+    from utils.misc import resolve_device as resolve
+
     try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"--device {name!r}: expected cpu, cuda or cuda:N") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError("--device cuda was asked for but CUDA is not available; use --device cpu")
-        if device.index is None:
-            device = torch.device("cuda", local_rank)
-    return device
+        return resolve(name, local_rank)
+    except RuntimeError as e:
+        raise ConfigError(f"--device {name!r}: {e}") from None
 
 
 def usable_cores() -> int:
