@@ -1,6 +1,7 @@
 """torch.distributed helpers (released names). NCCL on CUDA, gloo on CPU."""
 from __future__ import annotations
 
+import datetime
 import os
 import pickle
 from typing import Callable, List, Optional, Tuple, TypeVar
@@ -11,8 +12,15 @@ import torch.distributed as dist
 T = TypeVar("T")
 
 
+TIMEOUT_ENV = "INTERMAE_DIST_TIMEOUT"  # seconds a collective (and setting up the group) may wait; torch's default
+
+
 def init_dist(launcher: str, backend: str | None = None) -> None:
-    """Initialise the default process group from torchrun's environment (``--launcher pytorch``)."""
+    """Initialise the default process group from torchrun's environment (``--launcher pytorch``).
+
+    ``$INTERMAE_DIST_TIMEOUT`` (seconds) bounds how long the processes wait for each other, also
+    while the group is set up (torch's default otherwise: 30 min): under ``torchrun --max-restarts``
+    a group that cannot form then fails, and torchrun restarts it, instead of waiting."""
     if launcher != "pytorch":
         raise ValueError(f"unsupported launcher '{launcher}'; use 'pytorch' (torchrun) or 'none'")
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
@@ -22,7 +30,9 @@ def init_dist(launcher: str, backend: str | None = None) -> None:
         backend = "nccl" if torch.cuda.is_available() else "gloo"
     if backend == "nccl":
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
-    dist.init_process_group(backend=backend)
+    timeout = os.environ.get(TIMEOUT_ENV, "").strip()
+    kwargs = {"timeout": datetime.timedelta(seconds=float(timeout))} if timeout else {}
+    dist.init_process_group(backend=backend, **kwargs)
 
 
 def is_dist() -> bool:
