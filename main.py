@@ -121,7 +121,7 @@ def _run_job(args, settings, config, changes, stop, logger):
         if not args.resume or changes:
             save_run_config(settings.experiment_path, config, keep_previous=bool(changes), logger=logger)
     print_log(f"Command: {settings.command}", logger=logger)
-    if args.ckpts_warm_start:
+    if args.ckpts_warm_start and not args.resume:  # (--resume auto continuing a run takes no warm start)
         print_log(f"Pre-training with --ckpts: warm start from {args.ckpts} (weights only, fresh optimizer; "
                   f"the same as --start_ckpts)", logger=logger)
     builder.log_settings(settings, logger)

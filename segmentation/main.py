@@ -93,8 +93,9 @@ def get_args(argv=None) -> argparse.Namespace:
         p.error("give --root (the ShapeNetPart folder) or --data_root (the folder holding it), not both")
     if args.test and args.overwrite:
         p.error("--overwrite is for training; --test only reads the run's checkpoint")
-    if args.resume and (args.test or args.overwrite or args.ckpts):
-        p.error("--resume continues the run's own ckpt-last.pth: give it without --test, --overwrite or --ckpts")
+    if args.resume and (args.test or args.overwrite or (args.ckpts and args.resume is True)):
+        p.error("--resume continues the run's own ckpt-last.pth: give it without --test, --overwrite or --ckpts "
+                "(--resume auto takes --ckpts for a run that has not started yet)")
     if args.resume and args.log_dir is None:
         p.error("--resume needs --log_dir (the run to continue)")
     if args.epoch < 1 or args.batch_size < 1 or args.npoint < 1:

@@ -276,3 +276,17 @@ def test_a_rank0_write_failure_stops_every_rank_with_the_same_line(tmp_path, sha
     run_dir = tmp_path / "exp" / "tiny" / "full"
     assert "CheckpointWriteError" in next(run_dir.glob("*.log")).read_text()
     assert not (run_dir / "ckpt-last.pth").exists() and not list(run_dir.glob(".tmp-*"))
+
+
+def test_resume_auto_takes_the_warm_start_of_a_new_run_and_ignores_it_on_requeue(tmp_path, shapenet55_root):
+    """The same command line for the first start and every requeue: ``--resume auto --ckpts P``
+    starts from P when the run has no ckpt-last, and continues the run when it has one."""
+    cfg = write_tiny_pretrain_config(tmp_path / "tiny.yaml", shapenet55_root, epochs=1)
+    run_main(cfg, tmp_path / "exp", "first")
+    warm = tmp_path / "exp" / "tiny" / "first" / "ckpt-last.pth"
+    run_main(cfg, tmp_path / "exp", "job", "--ckpts", str(warm), "--resume", "auto")
+    run_dir = tmp_path / "exp" / "tiny" / "job"
+    assert "warm start from" in sorted(run_dir.glob("*.log"))[-1].read_text()
+    run_main(cfg, tmp_path / "exp", "job", "--ckpts", str(warm), "--resume", "auto", "--opts", "max_epoch=2")
+    assert load_checkpoint_file(str(run_dir / "ckpt-last.pth"))["epoch"] == 1
+    assert "resumed from" in "".join(p.read_text() for p in run_dir.glob("*.log"))

@@ -150,7 +150,7 @@ def check_combinations(parser: argparse.ArgumentParser, args: argparse.Namespace
              f"--finetune_model fine-tunes it, --scratch_model trains from scratch)")
     if args.test and args.resume:
         fail("--test and --resume cannot both be given: --resume continues training")
-    if args.resume and args.start_ckpts is not None:
+    if args.resume is True and args.start_ckpts is not None:  # --resume auto may start the run from them
         fail("--resume and --start_ckpts cannot both be given: --resume reloads the run's own ckpt-last.pth")
     if args.test and args.ckpts is None:
         fail("--test needs --ckpts (the checkpoint to evaluate)")
@@ -202,7 +202,7 @@ def get_args(argv=None) -> argparse.Namespace:
     args.ckpts_warm_start = False
     if args.ckpts is not None and not (args.test or args.finetune_model or args.scratch_model):
         # Pre-training: --ckpts is a warm start, the same as --start_ckpts (weights only, fresh optimizer).
-        if args.resume:
+        if args.resume is True:  # --resume auto: a new run starts from --ckpts, a requeued one continues
             parser.error("--resume and --ckpts cannot both be given in pre-training (--ckpts is a warm start; "
                          "--resume reloads the run's ckpt-last.pth)")
         if args.start_ckpts is not None and args.start_ckpts != args.ckpts:
