@@ -144,6 +144,12 @@ def test_data_root_reaches_svm_fewshot_and_segmentation(tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)
     svm = resolve_svm_config(EasyDict(), "/d")  # the released default: data/modelnet40_ply_hdf5_2048
     assert svm.train._base_.DATA_PATH == "/d/modelnet40_ply_hdf5_2048" == svm.test._base_.DATA_PATH
+    # through the command, for a config without an svm_validation section: the default data moves too
+    from datasets.common import DatasetFormatError
+    from tools.svm import main as svm_main
+    with pytest.raises(DatasetFormatError, match=re.escape(str(tmp_path / "modelnet40_ply_hdf5_2048"))):
+        svm_main(["--config", "cfgs/pretrain.yaml", "--random_init", "--data_root", str(tmp_path), "--device", "cpu",
+                  "--num_workers", "0", "--opts", "model.image_branch.enabled=false"])
 
     from tools.fewshot_all import fold_folder
     assert fold_folder("cfgs/fewshot.yaml", 5, 10, data_root="/d") == "/d/ModelNetFewshot/5way_10shot"

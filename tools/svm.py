@@ -22,7 +22,7 @@ from engine import builder  # noqa: E402
 from engine.svm import CACHE_DATASET, DEFAULT_C, svm_validate  # noqa: E402
 from utils.checkpoint import write_json  # noqa: E402
 from utils.cli import run_main  # noqa: E402
-from utils.config import apply_data_root, expand_svm_section, merge_into, resolve_data_root  # noqa: E402
+from utils.config import expand_svm_section, merge_into, rebase_entry, resolve_data_root  # noqa: E402
 from utils.misc import set_random_seed  # noqa: E402
 from utils.parser import add_common_args, new_parser  # noqa: E402
 from utils.settings import build_tool_settings  # noqa: E402
@@ -85,10 +85,13 @@ def main(argv=None) -> float:
             entry = {"_base_": CACHE_DATASET, "others": others}
         if entry:
             overrides[split] = entry
-    if overrides:
-        config.svm_validation = merge_into(config.get("svm_validation") or {}, overrides)
-        expand_svm_section(config)
-        apply_data_root(config, *resolve_data_root(args.data_root))
+    # The section in full (the released protocol's entries where the config has none, the flags'
+    # overrides), with the data root on its entries: load_config did this only for a config that had one.
+    config.svm_validation = merge_into(config.get("svm_validation") or {}, overrides)
+    expand_svm_section(config)
+    root, _ = resolve_data_root(args.data_root)
+    for split in ("train", "test") if root else ():
+        rebase_entry(config.svm_validation[split], root, f"svm_validation.{split}")
     settings = build_tool_settings(args, config, "svm")
     base_model = builder.model_builder(config.model, settings)
     epoch = -1
