@@ -27,7 +27,7 @@ from utils.config import load_config as _load_config
 from utils.dist_utils import all_gather_objects, get_dist_info, run_on_rank0
 from utils.logger import print_log
 from utils.misc import rng_state, set_rng_state, warn_if_no_gpu, worker_init_fn
-from utils.settings import RunSettings, usable_cores
+from utils.settings import RunSettings, worker_count  # noqa: F401  (worker_count: re-exported for the tools)
 from utils.settings import epochs_to_run as _epochs_to_run
 
 # ---------------------------------------------------------------------------------------- config
@@ -38,22 +38,6 @@ def load_config(path: str, opts=(), data_root: Optional[str] = None, logger=None
 
 
 # ------------------------------------------------------------------------------------------ data
-_capped_logged: set = set()
-
-
-def worker_count(requested: int, logger=None) -> int:
-    """``requested`` data-loading workers capped to :func:`usable_cores` (more only compete for the
-    same cores); one log line the first time a request is capped."""
-    requested = max(0, int(requested or 0))
-    cores = usable_cores()
-    if requested <= cores:
-        return requested
-    if (requested, cores) not in _capped_logged:
-        _capped_logged.add((requested, cores))
-        print_log(f"num_workers {requested} capped to {cores}: this process may use {cores} CPU core(s)", logger=logger)
-    return cores
-
-
 def dataset_builder(entry, *, seed: int = 0, num_workers: int = 0):
     """``entry`` is one entry of ``config.dataset`` (``{_base_, others}``) -> (sampler, loader);
     training when ``others.subset`` is ``train``. See :func:`build_loader`."""

@@ -222,13 +222,29 @@ def usable_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+_capped_logged: set = set()
+
+
+def worker_count(requested: int, logger=None) -> int:
+    """``requested`` data-loading workers capped to :func:`usable_cores` (more only compete for the
+    same cores); one log line the first time a request is capped."""
+    requested = max(0, int(requested or 0))
+    cores = usable_cores()
+    if requested <= cores:
+        return requested
+    if (requested, cores) not in _capped_logged:
+        _capped_logged.add((requested, cores))
+        print_log(f"num_workers {requested} capped to {cores}: this process may use {cores} CPU core(s)", logger=logger)
+    return cores
+
+
 def epochs_to_run(max_epoch: int, epoch_count: str) -> int:
     """Epochs a run trains from epoch 0: ``max_epoch + 1`` with ``epoch_count: released`` (the
     released ``range(start_epoch, max_epoch + 1)``), ``max_epoch`` with ``exact``."""
     return int(max_epoch) + (1 if epoch_count == "released" else 0)
 
 
-def _runtime(args: argparse.Namespace, config: Mapping, job: str, logger=None) -> Dict[str, Any]:
+def _runtime(args: argparse.Namespace, config: Mapping, logger=None) -> Dict[str, Any]:
     """The device / arithmetic / process settings shared by every job, with their sources."""
     sources: Dict[str, str] = {}
     local_rank = int(os.environ.get("LOCAL_RANK", getattr(args, "local_rank", 0) or 0))
@@ -249,13 +265,13 @@ def _runtime(args: argparse.Namespace, config: Mapping, job: str, logger=None) -
     from utils.dist_utils import get_dist_info
 
     rank, world_size = get_dist_info()
-    requested = max(0, int(getattr(args, "num_workers", 0) or 0))
+    num_workers = worker_count(getattr(args, "num_workers", 0), logger)
     sources["seed"] = "--seed" if getattr(args, "seed", 0) else "default"
     return dict(
         device=device, amp=amp, amp_dtype=resolve_amp(amp, device, logger), fps_backend=fps_backend, embed_compute=embed,
         distributed=getattr(args, "launcher", "none") != "none", rank=rank, world_size=world_size,
         local_rank=local_rank, sync_bn=bool(getattr(args, "sync_bn", False)),
-        num_workers=min(requested, usable_cores()), seed=int(getattr(args, "seed", 0)),
+        num_workers=num_workers, seed=int(getattr(args, "seed", 0)),
         deterministic=bool(getattr(args, "deterministic", False)),
         progress=progress_enabled(bool(getattr(args, "no_progress", False))),
         trust_checkpoint=bool(getattr(args, "trust_checkpoint", False)),
@@ -297,7 +313,7 @@ def experiment_paths(args: argparse.Namespace) -> Tuple[str, str, str]:
 def build_run_settings(args: argparse.Namespace, config: Mapping, job: str, logger=None) -> RunSettings:
     """The settings of a ``main.py`` run (``job``: pretrain, finetune or test) from its flags and its
     validated config. Raises ConfigError for a value outside its choices."""
-    runtime = _runtime(args, config, job, logger)
+    runtime = _runtime(args, config, logger)
     sources = dict(runtime.pop("sources"))
     experiment_path, tfboard_path, log_name = experiment_paths(args)
     epoch_count = config.get("epoch_count") or CHOICE_KEYS["epoch_count"][0]
@@ -325,7 +341,7 @@ def build_run_settings(args: argparse.Namespace, config: Mapping, job: str, logg
 def build_partseg_settings(args: argparse.Namespace, config: Mapping, logger=None) -> PartSegSettings:
     """The settings of a ``segmentation/main.py`` run from its flags and the config they map onto
     (:func:`engine.partseg.config_from_args`)."""
-    runtime = _runtime(args, config, "partseg", logger)
+    runtime = _runtime(args, config, logger)
     sources = dict(runtime.pop("sources"))
     run_dir = Path(args.log_root) / "part_seg" / args.log_dir
     lr_schedule = config.get("lr_schedule", "exact")
@@ -346,7 +362,7 @@ def build_tool_settings(args: argparse.Namespace, config: Mapping, tool: str, lo
     """The settings of a tool that runs a model without training it (``tools/svm.py``,
     ``tools/tsne.py``, ``main_vis.py``, ``tools/predict.py``): device, arithmetic, workers, seed,
     progress, checkpoint trust."""
-    runtime = _runtime(args, config, tool, logger)
+    runtime = _runtime(args, config, logger)
     return RunSettings(job=tool, experiment_path=str(getattr(args, "experiment_path", "") or ""), tfboard_path=None,
                        log_name=tool, config_path=str(getattr(args, "config", "") or ""),
                        ckpts=getattr(args, "ckpts", None), **runtime)
