@@ -32,7 +32,6 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from utils.dist_utils import all_reduce_sum, get_dist_info
 from utils.logger import print_log
-from utils.settings import AMP_DTYPES as AMP_MODES, amp_mode, cpu_has_native_bf16, resolve_amp  # noqa: F401  (re-exported)
 
 if TYPE_CHECKING:
     from engine.preemption import StopRequest

@@ -137,22 +137,6 @@ def test_loss_scaling_leaves_the_update_unchanged():
     torch.testing.assert_close(scaled.weight, plain.weight, rtol=1e-6, atol=1e-7)
 
 
-def test_amp_mode_and_refusals(monkeypatch, capsys):
-    from utils import settings as engine  # the settings builder resolves the precision once per run
-
-    assert [engine.amp_mode(c, v) for c, v in ((None, None), (None, True), (None, False), ("fp16", True),
-                                                  (None, "bf16"), ("off", "fp16"))] == \
-        ["off", "bf16", "off", "fp16", "bf16", "off"]
-    with pytest.raises(ValueError, match="'fp32'"):
-        engine.amp_mode(None, "fp32")
-    assert engine.resolve_amp("off", CPU) is None
-    assert engine.resolve_amp("fp16", CPU) is None and "needs a CUDA device" in capsys.readouterr().out
-    monkeypatch.setattr(engine, "cpu_has_native_bf16", lambda: False)
-    assert engine.resolve_amp("bf16", CPU) is None and "no native bf16" in capsys.readouterr().out
-    monkeypatch.setattr(engine, "cpu_has_native_bf16", lambda: True)
-    assert engine.resolve_amp("bf16", CPU) is torch.bfloat16
-
-
 class _StopAfter:
     """A stop request that becomes true after ``n`` optimizer steps (as a signal would)."""
 

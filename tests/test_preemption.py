@@ -1,8 +1,8 @@
-"""Preemption and honest resume (issue 23): SIGTERM / SIGINT mid-epoch write ckpt-last with the
+"""Preemption and honest resume: SIGTERM / SIGINT mid-epoch write ckpt-last with the
 position inside the epoch, and ``--resume`` then repeats the uninterrupted run bit for bit; the
 command exits 143 / 130 with one line in the console and the run log; ``--resume`` lists changed
 keys, follows a new max_epoch and lr, refuses a new model shape, and keeps the previous config;
-``--resume auto`` starts or continues. Segmentation resumes exactly too (issue 21)."""
+``--resume auto`` starts or continues. Segmentation resumes exactly too."""
 from __future__ import annotations
 
 import math
