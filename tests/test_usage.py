@@ -36,7 +36,7 @@ from models.Inter_MAE import Inter_MAE
 from utils import parser as main_parser
 from utils.checkpoint import CheckpointError, load_checkpoint_file, load_state_dict_checked
 from utils.config import ConfigError, apply_opts, cfg_from_yaml_file, load_config, rebase_data_path
-from utils.logger import get_logger, print_log
+from utils.logger import get_logger, library_logger, print_log
 from utils.settings import progress_enabled, worker_count
 from writers import TINY_FINETUNE, TINY_TC, write_modelnet, write_shapenetpart
 
@@ -187,7 +187,7 @@ def test_scanobjectnn_takes_data_path_and_root_as_a_deprecated_alias(tmp_path, m
 
     monkeypatch.setattr(ScanObjectNNDataset, "_warned_root", set())  # the line is once per process
     handler = ListHandler()
-    get_logger("ScanObjectNN").addHandler(handler)
+    get_logger(library_logger("ScanObjectNN")).addHandler(handler)
     try:
         root = write_scanobjectnn(tmp_path / "main_split")
         ds = build_dataset_from_cfg(EasyDict(NAME="ScanObjectNN", DATA_PATH=str(root)), {"subset": "test"})
@@ -197,7 +197,7 @@ def test_scanobjectnn_takes_data_path_and_root_as_a_deprecated_alias(tmp_path, m
         assert len(alias) == 3
         assert sum("ROOT is deprecated" in m for m in handler.messages) == 1
     finally:
-        get_logger("ScanObjectNN").removeHandler(handler)
+        get_logger(library_logger("ScanObjectNN")).removeHandler(handler)
     with pytest.raises(ConfigError, match="DATA_PATH"):
         build_dataset_from_cfg(EasyDict(NAME="ScanObjectNN"), {"subset": "test"})
 
@@ -343,6 +343,21 @@ def test_file_only_lines_reach_the_file_not_the_console(tmp_path, capfd):
     assert "for the file" not in console and "for the file" in text
     assert "eval mIoU of Bag" in text and "eval mIoU of Table" in text and "eval mIoU of" not in console
     assert f"instance avg mIoU: {metrics['instance_avg_iou']:.5f} (per-category mIoU in the log file)" in console
+
+
+def test_library_lines_reach_the_current_run_log_only(tmp_path, capfd):
+    from utils.logger import attach_log_file, start_run_logger
+
+    for run in ("first", "second"):
+        logger = start_run_logger(f"usage_{run}")
+        print_log(f"{run}: before the log file", logger=library_logger("SomeDataset"))
+        attach_log_file(logger, str(tmp_path / f"{run}.log"))
+        print_log(f"{run}: after it", logger=library_logger("SomeDataset"))
+    console = capfd.readouterr().err
+    for run, other in (("first", "second"), ("second", "first")):
+        text = (tmp_path / f"{run}.log").read_text()
+        assert f"{run}: before the log file" in text and f"{run}: after it" in text and other not in text
+        assert f"intermae.SomeDataset - INFO - {run}: after it" in console
 
 
 def test_segmentation_test_lines_numbered_as_training(tmp_path):
