@@ -228,6 +228,7 @@ class TrainState:
     start_step: int = 0  # batches of start_epoch trained before a stop (0: start the epoch afresh)
     rng_at_stop: Optional[dict] = None  # this process's RNG states at the stop (mid-epoch resume)
     class_names: Optional[List[str]] = None
+    epoch_log: Dict[str, float] = field(default_factory=dict)  # lr and seconds of the last epoch trained
 
 
 def build_training(config, settings: RunSettings, logger=None, model: Optional[nn.Module] = None) -> TrainState:
@@ -264,8 +265,22 @@ def train_epoch(model: nn.Module, step, sampler, loader, state: TrainState, sett
         save_checkpoint(state, "ckpt-last", settings, config, epoch=epoch - 1, next_step=result.stopped_at,
                         epoch_rng=epoch_rng, folder=folder, logger=logger)
         raise preempted(stop, settings, epoch, result.stopped_at, len(loader), logger)
-    log_epoch(epoch, settings.n_epochs, result.stats, time.time() - start, state.optimizer, writer, logger)
+    seconds = time.time() - start
+    log_epoch(epoch, settings.n_epochs, result.stats, seconds, state.optimizer, writer, logger)
+    state.epoch_log = {"lr": state.optimizer.param_groups[0]["lr"], "epoch_time_s": seconds}
     return {f"train_{k}": v for k, v in result.stats.items() if k != "samples_per_s"}
+
+
+def write_epoch_metrics(state: TrainState, settings: RunSettings, epoch: int, metrics: Mapping[str, float]) -> None:
+    """The epoch's line of the run's ``metrics.jsonl`` (:func:`engine.engine.append_metrics_line`,
+    rank 0): ``epoch``, the training means (``train_<name>``), the validation figures of that epoch
+    when it validated, ``lr``, ``epoch_time_s`` (training) and ``wall_time`` (Unix seconds). Call it
+    once the epoch's validation is done, before its ``ckpt-last`` is written."""
+    from engine.engine import append_metrics_line
+
+    if settings.is_main_process:
+        append_metrics_line(settings.experiment_path, {"epoch": epoch, **metrics, **state.epoch_log,
+                                                       "wall_time": time.time()})
 
 
 def validation_due(epoch: int, settings: RunSettings) -> bool:

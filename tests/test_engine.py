@@ -169,3 +169,28 @@ def test_a_stop_ends_the_epoch_after_the_current_step_and_skip_resumes_it():
     assert rest.stopped_at is None and skipped == [True]
     torch.testing.assert_close(part.weight, whole.weight)
 
+
+
+def test_metrics_file_holds_one_line_per_epoch_in_order(tmp_path):
+    """Appended epochs; an epoch written again (a run resumed from an earlier checkpoint) replaces
+    that line and drops the later ones; a line a kill cut short is dropped; NaN becomes null."""
+    import json
+
+    from engine.engine import METRICS_FILE, append_metrics_line
+
+    path = tmp_path / METRICS_FILE
+
+    def epochs():
+        return [json.loads(line)["epoch"] for line in path.read_text().splitlines()]
+
+    for epoch in range(3):
+        append_metrics_line(str(tmp_path), {"epoch": epoch, "train_loss": 1.0 / (epoch + 1), "lr": 1e-3})
+    assert epochs() == [0, 1, 2]
+    append_metrics_line(str(tmp_path), {"epoch": 1, "train_loss": 0.75, "acc": 50.0})
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert lines == [{"epoch": 0, "train_loss": 1.0, "lr": 1e-3}, {"epoch": 1, "train_loss": 0.75, "acc": 50.0}]
+    with open(path, "a") as f:
+        f.write('{"epoch": 2, "train_lo')  # killed mid-write
+    append_metrics_line(str(tmp_path), {"epoch": 2, "train_loss": float("nan")})
+    assert epochs() == [0, 1, 2] and json.loads(path.read_text().splitlines()[-1]) == {"epoch": 2, "train_loss": None}
+    assert not [p for p in tmp_path.iterdir() if p.name != METRICS_FILE]  # no temporary file left
