@@ -271,16 +271,24 @@ def train_epoch(model: nn.Module, step, sampler, loader, state: TrainState, sett
     return {f"train_{k}": v for k, v in result.stats.items() if k != "samples_per_s"}
 
 
-def write_epoch_metrics(state: TrainState, settings: RunSettings, epoch: int, metrics: Mapping[str, float]) -> None:
+def write_epoch_metrics(state: TrainState, settings: RunSettings, epoch: int, metrics: Mapping[str, float],
+                        logger=None) -> None:
     """The epoch's line of the run's ``metrics.jsonl`` (:func:`engine.engine.append_metrics_line`,
     rank 0): ``epoch``, the training means (``train_<name>``), the validation figures of that epoch
     when it validated, ``lr``, ``epoch_time_s`` (training) and ``wall_time`` (Unix seconds). Call it
-    once the epoch's validation is done, before its ``ckpt-last`` is written."""
+    once the epoch's validation is done, before its ``ckpt-last`` is written. A failed write is one
+    warning line: the run goes on (the checkpoint write that follows stops every process together
+    when the disk is full)."""
     from engine.engine import append_metrics_line
 
-    if settings.is_main_process:
+    if not settings.is_main_process:
+        return
+    try:
         append_metrics_line(settings.experiment_path, {"epoch": epoch, **metrics, **state.epoch_log,
                                                        "wall_time": time.time()})
+    except OSError as e:
+        print_log(f"WARNING: epoch {epoch} not written to metrics.jsonl in {settings.experiment_path}: "
+                  f"{str(e).splitlines()[0]}", logger=logger)
 
 
 def validation_due(epoch: int, settings: RunSettings) -> bool:

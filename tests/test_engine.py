@@ -194,3 +194,17 @@ def test_metrics_file_holds_one_line_per_epoch_in_order(tmp_path):
     append_metrics_line(str(tmp_path), {"epoch": 2, "train_loss": float("nan")})
     assert epochs() == [0, 1, 2] and json.loads(path.read_text().splitlines()[-1]) == {"epoch": 2, "train_loss": None}
     assert not [p for p in tmp_path.iterdir() if p.name != METRICS_FILE]  # no temporary file left
+
+
+def test_a_metrics_line_that_cannot_be_written_is_one_warning(tmp_path, capsys):
+    from types import SimpleNamespace
+
+    from engine.builder import write_epoch_metrics
+    from utils.settings import RunSettings
+
+    blocked = tmp_path / "not_a_folder"
+    blocked.write_text("")
+    settings = RunSettings(job="pretrain", experiment_path=str(blocked), tfboard_path=None, log_name="t", config_path="")
+    write_epoch_metrics(SimpleNamespace(epoch_log={"lr": 1e-3}), settings, 4, {"train_loss": 1.0})
+    out = capsys.readouterr().out
+    assert f"WARNING: epoch 4 not written to metrics.jsonl in {blocked}: " in out
