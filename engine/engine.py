@@ -33,7 +33,7 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from utils.dist_utils import all_reduce_sum, get_dist_info
-from utils.logger import print_log
+from utils.logger import PROJECT_LOGGER, print_log
 
 if TYPE_CHECKING:
     from engine.preemption import StopRequest
@@ -324,8 +324,9 @@ def epoch_range(start: int, stop: int, progress: bool = True, logger=None) -> It
     epoch's bar; log lines are written above the bars."""
     show = progress and get_dist_info()[0] == 0
     bar = tqdm(total=stop, initial=start, desc="epochs", unit="epoch", disable=not show, dynamic_ncols=True)
-    redirect = logging_redirect_tqdm(loggers=[logger]) if show and isinstance(logger, logging.Logger) \
-        else contextlib.nullcontext()
+    # the run's lines and the library loggers' (e.g. a dataset built for SVM validation) above the bars
+    redirect = logging_redirect_tqdm(loggers=[logger, logging.getLogger(PROJECT_LOGGER)]) \
+        if show and isinstance(logger, logging.Logger) else contextlib.nullcontext()
     try:
         with redirect:
             for epoch in range(start, stop):
