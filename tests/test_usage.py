@@ -2,8 +2,8 @@
 dataset key name, ``--opts`` that adds schema keys and lists the valid ones on a typo, ``--test``
 from the run's saved config, the schedule following ``max_epoch``, the logs (workers capped,
 per-category lines to the file only, segmentation epoch numbers, the shape-mismatch table,
-progress bars), every command's ``--help`` and wrong flag combinations, and the README's Usage
-commands against the commands' parsers."""
+progress bars), every command's ``--help`` and wrong flag combinations, and the commands of
+docs/usage.md and of the README's table of jobs against the commands' parsers."""
 from __future__ import annotations
 
 import importlib
@@ -26,6 +26,7 @@ from easydict import EasyDict
 
 import main as main_module
 from conftest import REPO
+from doc_pages import USAGE_PAGE
 from datasets import DATASETS, build_dataset_from_cfg
 from engine import builder
 from engine.engine import epoch_range
@@ -576,16 +577,15 @@ def test_wrong_combination_exit_status_through_the_command_line():
     assert proc.returncode == 2 and "--vote is for classifiers" in proc.stderr
 
 
-# ---------------------------------------------------------------------------- 9. README Usage
+# ---------------------------------------------------------------------------- 9. Usage page
 def usage_commands() -> list:
-    """The ``python ...`` commands of the code blocks of the README's Usage section (continuation
-    lines joined), with the subsection they appear in."""
-    text = (REPO / "README.md").read_text()
-    usage = text.split("\n## Usage\n", 1)[1].split("\n## ", 1)[0]
+    """The ``python ...`` commands of the code blocks of docs/usage.md (continuation lines joined),
+    with the section (``## `` heading) they appear in."""
+    usage = USAGE_PAGE.read_text(encoding="utf-8")
     commands, section = [], None
-    for part in re.split(r"^(### .*)$", usage, flags=re.M):
-        if part.startswith("### "):
-            section = part[4:]
+    for part in re.split(r"^(## .*)$", usage, flags=re.M):
+        if part.startswith("## "):
+            section = part[3:]
             continue
         for block in re.split(r"^```.*$", part, flags=re.M)[1::2]:
             joined = re.sub(r"\\\n\s*", " ", block)
@@ -593,6 +593,18 @@ def usage_commands() -> list:
                 line = line.split("  #")[0].strip()
                 if line.startswith("python ") and ".py" in line.split()[1]:
                     commands.append((section, line))
+    return commands
+
+
+def readme_job_commands() -> list:
+    """The ``python ...`` commands of the README's table of jobs, with the job they run."""
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    jobs = text.split("\n## Jobs\n", 1)[1].split("\n## ", 1)[0]
+    commands = []
+    for row in re.findall(r"^\|(.*)\|$", jobs, flags=re.M):
+        cells = [c.strip() for c in row.split("|")]
+        for command in re.findall(r"`(python [^`]+)`", cells[1] if len(cells) > 1 else ""):
+            commands.append((f"README: {cells[0]}", command))
     return commands
 
 
@@ -610,10 +622,9 @@ TASKS = ["Pre-train", "Fine-tune", "Few-shot", "Linear SVM", "Part segmentation"
          "Extract features"]
 
 
-def test_readme_usage_has_a_command_for_every_task():
-    text = (REPO / "README.md").read_text()
-    usage = text.split("\n## Usage\n", 1)[1].split("\n## ", 1)[0]
-    headings = re.findall(r"^### (.*)$", usage, flags=re.M)
+def test_usage_page_has_a_command_for_every_task():
+    usage = USAGE_PAGE.read_text(encoding="utf-8")
+    headings = re.findall(r"^## (.*)$", usage, flags=re.M)
     for task in TASKS:
         assert any(h.startswith(task) for h in headings), task
     sections = {s for s, _ in usage_commands()}
@@ -627,8 +638,16 @@ def test_readme_usage_has_a_command_for_every_task():
         assert variant in usage
 
 
-@pytest.mark.parametrize("section,command", usage_commands(), ids=lambda x: str(x)[:60])
-def test_readme_usage_commands_parse(section, command, monkeypatch, tmp_path):
+def test_readme_table_of_jobs_has_a_command_for_every_task():
+    jobs = readme_job_commands()
+    assert len(jobs) >= 12
+    for script in ("main.py", "tools/fewshot_all.py", "tools/svm.py", "segmentation/main.py", "main_vis.py",
+                   "tools/tsne.py", "tools/plot_curves.py", "tools/extract_features.py", "tools/predict.py"):
+        assert any(command.split()[1] == script for _, command in jobs), script
+
+
+@pytest.mark.parametrize("section,command", usage_commands() + readme_job_commands(), ids=lambda x: str(x)[:60])
+def test_documented_commands_parse(section, command, monkeypatch, tmp_path):
     """Each command names an existing script and existing config files, and its command's parser
     takes it as written (for main.py, flag combinations included)."""
     monkeypatch.chdir(REPO)
