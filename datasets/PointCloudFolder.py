@@ -16,11 +16,16 @@ Files (any mix; see :mod:`datasets.io`): ``.ply`` (ascii / binary; with faces: a
 ``.xyz`` / ``.txt`` / ``.pts`` / ``.csv``, ``.npy`` / ``.npz``, meshes ``.off`` / ``.obj`` /
 ``.stl``. Each file gives ``N_POINTS`` points: meshes are sampled on their surface
 (area-weighted), larger clouds reduced to a subset, both seeded by the file's bytes and
-``sample_seed``. Names starting with ``.`` (files and folders) are skipped.
+``sample_seed``. ``N_POINTS: auto``: the smallest point file's count among those with at least
+``npoints`` points, at most 2048 (:class:`FolderScan`); ``main.py`` resolves it before the run
+folder exists and writes the number into the run's config. Names starting with ``.`` (files and
+folders) are skipped.
 
-Every file is read once when the dataset is built (one scan, with a progress bar): a bad file
-(empty, unreadable, non-finite, too few points, unknown extension, outside a class folder)
-stops the run before the first epoch with one line listing every bad file. The points read go
+Every file is read once when the dataset is built (one scan, with a progress bar; ``main.py``
+scans before the run folder exists, :meth:`PointCloudFolder.prepare_entry`): bad files (empty,
+unreadable, non-finite, too few points, unknown extension, outside a class folder) stop the run
+with one line grouping them by reason, the full list in a file it names
+(:func:`bad_files_error`). The points read go
 into a cache (``.npy`` per file, keyed on absolute path, size, mtime, ``N_POINTS``,
 ``sample_seed``): later epochs and later runs read the cache, not the files. The cache folder is
 ``CACHE_DIR``, by default ``<DATA_PATH>/.intermae_cache``, or ``$XDG_CACHE_HOME/inter-mae/folders``
@@ -489,8 +494,8 @@ def check_entry(config: Mapping) -> None:
         raise DatasetFormatError(f"{NAME}: split_ratio must be in [0, 1) (the test share), got {ratio}")
     n_points = points_spec(config.get("N_POINTS"))
     if n_points is None:
-        raise DatasetFormatError(f"{NAME}: N_POINTS = {config.get('N_POINTS')!r}: expected a positive integer (points per file) or "
-                                 f"'{AUTO}' (the smallest file's count, at most {AUTO_MAX_POINTS})")
+        raise DatasetFormatError(f"{NAME}: N_POINTS = {config.get('N_POINTS')!r}: expected a positive integer "
+                                 f"(points per file) or '{AUTO}' (the smallest file's count, at most {AUTO_MAX_POINTS})")
     npoints = config.get("npoints")
     if n_points != AUTO and npoints and int(npoints) > n_points:
         raise DatasetFormatError(f"{NAME}: npoints = {npoints} must be at most N_POINTS = {n_points}")
@@ -696,5 +701,5 @@ def attach_split_files(config: Mapping, run_dir: str) -> List[str]:
     return changed
 
 
-__all__ = ["PointCloudFolder", "attach_split_files", "scan_folder", "stratified_split", "CloudCache",
-           "resolve_cache_dir", "PARSE_COUNT", "bad_files_error"]
+__all__ = ["PointCloudFolder", "attach_split_files", "scan_folder", "scan_entry", "check_entry", "points_spec",
+           "stratified_split", "CloudCache", "resolve_cache_dir", "PARSE_COUNT", "bad_files_error"]

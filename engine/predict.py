@@ -149,7 +149,8 @@ class Predictor:
         data = _dataset_entry(run_cfg)
         npoints = int(run_cfg.get("npoints") or 1024)
         auto = str(data.get("N_POINTS")).strip().lower() == AUTO  # (runs write the number they chose)
-        n_points = max(AUTO_MAX_POINTS, npoints) if auto else int(data.get("N_POINTS") or max(DEFAULT_N_POINTS, npoints))
+        n_points = (max(AUTO_MAX_POINTS, npoints) if auto
+                    else int(data.get("N_POINTS") or max(DEFAULT_N_POINTS, npoints)))
         seed = int(data.get("sample_seed") or 0)
         predictor = cls(model, names, npoints, n_points, seed, device, source=path)
         print_log(f"[predict] {path}: {len(names)} classes; config {cfg_source}; {n_points} points per file "

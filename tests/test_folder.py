@@ -471,5 +471,6 @@ def test_one_key_sets_the_points_per_file_of_every_subset(tmp_path):
     with pytest.raises(ConfigError, match="is neither a dataset entry nor a key of one"):
         load_config("cfgs/finetune_folder.yaml", ["dataset.N_PONTS=1024"], None, MODELS, DATASETS)
     cfg = load_config("cfgs/finetune_modelnet.yaml", ["dataset.N_POINTS=auto"], None, MODELS, DATASETS)
-    with pytest.raises(ConfigError, match=r"N_POINTS' = 'auto': expected an integer >= 1 \('auto' is for PointCloudFolder"):
+    with pytest.raises(ConfigError, match=r"N_POINTS' = 'auto': expected an integer >= 1 \('auto' is for "
+                                          r"PointCloudFolder"):
         validate_config(cfg, "finetune", MODELS, DATASETS)
