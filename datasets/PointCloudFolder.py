@@ -69,6 +69,7 @@ LAYOUT = """  labels: true   <DATA_PATH>/<class>/.../<file>              (one su
   files: """ + " ".join(CLOUD_EXTS)
 CACHE_FOLDER = ".intermae_cache"
 CACHE_VERSION = 1  # bump when the reading / sampling of a format changes
+HEADER_COUNTED = (".npy", ".ply")  # point_count reads only their header: not cached
 SUBSETS = ("train", "test", "all")
 SPLIT_DIRS = ("train", "test")
 DEFAULT_SPLIT_RATIO = 0.2
@@ -126,9 +127,10 @@ class CloudCache:
 
     def count(self, path: str) -> Optional[int]:
         """The file's number of points (None: a mesh), :func:`datasets.io.point_count`, cached as
-        ``<sha1>.count`` (keyed on the file alone, not on the sampling)."""
+        ``<sha1>.count`` (keyed on the file alone, not on the sampling) for the formats it reads whole
+        (``.npy`` and ``.ply`` headers are read faster than a cache entry is written)."""
         entry = None
-        if self.folder is not None:
+        if self.folder is not None and not path.lower().endswith(HEADER_COUNTED):
             st = os.stat(path)
             ident = f"count|{os.path.abspath(path)}|{st.st_size}|{st.st_mtime_ns}|{CACHE_VERSION}"
             entry = os.path.join(self.folder, hashlib.sha1(ident.encode("utf-8", errors="surrogateescape")).hexdigest()
