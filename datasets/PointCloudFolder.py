@@ -544,9 +544,9 @@ class PointCloudFolder(Dataset):
         self.labelled = bool(config.get("labels", True))
         self.n_imgs = int(config.get("n_imgs", 0) or 0)
         self.img_size = int(config.get("IMG_SIZE", 224))
-        self.split_ratio = float(config.get("split_ratio", DEFAULT_SPLIT_RATIO))
         start = time.time()
-        scan = scan_entry(config)
+        scan = scan_entry(config)  # (checks the entry's values first)
+        self.split_ratio = float(config.get("split_ratio", DEFAULT_SPLIT_RATIO))
         self.n_points = scan.n_points
         self.npoints = int(config.get("npoints") or self.n_points)
         self.cache = scan.cache
@@ -559,7 +559,7 @@ class PointCloudFolder(Dataset):
         self.files = [rel for rel, _ in items]
         n_all = sum(len(v) for v in scan.files.values())
         what = f"{len(self.class_names)} classes ({self._class_list()})" if self.labelled else "unlabelled"
-        chosen = " (N_POINTS: auto, the smallest file's count, at most 2048)" if scan.auto else ""
+        chosen = " (N_POINTS: auto, the smallest file's count)" if scan.auto else ""
         print_log(f"[{NAME}] {self.root}: subset '{self.subset}' {len(items)} of {n_all} files, {what}; "
                   f"{self.n_points} points per file{chosen}; cache {self.cache.folder or 'off'} "
                   f"({scan.cached_before} of {n_all + len(scan.bad)} files cached before, {time.time() - start:.1f} s)",
