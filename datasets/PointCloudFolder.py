@@ -54,7 +54,7 @@ from easydict import EasyDict
 from PIL import Image
 from torch.utils.data import Dataset
 
-from utils.logger import print_log
+from utils.logger import library_logger, print_log
 
 from .build import DATASETS
 from .common import DatasetFormatError, dataset_schema, pc_normalize, random_subset
@@ -73,7 +73,7 @@ HEADER_COUNTED = (".npy", ".ply")  # point_count reads only their header: not ca
 SUBSETS = ("train", "test", "all")
 SPLIT_DIRS = ("train", "test")
 DEFAULT_SPLIT_RATIO = 0.2
-LOGGER = NAME
+LOGGER = library_logger(NAME)
 
 # Actual file reads (cache misses) of this process, for tests and benchmarks.
 PARSE_COUNT = {"files": 0}
