@@ -4,10 +4,10 @@ outlives the workers), and a job whose ranks are killed at several points comple
 as many restarts as kills and ends as the uninterrupted run does."""
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -53,18 +53,17 @@ def run_group(script: Path, env: dict, logs: Path, timeout_s: float) -> tuple[li
     """``script`` as ranks 0 and 1 (started directly, not by torchrun); (exit statuses, output). When
     a rank fails, the other, which would wait for it until its own timeout, is killed."""
     logs.mkdir()
-    files = [open(logs / f"rank{r}.txt", "w") for r in (0, 1)]
-    workers = [subprocess.Popen([sys.executable, str(script)], env=dict(env, RANK=str(r), LOCAL_RANK=str(r)),
-                                stdout=f, stderr=subprocess.STDOUT) for r, f in enumerate(files)]
-    deadline = time.monotonic() + timeout_s
-    while any(w.poll() is None for w in workers):
-        if time.monotonic() > deadline or any(w.poll() not in (None, 0) for w in workers):
-            for w in workers:
-                if w.poll() is None:
-                    w.kill()
-        time.sleep(0.2)
-    for f in files:
-        f.close()
+    with contextlib.ExitStack() as stack:
+        files = [stack.enter_context(open(logs / f"rank{r}.txt", "w")) for r in (0, 1)]
+        workers = [subprocess.Popen([sys.executable, str(script)], env=dict(env, RANK=str(r), LOCAL_RANK=str(r)),
+                                    stdout=f, stderr=subprocess.STDOUT) for r, f in enumerate(files)]
+        deadline = time.monotonic() + timeout_s
+        while any(w.poll() is None for w in workers):
+            if time.monotonic() > deadline or any(w.poll() not in (None, 0) for w in workers):
+                for w in workers:
+                    if w.poll() is None:
+                        w.kill()
+            time.sleep(0.2)
     return [w.returncode for w in workers], "".join((logs / f"rank{r}.txt").read_text() for r in (0, 1))
 
 
@@ -85,3 +84,92 @@ def test_a_reformed_group_never_reads_the_addresses_of_the_group_it_replaces(tmp
     for formation in range(FORMATIONS):
         for rank in (0, 1):
             assert f"formation {formation} rank {rank}: sum 3 " in output, output[-4000:]
+
+
+# main.py under torchrun, with ranks killed (SIGKILL) at three points, one per attempt (3 training steps
+# of 2 shapes per process and epoch): attempt 0, rank 1 in the middle of epoch 1 (its 5th training
+# step); attempt 1 (resumed at epoch 1), rank 1 in the validation after epoch 2; attempt 2 (resumed at
+# epoch 2), rank 0 half-way through writing ckpt-last after epoch 2. Without KILLS=1, main.py as it is.
+KILLED_MAIN = """
+import os, signal, sys
+sys.path.insert(0, {repo!r})
+if os.environ.get("KILLS") == "1":
+    from models.Inter_MAE import Inter_MAE
+    from utils import checkpoint
+    attempt, rank = int(os.environ["TORCHELASTIC_RESTART_COUNT"]), int(os.environ["RANK"])
+    original, steps = Inter_MAE.forward, [0]
+
+    def forward(self, *args, **kwargs):
+        steps[0] += self.training
+        if (attempt, rank) == (0, 1) and self.training and steps[0] == 5:
+            os.kill(os.getpid(), signal.SIGKILL)
+        if (attempt, rank) == (1, 1) and not self.training and steps[0] == 6:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return original(self, *args, **kwargs)
+
+    Inter_MAE.forward = forward
+    if (attempt, rank) == (2, 0):
+        def killed_while_writing(obj, path):
+            def write(f):
+                f.write(b"half a checkpoint")
+                f.flush()
+                os.kill(os.getpid(), signal.SIGKILL)
+            checkpoint.atomic_write(path, write)
+        checkpoint.atomic_save = killed_while_writing
+import main
+from utils.cli import run_main
+sys.argv = ["main.py"] + sys.argv[1:]
+run_main(main.main)
+"""
+KILLS = 3
+
+
+def torchrun(script: Path, cfg: Path, exp_root: Path, name: str, kills: bool) -> subprocess.Popen:
+    """``script`` under ``torchrun --standalone --nproc_per_node 2 --max-restarts KILLS`` (started, not waited for)."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO), INTERMAE_DIST_TIMEOUT="120",
+               KILLS="1" if kills else "0")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "--max-restarts",
+           str(KILLS), str(script), "--launcher", "pytorch", "--config", str(cfg), "--exp_name", name, "--resume", "auto",
+           "--num_workers", "0", "--device", "cpu", "--experiment_root", str(exp_root), "--no_progress"]
+    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def test_torchrun_survives_three_kills_with_three_restarts_and_ends_as_the_uninterrupted_run(tmp_path, shapenet55_root):
+    """``torchrun --max-restarts 3`` (2 gloo processes, ``--resume auto``) with a rank killed mid-epoch,
+    during validation and during a checkpoint write: the job completes, each restart's group formed
+    at its first attempt (3 kills use exactly the 3 restarts; one failed formation would have ended
+    the job), each restart resumed from ckpt-last, and the final checkpoint equals that of the same
+    job run without kills (run alongside): weights, metrics and every rank's RNG states."""
+    cfg = write_tiny_pretrain_config(tmp_path / "tiny.yaml", shapenet55_root, epochs=3)
+    script = tmp_path / "killed_main.py"
+    script.write_text(KILLED_MAIN.format(repo=str(REPO)))
+    exp = tmp_path / "exp"
+    jobs = [torchrun(script, cfg, exp, "killed", kills=True), torchrun(script, cfg, exp, "plain", kills=False)]
+    try:
+        (killed, _), (plain, _) = [job.communicate(timeout=600) for job in jobs]
+    finally:
+        for job in jobs:
+            if job.poll() is None:
+                job.kill()
+                job.wait()
+    assert jobs[1].returncode == 0, plain[-4000:]
+    assert jobs[0].returncode == 0, killed[-4000:]
+    assert "connectFullMesh" not in killed and "init_process_group" not in killed, killed[-4000:]
+    assert killed.count("failed (exitcode: -9)") == killed.count("failed (exitcode:") == KILLS, killed[-4000:]
+    run_dir = exp / "tiny" / "killed"
+    logs = "".join(p.read_text() for p in sorted(run_dir.glob("*.log")))
+    resumed = [line for line in logs.splitlines() if "resumed from" in line]
+    assert len(resumed) == KILLS, resumed
+    assert not (run_dir / ".lock").exists()
+    # the killed write's temporary file (if not yet removed: only files older than a minute are) is all it left
+    assert all(tmp.read_bytes() == b"half a checkpoint" for tmp in run_dir.glob(".tmp-*"))
+
+    a = load_checkpoint_file(str(exp / "tiny" / "plain" / "ckpt-last.pth"))
+    b = load_checkpoint_file(str(run_dir / "ckpt-last.pth"))
+    assert a["epoch"] == b["epoch"] == 2 and a["metrics"] == b["metrics"]
+    assert a["base_model"].keys() == b["base_model"].keys()
+    for key, value in a["base_model"].items():
+        assert torch.equal(value, b["base_model"][key]), key
+    for rank in (0, 1):
+        assert torch.equal(a["rng_states"][rank]["torch"], b["rng_states"][rank]["torch"]), rank
+        assert torch.equal(a["rng_states"][rank]["numpy"]["key"], b["rng_states"][rank]["numpy"]["key"]), rank

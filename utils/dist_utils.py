@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import datetime
+import math
 import os
 import pickle
 import secrets
@@ -79,23 +80,25 @@ def group_store(rank: int, world_size: int, timeout: datetime.timedelta) -> dist
         agent.set(GROUP_STORE_KEY, f"{host}:{own.port}:{token}")
         return own
     deadline = time.monotonic() + timeout.total_seconds()
-    last = "nothing"
+
+    def left(cap: float = math.inf) -> datetime.timedelta:
+        return datetime.timedelta(seconds=min(cap, max(deadline - time.monotonic(), 0.001)))
+
     while True:
-        agent.wait([GROUP_STORE_KEY], datetime.timedelta(seconds=max(deadline - time.monotonic(), 0.001)))
+        agent.wait([GROUP_STORE_KEY], left())
         host, port, token = agent.get(GROUP_STORE_KEY).decode().rsplit(":", 2)
-        last = f"{host}:{port}"
-        if _listening(host, int(port), min(10.0, max(deadline - time.monotonic(), 0.001))):
+        if _listening(host, int(port), left(10.0).total_seconds()):
             try:
                 own = dist.TCPStore(host, int(port), world_size, is_master=False, wait_for_workers=False,
-                                    timeout=datetime.timedelta(seconds=min(10.0, max(deadline - time.monotonic(), 1.0))))
+                                    timeout=left(10.0))
                 if own.get(_TOKEN_KEY).decode() == token:
                     own.set_timeout(timeout)
                     return own
-            except dist.DistError:  # a port of this attempt's gloo or another program, not the store
+            except dist.DistError:  # a port of this attempt's gloo or of another program, not the store
                 pass
         if time.monotonic() >= deadline:
             raise dist.DistStoreError(f"rank {rank}: rank 0 published no process group store within "
-                                      f"{timeout.total_seconds():g} s (the last address read, {last}, is not it)")
+                                      f"{timeout.total_seconds():g} s (the last address read, {host}:{port}, is not it)")
         time.sleep(0.2)
 
 
