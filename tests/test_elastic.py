@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -131,7 +132,18 @@ def torchrun(script: Path, cfg: Path, exp_root: Path, name: str, kills: bool) ->
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "--max-restarts",
            str(KILLS), str(script), "--launcher", "pytorch", "--config", str(cfg), "--exp_name", name, "--resume", "auto",
            "--num_workers", "0", "--device", "cpu", "--experiment_root", str(exp_root), "--no_progress"]
-    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+
+
+def finished(job: subprocess.Popen, deadline: float) -> str:
+    """``job``'s output once it exits; at ``deadline`` it is killed with its workers (torchrun, killed
+    alone, would leave them running) and the output ends with a line saying so."""
+    try:
+        return job.communicate(timeout=max(deadline - time.monotonic(), 1))[0]
+    except subprocess.TimeoutExpired:
+        os.killpg(job.pid, signal.SIGKILL)
+        return job.communicate()[0] + "\n[test] torchrun killed at its deadline\n"
 
 
 def test_torchrun_survives_three_kills_with_three_restarts_and_ends_as_the_uninterrupted_run(tmp_path, shapenet55_root):
@@ -145,13 +157,8 @@ def test_torchrun_survives_three_kills_with_three_restarts_and_ends_as_the_unint
     script.write_text(KILLED_MAIN.format(repo=str(REPO)))
     exp = tmp_path / "exp"
     jobs = [torchrun(script, cfg, exp, "killed", kills=True), torchrun(script, cfg, exp, "plain", kills=False)]
-    try:
-        (killed, _), (plain, _) = [job.communicate(timeout=600) for job in jobs]
-    finally:
-        for job in jobs:
-            if job.poll() is None:
-                job.kill()
-                job.wait()
+    deadline = time.monotonic() + 480
+    killed, plain = [finished(job, deadline) for job in jobs]
     assert jobs[1].returncode == 0, plain[-4000:]
     assert jobs[0].returncode == 0, killed[-4000:]
     assert "connectFullMesh" not in killed and "init_process_group" not in killed, killed[-4000:]
