@@ -65,9 +65,9 @@ def group_store(rank: int, world_size: int, timeout: datetime.timedelta) -> dist
     torchrun's agent store outlives the workers. Forming a group, gloo (and NCCL) publish each
     rank's address in the store under fixed keys, and torchrun restarts the workers with the same
     store, so a restarted rank could read the address of the dead rank it replaces and fail with
-    "connectFullMesh failed ... Connection refused" (torch's per-attempt key prefix,
-    ``TORCHELASTIC_RESTART_COUNT``, is counted per node, so it is no group-wide name either). Here
-    rank 0 publishes ``host:port:token`` under one key of the agent store; a rank that reads the
+    "connectFullMesh failed ... Connection refused". (A key prefix per ``TORCHELASTIC_RESTART_COUNT``
+    would not do: each node's agent counts its own restarts, so the ranks of one group may disagree.)
+    Here rank 0 publishes ``host:port:token`` under one key of the agent store; a rank that reads the
     previous attempt's entry finds nothing listening there (that attempt's processes are gone), or a
     store without that token, and reads the key again, until ``timeout``."""
     master_addr, master_port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
