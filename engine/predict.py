@@ -120,7 +120,7 @@ class Predictor:
                  sample_seed: int = 0, device: Union[None, str, torch.device] = None, source: str = "<model>"):
         self.device = resolve_device(None if device is None else str(device))
         self.model = model.to(self.device).eval()
-        self.class_names = check_class_names(list(class_names))
+        self.class_names = check_class_names([str(c) for c in class_names])
         self.npoints, self.n_points, self.sample_seed = int(npoints), int(n_points), int(sample_seed)
         self.source = source
 
