@@ -40,7 +40,6 @@ from utils.misc import resolve_device
 from utils.text import check_class_names, printable, spreadsheet_cell
 
 DEFAULT_N_POINTS = 2048
-FOLDER_DATASET = "PointCloudFolder"
 
 
 @dataclass

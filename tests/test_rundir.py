@@ -211,14 +211,6 @@ def test_racing_takers_of_one_stale_lock_never_both_win(tmp_path):
         assert not (folder / LOCK_NAME).exists() and not list(folder.glob(LOCK_NAME + rundir.CLAIM_SUFFIX + "*"))
 
 
-def test_parser_reexports_the_lock_api():
-    from utils import parser
-
-    assert parser.acquire_run_lock is acquire_run_lock and parser.RunDirError is RunDirError
-    assert parser.release_run_lock is release_run_lock and parser.LOCK_NAME == LOCK_NAME
-    assert parser.check_no_checkpoints is rundir.check_no_checkpoints
-
-
 @pytest.mark.parametrize("name", ["../x", "/abs", "a/b", "..", "", "a\\b", "x\n2026-01-01 - INFO - forged"])
 def test_a_run_name_that_is_a_path_is_refused_before_anything_is_created(tmp_path, name):
     import main as main_module
