@@ -254,8 +254,9 @@ class FolderScan:
                                          f"{printable(', '.join(empty))}; add files or remove the folder(s)")
             extra = sorted(set(counts) - set(classes))
             if extra:
-                raise DatasetFormatError(f"{NAME}: {where[part]} has class folder(s) {printable(', '.join(extra))} that "
-                                         f"{where[first]} lacks; the classes are the training folder's subfolders")
+                raise DatasetFormatError(f"{NAME}: {where[part]} has class folder(s) {printable(', '.join(extra))} "
+                                         f"that {where[first]} lacks; the classes are the training folder's "
+                                         f"subfolders")
         self.classes = classes
 
     def _read_all(self, rels: Sequence[str], cache: CloudCache, progress: bool) -> Dict[str, str]:
@@ -438,7 +439,8 @@ class PointCloudFolder(Dataset):
                   f"({scan.cached_before} of {n_all + len(scan.bad)} files cached before, {time.time() - start:.1f} s)",
                   logger=LOGGER)
         if scan.ignored:
-            print_log(f"[{NAME}] {self.root} has train/ and test/: ignored beside them: {printable(', '.join(scan.ignored))}",
+            ignored = printable(", ".join(scan.ignored))
+            print_log(f"[{NAME}] {self.root} has train/ and test/: ignored beside them: {ignored}",
                       logger=LOGGER)
 
     def _class_list(self, most: int = 10) -> str:

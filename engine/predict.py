@@ -349,7 +349,8 @@ def report(results: Sequence[Prediction], class_names: Sequence[str], out: Optio
     if summary is None:
         return None
     print_log(f"[predict] accuracy = {summary['accuracy']:.4f} % ({summary['n']} inputs in class folders)", logger=logger)
-    per = "; ".join(f"{printable(c)} {'-' if a is None else f'{a:.1f}'} % ({n})" for c, (a, n) in summary["per_class"].items())
+    per = "; ".join(f"{printable(c)} {'-' if a is None else f'{a:.1f}'} % ({n})"
+                    for c, (a, n) in summary["per_class"].items())
     print_log(f"[predict] per-class accuracy: {per}", logger=logger)
     print_log(confusion_text(summary["confusion"], class_names), logger=logger)
     if out is not None:
