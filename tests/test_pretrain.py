@@ -33,6 +33,11 @@ def test_one_run_writes_layout_and_loss_falls(tmp_path, shapenet55_root):
     assert not any(k.startswith("module.") for k in ckpt["base_model"])
     assert all(isinstance(v, float) for v in ckpt["metrics"].values())
     assert {"optimizer", "scheduler", "rng_state", "best_metrics"} <= set(ckpt)
+    # the feature-health line of each validation: 4 validation shapes span at most 3 centred directions
+    assert 1.0 <= ckpt["metrics"]["feature_rank"] <= 3.0 + 1e-6
+    assert 1.0 / 3.0 - 1e-6 <= ckpt["metrics"]["feature_first_share"] <= 1.0
+    log = "".join(p.read_text() for p in exp.glob("*.log"))
+    assert "[Feature health] EPOCH: 0 validation features: effective rank" in log and "(4 shapes, 64 dimensions)" in log
 
 
 def test_resume_reproduces_the_uninterrupted_run(tmp_path, shapenet55_root):
