@@ -7,10 +7,8 @@ mask-token outputs), and ``pro_head`` projecting the whole decoded sequence for 
 contrastive loss with the image branch (released ``models/Inter_MAE.py``).
 
 Initialisation (``model.init``, see :data:`models.backbone.INIT_MODES`): ``released`` (default)
-initialises the encoder trunc-normal(0.02) (``MaskTransformer._init_weights``) and the decoder's
-Linears xavier-uniform as the released ``TransformerDecoder._init_weights`` does; ``trunc_normal``
-keeps the project's earlier trunc-normal(0.02) decoder; ``pytorch`` leaves the encoder at PyTorch's
-default init (the decoder as released).
+initialises the decoder's Linears xavier-uniform as the released ``TransformerDecoder._init_weights``
+does; ``trunc_normal`` keeps the project's earlier trunc-normal(0.02) decoder.
 """
 from __future__ import annotations
 
@@ -80,15 +78,14 @@ class MaskTransformer(PointEncoder):
     def __init__(self, trans_dim: int = 384, depth: int = 12, num_heads: int = 6, drop_path_rate: float = 0.1,
                  mask_ratio: float = 0.6, mask_type: str = "rand", encoder_dims: int = 384,
                  patch_embed: str = "inter_mae", num_group: int = 64, group_size: int = 32,
-                 fps_backend: str = "auto", embed_compute: str = DEFAULT_EMBED_COMPUTE, init: str = "released"):
+                 fps_backend: str = "auto", embed_compute: str = DEFAULT_EMBED_COMPUTE):
         if mask_type not in ("rand", "block"):
             raise ValueError(f"mask_type must be 'rand' or 'block', got '{mask_type}'")
         super().__init__(trans_dim, depth, num_heads, drop_path_rate, encoder_dims, num_group, group_size, patch_embed,
                          fps_backend, embed_compute)
         self.mask_ratio = mask_ratio
         self.mask_type = mask_type
-        if init != "pytorch":  # released: trunc-normal(0.02) Linears and Conv1ds, unit LayerNorm
-            self.apply(init_weights)
+        self.apply(init_weights)
 
     def make_mask(self, center: Tensor, noaug: bool = False) -> Tensor:
         if noaug or self.mask_ratio == 0:
@@ -145,7 +142,7 @@ class _MaskedPointAutoencoder(nn.Module):
             trans_dim=tc.trans_dim, depth=tc.depth, num_heads=tc.num_heads, drop_path_rate=tc.drop_path_rate,
             mask_ratio=tc.mask_ratio, mask_type=tc.mask_type, encoder_dims=tc.encoder_dims,
             patch_embed=config.get("patch_embed", self.default_patch_embed), num_group=self.num_group,
-            group_size=self.group_size, fps_backend=fps_backend, embed_compute=embed_compute, init=self.init_mode,
+            group_size=self.group_size, fps_backend=fps_backend, embed_compute=embed_compute,
         )
         self.mask_token = nn.Parameter(torch.zeros(1, 1, self.trans_dim))
         self.decoder_dim = self._decoder_dim(tc)
@@ -154,7 +151,7 @@ class _MaskedPointAutoencoder(nn.Module):
             embed_dim=self.decoder_dim, depth=tc.decoder_depth, num_heads=tc.decoder_num_heads,
             drop_path_rate=[r.item() for r in torch.linspace(0, self.drop_path_rate, tc.decoder_depth)],
         )
-        if self.init_mode in ("released", "pytorch"):
+        if self.init_mode == "released":
             self.MAE_decoder.apply(xavier_init_weights)
         self.group_divider = self.MAE_encoder.group_divider
         self.loss_func = build_reconstruction_loss(config.loss)

@@ -35,20 +35,14 @@ PRETRAIN_PREFIX = "MAE_encoder."
 #                 but never applied), cls_token / cls_pos trunc-normal(0.02).
 #   trunc_normal  the project's earlier choice: trunc-normal(0.02) Linears / Conv1ds, unit LayerNorm,
 #                 applied to the whole classifier / segmenter and to the pre-training decoder.
-#   pytorch       pre-training: the encoder keeps PyTorch's default init, the one a classifier trained
-#                 from scratch starts from (decoder and heads as released). A short pre-training moves
-#                 the weights little, so its checkpoint is then no worse a start than scratch
-#                 (cfgs/pretrain_folder.yaml; README 'Your own data'). Classifier and segmenter: the
-#                 same as released.
-INIT_MODES = ("released", "trunc_normal", "pytorch")
+INIT_MODES = ("released", "trunc_normal")
 
 
 def check_init(value, where: str = "model.init", source: Optional[str] = None) -> str:
     """``value`` if it is one of :data:`INIT_MODES`; else a ConfigError naming key, value and file."""
     if value not in INIT_MODES:
         raise ConfigError(f"{where}: '{value}' is not an initialisation; expected one of {list(INIT_MODES)} "
-                          f"(released: as the released code; trunc_normal: trunc-normal 0.02 everywhere; pytorch: PyTorch's "
-                          f"default init of the encoder)", source)
+                          f"(released: as the released code; trunc_normal: trunc-normal 0.02 everywhere)", source)
     return value
 
 
