@@ -76,11 +76,12 @@ def make_val_step(device: torch.device, features: Optional[List[Tensor]] = None)
     return step
 
 
-def validation_feature_health(features: List[Tensor], epoch: int, first_rank: Optional[float], writer=None,
+def validation_feature_health(features: List[Tensor], epoch: int, first_rank: Optional[float],
                               logger=None) -> Tuple[Dict[str, float], Optional[float]]:
     """Feature health of the validation features of every process (collective): logs a ``[Feature
     health]`` line, a warning when :func:`engine.feature_health.collapse_warning` says so, and returns
-    (figures for TensorBoard / the checkpoint's metrics, the run's first effective rank)."""
+    (figures for the validation line, TensorBoard ``Metric/*`` and the checkpoint's metrics, the
+    run's first effective rank)."""
     gathered = [f for part in all_gather_objects(features) for f in part]
     if not gathered or sum(f.shape[0] for f in gathered) < 2:
         return {}, first_rank
@@ -144,6 +145,7 @@ def run_net(settings: RunSettings, config, writers=(None, None), stop: Optional[
             if figures.get("val_loss_rec", math.inf) < state.best_metrics.get("val_loss_rec", math.inf):
                 state.best_metrics = {**figures, "epoch": epoch}
 
+        builder.write_epoch_metrics(state, settings, epoch, metrics, logger)
         builder.save_checkpoint(state, "ckpt-last", settings, config, epoch=epoch, metrics=metrics, logger=logger)
         if builder.epoch_copy_due(epoch, settings):
             builder.save_checkpoint(state, f"ckpt-epoch-{epoch:03d}", settings, config, epoch=epoch, metrics=metrics,
