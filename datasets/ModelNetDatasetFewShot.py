@@ -15,6 +15,7 @@ from utils.logger import print_log
 
 from .build import DATASETS
 from .common import DatasetFormatError, dataset_schema, pc_normalize, require_path
+from .safe_io import load_data_pickle, npz_twin, read_npz_arrays
 
 LAYOUT = """  <DATA_PATH>/{way}way_{shot}shot/{fold}.pkl   ways 5/10, shots 10/20, folds 0-9
   each a pickled dict {'train': [...], 'test': [...]} of tuples
@@ -42,14 +43,11 @@ class ModelNetFewShot(Dataset):
                                      f"(got way={self.way}, shot={self.shot}, fold={self.fold})")
         if self.subset not in ("train", "test"):
             raise DatasetFormatError(f"ModelNetFewShot: subset must be 'train' or 'test', got '{self.subset}'")
-        self.pickle_path = require_path(os.path.join(self.root, f"{self.way}way_{self.shot}shot", f"{self.fold}.pkl"),
-                                        "ModelNetFewShot", LAYOUT)
+        self.pickle_path = os.path.join(self.root, f"{self.way}way_{self.shot}shot", f"{self.fold}.pkl")
+        if not os.path.isfile(npz_twin(self.pickle_path)):
+            require_path(self.pickle_path, "ModelNetFewShot", LAYOUT)
         print_log(f"Load processed data from {self.pickle_path}...", logger="ModelNetFewShot")
-        with open(self.pickle_path, "rb") as f:
-            try:
-                data = pickle.load(f)
-            except Exception as e:
-                raise DatasetFormatError(f"'{self.pickle_path}' could not be unpickled: {type(e).__name__}: {e}") from None
+        data = load_fewshot_file(self.pickle_path)
         if not isinstance(data, dict) or self.subset not in data:
             raise DatasetFormatError(f"'{self.pickle_path}': expected a dict with 'train' and 'test' lists")
         self.dataset = data[self.subset]
@@ -73,6 +71,22 @@ class ModelNetFewShot(Dataset):
         if self.subset == "train":
             points = points[np.random.permutation(points.shape[0])]
         return "ModelNet", "sample", (torch.from_numpy(np.ascontiguousarray(points)), int(label))
+
+
+FEWSHOT_NPZ_KEYS = ("points", "labels", "classes")  # per split: <split>_points (n, N, 6), _labels (n,), _classes (n,)
+
+
+def load_fewshot_file(path: str) -> dict:
+    """``{'train': [(points, label, class), ...], 'test': [...]}`` of a few-shot ``N.pkl``, through the
+    restricted unpickler (:func:`datasets.safe_io.load_data_pickle`), or of its ``.npz``
+    conversion beside it (``tools/convert_pickles.py``) when present."""
+    twin = npz_twin(path)
+    if not os.path.isfile(twin):
+        return load_data_pickle(path, "few-shot split")
+    names = [f"{split}_{key}" for split in ("train", "test") for key in FEWSHOT_NPZ_KEYS]
+    arrays = read_npz_arrays(twin, "few-shot split", names)
+    return {split: list(zip(arrays[f"{split}_points"], arrays[f"{split}_labels"].tolist(),
+                            arrays[f"{split}_classes"].tolist())) for split in ("train", "test")}
 
 
 def _pick(rng: np.random.Generator, pool: np.ndarray, k: int, what: str) -> np.ndarray:

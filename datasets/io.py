@@ -15,7 +15,10 @@ and its errors name the problem (trimesh's are ``KeyError: 'z'``, ``IndexError``
 """
 from __future__ import annotations
 
+import io
+import math
 import os
+import stat
 import zlib
 from typing import Dict, List, Optional, Tuple
 
@@ -272,18 +275,108 @@ def _array_points(arr: np.ndarray, path: str, what: str) -> np.ndarray:
     return arr[:, :3].astype(np.float64)
 
 
+def npz_member_header(zf, member: str) -> Tuple[Tuple[int, ...], np.dtype, int, int]:
+    """``(shape, dtype, declared bytes, stored bytes or -1)`` of the ``.npy`` member ``member`` of the
+    open zip ``zf``, from the zip directory and the npy header only (nothing else is decompressed).
+    ValueError for a header that is not a numeric array's or declares more than the member holds;
+    stored is the compressed size of a compressed member (-1: stored uncompressed)."""
+    import zipfile
+
+    info = zf.getinfo(member)
+    if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+        # zipfile decompresses bzip2 / lzma without an output bound (a 1 KB member can fill the memory);
+        # np.savez / np.savez_compressed write stored / deflated members only
+        raise ValueError(f"member '{member}' is compressed with method {info.compress_type}; expected stored or "
+                         f"deflate (np.savez / np.savez_compressed)")
+    from utils.limits import check_array_bytes
+
+    check_array_bytes(info.file_size, f"member '{member}'",
+                      -1 if info.compress_type == zipfile.ZIP_STORED else info.compress_size)
+    with zf.open(info) as m:
+        shape, dtype, header_len = _npy_header(m)
+    nbytes = math.prod(shape) * dtype.itemsize
+    if nbytes != info.file_size - header_len:
+        raise ValueError(f"member '{member}' declares {shape} {dtype} ({nbytes} bytes) but holds "
+                         f"{info.file_size - header_len} bytes")
+    return shape, dtype, nbytes, (-1 if info.compress_type == zipfile.ZIP_STORED else info.compress_size)
+
+
+def _npy_header(f) -> Tuple[Tuple[int, ...], np.dtype, int]:
+    """(shape, dtype, header length) of an ``.npy`` stream positioned at its start; ValueError unless
+    it is a numeric array (versions 1.0 / 2.0; no pickles, no structured dtypes)."""
+    version = np.lib.format.read_magic(f)
+    if version == (1, 0):
+        shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+    elif version == (2, 0):
+        shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+    else:
+        raise ValueError(f"unsupported .npy format version {version}")
+    if dtype.kind not in "biuf" or dtype.fields is not None or dtype.subdtype is not None:
+        raise ValueError(f"array of dtype {dtype}, expected a numeric (N, 3) array")
+    return tuple(int(s) for s in shape), dtype, f.tell()
+
+
+def _check_limits(path: str, what: str, nbytes: int, stored: int = -1) -> None:
+    """:func:`utils.limits.check_array_bytes` as a :class:`BadFileError` of ``path``."""
+    from utils.limits import LimitError, check_array_bytes
+
+    try:
+        check_array_bytes(nbytes, what, stored)
+    except LimitError as e:
+        raise BadFileError(path, str(e)) from None
+
+
 def _read_npz(path: str) -> np.ndarray:
-    with np.load(path, allow_pickle=False) as z:
-        names = list(z.files)
+    """The points of an ``.npz``: array ``points``, else the first numeric (N, >=3) array. Each
+    member's declared shape and size are checked (:mod:`utils.limits`) before it is decompressed."""
+    import zipfile
+
+    from utils.limits import LimitError
+
+    with _open_regular(path) as f, zipfile.ZipFile(f) as zf:
+        names = [n[:-4] for n in zf.namelist() if n.endswith(".npy")]
         if not names:
             raise BadFileError(path, "empty .npz (no arrays)")
-        if "points" in names:
-            return _array_points(z["points"], path, "array 'points'")
-        for name in names:
-            arr = z[name]
-            if arr.dtype.kind in "biuf" and arr.ndim == 2 and arr.shape[1] >= 3:
-                return _array_points(arr, path, f"array '{name}'")
+        order = ["points"] if "points" in names else names
+        for name in order:
+            try:
+                shape, dtype, nbytes, stored = npz_member_header(zf, name + ".npy")
+            except LimitError as e:
+                raise BadFileError(path, str(e)) from None
+            except ValueError as e:
+                if name == "points":
+                    raise BadFileError(path, f"array 'points': {e}") from None
+                continue
+            if name != "points" and not (len(shape) == 2 and shape[1] >= 3):
+                continue
+            _check_limits(path, f"array '{name}' {shape} {dtype}", nbytes, stored)
+            with zf.open(name + ".npy") as m:
+                arr = np.lib.format.read_array(m, allow_pickle=False)
+            return _array_points(arr, path, f"array '{name}'")
     raise BadFileError(path, f"no (N, 3) array among {names}; name it 'points'")
+
+
+def _read_npy(path: str) -> np.ndarray:
+    """The points of an ``.npy``; its declared shape and size checked before it is read."""
+    with _open_regular(path) as f:
+        shape, dtype, header_len = _npy_header(f)
+        nbytes = math.prod(shape) * dtype.itemsize
+        size = os.fstat(f.fileno()).st_size
+        if nbytes != size - header_len:
+            raise BadFileError(path, f"declares {shape} {dtype} ({nbytes} bytes) but holds {size - header_len} bytes")
+        _check_limits(path, f"the array {shape} {dtype}", nbytes)
+        f.seek(0)
+        return _array_points(np.lib.format.read_array(f, allow_pickle=False), path, "the array")
+
+
+def _open_regular(path: str):
+    """``open(path, 'rb')`` of a regular file only (never blocking on a FIFO): BadFileError otherwise."""
+    from .safe_io import open_regular
+
+    try:
+        return open_regular(path)
+    except DatasetFormatError:
+        raise BadFileError(path, "not a regular file (a FIFO, device or folder)") from None
 
 
 def read_point_file(path: str) -> Tuple[np.ndarray, Optional[np.ndarray]]:
@@ -295,9 +388,12 @@ def read_point_file(path: str) -> Tuple[np.ndarray, Optional[np.ndarray]]:
     if ext not in CLOUD_EXTS:
         raise BadFileError(path, f"unknown extension {ext or '(none)'}; expected one of {' '.join(CLOUD_EXTS)}")
     try:
-        size = os.path.getsize(path)
+        st = os.stat(path)
     except OSError as e:
         raise BadFileError(path, f"unreadable ({e.strerror or e})") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise BadFileError(path, "not a regular file (a FIFO, device or folder)")
+    size = st.st_size
     if size == 0:
         raise BadFileError(path, "empty")
     try:
@@ -315,7 +411,7 @@ def read_point_file(path: str) -> Tuple[np.ndarray, Optional[np.ndarray]]:
         if ext in TEXT_EXTS:
             return _read_text(path), None
         if ext == ".npy":
-            return _array_points(np.load(path, allow_pickle=False), path, "the array"), None
+            return _read_npy(path), None
         if ext == ".npz":
             return _read_npz(path), None
         return _read_mesh(path)
@@ -331,7 +427,13 @@ def read_point_file(path: str) -> Tuple[np.ndarray, Optional[np.ndarray]]:
 def _read_mesh(path: str) -> Tuple[np.ndarray, Optional[np.ndarray]]:
     import trimesh  # imported here: only folder datasets with meshes need it
 
-    loaded = trimesh.load(path, process=False)
+    # From bytes, without a file name: trimesh then has no resolver and follows no reference (OBJ
+    # mtllib / textures, PLY texture files), which could name a FIFO or any file.
+    with _open_regular(path) as f:
+        data = f.read()
+    ext = os.path.splitext(path)[1].lower().lstrip(".")
+    extra = {"skip_materials": True} if ext == "obj" else {}
+    loaded = trimesh.load(io.BytesIO(data), file_type=ext, resolver=None, process=False, **extra)
     if isinstance(loaded, trimesh.Scene):
         if not loaded.geometry:
             raise BadFileError(path, "no geometry (empty or not a mesh)")
