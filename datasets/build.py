@@ -22,3 +22,26 @@ def bind_run_dir(config, run_dir: str) -> None:
             hook = getattr(DATASETS.get(name), "bind_run_dir", None)
             if hook is not None:
                 hook(entry, run_dir)
+
+
+def prepare_data(config, logger=None) -> None:
+    """Before the run directory exists: let each dataset entry of a run's config check its data
+    (a dataset class's optional ``prepare_entry(entry, config)``, e.g. a folder dataset reads every
+    file and resolves ``N_POINTS: auto`` into the config), so data refused at start-up, as a bad
+    config, leaves nothing behind. The lines the hooks return are logged."""
+    from utils.logger import print_log
+
+    for section in ("dataset", "svm_validation"):
+        entries = config.get(section)
+        if not isinstance(entries, dict):
+            continue
+        for split, entry in entries.items():
+            if not isinstance(entry, dict):
+                continue
+            name = (entry.get("others") or {}).get("NAME") or ((entry.get("_base_") or {}).get("NAME")
+                                                               if isinstance(entry.get("_base_"), dict) else None)
+            hook = getattr(DATASETS.get(name), "prepare_entry", None) if name in DATASETS else None
+            if hook is not None:
+                line = hook(entry, config)
+                if line:
+                    print_log(f"{section}.{split}: {line}", logger=logger)

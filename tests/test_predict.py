@@ -86,7 +86,8 @@ def test_predict_csv_accuracy_equals_test(finetuned, tmp_path):
     assert (tmp_path / "out" / "predictions_confusion.png").stat().st_size > 0
 
 
-def test_predict_skips_bad_files_and_strict_stops(finetuned, tmp_path):
+def test_predict_skips_bad_files_and_strict_stops(finetuned, tmp_path, monkeypatch):
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
     root, run, _, _ = finetuned
     inputs = tmp_path / "new files"
     shutil.copytree(root / "test" / "ball", inputs / "ball")
@@ -102,9 +103,13 @@ def test_predict_skips_bad_files_and_strict_stops(finetuned, tmp_path):
     log = out.with_suffix(".log").read_text(encoding="utf-8")
     assert "skipped" in log and "empty.off: empty" in log
     out.unlink()
-    with pytest.raises(InputError, match=r"^2 bad inputs: .*notes.foo \(unknown extension .*, .*empty.off \(empty\)"):
+    with pytest.raises(InputError, match=r"^2 bad inputs \(--strict\): unknown extension .foo; .*\(1 input\): "
+                                         r"[^;]*notes.foo; empty \(1 input\): [^;]*empty.off; nothing written; ") as info:
         predict_cmd.main(argv + ["--strict"])
     assert not out.exists()
+    listed = Path(str(info.value).rsplit("; every input and its reason: ", 1)[1])
+    assert listed.parent == tmp_path and sorted(Path(line.split("\t")[0]).name for line in
+                                                listed.read_text(encoding="utf-8").splitlines()[1:]) == ["empty.off", "notes.foo"]
     with pytest.raises(InputError, match="neither a file nor a folder"):
         predict_cmd.main(["--ckpts", str(run / "ckpt-best.pth"), "--input", str(tmp_path / "nope"), "--out", str(out)])
 
