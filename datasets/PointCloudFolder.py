@@ -50,6 +50,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from utils.logger import print_log
+from utils.text import printable
 
 from .build import DATASETS
 from .common import DatasetFormatError, dataset_schema, pc_normalize, random_subset
@@ -99,6 +100,18 @@ def resolve_cache_dir(root: str, configured: Optional[str] = None, enabled: bool
     return next((c for c in candidates if _writable(c)), None)
 
 
+def stat_failure(path: str, error: OSError) -> str:
+    """Why ``os.stat(path)`` failed, in words: a dangling symbolic link, a loop of links, or the
+    system's reason."""
+    import errno
+
+    if error.errno == errno.ELOOP:
+        return "unreadable (a loop of symbolic links)"
+    if error.errno == errno.ENOENT and os.path.islink(path):
+        return f"unreadable (a symbolic link to {printable(os.readlink(path))}, which does not exist)"
+    return f"unreadable ({error.strerror or error})"
+
+
 class CloudCache:
     """Parsed and sampled clouds as ``<folder>/<sha1>.npy``, keyed on the file's absolute path,
     size and mtime and the sampling parameters. Writes are atomic (temporary file + rename); an
@@ -108,7 +121,12 @@ class CloudCache:
         self.folder, self.n_points, self.seed = folder, int(n_points), int(seed)
 
     def key(self, path: str) -> str:
-        st = os.stat(path)
+        """The entry's name; a file that cannot be stat-ed (a dangling or looping symbolic link, no
+        permission) is a :class:`BadFileError`."""
+        try:
+            st = os.stat(path)
+        except OSError as e:
+            raise BadFileError(path, stat_failure(path, e)) from None
         ident = f"{os.path.abspath(path)}|{st.st_size}|{st.st_mtime_ns}|{self.n_points}|{self.seed}|{CACHE_VERSION}"
         return hashlib.sha1(ident.encode("utf-8", errors="surrogateescape")).hexdigest()
 
@@ -116,7 +134,10 @@ class CloudCache:
         return None if self.folder is None else os.path.join(self.folder, self.key(path) + suffix)
 
     def has(self, path: str) -> bool:
-        entry = self.entry(path)
+        try:
+            entry = self.entry(path)
+        except BadFileError:
+            return False  # reported when the file is read
         return entry is not None and os.path.isfile(entry)
 
     def count(self, path: str) -> Optional[int]:
@@ -267,10 +288,10 @@ class FolderScan:
             empty = [c for c, n in counts.items() if n == 0]
             if empty:
                 raise DatasetFormatError(f"{NAME}: class folder(s) with no files in {where[part]}: "
-                                         f"{', '.join(empty)}; add files or remove the folder(s)")
+                                         f"{printable(', '.join(empty))}; add files or remove the folder(s)")
             extra = sorted(set(counts) - set(classes))
             if extra:
-                raise DatasetFormatError(f"{NAME}: {where[part]} has class folder(s) {', '.join(extra)} that "
+                raise DatasetFormatError(f"{NAME}: {where[part]} has class folder(s) {printable(', '.join(extra))} that "
                                          f"{where[first]} lacks; the classes are the training folder's subfolders")
         self.classes = classes
 
@@ -558,12 +579,12 @@ class PointCloudFolder(Dataset):
                   f"({scan.cached_before} of {n_all + len(scan.bad)} files cached before, {time.time() - start:.1f} s)",
                   logger=LOGGER)
         if scan.ignored:
-            print_log(f"[{NAME}] {self.root} has train/ and test/: ignored beside them: {', '.join(scan.ignored)}",
+            print_log(f"[{NAME}] {self.root} has train/ and test/: ignored beside them: {printable(', '.join(scan.ignored))}",
                       logger=LOGGER)
 
     def _class_list(self, most: int = 10) -> str:
         names = self.class_names or []
-        return ", ".join(names[:most]) + (f", ... ({len(names) - most} more)" if len(names) > most else "")
+        return printable(", ".join(names[:most])) + (f", ... ({len(names) - most} more)" if len(names) > most else "")
 
     def _subset_items(self, scan: FolderScan, config) -> List[Tuple[str, Optional[str]]]:
         if scan.split_dirs:
