@@ -61,6 +61,12 @@ class _Element:
         return np.dtype([(name, endian + PLY_TYPES[typ]) for name, typ, _ in self.props])
 
 
+def _header_line(line: bytes, most: int = 60) -> str:
+    """A PLY header line as an error message quotes it: its ``repr``, cut to ``most`` bytes."""
+    line = line.strip()
+    return repr(line[:most]) + (f" (+{len(line) - most} bytes)" if len(line) > most else "")
+
+
 def _parse_header(path: str, f) -> Tuple[str, List[_Element]]:
     magic = f.readline()
     if magic.strip() != b"ply":
@@ -78,27 +84,27 @@ def _parse_header(path: str, f) -> Tuple[str, List[_Element]]:
             break
         if key == "format":
             if len(words) < 3 or words[1] not in _FORMATS:
-                raise ValueError(f"{path}: unsupported PLY format line {line.strip()!r}; expected "
+                raise ValueError(f"{path}: unsupported PLY format line {_header_line(line)}; expected "
                                  f"'format ascii|binary_little_endian|binary_big_endian 1.0'")
             fmt = words[1]
         elif key == "element":
             if len(words) != 3 or not words[2].isdigit():
-                raise ValueError(f"{path}: malformed PLY element line {line.strip()!r}; expected 'element <name> <count>'")
+                raise ValueError(f"{path}: malformed PLY element line {_header_line(line)}; expected 'element <name> <count>'")
             elements.append(_Element(words[1], int(words[2])))
         elif key == "property":
             if not elements:
                 raise ValueError(f"{path}: PLY 'property' line before any 'element' line")
             if len(words) == 5 and words[1] == "list":
                 if words[2] not in PLY_TYPES or words[3] not in PLY_TYPES:
-                    raise ValueError(f"{path}: unknown PLY type in {line.strip()!r}; expected one of {sorted(PLY_TYPES)}")
+                    raise ValueError(f"{path}: unknown PLY type in {_header_line(line)}; expected one of {sorted(PLY_TYPES)}")
                 elements[-1].props.append((words[4], words[3], words[2]))
             elif len(words) == 3 and words[1] in PLY_TYPES:
                 elements[-1].props.append((words[2], words[1], None))
             else:
-                raise ValueError(f"{path}: malformed PLY property line {line.strip()!r}; expected "
+                raise ValueError(f"{path}: malformed PLY property line {_header_line(line)}; expected "
                                  f"'property <type> <name>' with a type in {sorted(PLY_TYPES)}")
         else:
-            raise ValueError(f"{path}: unexpected PLY header line {line.strip()!r}")
+            raise ValueError(f"{path}: unexpected PLY header line {_header_line(line)}")
     if fmt is None:
         raise ValueError(f"{path}: PLY header has no 'format' line")
     return fmt, elements
@@ -461,8 +467,13 @@ def _read_mesh(path: str) -> Tuple[np.ndarray, Optional[np.ndarray]]:
     return vertices, np.asarray(faces)
 
 
+F32_MAX = float(np.finfo(np.float32).max)
+
+
 def _first_bad_row(points: np.ndarray) -> Optional[int]:
-    finite = np.isfinite(points).all(axis=1)
+    """The first row with a value that is not finite in float32 (NaN, Inf, or beyond +-3.4e38, which
+    the float32 points the models take would turn into Inf); None when every row is."""
+    finite = (np.isfinite(points) & (np.abs(points) <= F32_MAX)).all(axis=1)
     return None if finite.all() else int(np.argmin(finite))
 
 
