@@ -23,7 +23,8 @@ from torch.utils.data import Dataset
 
 from utils.cli import InputError
 
-from .common import pc_normalize
+from .common import first_non_finite, pc_normalize
+from .safe_io import open_regular
 
 NUM_PARTS = 50
 NUM_CATEGORIES = 16
@@ -100,11 +101,16 @@ def read_split_file(root: str, split: str) -> List[Tuple[str, str]]:
 def load_shape_file(path: str) -> np.ndarray:
     """One ``<token>.txt`` -> float32 (N, 7) rows x y z nx ny nz part."""
     try:
-        data = np.loadtxt(path, dtype=np.float32, ndmin=2)
+        with open_regular(path, "ShapeNetPart shape file") as f:  # never blocks on a FIFO
+            data = np.loadtxt(f, dtype=np.float32, ndmin=2)
     except (OSError, ValueError) as e:
-        raise ShapeNetPartFormatError(f"{path}: could not read rows 'x y z nx ny nz part' ({e})") from None
+        raise ShapeNetPartFormatError(f"{path}: could not read rows 'x y z nx ny nz part' ({str(e)[:200]})") from None
     if data.shape[1] != 7 or data.shape[0] == 0:
         raise ShapeNetPartFormatError(f"{path}: expected rows of 7 numbers 'x y z nx ny nz part', got shape {data.shape}")
+    bad = first_non_finite(data[:, :6])
+    if bad is not None:
+        raise ShapeNetPartFormatError(f"{path}: row {bad[0]} has a non-finite value {data[bad]} (NaN, Inf, or beyond "
+                                      f"float32)")
     parts = data[:, 6]
     if (parts < 0).any() or (parts >= NUM_PARTS).any() or (parts != np.round(parts)).any():
         raise ShapeNetPartFormatError(f"{path}: part labels must be integers in [0, {NUM_PARTS}), got {np.unique(parts)[:10]}")

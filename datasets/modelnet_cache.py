@@ -48,12 +48,13 @@ def read_modelnet_txt(path: str) -> np.ndarray:
             data = np.loadtxt(path, delimiter=",", dtype=np.float32, ndmin=2)
     except ValueError as e:
         raise DatasetFormatError(f"ModelNet shape file '{path}': expected rows of 6 comma-separated floats "
-                                 f"x,y,z,nx,ny,nz ({e})") from None
+                                 f"x,y,z,nx,ny,nz ({str(e)[:200]})") from None
     if data.size == 0:
         return np.zeros((0, 6), dtype=np.float32)
     if data.shape[1] != 6:
         raise DatasetFormatError(f"ModelNet shape file '{path}': expected 6 comma-separated columns x,y,z,nx,ny,nz, "
                                  f"got {data.shape[1]}")
+    check_finite_points(data, f"ModelNet shape file '{path}'")  # NaN, Inf, or beyond float32 (read as Inf)
     return data
 
 
