@@ -79,8 +79,8 @@ def cases(draw, target: Target) -> Tuple[str, Dict[str, Optional[bytes]], int]:
     files = target.make(np.random.default_rng(seed), ext)
     tampered = files.pop(TAMPERED, None) is not None
     first = next(iter(files))
-    if raw:  # raw bytes in place of the file (the files beside it as made)
-        files[first] = draw(st.binary(max_size=2048))
+    if raw:  # raw bytes (or, now and then, a FIFO) in place of the file; the files beside it as made
+        files[first] = None if draw(st.integers(0, 4)) == 0 else draw(st.binary(max_size=2048))
         return ext, files, -1
     data = bytearray(files[first] or b"")
     count = draw(st.integers(0, 4))

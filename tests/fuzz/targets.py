@@ -124,9 +124,7 @@ def make_cloud(rng: np.random.Generator, ext: str) -> Files:
         arrays = {str(rng.choice(["points", "xyz", "pc"])): _cloud(rng, cols=int(rng.integers(3, 7)))}
         if rng.random() < 0.5:
             arrays["label"] = np.array([int(rng.integers(0, 40))])
-        buf = io.BytesIO()
-        (np.savez_compressed if rng.random() < 0.5 else np.savez)(buf, **arrays)
-        return {"cloud.npz": buf.getvalue()}
+        return {"cloud.npz": _npz_bytes(arrays, rng)}
     mesh = _mesh(rng)
     if ext == ".off":
         return {"cloud.off": _export(mesh, "off")}
@@ -163,17 +161,27 @@ def check_points(result) -> Optional[str]:
 
 
 # ------------------------------------------------------------------------------ released formats
+def _npz_bytes(arrays: Dict[str, np.ndarray], rng: np.random.Generator) -> bytes:
+    buf = io.BytesIO()
+    (np.savez_compressed if rng.random() < 0.5 else np.savez)(buf, **arrays)
+    return buf.getvalue()
+
+
 def make_modelnet_dat(rng: np.random.Generator, ext: str) -> Files:
+    """The released pickle, or its ``.npz`` conversion (read in its place when it lies beside it)."""
     n = int(rng.integers(1, 5))
     points = [_cloud(rng, N_POINTS, N_POINTS, cols=6) for _ in range(n)]
     labels = [np.array([int(rng.integers(0, 40))], dtype=np.int32) for _ in range(n)]
+    if ext == ".npz":
+        return {"modelnet40_train_32pts_fps.npz": _npz_bytes({"points": np.stack(points), "labels": np.stack(labels)},
+                                                              rng)}
     return {"modelnet40_train_32pts_fps.dat": pickle.dumps([points, labels], protocol=int(rng.integers(2, 6)))}
 
 
 def read_modelnet_dat(root: str, path: str):
     from datasets.modelnet_cache import load_cache
 
-    return load_cache(path, N_POINTS)
+    return load_cache(os.path.splitext(path)[0] + ".dat", N_POINTS)
 
 
 def check_modelnet_dat(result) -> Optional[str]:
@@ -188,8 +196,15 @@ def check_modelnet_dat(result) -> Optional[str]:
 
 
 def make_fewshot_pkl(rng: np.random.Generator, ext: str) -> Files:
-    data = {split: [(_cloud(rng, N_POINTS, 2 * N_POINTS, cols=6), int(rng.integers(0, 5)), int(rng.integers(0, 40)))
+    data = {split: [(_cloud(rng, N_POINTS, N_POINTS, cols=6), int(rng.integers(0, 5)), int(rng.integers(0, 40)))
                     for _ in range(int(rng.integers(1, 4)))] for split in ("train", "test")}
+    if ext == ".npz":
+        arrays = {}
+        for split, items in data.items():
+            arrays[f"{split}_points"] = np.stack([p for p, _, _ in items])
+            arrays[f"{split}_labels"] = np.array([lab for _, lab, _ in items])
+            arrays[f"{split}_classes"] = np.array([c for _, _, c in items])
+        return {"5way_10shot/0.npz": _npz_bytes(arrays, rng)}
     return {"5way_10shot/0.pkl": pickle.dumps(data, protocol=int(rng.integers(2, 6)))}
 
 
@@ -562,10 +577,11 @@ def _targets() -> Dict[str, Target]:
         Target("cloud-off", "cloud.off", (".off",), make_cloud, read_cloud, check_cloud, text=True, slow=True),
         Target("cloud-obj", "cloud.obj", (".obj",), make_cloud, read_cloud, check_cloud, text=True, slow=True),
         Target("cloud-stl", "cloud.stl", (".stl",), make_cloud, read_cloud, check_cloud, slow=True),
-        Target("features-points", "cloud.ply", (".ply", ".npy", ".xyz"), make_cloud, read_points_file, check_points),
-        Target("modelnet-dat", "modelnet40_train_32pts_fps.dat", (".dat",), make_modelnet_dat, read_modelnet_dat,
+        Target("features-points", "cloud.ply", (".ply", ".npy", ".npz", ".xyz", ".obj"), make_cloud, read_points_file,
+               check_points),
+        Target("modelnet-dat", "modelnet40_train_32pts_fps.dat", (".dat", ".npz"), make_modelnet_dat, read_modelnet_dat,
                check_modelnet_dat),
-        Target("fewshot-pkl", "5way_10shot/0.pkl", (".pkl",), make_fewshot_pkl, read_fewshot_pkl, check_fewshot_pkl,
+        Target("fewshot-pkl", "5way_10shot/0.pkl", (".pkl", ".npz"), make_fewshot_pkl, read_fewshot_pkl, check_fewshot_pkl,
                layout=tuple(FEWSHOT_LAYOUT.splitlines()) + readme),
         Target("modelnet-txt", "airplane_0001.txt", (".txt",), make_modelnet_txt, read_modelnet_txt,
                check_modelnet_txt, text=True),
