@@ -27,7 +27,7 @@ if __name__ == "__main__":  # a script: the repository and tests/ on the import 
 from hypothesis import HealthCheck, Phase, Verbosity, given, settings  # noqa: E402
 
 from fuzz.isolate import Isolated  # noqa: E402
-from fuzz.judge import Finding, run_case, signature, write_case  # noqa: E402
+from fuzz.judge import Finding, run_case, signature  # noqa: E402
 from fuzz.mutate import cases  # noqa: E402
 from fuzz.targets import TARGET_NAMES, crc, targets  # noqa: E402
 
@@ -52,7 +52,10 @@ def save_finding(out: Path, sig: Signature, files, finding: Finding) -> str:
     first = next(iter(files.values())) or b""
     folder = out / "findings" / name / f"{rule}-{error_type or 'none'}-{crc(first)}"
     folder.mkdir(parents=True, exist_ok=True)
-    write_case(str(folder / "files"), {k: v for k, v in files.items() if v is not None})
+    for rel, data in files.items():  # FIFOs are named in finding.txt, not made
+        if data is not None:
+            (folder / "files" / rel).parent.mkdir(parents=True, exist_ok=True)
+            (folder / "files" / rel).write_bytes(data)
     (folder / "finding.txt").write_text(f"target: {name}\nrule: {rule}\nwhere: {sig[3]}\n"
                                         f"fifos: {[k for k, v in files.items() if v is None]}\n\n{finding}\n")
     return str(folder)
