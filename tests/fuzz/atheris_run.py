@@ -29,13 +29,13 @@ import numpy as np  # noqa: E402
 
 with atheris.instrument_imports(include=["datasets", "engine", "utils", "models"]):
     import datasets.io  # noqa: E402,F401
+    import datasets.modelnet_cache  # noqa: E402,F401
     import datasets.ModelNetDatasetFewShot  # noqa: E402,F401
     import datasets.ModelNetH5Dataset  # noqa: E402,F401
+    import datasets.PointCloudFolder  # noqa: E402,F401
     import datasets.ScanObjectNNDataset  # noqa: E402,F401
     import datasets.ShapeNet55Dataset  # noqa: E402,F401
     import datasets.ShapeNetPartDataset  # noqa: E402,F401
-    import datasets.PointCloudFolder  # noqa: E402,F401
-    import datasets.modelnet_cache  # noqa: E402,F401
     import datasets.views  # noqa: E402,F401
     import engine.features  # noqa: E402,F401
     import engine.predict  # noqa: E402,F401
