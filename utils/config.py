@@ -274,6 +274,7 @@ def check_values(config: Mapping, job: str, model_cls: Optional[type] = None, wo
     for key, integer, low, low_open in TOP_LEVEL_NUMBERS:
         check_number(config, key, key, integer=integer, low=low, low_open=low_open,
                      allow_none=key in ("grad_norm_clip", "ckpt_period"))
+    _check_limit(config, "npoints", "npoints", "points")
     if "total_bs" in config and world_size > 1 and config.total_bs % world_size != 0:
         raise ConfigError(f"'total_bs' = {config.total_bs}: expected a multiple of the {world_size} processes "
                           f"(each process takes total_bs / world size)", origin_of(config))
@@ -331,6 +332,10 @@ def check_values(config: Mapping, job: str, model_cls: Optional[type] = None, wo
         prefix = "model.transformer_config." if tc is not model else "model."
         for key in ("trans_dim", "depth", "num_heads", "encoder_dims", "cls_dim", "decoder_depth", "decoder_num_heads"):
             check_number(tc, key, prefix + key, integer=True, low=1)
+        for key, name in (("depth", "depth"), ("decoder_depth", "depth")):
+            _check_limit(tc, key, prefix + key, name)
+        for key in ("num_group", "group_size"):
+            _check_limit(model, key, f"model.{key}", "points")
         check_number(tc, "drop_path_rate", prefix + "drop_path_rate", low=0, high=1, high_open=True)
         if tc is not model:
             check_mask_ratio(tc, prefix + "mask_ratio")
@@ -353,8 +358,20 @@ def check_values(config: Mapping, job: str, model_cls: Optional[type] = None, wo
                                      f"is for {', '.join(AUTO_POINTS_DATASETS)}: a folder of your own files)", node)
             else:
                 check_number(node, "N_POINTS", f"dataset.{split}.{part}.N_POINTS", integer=True, low=1)
+            for key in ("npoints", "N_POINTS"):
+                _check_limit(node, key, f"dataset.{split}.{part}.{key}", "points")
             for key in DATASET_BOOLS:
                 check_bool(node, key, f"dataset.{split}.{part}.{key}")
+
+
+def _check_limit(node: Any, key: str, where: str, name: str) -> None:
+    """A checked integer ``node[key]`` within limit ``name`` of :mod:`utils.limits` (points, blocks):
+    a ConfigError naming the key, the value, the limit and its environment variable otherwise."""
+    from utils.limits import how_to_raise, limit
+
+    value = node.get(key) if isinstance(node, Mapping) else None
+    if isinstance(value, int) and not isinstance(value, bool) and value > limit(name):
+        raise ConfigError(f"'{where}' = {value}: too large; {how_to_raise(name)}", origin_of(node))
 
 
 def check_voting(config: Mapping) -> None:
