@@ -25,7 +25,7 @@ from torch.utils.data import Dataset
 from utils.logger import print_log
 
 from .build import DATASETS
-from .common import DatasetFormatError, dataset_schema, require_path
+from .common import DatasetFormatError, dataset_schema, first_non_finite, require_path
 from .safe_io import open_h5, read_h5_dataset
 
 LAYOUT = """  <DATA_PATH> = .../modelnet40_ply_hdf5_2048
@@ -65,6 +65,9 @@ def read_modelnet_h5(path: str) -> Tuple[np.ndarray, np.ndarray]:
     labels = labels.astype(np.int64)
     if labels.size and (labels.min() < 0 or labels.max() >= 40):
         raise DatasetFormatError(f"{path}: labels must be in 0..39, found {labels.min()}..{labels.max()}")
+    bad = first_non_finite(points)  # NaN, Inf, or a float64 value beyond float32 (read as Inf)
+    if bad is not None:
+        raise DatasetFormatError(f"{path}: cloud {bad[0]} has a non-finite coordinate {points[bad]} at point {bad[1]}")
     return points, labels
 
 

@@ -48,7 +48,9 @@ def problem_of(target: Target, path: str, mutations: int, out: Outcome) -> Optio
         return Finding("control-chars", f"{out.error_type} message carries control characters: {first[:400]!r}")
     if len(first) > MAX_MESSAGE:
         return Finding("too-long", f"{out.error_type} message is {len(first)} characters long: {first[:200]!r}...")
-    if path not in first and os.path.basename(path) not in first:
+    # the file, or the same file under another extension (a pickle whose .npz twin is no regular file)
+    sibling = os.path.join(os.path.basename(os.path.dirname(path)), os.path.splitext(os.path.basename(path))[0]) + "."
+    if path not in first and os.path.basename(path) not in first and sibling not in first:
         return Finding("no-file-name", f"{out.error_type} message does not name the file {path}: {first[:300]!r}")
     return None
 
