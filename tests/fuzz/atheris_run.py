@@ -6,8 +6,11 @@ the file the target reads (the files beside it are those its maker writes, FIFOs
 corpus starts from valid files of every target. The readers run in this process, instrumented
 for coverage; a reader that raises anything but the project's InputError, breaks the message
 rules of :func:`tests.fuzz.judge.problem_of` or returns a wrong value raises, which libFuzzer
-saves as ``<out>/crash-<sha1>`` and stops on. Hangs: libFuzzer's ``-timeout``; memory: the address
-space is capped (``RLIMIT_AS``, a MemoryError is a crash) and libFuzzer's ``-rss_limit_mb``.
+saves as ``<out>/crash-<sha1>`` and stops on. Hangs: a watchdog thread writes the input that runs
+longer than ``--timeout`` seconds to ``<out>/hang-<crc>`` and ends the process (libFuzzer's own
+``-timeout`` alarm is off: under atheris its SIGALRM killed the process before the crash file was
+written); memory: the address space is capped (``RLIMIT_AS``, a MemoryError is a crash) and
+libFuzzer's ``-rss_limit_mb``.
 
     python tests/fuzz/atheris_run.py --minutes 30 --out experiments/fuzz-atheris
 """
@@ -18,6 +21,9 @@ import os
 import resource
 import sys
 import tempfile
+import threading
+import time
+import zlib
 from pathlib import Path
 
 if __name__ == "__main__":  # a script: the repository and tests/ on the import path
@@ -51,6 +57,7 @@ TABLE = targets()
 PAIRS = [(name, ext) for name in TARGET_NAMES for ext in TABLE[name].exts]
 SCRATCH = tempfile.mkdtemp(prefix="atheris-")
 _LAYOUTS: dict = {}
+_RUNNING: dict = {}  # the input being read and since when (the watchdog's view)
 
 
 class Finding(Exception):
@@ -84,14 +91,31 @@ def test_one_input(data: bytes) -> None:
     folder, path = _layout(index)
     with open(path, "wb") as f:
         f.write(data[1:])
+    _RUNNING.update(data=data, since=time.monotonic())
     try:
         result = target.read(folder, path)
         out = Outcome("ok", problem=target.check(result))
     except InputError as e:
         out = Outcome("input_error", type(e).__name__, str(e))
+    finally:
+        _RUNNING.pop("since", None)
     finding = problem_of(target, path, -1, out)
     if finding is not None:
         raise Finding(f"{name}: {finding}")
+
+
+def watchdog(out: Path, timeout: float) -> None:
+    """Write the input that has run for more than ``timeout`` seconds to ``out/hang-<crc>``; exit 70."""
+    while True:
+        time.sleep(1.0)
+        since = _RUNNING.get("since")
+        if since is not None and time.monotonic() - since > timeout:
+            data = _RUNNING["data"]
+            path = out / f"hang-{zlib.crc32(data):08x}"
+            path.write_bytes(data)
+            print(f"\n=== hang: {PAIRS[data[0] % len(PAIRS)][0]} ran for more than {timeout:g} s; input written to "
+                  f"{path}", file=sys.stderr, flush=True)
+            os._exit(70)
 
 
 def write_corpus(folder: Path, per_pair: int = 4) -> None:
@@ -107,7 +131,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--minutes", type=float, default=30.0)
     parser.add_argument("--out", default="experiments/fuzz-atheris")
-    parser.add_argument("--timeout", type=int, default=10)
+    parser.add_argument("--timeout", type=float, default=10.0, help="seconds before a read is a hang")
     args, rest = parser.parse_known_args()
     out = Path(args.out).resolve()
     corpus = out / "corpus"
@@ -117,7 +141,8 @@ def main() -> None:
     os.environ.pop("DATA_ROOT", None)
     cap = 4 * 2 ** 30 + int(open("/proc/self/statm").read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
     resource.setrlimit(resource.RLIMIT_AS, (cap, resource.getrlimit(resource.RLIMIT_AS)[1]))
-    argv = [sys.argv[0], f"-max_total_time={int(60 * args.minutes)}", f"-timeout={args.timeout}",
+    threading.Thread(target=watchdog, args=(out, args.timeout), daemon=True).start()
+    argv = [sys.argv[0], f"-max_total_time={int(60 * args.minutes)}", "-timeout=0", "-max_len=65536",
             "-rss_limit_mb=6144", f"-artifact_prefix={out}/", "-print_final_stats=1", *rest, str(corpus)]
     atheris.Setup(argv, test_one_input)
     atheris.Fuzz()
