@@ -325,7 +325,6 @@ class FolderScan:
         if workers > 1:  # the first read of a large folder: one process per core (the cache is the result)
             import multiprocessing
             from concurrent.futures import ProcessPoolExecutor
-
             from concurrent.futures.process import BrokenProcessPool
 
             slots = ScanSlots(workers)
@@ -552,13 +551,19 @@ def stratified_split(items: Sequence[Tuple[str, Optional[str]]], ratio: float, s
 
 
 def read_split_file(path: str, root: str) -> Dict[str, List[str]]:
+    """``{'train': [relative paths], 'test': [...]}`` of a split file (a regular file only: a FIFO is
+    never opened); DatasetFormatError naming it when it is not such UTF-8 JSON."""
+    from .safe_io import open_regular
+
     try:
-        with open(path, encoding="utf-8") as f:
-            split = json.load(f)
-        if not all(isinstance(split.get(s), list) for s in SPLIT_DIRS):
-            raise ValueError("expected lists 'train' and 'test'")
-    except (OSError, ValueError) as e:
-        raise DatasetFormatError(f"{NAME}: split file {path} cannot be read ({e}); delete it to split {root} again") from None
+        with open_regular(path, "split file") as f:
+            split = json.loads(f.read().decode("utf-8"))
+        if not (isinstance(split, dict) and all(isinstance(split.get(s), list) and
+                                                all(isinstance(name, str) for name in split[s]) for s in SPLIT_DIRS)):
+            raise ValueError("expected lists of file names 'train' and 'test'")
+    except (OSError, ValueError, RecursionError) as e:  # RecursionError: JSON nested deeper than Python recurses
+        raise DatasetFormatError(f"{NAME}: split file {path} cannot be read ({printable(str(e))[:200]}); delete it to "
+                                 f"split {root} again") from None
     return split
 
 

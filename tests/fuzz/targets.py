@@ -439,8 +439,10 @@ def read_config(root: str, path: str):
     from models import MODELS
     from utils.config import load_config, validate_config
 
-    with open(path, "rb") as f:
-        first = f.readline().decode("utf-8", errors="replace")
+    first = ""
+    if os.path.isfile(path):  # (a FIFO is the loader's to refuse, not this harness's to block on)
+        with open(path, "rb") as f:
+            first = f.readline(200).decode("utf-8", errors="replace")
     job = "pretrain" if "pretrain" in first else "finetune"
     config = load_config(path, (), None, MODELS, DATASETS)
     validate_config(config, job, MODELS, DATASETS)
