@@ -134,7 +134,7 @@ class Predictor:
         if model_cfg.get("NAME") != "PointTransformer":
             raise CheckpointError(f"checkpoint '{path}': model '{model_cfg.get('NAME')}' ({cfg_source}) is not a "
                                   f"classifier; predict needs a fine-tuned one (ckpt-best.pth of --finetune_model)")
-        names = checkpoint_class_names(ckpt, path)
+        names = checkpoint_class_names(ckpt, path, model_cfg.get("cls_dim"))
         if names and model_cfg.get("cls_dim") is None:
             model_cfg.cls_dim = len(names)
         if not names:

@@ -76,8 +76,9 @@ class ClassNamesError(ValueError):
 
 def check_class_names(names: Any, cls_dim: Optional[int] = None) -> List[str]:
     """``names`` as a list of strings: a list or tuple of strings (non-empty, no two equal), of
-    length ``cls_dim`` when given. Anything else (a string, a number, a list of numbers) is a
-    :class:`ClassNamesError` saying what was found; callers add the file and key."""
+    length ``cls_dim`` when it is an int (a bad ``cls_dim`` is the config check's). Anything else
+    (a string, a number, a list of numbers) is a :class:`ClassNamesError` saying what was found;
+    callers add the file and key."""
     if not isinstance(names, (list, tuple)):
         raise ClassNamesError(f"expected a list of strings (one per class), got {type(names).__name__} "
                               f"{quoted(names, 80)}")
@@ -91,7 +92,7 @@ def check_class_names(names: Any, cls_dim: Optional[int] = None) -> List[str]:
         if n in seen:
             raise ClassNamesError(f"class name {quoted(n, 80)} appears twice")
         seen.add(n)
-    if cls_dim is not None and len(names) != int(cls_dim):
+    if isinstance(cls_dim, int) and not isinstance(cls_dim, bool) and len(names) != cls_dim:
         raise ClassNamesError(f"{len(names)} class names but model.cls_dim = {cls_dim}")
     return list(names)
 
