@@ -8,6 +8,7 @@ one (target, rule, exception type, repository line). ``<out>/summary.json`` has 
 outcomes per target and every class with its count. Exit status 1 when anything was found.
 
     python tests/fuzz/long_run.py --minutes 30 --out experiments/fuzz [--targets cloud-ply config]
+    python tests/fuzz/long_run.py --replay experiments/fuzz   # each saved finding against this code
 """
 from __future__ import annotations
 
@@ -61,6 +62,32 @@ def save_finding(out: Path, sig: Signature, files, finding: Finding) -> str:
     return str(folder)
 
 
+def replay(out: Path, timeout: float) -> int:
+    """Read every saved finding of ``out/findings`` again with this checkout's code; print whether
+    it still fails. Returns the number still failing."""
+    table = targets()
+    failing = 0
+    with Isolated(timeout_s=timeout) as worker:
+        for text in sorted(out.glob("findings/*/*/finding.txt")):
+            folder = text.parent
+            info = dict(line.split(": ", 1) for line in text.read_text().splitlines()[:4] if ": " in line)
+            target = table[info["target"]]
+            files = {str(p.relative_to(folder / "files")): p.read_bytes()
+                     for p in sorted((folder / "files").rglob("*")) if p.is_file()}
+            for rel in json.loads(info.get("fifos", "[]").replace("'", '"')):
+                files[rel] = None
+            stem = os.path.splitext(target.filename)[0]
+            primary = [r for r in files if os.path.splitext(r)[0] == stem and os.path.splitext(r)[1] in target.exts]
+            primary = primary or list(files)
+            files = {primary[0]: files.pop(primary[0]), **files}
+            mutations = 0 if "refused a valid file" in text.read_text() else -1
+            finding, outcome = run_case(worker, target, files, mutations)
+            failing += finding is not None
+            state = "STILL " + finding.rule if finding is not None else f"fixed ({outcome.kind} {outcome.error_type})"
+            print(f"{state:40s} {folder.relative_to(out)}", flush=True)
+    return failing
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--minutes", type=float, default=30.0)
@@ -68,7 +95,10 @@ def main() -> int:
     parser.add_argument("--targets", nargs="*", default=list(TARGET_NAMES), choices=TARGET_NAMES)
     parser.add_argument("--examples", type=int, default=100, help="examples per target and round")
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds before a read is a hang")
+    parser.add_argument("--replay", metavar="OUT", help="read the findings saved under OUT again, then stop")
     args = parser.parse_args()
+    if args.replay:
+        return 1 if replay(Path(args.replay), args.timeout) else 0
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     table = targets()
