@@ -1,6 +1,8 @@
 """The verdict on one reader call: a file loads (and what it returns is what the reader promises),
-or is refused with the project's one-line error (an InputError whose message names the file, on
-one line apart from the static layout text some dataset errors append, and not endlessly long).
+or is refused with the project's one-line error (an InputError whose message, as ``run_main``
+prints it, names the file, is one line apart from the static layout text some dataset errors
+append -- and the indented table of a checkpoint that does not fit the model -- and is at most
+``utils.text.MAX_MESSAGE`` characters).
 Anything else -- another exception, a MemoryError past the worker's cap, a hang, a dead worker,
 a valid file refused -- is a finding."""
 from __future__ import annotations
@@ -13,12 +15,22 @@ from typing import Dict, Optional, Tuple
 from .isolate import Isolated, Outcome
 from .targets import Target
 
-MAX_MESSAGE = 1000  # characters of an error line: long values are shortened, not printed whole
+MAX_MESSAGE = 4000  # characters of an error line (utils.text.MAX_MESSAGE): long values are shortened
+
+
+def _as_printed(message: str) -> str:
+    """The message as ``utils.cli.run_main`` prints it: shortened, control characters escaped
+    (newlines kept: a message must not need them)."""
+    try:
+        from utils.text import printable
+    except ImportError:  # a checkout before utils.text: the message as raised
+        return message
+    return printable(message, keep_newlines=True)
 
 
 class Finding(str):
     """What is wrong with an outcome (the text), and its ``rule``: wrong-value, hang, crash,
-    exception, refused-valid, multi-line, control-chars, too-long, no-file-name."""
+    exception, refused-valid, multi-line, too-long, no-file-name."""
 
     rule: str
 
@@ -39,13 +51,13 @@ def problem_of(target: Target, path: str, mutations: int, out: Outcome) -> Optio
                                     f"{out.message[:300]}\n{out.traceback}")
     if mutations == 0:
         return Finding("refused-valid", f"refused a valid file: {out.error_type}: {out.message[:300]}")
-    first, *rest = out.message.split("\n")
-    extra = [line for line in rest if line.strip() and line not in target.layout]
+    shown = _as_printed(out.message)
+    first, *rest = shown.split("\n")
+    extra = [line for line in rest if line.strip() and line not in target.layout
+             and not (target.report_lines and line.startswith("  "))]
     if extra:
         return Finding("multi-line", f"{out.error_type} message is not one line (beyond the layout text): "
-                                     f"{out.message[:400]!r}")
-    if "\r" in first or any(ord(ch) < 32 and ch != "\t" for ch in first):
-        return Finding("control-chars", f"{out.error_type} message carries control characters: {first[:400]!r}")
+                                     f"{shown[:400]!r}")
     if len(first) > MAX_MESSAGE:
         return Finding("too-long", f"{out.error_type} message is {len(first)} characters long: {first[:200]!r}...")
     # the file, or the same file under another extension (a pickle whose .npz twin is no regular file)

@@ -39,6 +39,7 @@ class Target:
     check: Callable[[Any], Optional[str]]
     text: bool = False                              # a text format: text mutations apply too
     layout: Tuple[str, ...] = field(default=())     # static lines an error may add after its first line
+    report_lines: bool = False                      # indented report lines allowed (the checkpoint shape table)
     slow: bool = False                              # fewer examples in the short profile
 
     def path(self, ext: str) -> str:
@@ -604,9 +605,9 @@ def _targets() -> Dict[str, Target]:
         Target("view-png", "rendering/00.png", (".png",), make_view_png, read_view_png, check_view_png),
         Target("config", "config.yaml", (".yaml",), make_config, read_config, check_config, text=True, slow=True),
         Target("checkpoint-pth", "ckpt-best.pth", (".pth",), make_checkpoint, read_checkpoint, check_checkpoint,
-               slow=True),
+               slow=True, report_lines=True),
         Target("checkpoint-safetensors", "model.safetensors", (".safetensors",), make_checkpoint, read_checkpoint,
-               check_checkpoint, slow=True),
+               check_checkpoint, slow=True, report_lines=True),
         Target("selftest", "do.txt", (".txt",), lambda rng, ext: {"do.txt": b"ok"}, read_selftest, check_cloud),
     ]
     return {t.name: t for t in table}
