@@ -156,6 +156,22 @@ def _expanded_nodes(root: yaml.Node, limit: int, source: str) -> int:
     return count(root)
 
 
+def yaml_error_line(error: yaml.YAMLError) -> str:
+    """PyYAML's error on one line: the problem and its line / column, then the context (PyYAML's own
+    text spans several lines, with the file name and a snippet of the text repeated)."""
+    def at(mark) -> str:
+        return f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+
+    problem = getattr(error, "problem", None)
+    if not problem:
+        return " ".join(str(error).split())
+    text = f"{problem}{at(getattr(error, 'problem_mark', None))}"
+    context = getattr(error, "context", None)
+    if context:
+        text += f" ({context}{at(getattr(error, 'context_mark', None))})"
+    return " ".join(text.split())
+
+
 def _load_yaml(path: Path) -> dict:
     if not path.is_file():
         raise ConfigError(f"config file '{path}' does not exist")
@@ -173,7 +189,7 @@ def _load_yaml(path: Path) -> dict:
     try:
         data = safe_yaml_load(stream, str(path))
     except yaml.YAMLError as e:
-        raise ConfigError(f"config file is not valid YAML: {e}", str(path)) from None
+        raise ConfigError(f"config file is not valid YAML: {yaml_error_line(e)}", str(path)) from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
