@@ -49,7 +49,7 @@ from easydict import EasyDict
 from PIL import Image
 from torch.utils.data import Dataset
 
-from utils.logger import print_log
+from utils.logger import library_logger, print_log
 from utils.text import printable
 
 from .build import DATASETS
@@ -68,7 +68,7 @@ CACHE_VERSION = 1  # bump when the reading / sampling of a format changes
 SUBSETS = ("train", "test", "all")
 SPLIT_DIRS = ("train", "test")
 DEFAULT_SPLIT_RATIO = 0.2
-LOGGER = NAME
+LOGGER = library_logger(NAME)
 
 # Actual file reads (cache misses) of this process, for tests and benchmarks.
 PARSE_COUNT = {"files": 0}
@@ -291,8 +291,9 @@ class FolderScan:
                                          f"{printable(', '.join(empty))}; add files or remove the folder(s)")
             extra = sorted(set(counts) - set(classes))
             if extra:
-                raise DatasetFormatError(f"{NAME}: {where[part]} has class folder(s) {printable(', '.join(extra))} that "
-                                         f"{where[first]} lacks; the classes are the training folder's subfolders")
+                raise DatasetFormatError(f"{NAME}: {where[part]} has class folder(s) {printable(', '.join(extra))} "
+                                         f"that {where[first]} lacks; the classes are the training folder's "
+                                         f"subfolders")
         self.classes = classes
 
     def _resolve(self, rels: Sequence[str], counter: "CloudCache", floor: int, bad: Dict[str, str],
@@ -674,7 +675,8 @@ class PointCloudFolder(Dataset):
                   f"({scan.cached_before} of {n_all + len(scan.bad)} files cached before, {time.time() - start:.1f} s)",
                   logger=LOGGER)
         if scan.ignored:
-            print_log(f"[{NAME}] {self.root} has train/ and test/: ignored beside them: {printable(', '.join(scan.ignored))}",
+            ignored = printable(", ".join(scan.ignored))
+            print_log(f"[{NAME}] {self.root} has train/ and test/: ignored beside them: {ignored}",
                       logger=LOGGER)
 
     def _class_list(self, most: int = 10) -> str:

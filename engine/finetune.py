@@ -198,7 +198,8 @@ def classes_from_dataset(config, dataset, logger=None) -> Optional[List[str]]:
         raise DatasetFormatError(f"the class names of the training set {getattr(dataset, 'root', '')}: {e}") from None
     given = config.model.get("cls_dim")
     if given is not None and int(given) != len(names):
-        raise ConfigError(f"'model.cls_dim' = {given}: the training set has {len(names)} classes ({printable(', '.join(names[:8]))}"
+        shown = printable(", ".join(names[:8]))
+        raise ConfigError(f"'model.cls_dim' = {given}: the training set has {len(names)} classes ({shown}"
                           f"{', ...' if len(names) > 8 else ''}); remove cls_dim or set it to {len(names)}",
                           origin_of(config.model))
     config.model.cls_dim = len(names)
@@ -263,6 +264,7 @@ def run_net(settings: RunSettings, config, writers=(None, None), stop: Optional[
                 builder.save_checkpoint(state, "ckpt-best_vote", settings, config, epoch=epoch, metrics=metrics,
                                         logger=logger)
                 state.best_metrics = keep
+        builder.write_epoch_metrics(state, settings, epoch, metrics, logger)
         builder.save_checkpoint(state, "ckpt-last", settings, config, epoch=epoch, metrics=metrics, logger=logger)
 
     if state.best_metrics:

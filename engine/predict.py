@@ -40,7 +40,6 @@ from utils.misc import resolve_device
 from utils.text import check_class_names, printable, spreadsheet_cell
 
 DEFAULT_N_POINTS = 2048
-FOLDER_DATASET = "PointCloudFolder"
 
 
 @dataclass
@@ -104,7 +103,7 @@ class Predictor:
                  sample_seed: int = 0, device: Union[None, str, torch.device] = None, source: str = "<model>"):
         self.device = resolve_device(None if device is None else str(device))
         self.model = model.to(self.device).eval()
-        self.class_names = check_class_names(list(class_names))
+        self.class_names = check_class_names([str(c) for c in class_names])
         self.npoints, self.n_points, self.sample_seed = int(npoints), int(n_points), int(sample_seed)
         self.source = source
 
@@ -347,7 +346,8 @@ def report(results: Sequence[Prediction], class_names: Sequence[str], out: Optio
     if summary is None:
         return None
     print_log(f"[predict] accuracy = {summary['accuracy']:.4f} % ({summary['n']} inputs in class folders)", logger=logger)
-    per = "; ".join(f"{printable(c)} {'-' if a is None else f'{a:.1f}'} % ({n})" for c, (a, n) in summary["per_class"].items())
+    per = "; ".join(f"{printable(c)} {'-' if a is None else f'{a:.1f}'} % ({n})"
+                    for c, (a, n) in summary["per_class"].items())
     print_log(f"[predict] per-class accuracy: {per}", logger=logger)
     print_log(confusion_text(summary["confusion"], class_names), logger=logger)
     if out is not None:

@@ -67,7 +67,7 @@ def stale_seconds(stale_s: Optional[float] = None) -> float:
     return float(stale_s)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def process_namespace() -> Tuple[str, str]:
     """(boot id, PID namespace) of this process: ``/proc/sys/kernel/random/boot_id`` and the link
     ``/proc/self/ns/pid`` (``pid:[4026531836]``); ``-`` for what this system does not tell. Two

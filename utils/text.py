@@ -14,7 +14,7 @@ log line or hide text on a terminal, or start with ``=`` so that a spreadsheet r
 from __future__ import annotations
 
 import re
-from typing import Any, List, Optional
+from typing import Any
 
 # C0 and C1 controls (ESC, CR, NUL, ...), DEL, the Unicode line / paragraph separators and the bidi
 # marks, embeddings, overrides and isolates (the "Trojan Source" characters).
@@ -26,7 +26,7 @@ MAX_QUOTED = 300  # characters of one value quoted in an error message
 MAX_MESSAGE = 4000  # characters of a whole error message
 
 
-def _escape(match: "re.Match[str]") -> str:
+def _escape(match: re.Match[str]) -> str:
     return match.group(0).encode("unicode_escape").decode("ascii")
 
 
@@ -62,7 +62,7 @@ def quoted(value: Any, limit: int = MAX_QUOTED) -> str:
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 
-def spreadsheet_cell(text: Optional[str]) -> str:
+def spreadsheet_cell(text: str | None) -> str:
     """A CSV cell for a string taken from a file (a path, a class name): prefixed with a single
     quote when a spreadsheet would read it as a formula; the csv module then quotes it properly.
     Numbers the code writes itself are not passed through this."""
@@ -74,7 +74,7 @@ class ClassNamesError(ValueError):
     """``class_names`` is not a list of strings, one per class (the caller names the file)."""
 
 
-def check_class_names(names: Any, cls_dim: Optional[int] = None) -> List[str]:
+def check_class_names(names: Any, cls_dim: int | None = None) -> list[str]:
     """``names`` as a list of strings: a list or tuple of strings (non-empty, no two equal), of
     length ``cls_dim`` when it is an int (a bad ``cls_dim`` is the config check's). Anything else
     (a string, a number, a list of numbers) is a :class:`ClassNamesError` saying what was found;
@@ -97,5 +97,13 @@ def check_class_names(names: Any, cls_dim: Optional[int] = None) -> List[str]:
     return list(names)
 
 
-__all__ = ["printable", "shorten", "quoted", "spreadsheet_cell", "check_class_names", "ClassNamesError",
-           "MAX_QUOTED", "MAX_MESSAGE"]
+__all__ = [
+    "MAX_MESSAGE",
+    "MAX_QUOTED",
+    "ClassNamesError",
+    "check_class_names",
+    "printable",
+    "quoted",
+    "shorten",
+    "spreadsheet_cell",
+]
