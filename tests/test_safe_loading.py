@@ -420,3 +420,37 @@ def test_a_second_sigterm_during_training_stops_at_once_and_releases_the_lock(tm
     assert "a second stop signal" in proc.stderr and "Traceback" not in proc.stderr
     assert time.time() - start < 60
     assert not (tmp_path / "exp" / "tiny" / "run" / ".lock").exists()
+
+
+# ------------------------------------------------------------------ every checkpoint, one reader
+def evil_checkpoint(path: Path, marker: Path) -> Path:
+    torch.save({"base_model": {"w": torch.zeros(2)}, "epoch": 1, "metrics": {}, "hook": RunsCode(marker)}, path)
+    return path
+
+
+def test_image_encoder_weights_are_read_by_the_one_checkpoint_reader(tmp_path):
+    from models.image_encoder import ImageBranch
+    from utils.checkpoint import UntrustedCheckpointError
+
+    evil = evil_checkpoint(tmp_path / "vit.pth", tmp_path / "ran")
+    with pytest.raises(UntrustedCheckpointError) as e:
+        ImageBranch(model="vit_tiny_patch16_224", model_kwargs=dict(img_size=32, depth=1, embed_dim=48, num_heads=2),
+                    pretrained=str(evil))
+    assert str(evil) in str(e.value) and SYSTEM in str(e.value) and "\n" not in str(e.value)
+    assert not (tmp_path / "ran").exists()
+
+
+@pytest.mark.filterwarnings("ignore:'demo.report' found in sys.modules")  # imported above for SOURCES
+def test_the_demo_report_refuses_a_checkpoint_in_one_line(tmp_path, monkeypatch, capfd):
+    """python -m demo.report --root DIR, DIR's pre-training checkpoint crafted to run code."""
+    from demo.report import SOURCES
+
+    ckpt = tmp_path / SOURCES["pretrain"]
+    ckpt.parent.mkdir(parents=True)
+    evil_checkpoint(ckpt, tmp_path / "ran")
+    monkeypatch.setattr(sys, "argv", ["demo/report.py", "--root", str(tmp_path), "--out", str(tmp_path / "out")])
+    with pytest.raises(SystemExit) as e:
+        runpy.run_module("demo.report", run_name="__main__", alter_sys=True)
+    err = capfd.readouterr().err
+    assert e.value.code == 2 and len(error_lines(err)) == 1 and str(ckpt) in err and SYSTEM in err, err
+    assert not (tmp_path / "ran").exists()
