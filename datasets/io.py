@@ -29,6 +29,7 @@ import numpy as np
 from utils.checkpoint import atomic_write
 
 from .common import DatasetFormatError
+from .safe_io import npy_header, npz_member_header, open_regular
 
 __all__ = ["read_ply", "write_ply", "PLY_TYPES", "ply_element_counts", "load_cloud_file", "read_point_file",
            "read_cloud", "point_count", "BadFileError", "TooFewPointsError", "POINT_EXTS", "MESH_EXTS", "CLOUD_EXTS",
@@ -297,47 +298,6 @@ def _array_points(arr: np.ndarray, path: str, what: str) -> np.ndarray:
     return arr[:, :3].astype(np.float64)
 
 
-def npz_member_header(zf, member: str) -> Tuple[Tuple[int, ...], np.dtype, int, int]:
-    """``(shape, dtype, declared bytes, stored bytes or -1)`` of the ``.npy`` member ``member`` of the
-    open zip ``zf``, from the zip directory and the npy header only (nothing else is decompressed).
-    ValueError for a header that is not a numeric array's or declares more than the member holds;
-    stored is the compressed size of a compressed member (-1: stored uncompressed)."""
-    import zipfile
-
-    info = zf.getinfo(member)
-    if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
-        # zipfile decompresses bzip2 / lzma without an output bound (a 1 KB member can fill the memory);
-        # np.savez / np.savez_compressed write stored / deflated members only
-        raise ValueError(f"member '{member}' is compressed with method {info.compress_type}; expected stored or "
-                         f"deflate (np.savez / np.savez_compressed)")
-    from utils.limits import check_array_bytes
-
-    check_array_bytes(info.file_size, f"member '{member}'",
-                      -1 if info.compress_type == zipfile.ZIP_STORED else info.compress_size)
-    with zf.open(info) as m:
-        shape, dtype, header_len = _npy_header(m)
-    nbytes = math.prod(shape) * dtype.itemsize
-    if nbytes != info.file_size - header_len:
-        raise ValueError(f"member '{member}' declares {shape} {dtype} ({nbytes} bytes) but holds "
-                         f"{info.file_size - header_len} bytes")
-    return shape, dtype, nbytes, (-1 if info.compress_type == zipfile.ZIP_STORED else info.compress_size)
-
-
-def _npy_header(f) -> Tuple[Tuple[int, ...], np.dtype, int]:
-    """(shape, dtype, header length) of an ``.npy`` stream positioned at its start; ValueError unless
-    it is a numeric array (versions 1.0 / 2.0; no pickles, no structured dtypes)."""
-    version = np.lib.format.read_magic(f)
-    if version == (1, 0):
-        shape, _, dtype = np.lib.format.read_array_header_1_0(f)
-    elif version == (2, 0):
-        shape, _, dtype = np.lib.format.read_array_header_2_0(f)
-    else:
-        raise ValueError(f"unsupported .npy format version {version}")
-    if dtype.kind not in "biuf" or dtype.fields is not None or dtype.subdtype is not None:
-        raise ValueError(f"array of dtype {dtype}, expected a numeric (N, 3) array")
-    return tuple(int(s) for s in shape), dtype, f.tell()
-
-
 def _check_limits(path: str, what: str, nbytes: int, stored: int = -1) -> None:
     """:func:`utils.limits.check_array_bytes` as a :class:`BadFileError` of ``path``."""
     from utils.limits import LimitError, check_array_bytes
@@ -381,7 +341,7 @@ def _read_npz(path: str) -> np.ndarray:
 def _read_npy(path: str) -> np.ndarray:
     """The points of an ``.npy``; its declared shape and size checked before it is read."""
     with _open_regular(path) as f:
-        shape, dtype, header_len = _npy_header(f)
+        shape, dtype, header_len = npy_header(f)
         nbytes = math.prod(shape) * dtype.itemsize
         size = os.fstat(f.fileno()).st_size
         if nbytes != size - header_len:
@@ -393,8 +353,6 @@ def _read_npy(path: str) -> np.ndarray:
 
 def _open_regular(path: str):
     """``open(path, 'rb')`` of a regular file only (never blocking on a FIFO): BadFileError otherwise."""
-    from .safe_io import open_regular
-
     try:
         return open_regular(path)
     except DatasetFormatError:

@@ -21,7 +21,7 @@ import math
 import os
 import pickle
 import stat
-from typing import Any, Dict
+from typing import Any, Dict, Tuple
 
 import numpy as np
 
@@ -189,12 +189,49 @@ def npz_twin(path: str) -> str:
     return os.path.splitext(path)[0] + ".npz"
 
 
+def npz_member_header(zf, member: str) -> Tuple[Tuple[int, ...], np.dtype, int, int]:
+    """``(shape, dtype, declared bytes, stored bytes or -1)`` of the ``.npy`` member ``member`` of the
+    open zip ``zf``, from the zip directory and the npy header only (nothing else is decompressed).
+    ValueError for a header that is not a numeric array's or declares more than the member holds;
+    stored is the compressed size of a compressed member (-1: stored uncompressed)."""
+    import zipfile
+
+    info = zf.getinfo(member)
+    if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+        # zipfile decompresses bzip2 / lzma without an output bound (a 1 KB member can fill the memory);
+        # np.savez / np.savez_compressed write stored / deflated members only
+        raise ValueError(f"member '{member}' is compressed with method {info.compress_type}; expected stored or "
+                         f"deflate (np.savez / np.savez_compressed)")
+    check_array_bytes(info.file_size, f"member '{member}'",
+                      -1 if info.compress_type == zipfile.ZIP_STORED else info.compress_size)
+    with zf.open(info) as m:
+        shape, dtype, header_len = npy_header(m)
+    nbytes = math.prod(shape) * dtype.itemsize
+    if nbytes != info.file_size - header_len:
+        raise ValueError(f"member '{member}' declares {shape} {dtype} ({nbytes} bytes) but holds "
+                         f"{info.file_size - header_len} bytes")
+    return shape, dtype, nbytes, (-1 if info.compress_type == zipfile.ZIP_STORED else info.compress_size)
+
+
+def npy_header(f) -> Tuple[Tuple[int, ...], np.dtype, int]:
+    """(shape, dtype, header length) of an ``.npy`` stream positioned at its start; ValueError unless
+    it is a numeric array (versions 1.0 / 2.0; no pickles, no structured dtypes)."""
+    version = np.lib.format.read_magic(f)
+    if version == (1, 0):
+        shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+    elif version == (2, 0):
+        shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+    else:
+        raise ValueError(f"unsupported .npy format version {version}")
+    if dtype.kind not in "biuf" or dtype.fields is not None or dtype.subdtype is not None:
+        raise ValueError(f"array of dtype {dtype}, expected a numeric (N, 3) array")
+    return tuple(int(s) for s in shape), dtype, f.tell()
+
+
 def read_npz_arrays(path: str, what: str, names) -> Dict[str, np.ndarray]:
     """The arrays ``names`` of an ``.npz`` (no pickles; each member's declared size checked before it
     is read, :func:`datasets.io.npz_member_header`)."""
     import zipfile
-
-    from .io import npz_member_header
 
     where = f"{what} '{path}'"
     out = {}

@@ -6,13 +6,15 @@ first training step, and a second one at any time, stops the run at once. See RE
 from __future__ import annotations
 
 import base64
+import json
 import os
+import zipfile
 import pickle
+import runpy
 import shlex
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -43,32 +45,145 @@ def command(*argv: str, timeout: float = 120, env=None) -> subprocess.CompletedP
                           env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
 
 
-def error_lines(proc: subprocess.CompletedProcess) -> list:
-    return [ln for ln in proc.stderr.splitlines() if ": error: " in ln]
+def error_lines(stderr: str) -> list:
+    return [ln for ln in stderr.splitlines() if ": error: " in ln]
+
+# One process runs every command below (and the memory measurements, first, while its peak is low):
+# one torch import instead of one per command. Each job: ("measure", "module:function", path) ->
+# outcome, seconds, peak memory growth (MiB); ("command", script, argv) -> exit status and the
+# command's stderr lines.
+DRIVER = """
+import contextlib, importlib, io, json, resource, runpy, sys, time
+sys.path.insert(0, sys.argv[1])
+from utils.cli import InputError
+results = []
+for kind, target, args in json.loads(open(sys.argv[2]).read()):
+    if kind == "measure":
+        module, function = target.split(":")
+        read = getattr(importlib.import_module(module), function)
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        start = time.perf_counter()
+        try:
+            read(*args)
+            outcome = "LOADED"
+        except InputError as e:
+            outcome = "REFUSED " + type(e).__name__ + " " + str(e).replace(chr(10), " | ")
+        results.append({"outcome": outcome, "seconds": time.perf_counter() - start,
+                        "growth_mb": (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024})
+        continue
+    err = io.StringIO()
+    sys.argv = [target, *args]
+    code = 0
+    with contextlib.redirect_stderr(err):
+        try:
+            runpy.run_path(target, run_name="__main__")
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        except BaseException as e:
+            code, _ = -1, print(type(e).__name__, e, file=err)
+    results.append({"rc": code, "stderr": err.getvalue()})
+print("RESULTS " + json.dumps(results))
+"""
+
+
+def run_jobs(jobs: list, folder: Path, timeout: float = 400) -> list:
+    spec = folder / "jobs.json"
+    spec.write_text(json.dumps(jobs))
+    proc = command("-c", DRIVER, str(REPO), str(spec), timeout=timeout)
+    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULTS ")), None)
+    assert line is not None, proc.stderr[-3000:]
+    return json.loads(line[len("RESULTS "):])
+
+
+# ------------------------------------------------------------------- the commands, on hostile files
+def write_hostile_inputs(tmp: Path) -> list:
+    """Every hostile input of this file, and the jobs that read them (see :data:`DRIVER`)."""
+    marker = tmp / "ran"
+    data = tmp / "data"
+    dat = data / "ModelNet" / "modelnet40_normal_resampled" / "modelnet40_train_8192pts_fps.dat"
+    pkl = data / "ModelNetFewshot" / "5way_10shot" / "0.pkl"
+    for path, payload in ((dat, [[np.zeros((8192, 6), np.float32), RunsCode(marker)], [np.array([0], np.int32)] * 2]),
+                          (pkl, {"train": [(np.zeros((8192, 6), np.float32), 0, RunsCode(marker))], "test": []})):
+        path.parent.mkdir(parents=True)
+        path.write_bytes(pickle.dumps(payload))
+    run = ["--scratch_model", "--data_root", str(data), "--exp_name", "x", "--experiment_root", str(tmp / "exp"),
+           "--num_workers", "0", "--device", "cpu", "--no_progress"]
+
+    bomb = tmp / "bomb.npz"
+    bomb.write_bytes(base64.b64decode(BZIP2_BOMB))
+    deflated = tmp / "deflate.npz"  # 2 million x 3 zeros, deflate: ~47 KB declaring 46 MiB
+    with zipfile.ZipFile(deflated, "w", zipfile.ZIP_DEFLATED) as z, z.open("points.npy", "w") as m:
+        np.lib.format.write_array_header_1_0(m, {"descr": "<f8", "fortran_order": False, "shape": (2_000_000, 3)})
+        m.write(bytes(2_000_000 * 24))
+    fine = tmp / "fine.npz"  # an ordinary compressed cloud
+    np.savez_compressed(fine, points=np.random.default_rng(0).normal(size=(5000, 3)))
+    empty_h5 = tmp / "training_objectdataset.h5"
+    with h5py.File(empty_h5, "w") as f:
+        f.create_dataset("data", shape=(40000, 2048, 3), dtype="f4")  # nothing written: 0 bytes stored
+        f.create_dataset("label", data=np.zeros(40000, np.int64))
+
+    scan = data / "ScanObjectNN" / "main_split"
+    scan.mkdir(parents=True)
+    os.mkfifo(scan / "pipe")  # opening it for reading blocks until a writer comes: forever
+    for name in ("training_objectdataset.h5", "test_objectdataset.h5"):
+        with h5py.File(scan / name, "w") as f:
+            f.create_dataset("data", shape=(4, 2048, 3), dtype="f4", external=[(str(scan / "pipe"), 0, 4 * 2048 * 12)])
+            f.create_dataset("label", data=np.zeros(4, np.int64))
+
+    objs = tmp / "objs"
+    objs.mkdir()
+    os.mkfifo(objs / ".mat.mtl")  # a dot-file: skipped by the folder scan, but named by the OBJ
+    verts = np.random.default_rng(0).normal(size=(60, 3))
+    (objs / "shape.obj").write_text("mtllib .mat.mtl\n" + "".join(f"v {x} {y} {z}\n" for x, y, z in verts)
+                                    + "usemtl m\n" + "".join(f"f {i} {i + 1} {i + 2}\n" for i in range(1, 58)))
+    cloud = tmp / "a.xyz"
+    np.savetxt(cloud, np.random.default_rng(0).normal(size=(200, 3)))
+    predict = ["--device", "cpu", "--no_progress"]
+    jobs = [("measure", "datasets.io:read_point_file", [str(bomb)]),
+            ("measure", "datasets.io:read_point_file", [str(deflated)]),
+            ("measure", "datasets.io:read_point_file", [str(fine)]),
+            ("measure", "datasets.ScanObjectNNDataset:read_h5", [str(empty_h5)]),
+            ("command", "main.py", ["--config", "cfgs/finetune_modelnet.yaml", *run]),
+            ("command", "main.py", ["--config", "cfgs/fewshot.yaml", "--way", "5", "--shot", "10", "--fold", "0", *run]),
+            ("command", "main.py", ["--config", "cfgs/finetune_scan_objbg.yaml", *run]),
+            ("command", "tools/predict.py", ["--ckpts", str(tiny_classifier_checkpoint(tmp / "ok.pth")), "--input",
+                                             str(objs), "--out", str(tmp / "objs.csv"), *predict])]
+    for i, change in enumerate(LIMIT_CHANGES):
+        ckpt = tiny_classifier_checkpoint(tmp / f"limit{i}.pth", **change)
+        jobs.append(("command", "tools/predict.py", ["--ckpts", str(ckpt), "--input", str(cloud), "--out",
+                                                     str(tmp / f"limit{i}.csv"), *predict]))
+    return jobs
+
+
+LIMIT_CHANGES = (dict(trans_dim=16384), dict(N_POINTS=2_000_000_000), dict(depth=10 ** 6))
+NAMES = ("bzip2_bomb", "deflate_bomb", "fine_npz", "empty_h5", "evil_dat", "evil_pkl", "external_h5", "obj_fifo",
+         "trans_dim", "n_points", "depth")
+
+
+@pytest.fixture(scope="module")
+def hostile(tmp_path_factory) -> dict:
+    """{job name: result} of :func:`write_hostile_inputs`'s jobs, run in one process."""
+    tmp = tmp_path_factory.mktemp("hostile")
+    results = run_jobs(write_hostile_inputs(tmp), tmp)
+    return dict(zip(NAMES, results), tmp=tmp)
+
+
+def assert_one_line(result: dict, *words: str) -> str:
+    assert result["rc"] == 2, result["stderr"][-2000:]
+    lines = error_lines(result["stderr"])
+    assert len(lines) == 1 and "Traceback" not in result["stderr"], result["stderr"][-2000:]
+    for word in words:
+        assert word in lines[0], lines[0]
+    return lines[0]
 
 
 # ------------------------------------------------------------------------- 1. pickles run nothing
-@pytest.mark.parametrize("kind", ["modelnet_cache", "fewshot_pkl"])
-def test_a_data_pickle_that_would_run_code_is_refused_by_main(tmp_path, kind):
-    marker = tmp_path / "ran"
-    if kind == "modelnet_cache":
-        path = tmp_path / "data" / "ModelNet" / "modelnet40_normal_resampled" / "modelnet40_train_8192pts_fps.dat"
-        payload = [[np.zeros((8192, 6), np.float32), RunsCode(marker)], [np.array([0], np.int32)] * 2]
-        argv = ["--config", "cfgs/finetune_modelnet.yaml"]
-    else:
-        path = tmp_path / "data" / "ModelNetFewshot" / "5way_10shot" / "0.pkl"
-        payload = {"train": [(np.zeros((8192, 6), np.float32), 0, RunsCode(marker))], "test": []}
-        argv = ["--config", "cfgs/fewshot.yaml", "--way", "5", "--shot", "10", "--fold", "0"]
-    path.parent.mkdir(parents=True)
-    with open(path, "wb") as f:
-        pickle.dump(payload, f)
-    proc = command("main.py", *argv, "--scratch_model", "--data_root", str(tmp_path / "data"), "--exp_name", "x",
-                   "--experiment_root", str(tmp_path / "exp"), "--num_workers", "0", "--device", "cpu")
-    assert not marker.exists(), "the pickle ran its code"
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    lines = error_lines(proc)
-    assert len(lines) == 1 and str(path) in lines[0] and SYSTEM in lines[0], proc.stderr[-2000:]
-    assert "Traceback" not in proc.stderr
+@pytest.mark.parametrize("job,path", [("evil_dat", "ModelNet/modelnet40_normal_resampled/modelnet40_train_8192pts_fps.dat"),
+                                      ("evil_pkl", "ModelNetFewshot/5way_10shot/0.pkl")])
+def test_a_data_pickle_that_would_run_code_is_refused_by_main(hostile, job, path):
+    """main.py --config cfgs/finetune_modelnet.yaml / cfgs/fewshot.yaml --scratch_model --data_root DIR."""
+    assert not (hostile["tmp"] / "ran").exists(), "a pickle ran its code"
+    assert_one_line(hostile[job], str(hostile["tmp"] / "data" / path), SYSTEM)
 
 
 def released_cache(path: Path, n_shapes: int = 5, n_points: int = 32, protocol=None):
@@ -108,7 +223,7 @@ def test_released_cache_and_fewshot_files_load_with_the_same_numbers(tmp_path, p
         assert label == want_label
 
 
-def test_convert_pickles_writes_npz_that_the_loaders_read_instead(tmp_path):
+def test_convert_pickles_writes_npz_that_the_loaders_read_instead(tmp_path, monkeypatch):
     from datasets.modelnet_cache import load_cache
     from datasets.ModelNetDatasetFewShot import ModelNetFewShot
 
@@ -119,8 +234,8 @@ def test_convert_pickles_writes_npz_that_the_loaders_read_instead(tmp_path):
     split = {s: [(points[i], i % 5, labels[i]) for i in range(5)] for s in ("train", "test")}
     with open(fs / "0.pkl", "wb") as f:
         pickle.dump(split, f)
-    proc = command("tools/convert_pickles.py", str(dat), str(tmp_path / "fs"))
-    assert proc.returncode == 0, proc.stderr
+    monkeypatch.setattr(sys, "argv", ["tools/convert_pickles.py", str(dat), str(tmp_path / "fs")])
+    runpy.run_path(str(REPO / "tools" / "convert_pickles.py"), run_name="__main__")  # the command, in this process
     assert (tmp_path / "modelnet40_train_32pts_fps.npz").is_file() and (fs / "0.npz").is_file()
     with np.load(tmp_path / "modelnet40_train_32pts_fps.npz", allow_pickle=False) as z:
         np.testing.assert_array_equal(z["points"], np.stack(points))
@@ -169,80 +284,38 @@ BZIP2_BOMB = (
     "sFBgAAAAABAAEAOAAAAFIDAAAAAA=="
 )
 
-MEASURE = """
-import resource, sys, time
-sys.path.insert(0, {repo!r})
-from utils.cli import InputError
-from {module} import {function} as read
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-start = time.perf_counter()
-try:
-    read({path!r})
-    print("LOADED")
-except InputError as e:
-    print("REFUSED", type(e).__name__, str(e).replace(chr(10), " | "))
-print("SECONDS", time.perf_counter() - start)
-print("GROWTH_MB", (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)
-"""
+
+def test_npz_bombs_are_refused_quickly_in_little_memory(hostile):
+    with zipfile.ZipFile(hostile["tmp"] / "bomb.npz") as z:  # what it is: under 1 KB, declaring 915 MiB
+        assert z.getinfo("points.npy").file_size > 900 * 2 ** 20 and os.path.getsize(hostile["tmp"] / "bomb.npz") < 1000
+    for job in ("bzip2_bomb", "deflate_bomb"):
+        result = hostile[job]
+        assert result["outcome"].startswith("REFUSED BadFileError") and ".npz" in result["outcome"], result
+        assert result["seconds"] < 3 and result["growth_mb"] < 40, result
+    assert hostile["fine_npz"]["outcome"] == "LOADED", hostile["fine_npz"]
 
 
-def measured(module: str, function: str, path: Path) -> dict:
-    """Read ``path`` with ``module.function`` in a fresh process: its outcome, seconds, and peak
-    memory growth (MiB) during the call."""
-    proc = command("-c", MEASURE.format(repo=str(REPO), module=module, function=function, path=str(path)), timeout=120)
-    out = {}
-    for line in proc.stdout.splitlines():
-        key, _, rest = line.partition(" ")
-        out[key] = rest
-    assert "SECONDS" in out, proc.stderr[-2000:]
-    return out
+def test_hdf5_declaring_much_and_storing_nothing_is_refused(hostile):
+    result = hostile["empty_h5"]
+    assert result["outcome"].startswith("REFUSED DatasetFormatError") and "'data'" in result["outcome"], result
+    assert "INTERMAE_MAX_EXPANSION" in result["outcome"] and result["growth_mb"] < 40, result
 
 
-def test_npz_bombs_are_refused_quickly_in_little_memory(tmp_path):
-    bomb = tmp_path / "bomb.npz"
-    bomb.write_bytes(base64.b64decode(BZIP2_BOMB))
-    import zipfile
-
-    with zipfile.ZipFile(bomb) as z:
-        info = z.getinfo("points.npy")
-        assert info.file_size > 900 * 2 ** 20 and os.path.getsize(bomb) < 1000  # what it is: tiny, declaring 915 MiB
-    deflated = tmp_path / "deflate.npz"  # 2 million x 3 zeros, deflate: ~47 KB declaring 46 MiB
-    with zipfile.ZipFile(deflated, "w", zipfile.ZIP_DEFLATED) as z, z.open("points.npy", "w") as m:
-        np.lib.format.write_array_header_1_0(m, {"descr": "<f8", "fortran_order": False, "shape": (2_000_000, 3)})
-        m.write(bytes(2_000_000 * 24))
-    for path in (bomb, deflated):
-        out = measured("datasets.io", "read_point_file", path)
-        assert out.get("REFUSED", "").startswith("BadFileError") and str(path) in out["REFUSED"], out
-        assert float(out["SECONDS"]) < 3 and float(out["GROWTH_MB"]) < 40, out
-    fine = tmp_path / "fine.npz"  # an ordinary compressed cloud still loads
-    np.savez_compressed(fine, points=np.random.default_rng(0).normal(size=(5000, 3)))
-    assert "LOADED" in measured("datasets.io", "read_point_file", fine)
+def test_hdf5_with_external_storage_is_refused_through_main_without_hanging(hostile):
+    assert_one_line(hostile["external_h5"], "external files", "training_objectdataset.h5")
 
 
-def test_hdf5_declaring_much_and_storing_nothing_is_refused(tmp_path):
-    path = tmp_path / "training_objectdataset.h5"
-    with h5py.File(path, "w") as f:
-        f.create_dataset("data", shape=(40000, 2048, 3), dtype="f4")  # nothing written: 0 bytes stored
-        f.create_dataset("label", data=np.zeros(40000, np.int64))
-    out = measured("datasets.ScanObjectNNDataset", "read_h5", path)
-    assert out.get("REFUSED", "").startswith("DatasetFormatError") and "'data'" in out["REFUSED"], out
-    assert "INTERMAE_MAX_EXPANSION" in out["REFUSED"] and float(out["GROWTH_MB"]) < 40, out
+def test_predict_on_an_obj_whose_mtllib_names_a_fifo_does_not_hang(hostile):
+    assert hostile["obj_fifo"]["rc"] == 0, hostile["obj_fifo"]["stderr"][-2000:]
+    assert "shape.obj" in (hostile["tmp"] / "objs.csv").read_text()
 
 
-def test_hdf5_with_external_storage_is_refused_through_main_without_hanging(tmp_path):
-    folder = tmp_path / "data" / "ScanObjectNN" / "main_split"
-    folder.mkdir(parents=True)
-    os.mkfifo(folder / "pipe")  # opening it for reading would block forever
-    for name in ("training_objectdataset.h5", "test_objectdataset.h5"):
-        with h5py.File(folder / name, "w") as f:
-            f.create_dataset("data", shape=(4, 2048, 3), dtype="f4", external=[(str(folder / "pipe"), 0, 4 * 2048 * 12)])
-            f.create_dataset("label", data=np.zeros(4, np.int64))
-    proc = command("main.py", "--config", "cfgs/finetune_scan_objbg.yaml", "--scratch_model", "--data_root",
-                   str(tmp_path / "data"), "--exp_name", "x", "--experiment_root", str(tmp_path / "exp"),
-                   "--num_workers", "0", "--device", "cpu", timeout=90)
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    lines = error_lines(proc)
-    assert len(lines) == 1 and "external files" in lines[0] and "training_objectdataset.h5" in lines[0], proc.stderr
+@pytest.mark.parametrize("job,word", [("trans_dim", "INTERMAE_MAX_MODEL_PARAMS"), ("n_points", "N_POINTS"),
+                                      ("depth", "depth")])
+def test_predict_refuses_a_checkpoint_config_beyond_the_limits_before_building(hostile, job, word):
+    """A 3 KB classifier checkpoint whose config says trans_dim 16384, N_POINTS 2e9 or depth 1e6."""
+    i = NAMES.index(job) - NAMES.index("trans_dim")
+    assert_one_line(hostile[job], str(hostile["tmp"] / f"limit{i}.pth"), word)
 
 
 def tiny_classifier_checkpoint(path: Path, **changes) -> Path:
@@ -264,38 +337,6 @@ def tiny_classifier_checkpoint(path: Path, **changes) -> Path:
             config["model"][key] = value
     write_checkpoint(str(path), model=model, epoch=1, config=config, class_names=["a", "b", "c"], job="finetune")
     return path
-
-
-@pytest.mark.parametrize("change,word", [(dict(trans_dim=16384), "INTERMAE_MAX_MODEL_PARAMS"),
-                                         (dict(N_POINTS=2_000_000_000), "N_POINTS"),
-                                         (dict(depth=10 ** 6), "depth")])
-def test_predict_refuses_a_checkpoint_config_beyond_the_limits_before_building(tmp_path, change, word):
-    ckpt = tiny_classifier_checkpoint(tmp_path / "ckpt.pth", **change)
-    cloud = tmp_path / "a.xyz"
-    np.savetxt(cloud, np.random.default_rng(0).normal(size=(200, 3)))
-    start = time.perf_counter()
-    proc = command("tools/predict.py", "--ckpts", str(ckpt), "--input", str(cloud), "--out", str(tmp_path / "p.csv"),
-                   "--device", "cpu", "--no_progress", timeout=120)
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    lines = error_lines(proc)
-    assert len(lines) == 1 and str(ckpt) in lines[0] and word in lines[0], proc.stderr[-2000:]
-    assert time.perf_counter() - start < 60
-
-
-def test_predict_on_an_obj_whose_mtllib_names_a_fifo_does_not_hang(tmp_path):
-    ckpt = tiny_classifier_checkpoint(tmp_path / "ckpt.pth")
-    folder = tmp_path / "in"
-    folder.mkdir()
-    os.mkfifo(folder / ".mat.mtl")  # a dot-file: skipped by the folder scan, but named by the OBJ
-    rng = np.random.default_rng(0)
-    verts = rng.normal(size=(60, 3))
-    faces = [(i, i + 1, i + 2) for i in range(1, 58)]
-    (folder / "shape.obj").write_text("mtllib .mat.mtl\n" + "".join(f"v {x} {y} {z}\n" for x, y, z in verts)
-                                      + "usemtl m\n" + "".join(f"f {a} {b} {c}\n" for a, b, c in faces))
-    proc = command("tools/predict.py", "--ckpts", str(ckpt), "--input", str(folder), "--out", str(tmp_path / "p.csv"),
-                   "--device", "cpu", "--no_progress", timeout=90)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "shape.obj" in (tmp_path / "p.csv").read_text()
 
 
 def test_a_killed_scan_worker_is_one_line_naming_its_file(tmp_path, monkeypatch):
@@ -331,55 +372,84 @@ sys.path.insert(0, {repo!r})
 import main
 from models.Inter_MAE import Inter_MAE
 from utils.cli import run_main
-where, count = {where!r}, {count}
-if where == "build":
-    original_init = Inter_MAE.__init__
-    def init(self, *args, **kwargs):
-        open({ready!r}, "w").close()
-        time.sleep(30)  # a long start-up step: the signal must not wait for it
-        original_init(self, *args, **kwargs)
-    Inter_MAE.__init__ = init
-else:
-    original_forward = Inter_MAE.forward
-    def forward(self, *args, **kwargs):
-        if self.training:
-            for _ in range(count):
-                os.kill(os.getpid(), signal.SIGTERM)
-            time.sleep(1)
-        return original_forward(self, *args, **kwargs)
-    Inter_MAE.forward = forward
+original_forward = Inter_MAE.forward
+def forward(self, *args, **kwargs):
+    if self.training:  # two SIGTERMs in the first training step: the first waits for the step, the second not
+        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(1)
+    return original_forward(self, *args, **kwargs)
+Inter_MAE.forward = forward
 run_main(lambda: main.main(["--config", {cfg!r}, "--exp_name", "run", "--num_workers", "0", "--device", "cpu",
                              "--experiment_root", {exp!r}, "--no_progress"]))
 """
 
 
-def test_sigterm_at_start_up_stops_at_once_and_releases_the_lock(tmp_path, shapenet55_root):
+def test_sigterm_at_start_up_stops_at_once_and_releases_the_lock(tmp_path, shapenet55_root, monkeypatch, capfd):
+    """SIGTERM while the model is being built (a long start-up step): the run stops there, exit 143."""
+    import main as main_module
+    from models.Inter_MAE import Inter_MAE
+    from utils.cli import run_main
+
     cfg = write_tiny_pretrain_config(tmp_path / "tiny.yaml", shapenet55_root, epochs=1)
-    ready = tmp_path / "building"
-    driver = STOP_DRIVER.format(repo=str(REPO), where="build", count=0, ready=str(ready), cfg=str(cfg),
-                                exp=str(tmp_path / "exp"))
-    proc = subprocess.Popen([sys.executable, "-c", driver], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    deadline = time.time() + 90
-    while not ready.exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.1)
-    assert ready.exists(), proc.communicate()[1][-2000:]
-    sent = time.time()
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=60)
-    assert time.time() - sent < 10, "the start-up went on after SIGTERM"
-    assert proc.returncode == 143, err[-2000:]
-    assert "stopped by SIGTERM at once" in err and "Traceback" not in err
-    assert not (tmp_path / "exp" / "tiny" / "run" / ".lock").exists()
+    original = Inter_MAE.__init__
+
+    def init(self, *args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the rest of a long start-up: the signal must not wait for it
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Inter_MAE, "__init__", init)
+    start = time.time()
+    with pytest.raises(SystemExit) as stopped:
+        run_main(lambda: main_module.main(["--config", str(cfg), "--exp_name", "run", "--num_workers", "0", "--device",
+                                           "cpu", "--experiment_root", str(tmp_path / "exp"), "--no_progress"]))
+    assert stopped.value.code == 143 and time.time() - start < 4
+    assert "stopped by SIGTERM at once" in capfd.readouterr().err
+    run = tmp_path / "exp" / "tiny" / "run"
+    assert run.is_dir() and not (run / ".lock").exists() and not list(run.glob("ckpt-*.pth"))
 
 
 def test_a_second_sigterm_during_training_stops_at_once_and_releases_the_lock(tmp_path, shapenet55_root):
     cfg = write_tiny_pretrain_config(tmp_path / "tiny.yaml", shapenet55_root, epochs=1)
-    driver = STOP_DRIVER.format(repo=str(REPO), where="train", count=2, ready="", cfg=str(cfg),
-                                exp=str(tmp_path / "exp"))
+    driver = STOP_DRIVER.format(repo=str(REPO), cfg=str(cfg), exp=str(tmp_path / "exp"))
     start = time.time()
-    proc = command("-c", textwrap.dedent(driver), timeout=120)
+    proc = command("-c", driver, timeout=120)
     assert proc.returncode == 143, proc.stderr[-2000:]
     assert "a second stop signal" in proc.stderr and "Traceback" not in proc.stderr
     assert time.time() - start < 60
     assert not (tmp_path / "exp" / "tiny" / "run" / ".lock").exists()
+
+
+# ------------------------------------------------------------------ every checkpoint, one reader
+def evil_checkpoint(path: Path, marker: Path) -> Path:
+    torch.save({"base_model": {"w": torch.zeros(2)}, "epoch": 1, "metrics": {}, "hook": RunsCode(marker)}, path)
+    return path
+
+
+def test_image_encoder_weights_are_read_by_the_one_checkpoint_reader(tmp_path):
+    from models.image_encoder import ImageBranch
+    from utils.checkpoint import UntrustedCheckpointError
+
+    evil = evil_checkpoint(tmp_path / "vit.pth", tmp_path / "ran")
+    with pytest.raises(UntrustedCheckpointError) as e:
+        ImageBranch(model="vit_tiny_patch16_224", model_kwargs=dict(img_size=32, depth=1, embed_dim=48, num_heads=2),
+                    pretrained=str(evil))
+    assert str(evil) in str(e.value) and SYSTEM in str(e.value) and "\n" not in str(e.value)
+    assert not (tmp_path / "ran").exists()
+
+
+@pytest.mark.filterwarnings("ignore:'demo.report' found in sys.modules")  # imported above for SOURCES
+def test_the_demo_report_refuses_a_checkpoint_in_one_line(tmp_path, monkeypatch, capfd):
+    """python -m demo.report --root DIR, DIR's pre-training checkpoint crafted to run code."""
+    from demo.report import SOURCES
+
+    ckpt = tmp_path / SOURCES["pretrain"]
+    ckpt.parent.mkdir(parents=True)
+    evil_checkpoint(ckpt, tmp_path / "ran")
+    monkeypatch.setattr(sys, "argv", ["demo/report.py", "--root", str(tmp_path), "--out", str(tmp_path / "out")])
+    with pytest.raises(SystemExit) as e:
+        runpy.run_module("demo.report", run_name="__main__", alter_sys=True)
+    err = capfd.readouterr().err
+    assert e.value.code == 2 and len(error_lines(err)) == 1 and str(ckpt) in err and SYSTEM in err, err
+    assert not (tmp_path / "ran").exists()
