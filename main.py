@@ -52,6 +52,13 @@ def main(argv=None):
             torch.distributed.destroy_process_group()
 
 
+def required_data(config, job: str) -> tuple:
+    """The dataset entries ``job`` cannot run without (pre-training skips a validation set it cannot read)."""
+    if job == "test":
+        return ("dataset.test",) if config.dataset.get("test") is not None else ("dataset.val",)
+    return ("dataset.train",) if job == "pretrain" else ("dataset.train", "dataset.val")
+
+
 def resolve_resume(args) -> str:
     """``--resume auto``: continue when the run directory holds a ckpt-last.pth and its config.yaml,
     else start the run (``yes`` / ``no``)."""
@@ -101,7 +108,7 @@ def _run(args, job: str, stop):
     for split, bs in (("train", per_rank), ("extra_train", per_rank * 2), ("val", per_rank * 2), ("test", per_rank)):
         if config.dataset.get(split) is not None:
             config.dataset[split].others.bs = bs
-    prepare_data(config, logger)  # the data is read (and refused) before anything is written
+    prepare_data(config, required_data(config, job), logger)  # data read (and refused) before anything is written
 
     # Rank 0 makes the directory and takes its lock; a refusal (another run's checkpoints, a live
     # lock) is raised on every process, so none waits in a collective for a rank 0 that stopped.

@@ -16,11 +16,16 @@ Files (any mix; see :mod:`datasets.io`): ``.ply`` (ascii / binary; with faces: a
 ``.xyz`` / ``.txt`` / ``.pts`` / ``.csv``, ``.npy`` / ``.npz``, meshes ``.off`` / ``.obj`` /
 ``.stl``. Each file gives ``N_POINTS`` points: meshes are sampled on their surface
 (area-weighted), larger clouds reduced to a subset, both seeded by the file's bytes and
-``sample_seed``. Names starting with ``.`` (files and folders) are skipped.
+``sample_seed``. ``N_POINTS: auto``: the smallest point file's count among those with at least
+``npoints`` points, at most 2048 (:class:`FolderScan`); ``main.py`` resolves it before the run
+folder exists and writes the number into the run's config. Names starting with ``.`` (files and
+folders) are skipped.
 
-Every file is read once when the dataset is built (one scan, with a progress bar): a bad file
-(empty, unreadable, non-finite, too few points, unknown extension, outside a class folder)
-stops the run before the first epoch with one line listing every bad file. The points read go
+Every file is read once when the dataset is built (one scan, with a progress bar; ``main.py``
+scans before the run folder exists, :meth:`PointCloudFolder.prepare_entry`): bad files (empty,
+unreadable, non-finite, too few points, unknown extension, outside a class folder) stop the run
+with one line grouping them by reason, the full list in a file it names
+(:func:`bad_files_error`). The points read go
 into a cache (``.npy`` per file, keyed on absolute path, size, mtime, ``N_POINTS``,
 ``sample_seed``): later epochs and later runs read the cache, not the files. The cache folder is
 ``CACHE_DIR``, by default ``<DATA_PATH>/.intermae_cache``, or ``$XDG_CACHE_HOME/inter-mae/folders``
@@ -65,6 +70,7 @@ LAYOUT = """  labels: true   <DATA_PATH>/<class>/.../<file>              (one su
   files: """ + " ".join(CLOUD_EXTS)
 CACHE_FOLDER = ".intermae_cache"
 CACHE_VERSION = 1  # bump when the reading / sampling of a format changes
+HEADER_COUNTED = (".npy", ".ply")  # point_count reads only their header: not cached
 SUBSETS = ("train", "test", "all")
 SPLIT_DIRS = ("train", "test")
 DEFAULT_SPLIT_RATIO = 0.2
@@ -142,9 +148,10 @@ class CloudCache:
 
     def count(self, path: str) -> Optional[int]:
         """The file's number of points (None: a mesh), :func:`datasets.io.point_count`, cached as
-        ``<sha1>.count`` (keyed on the file alone, not on the sampling)."""
+        ``<sha1>.count`` (keyed on the file alone, not on the sampling) for the formats it reads whole
+        (``.npy`` and ``.ply`` headers are read faster than a cache entry is written)."""
         entry = None
-        if self.folder is not None:
+        if self.folder is not None and not path.lower().endswith(HEADER_COUNTED):
             st = os.stat(path)
             ident = f"count|{os.path.abspath(path)}|{st.st_size}|{st.st_mtime_ns}|{CACHE_VERSION}"
             entry = os.path.join(self.folder, hashlib.sha1(ident.encode("utf-8", errors="surrogateescape")).hexdigest()
@@ -606,8 +613,8 @@ def check_entry(config: Mapping) -> None:
         raise DatasetFormatError(f"{NAME}: split_ratio must be in [0, 1) (the test share), got {ratio}")
     n_points = points_spec(config.get("N_POINTS"))
     if n_points is None:
-        raise DatasetFormatError(f"{NAME}: N_POINTS = {config.get('N_POINTS')!r}: expected a positive integer (points per file) or "
-                                 f"'{AUTO}' (the smallest file's count, at most {AUTO_MAX_POINTS})")
+        raise DatasetFormatError(f"{NAME}: N_POINTS = {config.get('N_POINTS')!r}: expected a positive integer "
+                                 f"(points per file) or '{AUTO}' (the smallest file's count, at most {AUTO_MAX_POINTS})")
     npoints = config.get("npoints")
     if n_points != AUTO and npoints and int(npoints) > n_points:
         raise DatasetFormatError(f"{NAME}: npoints = {npoints} must be at most N_POINTS = {n_points}")
@@ -654,9 +661,9 @@ class PointCloudFolder(Dataset):
         self.labelled = bool(config.get("labels", True))
         self.n_imgs = int(config.get("n_imgs", 0) or 0)
         self.img_size = int(config.get("IMG_SIZE", 224))
-        self.split_ratio = float(config.get("split_ratio", DEFAULT_SPLIT_RATIO))
         start = time.time()
-        scan = scan_entry(config)
+        scan = scan_entry(config)  # (checks the entry's values first)
+        self.split_ratio = float(config.get("split_ratio", DEFAULT_SPLIT_RATIO))
         self.n_points = scan.n_points
         self.npoints = int(config.get("npoints") or self.n_points)
         self.cache = scan.cache
@@ -669,7 +676,7 @@ class PointCloudFolder(Dataset):
         self.files = [rel for rel, _ in items]
         n_all = sum(len(v) for v in scan.files.values())
         what = f"{len(self.class_names)} classes ({self._class_list()})" if self.labelled else "unlabelled"
-        chosen = " (N_POINTS: auto, the smallest file's count, at most 2048)" if scan.auto else ""
+        chosen = " (N_POINTS: auto, the smallest file's count)" if scan.auto else ""
         print_log(f"[{NAME}] {self.root}: subset '{self.subset}' {len(items)} of {n_all} files, {what}; "
                   f"{self.n_points} points per file{chosen}; cache {self.cache.folder or 'off'} "
                   f"({scan.cached_before} of {n_all + len(scan.bad)} files cached before, {time.time() - start:.1f} s)",
@@ -814,5 +821,5 @@ def attach_split_files(config: Mapping, run_dir: str) -> List[str]:
     return changed
 
 
-__all__ = ["PointCloudFolder", "attach_split_files", "scan_folder", "stratified_split", "CloudCache",
-           "resolve_cache_dir", "PARSE_COUNT", "bad_files_error"]
+__all__ = ["PointCloudFolder", "attach_split_files", "scan_folder", "scan_entry", "check_entry", "points_spec",
+           "stratified_split", "CloudCache", "resolve_cache_dir", "PARSE_COUNT", "bad_files_error"]

@@ -197,11 +197,12 @@ def read_points(path: str, mesh_points: int = MESH_POINTS, seed: int = 0) -> np.
         raise PointCloudFileError(str(e)) from None
 
 
-def list_point_files(inputs: Iterable[str]) -> List[Tuple[str, str]]:
+def list_point_files(inputs: Union[str, os.PathLike, Iterable[str]]) -> List[Tuple[str, str]]:
     """(path, name) of every input (:func:`datasets.io.list_cloud_files`, files of other extensions
     under a folder left out): a file as given, the point-cloud and mesh files under a folder
     (recursive, sorted; name = path relative to that folder)."""
-    return [(p, os.path.relpath(p, top) if top else p) for p, top in list_cloud_files(list(inputs), unknown="skip")]
+    items = inputs if isinstance(inputs, (str, os.PathLike)) else list(inputs)
+    return [(p, os.path.relpath(p, top) if top else p) for p, top in list_cloud_files(items, unknown="skip")]
 
 
 def extract_files(extractor: PointFeatureExtractor, inputs: Iterable[str], batch_size: int = 32,

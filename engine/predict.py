@@ -157,7 +157,8 @@ class Predictor:
         data = _dataset_entry(run_cfg)
         npoints = int(run_cfg.get("npoints") or 1024)
         auto = str(data.get("N_POINTS")).strip().lower() == AUTO  # (runs write the number they chose)
-        n_points = max(AUTO_MAX_POINTS, npoints) if auto else int(data.get("N_POINTS") or max(DEFAULT_N_POINTS, npoints))
+        n_points = (max(AUTO_MAX_POINTS, npoints) if auto
+                    else int(data.get("N_POINTS") or max(DEFAULT_N_POINTS, npoints)))
         for value, key in ((npoints, "npoints"), (n_points, "N_POINTS")):
             check_count(value, "points", f"{key} of {cfg_source}")
         seed = int(data.get("sample_seed") or 0)

@@ -388,12 +388,12 @@ def test_a_folder_of_1024_point_npy_files_trains_with_the_default_config(tmp_pat
     assert 0.0 <= results["acc"] <= 100.0
 
 
-def test_too_small_files_are_refused_before_the_run_folder_grouped_with_the_fix(tmp_path):
+def test_too_small_files_are_refused_before_the_run_folder_grouped_with_the_fix(tmp_path, monkeypatch, capsys):
     """Files of 1024 points with N_POINTS = 2048 set: one line through the command, the files grouped
     by reason (at most 10 names each, the count of the others), the one setting that reads them named
     once, every file in the list it names; no run folder (nor experiments folder) is made."""
-    import subprocess
-    import sys
+    import main as main_module
+    from utils.cli import run_main
 
     root = write_npy_folder(tmp_path / "data", 1024)
     for i in range(11):
@@ -401,14 +401,14 @@ def test_too_small_files_are_refused_before_the_run_folder_grouped_with_the_fix(
     (root / "stick" / "notes.docx").write_text("not a shape")
     exp_root = tmp_path / "exp"
     (tmp_path / "tmp").mkdir()
-    env = {**os.environ, "TMPDIR": str(tmp_path / "tmp"), "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([sys.executable, "main.py", "--config", "cfgs/finetune_folder.yaml", "--scratch_model",
-                             "--exp_name", "mine", "--data_root", str(root), "--device", "cpu", "--experiment_root",
-                             str(exp_root), "--opts", *TINY_FINETUNE_OPTS, "dataset.N_POINTS=2048"],
-                            cwd=Path(__file__).resolve().parent.parent, env=env, capture_output=True, text=True,
-                            timeout=300)
-    assert result.returncode == 2 and "Traceback" not in result.stderr
-    errors = [line for line in result.stderr.splitlines() if "error:" in line]
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path / "tmp"))
+    argv = ["--config", "cfgs/finetune_folder.yaml", "--scratch_model", "--exp_name", "mine", "--data_root", str(root),
+            "--device", "cpu", "--experiment_root", str(exp_root), "--opts", *TINY_FINETUNE_OPTS, "dataset.N_POINTS=2048"]
+    with pytest.raises(SystemExit) as stop:
+        run_main(lambda: main_module.main(argv), prog="main.py")
+    stderr = capsys.readouterr().err
+    assert stop.value.code == 2 and "Traceback" not in stderr
+    errors = [line for line in stderr.splitlines() if line.startswith("main.py: error:")]
     assert len(errors) == 1 and errors[0].endswith(".txt [DatasetFormatError]")
     line = errors[0][: -len(" [DatasetFormatError]")]
     assert len(line) < 3000
@@ -472,5 +472,6 @@ def test_one_key_sets_the_points_per_file_of_every_subset(tmp_path):
     with pytest.raises(ConfigError, match="is neither a dataset entry nor a key of one"):
         load_config("cfgs/finetune_folder.yaml", ["dataset.N_PONTS=1024"], None, MODELS, DATASETS)
     cfg = load_config("cfgs/finetune_modelnet.yaml", ["dataset.N_POINTS=auto"], None, MODELS, DATASETS)
-    with pytest.raises(ConfigError, match=r"N_POINTS' = 'auto': expected an integer >= 1 \('auto' is for PointCloudFolder"):
+    with pytest.raises(ConfigError, match=r"N_POINTS' = 'auto': expected an integer >= 1 \('auto' is for "
+                                          r"PointCloudFolder"):
         validate_config(cfg, "finetune", MODELS, DATASETS)
