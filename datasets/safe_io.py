@@ -21,6 +21,7 @@ import math
 import os
 import pickle
 import stat
+import zlib
 from typing import Any, Dict, Tuple
 
 import numpy as np
@@ -252,7 +253,7 @@ def read_npz_arrays(path: str, what: str, names) -> Dict[str, np.ndarray]:
                         out[name] = np.lib.format.read_array(m, allow_pickle=False)
         except DatasetFormatError:
             raise
-        except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
+        except (zipfile.BadZipFile, ValueError, OSError, EOFError, zlib.error) as e:  # zlib: a damaged deflate stream
             raise DatasetFormatError(f"{where} could not be read: {type(e).__name__}: {e}") from None
     return out
 
@@ -277,11 +278,28 @@ def open_h5(path: str, what: str):
         raise DatasetFormatError(f"{what} '{path}': not a readable HDF5 file (truncated or malformed?): {e}") from None
 
 
+# What h5py raises on a damaged file beyond OSError (a bad object header, a heap or B-tree signature,
+# an address past the end of the file): RuntimeError, KeyError, ValueError, TypeError.
+H5_ERRORS = (OSError, RuntimeError, KeyError, ValueError, TypeError)
+
+
 def read_h5_dataset(h5, key: str, path: str) -> np.ndarray:
     """The numeric dataset ``key`` of the open HDF5 file ``h5`` (from ``path``), read only after its
     declared shape and stored size pass :mod:`utils.limits`; a link to another file, external
     storage (raw data in other files, which could be any path or a FIFO), a virtual dataset and a
-    non-numeric dtype are refused, each in one line naming the file and the key."""
+    non-numeric dtype are refused, each in one line naming the file and the key; so is a file whose
+    structure h5py cannot read (:data:`H5_ERRORS`)."""
+    try:
+        return _read_h5_dataset(h5, key, path)
+    except DatasetFormatError:
+        raise
+    except H5_ERRORS as e:
+        first = next((line.strip() for line in str(e).splitlines() if line.strip()), "")
+        raise DatasetFormatError(f"HDF5 file '{path}': dataset '{key}' cannot be read (truncated or malformed?): "
+                                 f"{type(e).__name__}: {first[:200]}") from None
+
+
+def _read_h5_dataset(h5, key: str, path: str) -> np.ndarray:
     import h5py
 
     where = f"HDF5 file '{path}': dataset '{key}'"

@@ -47,8 +47,9 @@ def build_checked(model_cfg: Mapping, state_dict: Mapping[str, Any], source: str
     except InputError:
         raise
     except (ValueError, TypeError, KeyError, AttributeError, RuntimeError) as e:
+        first = next((line.strip() for line in str(e).splitlines() if line.strip()), "")  # torch's can span lines
         raise CheckpointError(f"{source}: its config does not describe a model this code builds: "
-                              f"{type(e).__name__}: {str(e)[:200]}") from None
+                              f"{type(e).__name__}: {first[:200]}") from None
     n_params = sum(p.numel() for p in probe.parameters())
     check_count(n_params, "model_params", f"{source}: the parameters of the model of its config "
                                           f"({type(probe).__name__})")

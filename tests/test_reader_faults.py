@@ -161,3 +161,69 @@ def test_a_fifo_in_place_of_a_split_file_or_a_view_is_refused_not_waited_on(tmp_
     with pytest.raises(InputError) as e:
         read_split_file(str(split), str(tmp_path))
     one_line_naming(e.value, "split.json")
+
+
+@pytest.mark.parametrize("signature", [b"HEAP", b"SNOD"])
+def test_an_hdf5_file_with_a_damaged_structure_names_the_file(tmp_path, signature):
+    import io
+
+    import h5py
+
+    from datasets.ModelNetH5Dataset import read_modelnet_h5
+    from datasets.ScanObjectNNDataset import read_h5
+
+    buf = io.BytesIO()
+    with h5py.File(buf, "w") as f:
+        f["data"], f["label"] = np.zeros((2, 8, 3), np.float32), np.zeros(2, np.int64)
+    damaged = buf.getvalue().replace(signature, b"X" + signature[1:])  # h5py: RuntimeError, bad ... signature
+    for name, read in (("training_objectdataset.h5", read_h5), ("ply_data_train0.h5", read_modelnet_h5)):
+        (tmp_path / name).write_bytes(damaged)
+        with pytest.raises(InputError) as e:
+            read(str(tmp_path / name))
+        first = str(e.value).split("\n")[0]  # (ModelNet40's HDF5 errors append the folder layout)
+        assert name in first and "signature" in first
+
+
+def test_a_damaged_deflate_stream_in_a_cache_npz_names_the_file(tmp_path):
+    import io
+    import struct
+
+    from datasets.modelnet_cache import load_cache
+
+    buf = io.BytesIO()
+    np.savez_compressed(buf, points=np.zeros((3, 32, 6), np.float32), labels=np.zeros((3, 1), np.int32))
+    data = bytearray(buf.getvalue())
+    name_len, extra_len = struct.unpack("<HH", data[26:30])
+    data[30 + name_len + extra_len] = 0x07  # the first deflate block of the reserved type: zlib.error
+    (tmp_path / "modelnet40_train_32pts_fps.npz").write_bytes(bytes(data))
+    with pytest.raises(InputError) as e:
+        load_cache(str(tmp_path / "modelnet40_train_32pts_fps.dat"), 32)
+    assert "invalid block type" in one_line_naming(e.value, "modelnet40_train_32pts_fps.npz")
+
+
+def test_a_base_name_too_long_for_the_file_system_is_not_found(tmp_path):
+    from utils.config import cfg_from_yaml_file
+
+    path = tmp_path / "cfg.yaml"
+    path.write_text("dataset: {train: {_base_: cfgs/dataset_configs/" + "9" * 5000 + ".yaml, others: {}}}\n")
+    with pytest.raises(InputError) as e:
+        cfg_from_yaml_file(str(path))
+    assert "not found" in one_line_naming(e.value, "cfg.yaml")
+
+
+def test_a_checkpoint_config_that_breaks_the_model_build_is_one_line(tmp_path):
+    import torch
+
+    from engine.predict import Predictor
+    from models import build_model_from_cfg
+
+    model = dict(NAME="PointTransformer", trans_dim=16, depth=1, drop_path_rate=0.0, cls_dim=3, num_heads=2,
+                 group_size=8, num_group=4, encoder_dims=16, patch_embed="inter_mae")
+    state = build_model_from_cfg(EasyDict(model)).state_dict()
+    entry = {"_base_": {"NAME": "PointCloudFolder", "DATA_PATH": "data", "N_POINTS": 64, "labels": True},
+             "others": {"subset": "test", "npoints": 32}}
+    config = {"model": {**model, "drop_path_rate": None}, "npoints": 32, "dataset": {"test": entry}}
+    torch.save({"base_model": state, "config": config, "class_names": ["a", "b", "c"]}, tmp_path / "ckpt.pth")
+    with pytest.raises(InputError) as e:  # torch's TypeError for linspace(0, None) spans many lines
+        Predictor.from_checkpoint(str(tmp_path / "ckpt.pth"), device="cpu")
+    one_line_naming(e.value, "ckpt.pth")

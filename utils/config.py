@@ -92,8 +92,11 @@ def resolve_base_path(path: str, including_file: str) -> Path:
     accept them relative to the repository root and to the including file."""
     candidates = [Path(path), REPO_ROOT / path, Path(including_file).parent / path]
     for cand in candidates:
-        if cand.is_file():
-            return cand
+        try:
+            if cand.is_file():
+                return cand
+        except OSError:  # a name too long for the file system, and the like: not a file here
+            continue
     raise ConfigError(f"_base_ file '{path}' not found (looked in the working directory, {REPO_ROOT} and "
                       f"{Path(including_file).parent})", including_file)
 
