@@ -26,7 +26,7 @@ from hypothesis import HealthCheck, Phase, given, settings  # noqa: E402
 
 _COMMON = dict(deadline=None, suppress_health_check=list(HealthCheck), print_blob=False)
 # ci: no shrinking (a failure is reported at once, with its files); the same examples every run.
-settings.register_profile("ci", max_examples=16, derandomize=True, database=None,
+settings.register_profile("ci", max_examples=40, derandomize=True, database=None,
                           phases=(Phase.explicit, Phase.generate), **_COMMON)
 settings.register_profile("long", max_examples=200, derandomize=False, **_COMMON)
 PROFILE = os.environ.get("INTERMAE_FUZZ_PROFILE", "ci")
