@@ -28,6 +28,7 @@ from utils.config import (RUN_CONFIG, check_resume_changes, config_changes, load
                           validate_config)
 from utils.logger import attach_log_file, print_log, start_run_logger
 from utils.misc import set_random_seed
+from utils.rundir import release_run_lock
 from utils.settings import build_run_settings, experiment_paths, resume_mode
 
 
@@ -112,7 +113,7 @@ def _run(args, job: str, stop):
             print_log(f"error: {error} [{type(error).__name__}]", logger=logger, file_only=True)
             raise
     finally:
-        parser.release_run_lock(lock)
+        release_run_lock(lock)
 
 
 def _run_job(args, settings, config, changes, stop, logger):

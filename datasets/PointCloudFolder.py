@@ -48,7 +48,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from utils.logger import print_log
+from utils.logger import library_logger, print_log
 
 from .build import DATASETS
 from .common import DatasetFormatError, dataset_schema, pc_normalize, random_subset
@@ -65,7 +65,7 @@ CACHE_VERSION = 1  # bump when the reading / sampling of a format changes
 SUBSETS = ("train", "test", "all")
 SPLIT_DIRS = ("train", "test")
 DEFAULT_SPLIT_RATIO = 0.2
-LOGGER = NAME
+LOGGER = library_logger(NAME)
 
 # Actual file reads (cache misses) of this process, for tests and benchmarks.
 PARSE_COUNT = {"files": 0}

@@ -257,6 +257,7 @@ def run_net(settings: RunSettings, config, writers=(None, None), stop: Optional[
                 builder.save_checkpoint(state, "ckpt-best_vote", settings, config, epoch=epoch, metrics=metrics,
                                         logger=logger)
                 state.best_metrics = keep
+        builder.write_epoch_metrics(state, settings, epoch, metrics, logger)
         builder.save_checkpoint(state, "ckpt-last", settings, config, epoch=epoch, metrics=metrics, logger=logger)
 
     if state.best_metrics:

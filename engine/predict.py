@@ -38,7 +38,6 @@ from utils.logger import print_log
 from utils.misc import resolve_device
 
 DEFAULT_N_POINTS = 2048
-FOLDER_DATASET = "PointCloudFolder"
 
 
 @dataclass

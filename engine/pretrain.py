@@ -115,6 +115,7 @@ def run_net(settings: RunSettings, config, writers=(None, None), stop: Optional[
             if figures.get("val_loss_rec", math.inf) < state.best_metrics.get("val_loss_rec", math.inf):
                 state.best_metrics = {**figures, "epoch": epoch}
 
+        builder.write_epoch_metrics(state, settings, epoch, metrics, logger)
         builder.save_checkpoint(state, "ckpt-last", settings, config, epoch=epoch, metrics=metrics, logger=logger)
         if builder.epoch_copy_due(epoch, settings):
             builder.save_checkpoint(state, f"ckpt-epoch-{epoch:03d}", settings, config, epoch=epoch, metrics=metrics,

@@ -33,13 +33,12 @@ from datasets.common import DatasetFormatError
 from engine.finetune import unpack_cls_batch
 from extensions.pointops import fps
 from models.backbone import max_mean_pool
-from utils.config import (SVM_DEFAULT_C, SVM_DEFAULT_DATASET, SVM_DEFAULT_NPOINTS, SVM_SCHEMA, ConfigError,
+from utils.config import (SVM_DEFAULT_C, SVM_DEFAULT_NPOINTS, SVM_SCHEMA, ConfigError,
                           cfg_from_yaml_file, merge_into, origin_of, rebase_entry, resolve_base_path, svm_default_entry)
 from utils.dist_utils import get_dist_info
 from utils.logger import print_log
 from utils.settings import RunSettings
 
-DEFAULT_DATASET = SVM_DEFAULT_DATASET  # modelnet40_ply_hdf5_2048, as released
 CACHE_DATASET = "cfgs/dataset_configs/ModelNet40.yaml"  # the .dat caches (FPS to npoints)
 DEFAULT_C = SVM_DEFAULT_C
 DEFAULT_MAX_ITER = 1000  # sklearn's default, which the released LinearSVC() used

@@ -1,10 +1,11 @@
-"""Preemption and honest resume (issue 23): SIGTERM / SIGINT mid-epoch write ckpt-last with the
+"""Preemption and honest resume: SIGTERM / SIGINT mid-epoch write ckpt-last with the
 position inside the epoch, and ``--resume`` then repeats the uninterrupted run bit for bit; the
 command exits 143 / 130 with one line in the console and the run log; ``--resume`` lists changed
 keys, follows a new max_epoch and lr, refuses a new model shape, and keeps the previous config;
-``--resume auto`` starts or continues. Segmentation resumes exactly too (issue 21)."""
+``--resume auto`` starts or continues. Segmentation resumes exactly too."""
 from __future__ import annotations
 
+import json
 import math
 import os
 import signal
@@ -200,6 +201,14 @@ def test_segmentation_interrupted_and_resumed_equals_the_uninterrupted_run(tmp_p
     assert_same_weights(full / "checkpoints" / "best_model.pth", cut / "checkpoints" / "best_model.pth")
     ckpt = load_checkpoint_file(str(cut / "checkpoints" / "ckpt-last.pth"))
     assert ckpt["config"]["model"]["NAME"] == "PartSegTransformer" and ckpt["scheduler"] is not None
+    # metrics.jsonl: epoch 1 (stopped, then finished by the resumed run) once; each epoch's test figures
+    # equal the uninterrupted run's (the training means of epoch 1 cover the batches after the resume only)
+    full_lines, cut_lines = ([json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+                             for run in (full, cut))
+    assert [line["epoch"] for line in cut_lines] == [line["epoch"] for line in full_lines] == [0, 1, 2]
+    tested = ("accuracy", "class_avg_accuracy", "class_avg_iou", "instance_avg_iou")
+    assert [[line[k] for k in tested] for line in cut_lines] == [[line[k] for k in tested] for line in full_lines]
+    assert cut_lines[2]["train_loss"] == full_lines[2]["train_loss"] and cut_lines[1]["lr"] == full_lines[1]["lr"]
     # the saved model section rebuilds the model for --test, without the model flags
     from segmentation.main import get_args
     metrics = run(get_args(["--test", "--root", str(root), "--log_root", str(tmp_path / "log"), "--log_dir", "cut",

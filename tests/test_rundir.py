@@ -141,11 +141,3 @@ def test_racing_takers_of_one_stale_lock_never_both_win(tmp_path):
         assert len(winners) == 1, results
         assert all("in use by another run" in r[1] for r in results if r[0] == "refused"), results
         assert not (folder / LOCK_NAME).exists() and not list(folder.glob(LOCK_NAME + rundir.CLAIM_SUFFIX + "*"))
-
-
-def test_parser_reexports_the_lock_api():
-    from utils import parser
-
-    assert parser.acquire_run_lock is acquire_run_lock and parser.RunDirError is RunDirError
-    assert parser.release_run_lock is release_run_lock and parser.LOCK_NAME == LOCK_NAME
-    assert parser.check_no_checkpoints is rundir.check_no_checkpoints

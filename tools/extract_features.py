@@ -20,7 +20,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere: the checkout's packages first
 
 from utils.cli import run_main  # noqa: E402
-from utils.parser import add_common_args, new_parser, progress_enabled  # noqa: E402
+from utils.parser import add_common_args, new_parser  # noqa: E402
+from utils.settings import progress_enabled  # noqa: E402
 
 
 def build_parser():
@@ -50,7 +51,7 @@ def main(argv=None):
         parser.error(f"--out '{args.out}' must end in .npy or .h5")
     extractor = load_point_encoder(args.ckpts, config=args.config, device=args.device, npoints=args.npoints,
                                    trust=args.trust_checkpoint)
-    features, names = extract_files(extractor, args.input, batch_size=args.batch_size, progress=progress_enabled(args))
+    features, names = extract_files(extractor, args.input, batch_size=args.batch_size, progress=progress_enabled(args.no_progress))
     info = {"checkpoint": str(args.ckpts), "npoints": args.npoints, "feature": "max_mean_pool(patch_tokens)",
             "dim": int(features.shape[1])}
     written = write_features(args.out, features, names, info)

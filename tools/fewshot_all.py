@@ -79,10 +79,11 @@ def _data_flags_of(passthrough: Sequence[str]) -> Tuple[List[str], Optional[str]
 def fold_folder(config_path: str, way: int, shot: int, opts: Sequence[str] = (), data_root: Optional[str] = None) -> str:
     """``DATA_PATH/{way}way_{shot}shot`` of the config's training set (after ``--opts`` and the data
     root: ``data_root``, else ``$DATA_ROOT``)."""
-    from engine.builder import load_config
-    from utils.config import ConfigError, merge_into, origin_of
+    from datasets import DATASETS
+    from models import MODELS
+    from utils.config import ConfigError, load_config, merge_into, origin_of
 
-    config = load_config(config_path, opts, data_root)
+    config = load_config(config_path, opts, data_root, MODELS, DATASETS)
     entry = (config.get("dataset") or {}).get("train")
     if not entry or "_base_" not in entry:
         raise ConfigError("dataset.train with a '_base_' is needed to find the few-shot folds; or give --folds",

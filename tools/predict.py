@@ -20,7 +20,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere: the checkout's packages first
 
 from utils.cli import run_main  # noqa: E402
-from utils.parser import add_common_args, new_parser, progress_enabled  # noqa: E402
+from utils.parser import add_common_args, new_parser  # noqa: E402
+from utils.settings import progress_enabled  # noqa: E402
 
 
 def build_parser():
@@ -63,7 +64,7 @@ def main(argv=None) -> int:
     predictor = Predictor.from_checkpoint(args.ckpts, device=args.device, config=args.config,
                                           trust=args.trust_checkpoint, logger=logger)
     results = predictor.predict(args.input, topk=args.topk, vote=args.vote, batch_size=args.batch_size,
-                                progress=progress_enabled(args), strict=args.strict)
+                                progress=progress_enabled(args.no_progress), strict=args.strict)
     write_csv(args.out, results, args.topk)
     print_log(f"[predict] {len(results)} rows written to {args.out}"
               + (f" ({args.vote} voting passes)" if args.vote else ""), logger=logger)

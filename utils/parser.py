@@ -8,9 +8,7 @@ import os
 from typing import Optional
 
 from utils.config import CHOICE_KEYS
-from utils.settings import progress_enabled as _progress_enabled
-from utils.rundir import (LOCK_NAME, RunDirError, acquire_run_lock, check_no_checkpoints,  # noqa: F401 (re-exported)
-                          release_run_lock)
+from utils.rundir import acquire_run_lock, check_no_checkpoints
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -88,11 +86,6 @@ def add_common_args(parser: argparse.ArgumentParser, *names: str, **defaults) ->
         flags, kwargs = COMMON_ARGS[name]
         parser.add_argument(*flags, **{**kwargs, **({"default": defaults[name]} if name in defaults else {})})
     return parser
-
-
-def progress_enabled(args) -> bool:
-    """Progress bars: on unless ``--no_progress`` or stderr is not a terminal (logs redirected to a file)."""
-    return _progress_enabled(bool(args.no_progress))
 
 
 def build_parser() -> argparse.ArgumentParser:
