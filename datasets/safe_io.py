@@ -275,7 +275,7 @@ def open_h5(path: str, what: str):
     try:
         return h5py.File(path, "r")
     except OSError as e:  # truncated or not HDF5
-        raise DatasetFormatError(f"{what} '{path}': not a readable HDF5 file (truncated or malformed?): {e}") from None
+        raise DatasetFormatError(f"{path}: not a readable HDF5 file (truncated or malformed?): {e}") from None
 
 
 # What h5py raises on a damaged file beyond OSError (a bad object header, a heap or B-tree signature,
