@@ -227,3 +227,13 @@ def test_a_checkpoint_config_that_breaks_the_model_build_is_one_line(tmp_path):
     with pytest.raises(InputError) as e:  # torch's TypeError for linspace(0, None) spans many lines
         Predictor.from_checkpoint(str(tmp_path / "ckpt.pth"), device="cpu")
     one_line_naming(e.value, "ckpt.pth")
+
+
+def test_a_config_key_that_is_not_a_name_is_one_line(tmp_path):
+    from utils.config import cfg_from_yaml_file
+
+    path = tmp_path / "cfg.yaml"
+    path.write_text("optimizer: {type: AdamW, kwargs: {0.0005, weight_decay: 0.05}}\n")  # the lr's key lost
+    with pytest.raises(InputError) as e:  # was a TypeError from EasyDict: attribute name must be string
+        cfg_from_yaml_file(str(path))
+    assert "key 0.0005 is a float" in one_line_naming(e.value, "cfg.yaml")

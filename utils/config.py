@@ -206,6 +206,9 @@ def merge_new_config(config: EasyDict, new_config: Mapping, source: str, includi
     not, is a ConfigError naming the cycle)."""
     including = including or (os.path.realpath(source),)
     for key, val in new_config.items():
+        if not isinstance(key, str):  # e.g. `kwargs: {0.0005, weight_decay: 0.05}`: a value without its key
+            raise ConfigError(f"key {quoted(key)} is a {type(key).__name__}; config keys are names (a value written "
+                              f"without its key?)", source)
         if not isinstance(val, dict):
             if key == "_base_":
                 base_path = resolve_base_path(str(val), source)
