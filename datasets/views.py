@@ -41,17 +41,27 @@ def choose_views(n_imgs: int, n_views: int = N_RENDERED_VIEWS) -> np.ndarray:
 # What PIL raises for a damaged image: OSError (UnidentifiedImageError), ValueError, SyntaxError (a bad
 # PNG chunk), EOFError (truncated), DecompressionBombError (an image declaring far more pixels).
 IMAGE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
-MAX_VIEW_PIXELS = 4096 * 4096  # a view is 137 x 137; more than this is refused before it is decoded
+MAX_VIEW_PIXELS = 2048 * 2048  # a view is 137 x 137; more than this is refused before it is decoded
+
+
+MAX_VIEW_BYTES = 64 * 2 ** 20  # a 137 x 137 view PNG is a few KB
 
 
 class _open_view:
-    """``Image.open`` of a regular file (never a FIFO), refused before decoding when it declares more
-    than :data:`MAX_VIEW_PIXELS` pixels."""
+    """``Image.open`` of the bytes of a regular file (never a FIFO), refused before decoding when it
+    declares more than :data:`MAX_VIEW_PIXELS` pixels. From memory: a chunk length of 2^31 in the
+    file then reads what there is, where ``read(2^31)`` on the file allocated that much first."""
 
     def __init__(self, path: str):
+        import io
+
         from .safe_io import open_regular
 
-        self.file = open_regular(path, "view image")
+        with open_regular(path, "view image") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size > MAX_VIEW_BYTES:
+                raise ValueError(f"{size} bytes, more than {MAX_VIEW_BYTES}")
+            self.file = io.BytesIO(f.read())
         try:
             self.img = Image.open(self.file)
             if self.img.width * self.img.height > MAX_VIEW_PIXELS:
