@@ -114,7 +114,7 @@ def stat_failure(path: str, error: OSError) -> str:
     if error.errno == errno.ELOOP:
         return "unreadable (a loop of symbolic links)"
     if error.errno == errno.ENOENT and os.path.islink(path):
-        return f"unreadable (a symbolic link to {printable(os.readlink(path))}, which does not exist)"
+        return f"unreadable (a dangling symbolic link, to {printable(os.readlink(path))})"
     return f"unreadable ({error.strerror or error})"
 
 
