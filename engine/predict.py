@@ -32,7 +32,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from datasets.common import DatasetFormatError, pc_normalize
-from datasets.io import CLOUD_EXTS, BadFileError, load_cloud_file
+from datasets.io import AUTO, AUTO_MAX_POINTS, BadFileError, bad_files_message, list_cloud_files, load_cloud_file
 from utils.checkpoint import CheckpointError, load_checkpoint_file, load_state_dict_checked, state_dict_of
 from utils.logger import print_log
 from utils.misc import resolve_device
@@ -61,26 +61,10 @@ class Prediction:
 
 # ----------------------------------------------------------------------------------- inputs
 def list_inputs(inputs: Union[str, os.PathLike, Sequence[Union[str, os.PathLike]]]) -> List[Tuple[str, str]]:
-    """(path, folder the file was found under or '') of every input: a file as given, every
-    visible file under a folder (recursive, sorted; names starting with '.' skipped). A missing
-    input or a folder without files is a :class:`DatasetFormatError`."""
-    items = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
-    out: List[Tuple[str, str]] = []
-    for item in items:
-        item = str(item)
-        if os.path.isdir(item):
-            found = []
-            for cur, dirs, files in os.walk(item):
-                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-                found += [os.path.join(cur, f) for f in sorted(files) if not f.startswith(".")]
-            if not found:
-                raise DatasetFormatError(f"--input folder '{item}' holds no files (expected {' '.join(CLOUD_EXTS)})")
-            out += [(p, item) for p in found]
-        elif os.path.isfile(item):
-            out.append((item, ""))
-        else:
-            raise DatasetFormatError(f"--input '{item}' is neither a file nor a folder")
-    return out
+    """(path, folder the file was found under or '') of every input: :func:`datasets.io.list_cloud_files`
+    keeping files of any extension (an unknown one becomes a row with its error). A missing input
+    or a folder without files is a :class:`DatasetFormatError`."""
+    return list_cloud_files(inputs, unknown="keep")
 
 
 def true_class(path: str, top: str, classes: Sequence[str]) -> Optional[str]:
@@ -170,19 +154,24 @@ class Predictor:
         load_state_dict_checked(model, state, strict=True, source=path)
         data = _dataset_entry(run_cfg)
         npoints = int(run_cfg.get("npoints") or 1024)
-        n_points = int(data.get("N_POINTS") or max(DEFAULT_N_POINTS, npoints))
+        auto = str(data.get("N_POINTS")).strip().lower() == AUTO  # (runs write the number they chose)
+        n_points = (max(AUTO_MAX_POINTS, npoints) if auto
+                    else int(data.get("N_POINTS") or max(DEFAULT_N_POINTS, npoints)))
         for value, key in ((npoints, "npoints"), (n_points, "N_POINTS")):
             check_count(value, "points", f"{key} of {cfg_source}")
         seed = int(data.get("sample_seed") or 0)
         predictor = cls(model, names, npoints, n_points, seed, device, source=path)
         print_log(f"[predict] {path}: {len(names)} classes; config {cfg_source}; {n_points} points per file "
-                  f"(sample_seed {seed}), FPS to {npoints}; device {predictor.device}", logger=logger)
+                  f"{'(N_POINTS: auto) ' if auto else ''}(sample_seed {seed}; a file with fewer but at least npoints: "
+                  f"all its points), FPS to {npoints}; device {predictor.device}", logger=logger)
         return predictor
 
     # ------------------------------------------------------------------------ preparation
     def read(self, path: str) -> np.ndarray:
-        """A file's (N_POINTS, 3) points, normalised, as ``--test`` reads them (BadFileError)."""
-        return pc_normalize(load_cloud_file(path, self.n_points, self.sample_seed))
+        """A file's (N_POINTS, 3) points, normalised, as ``--test`` reads them; a point file with
+        fewer than N_POINTS but at least npoints points gives all of them (as a run on a folder of
+        such files with ``N_POINTS: auto`` reads them). BadFileError when it cannot be used."""
+        return pc_normalize(load_cloud_file(path, self.n_points, self.sample_seed, min_points=self.npoints))
 
     def prepare_array(self, cloud: Any, name: str) -> np.ndarray:
         arr = np.asarray(cloud.detach().cpu() if isinstance(cloud, Tensor) else cloud)
@@ -230,7 +219,7 @@ class Predictor:
 
         def flush():
             groups: Dict[int, List[Tuple[Prediction, np.ndarray]]] = {}
-            for pred, cloud in ready:  # files share N_POINTS; arrays may differ: batch by size
+            for pred, cloud in ready:  # files of fewer than N_POINTS points and arrays differ: batch by size
                 groups.setdefault(cloud.shape[0], []).append((pred, cloud))
             for group in groups.values():
                 probs = torch.softmax(self.logits([c for _, c in group], vote), dim=1).cpu()
@@ -258,8 +247,9 @@ class Predictor:
         flush()
         bad = [p for p in results if p.error]
         if strict and bad:
-            raise DatasetFormatError(f"{len(bad)} bad input{'s' if len(bad) != 1 else ''}: "
-                                     + ", ".join(f"{p.path} ({p.error})" for p in bad) + " (--strict)")
+            head = f"{len(bad)} bad input{'s' if len(bad) != 1 else ''} (--strict)"
+            raise DatasetFormatError(bad_files_message(head, [(p.path, p.error) for p in bad], noun="input",
+                                                       tail="nothing written"))
         return results
 
 

@@ -8,9 +8,11 @@ probabilities, the true class (when the file sits in a class folder), and the er
 that was skipped. Files in class folders also give the accuracy, per-class accuracy and the
 confusion matrix (in the log and as ``<out stem>_confusion.png``). The log is also written to
 ``<out stem>.log``. Files are prepared as ``main.py --test`` prepares its test set
-(``engine/predict.py``). Exit status: 0; 1 when a file was skipped (bad file: empty, unreadable,
-non-finite, too few points, unknown extension; listed in the CSV and the log); 2 on bad input
-(checkpoint, flags; and with ``--strict`` any bad file: nothing is written).
+(``engine/predict.py``; a point file with fewer than the run's ``N_POINTS`` points but at least
+``npoints`` gives all its points). Exit status: 0; 1 when a file was skipped (bad file: empty,
+unreadable, non-finite, fewer than ``npoints`` points, unknown extension; listed in the CSV and the
+log); 2 on bad input (checkpoint, flags; and with ``--strict`` any bad file: one line grouping them
+by reason, nothing is written).
 """
 from __future__ import annotations
 

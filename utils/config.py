@@ -242,6 +242,9 @@ TOP_LEVEL_NUMBERS = (("max_epoch", True, 0, False), ("total_bs", True, 0, True),
                      ("grad_norm_clip", False, 0, False), ("npoints", True, 1, False), ("ckpt_period", True, 0, False),
                      ("ckpt_from", True, 0, False))
 DATASET_BOOLS = ("USE_NORMALS",)
+# ``N_POINTS: auto`` (the smallest file's count, resolved when the run starts): datasets that read a folder of files.
+AUTO_POINTS = "auto"
+AUTO_POINTS_DATASETS = ("PointCloudFolder",)
 # Top-level keys that take one of a few words: key -> the allowed words, the default first. The one
 # list of each: check_values checks the config with it, the flags of utils/parser.py offer it, and
 # utils/settings.py resolves the settings with it. The ops define their own words (FPS_BACKENDS,
@@ -348,7 +351,13 @@ def check_values(config: Mapping, job: str, model_cls: Optional[type] = None, wo
         for part in ("_base_", "others"):
             node = entry.get(part)
             check_number(node, "npoints", f"dataset.{split}.{part}.npoints", integer=True, low=1)
-            check_number(node, "N_POINTS", f"dataset.{split}.{part}.N_POINTS", integer=True, low=1)
+            if isinstance(node, Mapping) and node.get("N_POINTS") == AUTO_POINTS:
+                name = (entry.get("others") or {}).get("NAME") or (entry.get("_base_") or {}).get("NAME")
+                if name not in AUTO_POINTS_DATASETS:
+                    raise _bad_value(f"dataset.{split}.{part}.N_POINTS", AUTO_POINTS, f"an integer >= 1 ('{AUTO_POINTS}' "
+                                     f"is for {', '.join(AUTO_POINTS_DATASETS)}: a folder of your own files)", node)
+            else:
+                check_number(node, "N_POINTS", f"dataset.{split}.{part}.N_POINTS", integer=True, low=1)
             for key in ("npoints", "N_POINTS"):
                 _check_limit(node, key, f"dataset.{split}.{part}.{key}", "points")
             for key in DATASET_BOOLS:
@@ -550,19 +559,43 @@ def opts_keys(opts: Iterable[str]) -> Tuple[str, ...]:
     return tuple(item.split("=", 1)[0] for item in opts or () if "=" in item)
 
 
+def _every_entry_key(config: Mapping, parts: Tuple[str, ...]) -> bool:
+    """``dataset.KEY`` where KEY is not one of the config's dataset entries: a key for every entry."""
+    entries = config.get("dataset")
+    return len(parts) == 2 and parts[0] == "dataset" and isinstance(entries, Mapping) and parts[1] not in entries
+
+
+def _apply_to_every_entry(config: EasyDict, key: str, text: str, models=None, datasets=None) -> None:
+    """``--opts dataset.KEY=VALUE``: ``others.KEY`` of every dataset entry whose class takes KEY
+    (e.g. ``dataset.N_POINTS=1024`` for the train, val and test subsets of a folder at once)."""
+    splits = [split for split, entry in config.dataset.items()
+              if isinstance(entry, Mapping) and (_dataset_keys(entry, datasets) is None
+                                                 or key in _dataset_keys(entry, datasets))]
+    if not splits:
+        known = sorted(set(config.dataset) | {k for e in config.dataset.values() for k in (_dataset_keys(e, datasets) or ())})
+        raise ConfigError(f"--opts key 'dataset.{key}' is neither a dataset entry nor a key of one"
+                          f"{did_you_mean(key, known)}; dataset entries: {', '.join(map(str, config.dataset))}",
+                          origin_of(config.dataset) or origin_of(config))
+    apply_opts(config, [f"dataset.{split}.others.{key}={text}" for split in splits], models, datasets)
+
+
 def apply_opts(config: EasyDict, opts: Iterable[str], models=None, datasets=None) -> EasyDict:
     """Apply ``key.sub=value`` overrides (values parsed as YAML).
 
     A key the config does not hold yet is added when the section's schema allows it (e.g.
     ``dataset.train.others.DATA_PATH``, ``model.label_smoothing``; model and dataset schemas need
     the ``models`` / ``datasets`` registries); ``dataset.<split>.KEY`` is short for
-    ``dataset.<split>.others.KEY``. Any other key is a ConfigError naming the key, the closest
+    ``dataset.<split>.others.KEY``, and ``dataset.KEY`` sets ``others.KEY`` of every dataset entry
+    that takes KEY (``dataset.N_POINTS=1024``). Any other key is a ConfigError naming the key, the closest
     valid key and every valid key of that section."""
     for item in opts or ():
         if "=" not in item:
             raise ConfigError(f"--opts entry '{item}' is not of the form key.sub=value")
         dotted, text = item.split("=", 1)
         parts = _opts_parts(dotted)
+        if _every_entry_key(config, parts):
+            _apply_to_every_entry(config, parts[1], text, models, datasets)
+            continue
         node = config
         for i, part in enumerate(parts):
             last = i == len(parts) - 1
