@@ -359,9 +359,8 @@ def test_a_killed_scan_worker_is_one_line_naming_its_file(tmp_path, monkeypatch)
     monkeypatch.setattr(folder_module, "load_cloud_file", reader)
     monkeypatch.setattr(folder_module, "scan_workers", lambda n, cache: 2)
     folder_module._SCANS.clear()
-    cache = folder_module.CloudCache(str(tmp_path / "cache"), 32, 0)
     with pytest.raises(DatasetFormatError) as e:
-        folder_module.FolderScan(str(root), True, cache, progress=False)
+        folder_module.FolderScan(str(root), True, str(tmp_path / "cache"), 32, progress=False)
     message = str(e.value)
     assert f"while reading {victim} " in message and "\n" not in message
 
