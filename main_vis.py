@@ -41,6 +41,7 @@ from utils.config import ConfigError, check_mask_ratio, check_top_level, dataset
 from utils.logger import get_root_logger, print_log
 from utils.misc import resolve_device, set_random_seed
 from utils.parser import add_common_args, new_parser
+from utils.rundir import run_name_type
 from utils.settings import progress_enabled, worker_count
 
 PANELS = ("input", "visible", "reconstruction")
@@ -52,7 +53,7 @@ def build_vis_parser():
     parser.add_argument("--ckpts", required=True,
                         help="the pre-training checkpoint to visualise (or a whole-model .safetensors export)")
     parser.add_argument("--test", action="store_true", help=argparse.SUPPRESS)  # released command line; no effect
-    parser.add_argument("--exp_name", type=str, default="default",
+    parser.add_argument("--exp_name", type=run_name_type("--exp_name"), default="default",
                         help="experiment name: pictures go to <experiment_root>/<config stem>/<exp_name>/vis")
     parser.add_argument("--experiment_root", type=str, default="./experiments", help="where experiments go")
     parser.add_argument("--out_dir", type=str, default=None,

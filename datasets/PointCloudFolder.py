@@ -55,6 +55,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from utils.logger import library_logger, print_log
+from utils.text import printable
 
 from .build import DATASETS
 from .common import DatasetFormatError, dataset_schema, pc_normalize, random_subset
@@ -105,6 +106,18 @@ def resolve_cache_dir(root: str, configured: Optional[str] = None, enabled: bool
     return next((c for c in candidates if _writable(c)), None)
 
 
+def stat_failure(path: str, error: OSError) -> str:
+    """Why ``os.stat(path)`` failed, in words: a dangling symbolic link, a loop of links, or the
+    system's reason."""
+    import errno
+
+    if error.errno == errno.ELOOP:
+        return "unreadable (a loop of symbolic links)"
+    if error.errno == errno.ENOENT and os.path.islink(path):
+        return f"unreadable (a dangling symbolic link, to {printable(os.readlink(path))})"
+    return f"unreadable ({error.strerror or error})"
+
+
 class CloudCache:
     """Parsed and sampled clouds as ``<folder>/<sha1>.npy``, keyed on the file's absolute path,
     size and mtime and the sampling parameters. Writes are atomic (temporary file + rename); an
@@ -114,7 +127,12 @@ class CloudCache:
         self.folder, self.n_points, self.seed = folder, int(n_points), int(seed)
 
     def key(self, path: str) -> str:
-        st = os.stat(path)
+        """The entry's name; a file that cannot be stat-ed (a dangling or looping symbolic link, no
+        permission) is a :class:`BadFileError`."""
+        try:
+            st = os.stat(path)
+        except OSError as e:
+            raise BadFileError(path, stat_failure(path, e)) from None
         ident = f"{os.path.abspath(path)}|{st.st_size}|{st.st_mtime_ns}|{self.n_points}|{self.seed}|{CACHE_VERSION}"
         return hashlib.sha1(ident.encode("utf-8", errors="surrogateescape")).hexdigest()
 
@@ -122,7 +140,10 @@ class CloudCache:
         return None if self.folder is None else os.path.join(self.folder, self.key(path) + suffix)
 
     def has(self, path: str) -> bool:
-        entry = self.entry(path)
+        try:
+            entry = self.entry(path)
+        except BadFileError:
+            return False  # reported when the file is read
         return entry is not None and os.path.isfile(entry)
 
     def count(self, path: str) -> Optional[int]:
@@ -274,11 +295,12 @@ class FolderScan:
             empty = [c for c, n in counts.items() if n == 0]
             if empty:
                 raise DatasetFormatError(f"{NAME}: class folder(s) with no files in {where[part]}: "
-                                         f"{', '.join(empty)}; add files or remove the folder(s)")
+                                         f"{printable(', '.join(empty))}; add files or remove the folder(s)")
             extra = sorted(set(counts) - set(classes))
             if extra:
-                raise DatasetFormatError(f"{NAME}: {where[part]} has class folder(s) {', '.join(extra)} that "
-                                         f"{where[first]} lacks; the classes are the training folder's subfolders")
+                raise DatasetFormatError(f"{NAME}: {where[part]} has class folder(s) {printable(', '.join(extra))} "
+                                         f"that {where[first]} lacks; the classes are the training folder's "
+                                         f"subfolders")
         self.classes = classes
 
     def _resolve(self, rels: Sequence[str], counter: "CloudCache", floor: int, bad: Dict[str, str],
@@ -662,12 +684,13 @@ class PointCloudFolder(Dataset):
                   f"({scan.cached_before} of {n_all + len(scan.bad)} files cached before, {time.time() - start:.1f} s)",
                   logger=LOGGER)
         if scan.ignored:
-            print_log(f"[{NAME}] {self.root} has train/ and test/: ignored beside them: {', '.join(scan.ignored)}",
+            ignored = printable(", ".join(scan.ignored))
+            print_log(f"[{NAME}] {self.root} has train/ and test/: ignored beside them: {ignored}",
                       logger=LOGGER)
 
     def _class_list(self, most: int = 10) -> str:
         names = self.class_names or []
-        return ", ".join(names[:most]) + (f", ... ({len(names) - most} more)" if len(names) > most else "")
+        return printable(", ".join(names[:most])) + (f", ... ({len(names) - most} more)" if len(names) > most else "")
 
     def _subset_items(self, scan: FolderScan, config) -> List[Tuple[str, Optional[str]]]:
         if scan.split_dirs:

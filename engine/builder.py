@@ -20,8 +20,8 @@ from datasets import build_dataset_from_cfg
 from engine.engine import grad_scaler
 from extensions.pointops import configured_backend, resolve_fps_backend
 from models import build_model_from_cfg
-from utils.checkpoint import (CheckpointError, load_checkpoint_file, load_state_dict_checked, state_dict_of,
-                              write_checkpoint)
+from utils.checkpoint import (CheckpointError, checkpoint_class_names, load_checkpoint_file, load_state_dict_checked,
+                              state_dict_of, write_checkpoint)
 from utils.config import CHOICE_KEYS, ConfigError, origin_of, to_plain
 from utils.dist_utils import all_gather_objects, get_dist_info, run_on_rank0
 from utils.logger import print_log
@@ -405,7 +405,7 @@ def resume(state: TrainState, settings: RunSettings, path: Optional[str] = None,
     state.start_epoch = int(ckpt["epoch"]) + 1
     state.start_step = int(ckpt.get("next_step", 0) or 0)
     state.best_metrics = dict(ckpt.get("best_metrics") or {})
-    state.class_names = ckpt.get("class_names", state.class_names)
+    state.class_names = checkpoint_class_names(ckpt, path) or state.class_names
     if state.start_step:
         # RNG states at the start of the interrupted epoch now (the loaders draw their seeds from
         # them again), those of the stop once its batches are skipped (engine.train_one_epoch).

@@ -30,6 +30,7 @@ from tqdm import tqdm
 from datasets import build_dataset_from_cfg
 from engine import builder
 from datasets.common import DatasetFormatError
+from engine.feature_health import collapse_warning, feature_health
 from engine.finetune import unpack_cls_batch
 from extensions.pointops import fps
 from models.backbone import max_mean_pool
@@ -158,4 +159,9 @@ def svm_validate(base_model: nn.Module, config, settings: RunSettings, logger=No
     print_log("[Validation] EPOCH: %d  acc = %.4f" % (-1 if epoch is None else epoch, acc / 100.0), logger=logger)
     print_log(f"[SVM] linear SVM accuracy = {acc:.4f} % (C = {svm_cfg.C}; {len(train_y)} train / {len(test_y)} test shapes, "
               f"feature width {train_x.shape[1]})", logger=logger)
+    health = feature_health(np.concatenate([train_x, test_x]))
+    print_log(f"[SVM] feature health of the train and test features: {health.line()}", logger=logger)
+    warning = collapse_warning(health, None)
+    if warning is not None:
+        print_log(f"[SVM] WARNING: {warning}", logger=logger)
     return acc

@@ -9,6 +9,7 @@ import pickle
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +26,7 @@ from engine.finetune import make_eval_step
 from engine.engine import AccuracyMeter
 from models import MODELS
 from utils import checkpoint as ckpt_mod
-from utils import parser
+from utils import parser, rundir
 from utils.checkpoint import CheckpointError, atomic_save, load_checkpoint_file
 from utils.config import ConfigError, cfg_from_yaml_file, validate_config
 from utils.rundir import RunDirError, acquire_run_lock, release_run_lock
@@ -242,7 +243,8 @@ def test_live_lock_refuses_and_stale_lock_is_replaced(tmp_path):
     exp.mkdir(parents=True)
     live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     try:
-        (exp / ".lock").write_text(f"{live.pid} {socket.gethostname()}\n")
+        boot_id, pidns = rundir.process_namespace()  # a lock of this host, boot and PID namespace
+        (exp / ".lock").write_text(f"{live.pid} {socket.gethostname()} {time.time():.3f} {'a' * 32} {boot_id} {pidns}\n")
         with pytest.raises(RunDirError, match=f"in use by another run \\(pid {live.pid} on"):
             run_main(tmp_path, cfg)
     finally:

@@ -338,6 +338,7 @@ def test_pretrain_on_a_folder_of_clouds_for_one_epoch(tmp_path, branch):
     assert any(k.startswith("image_branch.") for k in ckpt["base_model"]) == (branch == "images")
     log = next(run.glob("*.log")).read_text()
     assert "[Validation] EPOCH: 0 val_loss_rec" in log  # on the folder's seeded test share
+    assert "[Feature health] EPOCH: 0 validation features: effective rank" in log
     assert f"[PointCloudFolder] {root}: subset 'train' " in log  # the dataset's own lines reach the run log
     assert ("loss_con_raw" in log) == (branch == "images")
     assert len(list((root / ".intermae_cache").glob("*.npy"))) == 9

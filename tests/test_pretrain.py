@@ -34,11 +34,17 @@ def test_one_run_writes_layout_and_loss_falls(tmp_path, shapenet55_root):
     assert not any(k.startswith("module.") for k in ckpt["base_model"])
     assert all(isinstance(v, float) for v in ckpt["metrics"].values())
     assert {"optimizer", "scheduler", "rng_state", "best_metrics"} <= set(ckpt)
+    # the feature-health line of each validation: 4 validation shapes span at most 3 centred directions
+    assert 1.0 <= ckpt["metrics"]["feature_rank"] <= 3.0 + 1e-6
+    assert 1.0 / 3.0 - 1e-6 <= ckpt["metrics"]["feature_first_share"] <= 1.0
+    log = "".join(p.read_text() for p in exp.glob("*.log"))
+    assert "[Feature health] EPOCH: 0 validation features: effective rank" in log and "(4 shapes, 64 dimensions)" in log
     # metrics.jsonl: one line per epoch, in order, with that epoch's checkpointed figures and lr
     lines = metrics_lines(exp)
     assert [line["epoch"] for line in lines] == [0, 1]
     for epoch, line in enumerate(lines):
-        assert set(line) == {"epoch", "train_loss", "train_loss_rec", "val_loss_rec", "lr", "epoch_time_s", "wall_time"}
+        assert set(line) == {"epoch", "train_loss", "train_loss_rec", "val_loss_rec", "feature_rank",
+                             "feature_first_share", "feature_std", "lr", "epoch_time_s", "wall_time"}
         saved = load_checkpoint_file(str(exp / f"ckpt-epoch-{epoch:03d}.pth"))
         assert {k: line[k] for k in saved["metrics"]} == saved["metrics"]
         assert line["lr"] == saved["optimizer"]["param_groups"][0]["lr"] and line["epoch_time_s"] > 0

@@ -33,7 +33,7 @@ from engine import svm
 from models import MODELS, backbone
 from engine import builder
 from utils.cli import run_main
-from utils.vis import class_colours, new_figure, save_figure
+from utils.vis import class_colours, new_figure, plain_text, save_figure
 from utils.checkpoint import (CheckpointError, UntrustedCheckpointError, load_checkpoint_file, state_dict_of,  # noqa: E402
                               write_json)
 from utils.config import ConfigError, dataset_entry, load_config, origin_of
@@ -41,6 +41,7 @@ from utils.logger import print_log
 from utils.misc import resolve_device, set_random_seed
 from utils.parser import add_common_args, new_parser
 from utils.settings import progress_enabled, worker_count
+from utils.text import printable
 
 SCANOBJECTNN_CLASSES = ["bag", "bin", "box", "cabinet", "chair", "desk", "display", "door", "shelf", "table", "bed",
                         "pillow", "sink", "sofa", "toilet"]
@@ -168,11 +169,13 @@ def plot_tsne(path: str, embedding: np.ndarray, labels: np.ndarray, names: List[
     for colour, c in zip(colours, present):
         sel = labels == c
         name = names[c] if c < len(names) else f"class {c}"
-        ax.scatter(embedding[sel, 0], embedding[sel, 1], s=10, color=colour, label=name, linewidths=0)
-    ax.set_title(title, fontsize=10)
+        ax.scatter(embedding[sel, 0], embedding[sel, 1], s=10, color=colour, label=printable(name), linewidths=0)
+    plain_text(ax.set_title(title, fontsize=10))  # names and paths from files: plain text, never mathtext
     ax.set_xticks([])
     ax.set_yticks([])
-    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7, ncol=ncol, markerscale=1.5, frameon=False)
+    legend = ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7, ncol=ncol, markerscale=1.5,
+                       frameon=False)
+    plain_text(legend.get_texts())
     return save_figure(fig, path, dpi=120)
 
 

@@ -24,6 +24,7 @@ from extensions.pointops import FPS_BACKENDS
 from models.layers import DEFAULT_EMBED_COMPUTE, EMBED_COMPUTE_MODES
 from utils.logger import print_log
 from utils.schema import ConfigError, Schema, _set_origin, check_keys, did_you_mean, merge_into, origin_of, to_plain
+from utils.text import quoted
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -97,6 +98,64 @@ def resolve_base_path(path: str, including_file: str) -> Path:
                       f"{Path(including_file).parent})", including_file)
 
 
+MAX_YAML_NODES = 100_000  # nodes of one YAML file with its aliases expanded (the released configs: < 200)
+MAX_BASE_DEPTH = 32  # nested _base_ includes
+
+
+def safe_yaml_load(stream, source: str) -> Any:
+    """``yaml.safe_load(stream)``, refusing what a YAML file can make explode: more than
+    :data:`MAX_YAML_NODES` nodes once its aliases are expanded (an alias bomb: a few hundred bytes
+    of nested ``*alias`` lists that expand to billions of entries), an alias used inside its own
+    anchor, nesting deeper than the parser's stack. The document is composed (a graph in which an
+    alias is one shared node), counted, then built. A ConfigError naming ``source``."""
+    loader = yaml.SafeLoader(stream)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        nodes = _expanded_nodes(node, MAX_YAML_NODES, source)
+        if nodes > MAX_YAML_NODES:
+            raise ConfigError(f"the YAML expands to more than {MAX_YAML_NODES:,} values once its aliases (*name) are "
+                              f"expanded (an alias bomb?); a config holds a few hundred", source)
+        return loader.construct_document(node)
+    except RecursionError:
+        raise ConfigError("the YAML is nested too deeply", source) from None
+    finally:
+        loader.dispose()
+
+
+def _expanded_nodes(root: yaml.Node, limit: int, source: str) -> int:
+    """The nodes of ``root`` with every alias expanded (shared nodes counted each time they are
+    used), counting stops above ``limit``. An alias inside its own anchor is a ConfigError."""
+    done: dict = {}
+    active: set = set()
+
+    def count(node: yaml.Node) -> int:
+        key = id(node)
+        if key in done:
+            return done[key]
+        if key in active:
+            raise ConfigError(f"the YAML uses an alias inside its own anchor (line {node.start_mark.line + 1}): a "
+                              f"value that contains itself", source)
+        active.add(key)
+        total = 1
+        if isinstance(node, yaml.SequenceNode):
+            children = node.value
+        elif isinstance(node, yaml.MappingNode):
+            children = [part for pair in node.value for part in pair]
+        else:
+            children = []
+        for child in children:
+            total += count(child)
+            if total > limit:
+                break
+        active.discard(key)
+        done[key] = total
+        return total
+
+    return count(root)
+
+
 def _load_yaml(path: Path) -> dict:
     if not path.is_file():
         raise ConfigError(f"config file '{path}' does not exist")
@@ -112,7 +171,7 @@ def _load_yaml(path: Path) -> dict:
     stream = io.StringIO(text)
     stream.name = str(path)  # YAML error messages name the file
     try:
-        data = yaml.safe_load(stream)
+        data = safe_yaml_load(stream, str(path))
     except yaml.YAMLError as e:
         raise ConfigError(f"config file is not valid YAML: {e}", str(path)) from None
     if data is None:
@@ -122,14 +181,22 @@ def _load_yaml(path: Path) -> dict:
     return data
 
 
-def merge_new_config(config: EasyDict, new_config: Mapping, source: str) -> EasyDict:
-    """Merge ``new_config`` (loaded from ``source``) into ``config``, expanding ``_base_`` entries."""
+def merge_new_config(config: EasyDict, new_config: Mapping, source: str, including: Tuple[str, ...] = ()) -> EasyDict:
+    """Merge ``new_config`` (loaded from ``source``) into ``config``, expanding ``_base_`` entries.
+    ``including``: the files whose ``_base_`` led here (a file that includes itself, directly or
+    not, is a ConfigError naming the cycle)."""
+    including = including or (os.path.realpath(source),)
     for key, val in new_config.items():
         if not isinstance(val, dict):
             if key == "_base_":
                 base_path = resolve_base_path(str(val), source)
+                real = os.path.realpath(base_path)
+                if real in including or len(including) >= MAX_BASE_DEPTH:
+                    chain = " -> ".join(os.path.basename(p) for p in including + (real,))
+                    why = "includes itself" if real in including else f"nests more than {MAX_BASE_DEPTH} _base_ files"
+                    raise ConfigError(f"_base_ '{val}' {why}: {chain}", source)
                 base = EasyDict()
-                merge_new_config(base, _load_yaml(base_path), str(base_path))
+                merge_new_config(base, _load_yaml(base_path), str(base_path), including + (real,))
                 _set_origin(base, str(base_path))
                 config[key] = base
             else:
@@ -137,7 +204,7 @@ def merge_new_config(config: EasyDict, new_config: Mapping, source: str) -> Easy
             continue
         if key not in config or not isinstance(config[key], dict):
             config[key] = EasyDict()
-        merge_new_config(config[key], val, source)
+        merge_new_config(config[key], val, source, including)
         if origin_of(config[key]) is None:
             _set_origin(config[key], source)
     return config
@@ -177,7 +244,7 @@ FALSE_WORDS = ("false", "no", "off", "0")
 
 
 def _bad_value(where: str, value: Any, expected: str, node: Mapping) -> ConfigError:
-    return ConfigError(f"'{where}' = {value!r}: expected {expected}", origin_of(node))
+    return ConfigError(f"'{where}' = {quoted(value)}: expected {expected}", origin_of(node))
 
 
 def check_number(node: Any, key: str, where: str, integer: bool = False, low: Optional[float] = None,
@@ -283,7 +350,7 @@ def check_values(config: Mapping, job: str, model_cls: Optional[type] = None, wo
         if key == "amp" and isinstance(value, bool):  # true = bf16, false = off (configs before fp16)
             continue
         if value is not None and value not in words:
-            raise ConfigError(f"'{key}' = {value!r}: expected one of {list(words)}", origin_of(config))
+            raise ConfigError(f"'{key}' = {quoted(value)}: expected one of {list(words)}", origin_of(config))
     released_count = config.get("epoch_count", CHOICE_KEYS["epoch_count"][0]) == "released"
     if job in ("pretrain", "finetune", "partseg") and isinstance(config.get("max_epoch"), int) \
             and config.max_epoch + released_count < 1:
@@ -292,11 +359,11 @@ def check_values(config: Mapping, job: str, model_cls: Optional[type] = None, wo
     check_voting(config)
     opt = config.get("optimizer")
     if isinstance(opt, Mapping) and opt.get("type") not in OPTIMIZER_TYPES:
-        raise ConfigError(f"'optimizer.type' = {opt.get('type')!r}: expected one of {list(OPTIMIZER_TYPES)}",
+        raise ConfigError(f"'optimizer.type' = {quoted(opt.get('type'))}: expected one of {list(OPTIMIZER_TYPES)}",
                           origin_of(opt))
     sched = config.get("scheduler")
     if isinstance(sched, Mapping) and sched.get("type") not in SCHEDULER_TYPES:
-        raise ConfigError(f"'scheduler.type' = {sched.get('type')!r}: expected one of {list(SCHEDULER_TYPES)[:2]}",
+        raise ConfigError(f"'scheduler.type' = {quoted(sched.get('type'))}: expected one of {list(SCHEDULER_TYPES)[:2]}",
                           origin_of(sched))
     if isinstance(opt, Mapping) and isinstance(opt.get("kwargs"), Mapping):
         check_number(opt.kwargs, "lr", "optimizer.kwargs.lr", low=0, low_open=True, allow_none=False)
@@ -381,7 +448,7 @@ def check_voting(config: Mapping) -> None:
     if section is None:
         return
     if not isinstance(section, Mapping):
-        raise ConfigError(f"'voting' = {section!r}: expected a mapping such as {VOTING_DEFAULTS}", origin_of(config))
+        raise ConfigError(f"'voting' = {quoted(section)}: expected a mapping such as {VOTING_DEFAULTS}", origin_of(config))
     VOTING_SCHEMA.check(section, "voting")
     for key in ("times", "repeats"):
         check_number(section, key, f"voting.{key}", integer=True, low=1, allow_none=False)
@@ -476,7 +543,7 @@ def validate_config(config: Mapping, job: str, models, datasets, world_size: int
 
 def _parse_value(text: str) -> Any:
     try:
-        return yaml.safe_load(text)
+        return safe_yaml_load(text, f"--opts value {quoted(text, 80)}")
     except yaml.YAMLError:
         return text
 
@@ -610,7 +677,7 @@ def apply_opts(config: EasyDict, opts: Iterable[str], models=None, datasets=None
                 node[part] = _parse_value(text)
             elif not isinstance(node[part], dict):
                 raise ConfigError(f"--opts key '{dotted}': '{'.'.join(parts[: i + 1])}' is a value "
-                                  f"({node[part]!r}), not a section", origin_of(node))
+                                  f"({quoted(node[part])}), not a section", origin_of(node))
             else:
                 node = node[part]
     return config
@@ -804,8 +871,8 @@ def check_resume_changes(changes: list, source: str) -> None:
     for key, old, new in changes:
         fixed = (key.startswith("model.") and key[len("model."):] not in RESUMABLE_MODEL_KEYS) or key == "optimizer.type"
         if fixed:
-            raise ConfigError(f"--resume cannot change '{key}' ({old!r} -> {new!r}): the checkpoint's weights and "
-                              f"optimizer state were made for {old!r}; start a new run (another --exp_name, or "
+            raise ConfigError(f"--resume cannot change '{key}' ({quoted(old)} -> {quoted(new)}): the checkpoint's weights and "
+                              f"optimizer state were made for {quoted(old)}; start a new run (another --exp_name, or "
                               f"--ckpts / --start_ckpts for its weights) to change it", source)
 
 

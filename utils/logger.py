@@ -12,9 +12,21 @@ from typing import Optional
 
 import torch.distributed as dist
 
+from utils.text import printable
+
 _initialized: set = set()
 PROJECT_LOGGER = "intermae"
 _FORMAT = "%(asctime)s - %(name)s - %(levelname)s - %(message)s"
+
+
+class SafeFormatter(logging.Formatter):
+    """The log format, with every control character of a message but newline and tab escaped
+    (:func:`utils.text.printable`): an escape sequence from a file name or a class name never
+    reaches a terminal or a log file raw."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = printable(record.message, keep_newlines=True)
+        return super().formatMessage(record)
 
 
 def library_logger(name: str) -> str:
@@ -46,7 +58,7 @@ def get_logger(name: str, log_file: Optional[str] = None, log_level: int = loggi
         logger.removeHandler(handler)
         handler.close()
     rank = _rank()
-    fmt = logging.Formatter(_FORMAT)
+    fmt = SafeFormatter(_FORMAT)
     if rank == 0:
         stream = logging.StreamHandler()
         stream.setFormatter(fmt)
@@ -102,7 +114,7 @@ def attach_log_file(logger: logging.Logger, log_file: str) -> logging.Logger:
         return logger
     os.makedirs(os.path.dirname(os.path.abspath(log_file)), exist_ok=True)
     file_handler = logging.FileHandler(log_file, "a", encoding="utf-8")
-    file_handler.setFormatter(logging.Formatter(_FORMAT))
+    file_handler.setFormatter(SafeFormatter(_FORMAT))
     for handler in early:
         for record in handler.records:
             file_handler.handle(record)
@@ -135,7 +147,7 @@ def print_log(msg: str, logger=None, level: int = logging.INFO, file_only: bool 
         return
     if logger is None:
         if _rank() == 0:
-            print(msg, flush=True)
+            print(printable(msg, keep_newlines=True), flush=True)
     elif isinstance(logger, logging.Logger):
         logger.log(level, msg)
     elif logger == "silent":
