@@ -333,13 +333,14 @@ class FolderScan:
         if workers > 1:  # the first read of a large folder: one process per core (the cache is the result)
             import multiprocessing
             from concurrent.futures import ProcessPoolExecutor
+
             from concurrent.futures.process import BrokenProcessPool
 
             slots = ScanSlots(workers)
             with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
                                      initializer=_scan_worker_init, initargs=(slots,)) as pool:
                 try:
-                    for result in pool.map(fn, jobs, chunksize=4):
+                    for result in pool.map(_in_slot, [(fn, job) for job in jobs], chunksize=4):
                         out.append(result)
                         bar.update()
                 except BrokenProcessPool:
@@ -465,20 +466,27 @@ def _scan_worker_init(slots: ScanSlots) -> None:
     signal.signal(signal.SIGTERM, stopped)
 
 
+def _in_slot(item):
+    """``fn(job)`` in a scan worker, its file in the worker's slot meanwhile."""
+    fn, job = item
+    slots = _SLOT.get("slots")
+    if slots is not None:
+        slots.set(_SLOT["index"], job[0])
+    try:
+        return fn(job)
+    finally:
+        if slots is not None:
+            slots.set(_SLOT["index"], "")
+
+
 def _read_one(job) -> Optional[BadFileError]:
     """Read one file into the cache; the error that makes it bad, or None."""
     path, cache = job
-    slots = _SLOT.get("slots")
-    if slots is not None:
-        slots.set(_SLOT["index"], path)
     try:
         cache.points(path)
         return None
     except BadFileError as e:
         return e
-    finally:
-        if slots is not None:
-            slots.set(_SLOT["index"], "")
 
 
 def _count_one(job) -> Optional[int]:

@@ -510,7 +510,13 @@ def point_count(path: str) -> Optional[int]:
     surface). ``.npy`` and ``.ply`` files are counted from their header; the other formats are read.
     :class:`BadFileError` when the file cannot be read."""
     ext = os.path.splitext(path)[1].lower()
-    if ext == ".npy":
+    try:
+        regular = stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        regular = False
+    if not regular:  # (a FIFO would block the header reads below; read_point_file reports it)
+        pass
+    elif ext == ".npy":
         try:
             with open(path, "rb") as f:
                 version = np.lib.format.read_magic(f)
