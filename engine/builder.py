@@ -251,6 +251,8 @@ def train_epoch(model: nn.Module, step, sampler, loader, state: TrainState, sett
     from engine.engine import log_epoch, train_one_epoch
     from engine.preemption import preempted
 
+    if stop is not None:
+        stop.defer()  # a signal from now on ends the run after the step under way, with ckpt-last
     sampler.set_epoch(epoch)
     if state.scheduler is not None:
         state.scheduler.step(epoch)
