@@ -506,14 +506,14 @@ def bad_files_error(root: str, bad: Sequence[Tuple[str, str]], small: Optional[M
     the ``N_POINTS`` that reads them."""
     listed = {rel for rel, _ in bad}
     fixable = sorted(n for rel, n in (small or {}).items() if n >= floor and rel in listed)
-    hint, tail = "", "fix or remove them (README 'Your own data')"
+    hint, tail = "", "fix or remove them (docs/own-data.md)"
     if fixable and floor > 1:  # (floor 1: npoints unknown, the model's need cannot be told)
         held = f"{fixable[0]}" if fixable[0] == fixable[-1] else f"{fixable[0]} to {fixable[-1]}"
         which = "they" if len(fixable) == len(bad) else f"{len(fixable)} of the too-small files"
         hint = (f"{which} hold {held} points, enough for npoints = {floor}: --opts dataset.N_POINTS={fixable[0]} "
                 f"(every subset; or dataset.N_POINTS=auto: the smallest file's count) reads them")
         if len(fixable) == len(bad):
-            tail = "README 'Your own data'"
+            tail = "docs/own-data.md"
     head = f"{len(bad)} bad file{'s' if len(bad) != 1 else ''} in {root}"
     return DatasetFormatError(bad_files_message(head, bad, hint, tail=tail))
 

@@ -45,7 +45,7 @@ def check_finite_points(points: np.ndarray, where: str) -> None:
 def require_path(path: str, dataset: str, layout: str) -> str:
     if not os.path.exists(path):
         raise DatasetFormatError(f"{dataset}: '{path}' does not exist. Expected layout:\n{layout}\n"
-                                 "See README 'Data preparation' (or run `make data` for the embedded demo data).")
+                                 "See docs/data.md (or run `make data` for the embedded demo data).")
     return path
 
 

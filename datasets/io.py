@@ -616,7 +616,7 @@ def write_bad_list(title: str, bad: Sequence[Tuple[str, str]]) -> str:
 
 
 def bad_files_message(head: str, bad: Sequence[Tuple[str, str]], hint: str = "", noun: str = "file",
-                      most: int = REPORT_NAMES, tail: str = "fix or remove them (README 'Your own data')") -> str:
+                      most: int = REPORT_NAMES, tail: str = "fix or remove them (docs/own-data.md)") -> str:
     """One line for the bad files ``bad`` [(name, reason)]: ``<head>: `` then the files grouped by
     :func:`reason_kind` (the reason once when it is the same for the group, else each file's
     details), at most ``most`` names per group with the count of the others; then ``hint`` and

@@ -92,7 +92,7 @@ def collapse_warning(health: FeatureHealth, first_rank: Optional[float]) -> Opti
     if not reasons:
         return None
     return ("the encoder's pooled features are collapsing (" + "; ".join(reasons) + "): a linear probe or "
-            "fine-tuning from this checkpoint may do worse than from scratch (README 'Your own data')")
+            "fine-tuning from this checkpoint may do worse than from scratch (docs/own-data.md)")
 
 
 @torch.no_grad()

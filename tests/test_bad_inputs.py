@@ -1,6 +1,6 @@
 """Bad inputs, one class each, through the real command line where practical (``main.main``, or a
 subprocess for the exit code): every one gives a clear error naming what was wrong and where.
-See README "Reliability"."""
+See docs/reliability.md."""
 from __future__ import annotations
 
 import errno

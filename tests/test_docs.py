@@ -4,6 +4,7 @@ stays a front door under 300 lines, each page of docs/ under 450, and the README
 quick-start commands and the citation."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -65,3 +66,21 @@ def test_each_docs_page_is_short_and_links_back(page: Path):
     assert len(text.splitlines()) < PAGE_MAX_LINES, f"{page.name}: {len(text.splitlines())} lines"
     assert "../README.md" in {t.partition("#")[0] for t in relative_links(text)}, \
         f"{page.name} does not link back to the README"
+
+
+def test_pages_named_in_code_configs_and_tests_exist():
+    """Error messages, config comments and docstrings that send a reader to ``docs/<page>.md``
+    name a page that exists."""
+    named = {}
+    for folder in ("cfgs", "datasets", "engine", "extensions", "models", "segmentation", "tools", "utils", "tests",
+                   "demo", "bench"):
+        for path in (REPO / folder).rglob("*"):
+            if path.suffix in (".py", ".yaml", ".yml") and path.is_file() and path.name != "test_docs.py":
+                for page in re.findall(r"docs/([\w.-]+\.md)", path.read_text(encoding="utf-8")):
+                    named.setdefault(page, path.relative_to(REPO).as_posix())
+    for path in (REPO / "requirements.txt", REPO / "Makefile", REPO / "main.py", REPO / "main_vis.py"):
+        for page in re.findall(r"docs/([\w.-]+\.md)", path.read_text(encoding="utf-8")):
+            named.setdefault(page, path.name)
+    assert "own-data.md" in named and "data.md" in named
+    missing = {page: where for page, where in named.items() if not (REPO / "docs" / page).is_file()}
+    assert not missing, missing

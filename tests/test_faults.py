@@ -1,7 +1,7 @@
 """Faults that end in one line and exit status 2 (``utils.cli.run_main``): a ModelNet shape file
 with too few rows, a config that is not UTF-8, an input error raised in a DataLoader worker
 process, a disk that fills up during a checkpoint save; and the removal of the temporary files a
-killed save leaves. See README "Reliability and security"."""
+killed save leaves. See docs/reliability.md."""
 from __future__ import annotations
 
 import os

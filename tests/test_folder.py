@@ -209,7 +209,7 @@ def test_every_bad_file_in_one_line(tmp_path, monkeypatch):
     assert f"; too small: 2 points, fewer than N_POINTS = {N_POINTS} (1 file): plate/small.xyz;" in msg
     assert "; unreadable (" in msg and "(1 file): plate/broken.npy;" in msg
     assert "; unknown extension .docx; expected one of .ply" in msg and "(1 file): stick/notes.docx;" in msg
-    assert "fix or remove them (README 'Your own data')" in msg
+    assert "fix or remove them (docs/own-data.md)" in msg
     assert ".hidden" not in msg
     lines = listed_file(msg).read_text(encoding="utf-8").splitlines()
     assert lines[0].startswith(f"# 5 bad files in {root}")

@@ -1,7 +1,7 @@
 """Run-directory locks (utils/rundir.py): heartbeat, takeover of another host's stale lock (a
 requeued job on another node), refusals that say how to clear them, atomic takeover among racing
 takers. Another host is faked by writing the lock file by hand with an old or a fresh mtime.
-See README "Reliability and security"."""
+See docs/reliability.md."""
 from __future__ import annotations
 
 import multiprocessing

@@ -2,7 +2,7 @@
 ``.pkl`` splits) run no code and still load as released; declared sizes (``.npz`` members, HDF5
 datasets, a checkpoint's config) are checked before anything is allocated; meshes follow no
 reference and FIFOs are never opened; a crashed scan worker is one line; a stop signal before the
-first training step, and a second one at any time, stops the run at once. See README "Safe loading"."""
+first training step, and a second one at any time, stops the run at once. See docs/security.md and docs/SAFE_LOADING.md."""
 from __future__ import annotations
 
 import base64

@@ -2,7 +2,7 @@
 would run code is refused by every command that takes a checkpoint -- one line naming the file and
 the refused global, exit status 2, and the code never runs -- while checkpoints holding NumPy RNG
 states, scalars and arrays load without any flag; ``--trust_checkpoint`` loads anything after one
-warning line. See README "Reliability and security"."""
+warning line. See docs/security.md."""
 from __future__ import annotations
 
 import argparse

@@ -100,7 +100,7 @@ def folds_on_disk(folder: str) -> List[int]:
     """The fold numbers of the ``<fold>.pkl`` files in ``folder``, sorted."""
     if not os.path.isdir(folder):
         raise FileNotFoundError(f"few-shot folder '{folder}' does not exist (expected <DATA_PATH>/<way>way_<shot>shot/"
-                                f"<fold>.pkl; see README 'Data preparation'), or give --folds")
+                                f"<fold>.pkl; see docs/data.md), or give --folds")
     folds = sorted(int(m.group(1)) for m in (re.fullmatch(r"(\d+)\.pkl", f) for f in os.listdir(folder)) if m)
     if not folds:
         raise FileNotFoundError(f"few-shot folder '{folder}' holds no <fold>.pkl files, or give --folds")

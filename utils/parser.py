@@ -62,7 +62,7 @@ COMMON_ARGS = {
         action="store_true", help="load the checkpoint files given to this command with full unpickling (one "
                                   "warning line each), which runs any code they hold: only for files you trust. "
                                   "Without it a checkpoint holding other Python objects than tensors, plain types "
-                                  "and NumPy arrays / scalars is refused (README 'Reliability and security')")),
+                                  "and NumPy arrays / scalars is refused (docs/security.md)")),
     "data_root": (("--data_root",), dict(type=str, default=None, metavar="DIR",
                                          help="folder holding the datasets: every dataset path of the config that "
                                               "starts with data/ is read from DIR instead (e.g. "

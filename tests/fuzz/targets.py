@@ -571,7 +571,7 @@ def _targets() -> Dict[str, Target]:
     from datasets.ScanObjectNNDataset import LAYOUT as SCAN_LAYOUT
     from datasets.ShapeNet55Dataset import LAYOUT as SHAPENET_LAYOUT
 
-    readme = ("See README 'Data preparation' (or run `make data` for the embedded demo data).",)
+    readme = ("See docs/data.md (or run `make data` for the embedded demo data).",)
     table = [
         Target("cloud-ply", "cloud.ply", (".ply",), make_cloud, read_cloud, check_cloud),
         Target("cloud-text", "cloud.xyz", (".xyz", ".txt", ".pts", ".csv"), make_cloud, read_cloud, check_cloud, text=True),
