@@ -111,19 +111,26 @@ def _as_update_bn_items(batches: Iterable, limit: int, seen: List[int]) -> Itera
         yield [batch]
 
 
-def _average_across_processes(layers: List[nn.Module]) -> None:
-    """Mean of the running statistics over the processes (each recalibrated on its share of the
-    data, as many batches each): the same cumulative average as one process over all batches."""
+def _average_across_processes(layers: List[nn.Module], reached: List[bool]) -> None:
+    """Mean of the recomputed statistics over the processes that reached each layer (each process
+    recalibrated on its share of the data, as many batches each: the same cumulative average as one
+    process over all batches). Every process ends with the same statistics."""
     _, world_size = get_dist_info()
     if world_size == 1 or not layers:
         return
-    flat = torch.cat([torch.cat([m.running_mean.float().view(-1), m.running_var.float().view(-1)]) for m in layers])
-    flat = all_reduce_sum(flat) / world_size
+    parts = []
+    for m, hit in zip(layers, reached):
+        stats = torch.cat([m.running_mean.float().view(-1), m.running_var.float().view(-1)])
+        parts.append(stats if hit else torch.zeros_like(stats))
+    device = layers[0].running_var.device
+    counts = all_reduce_sum(torch.tensor([float(hit) for hit in reached], device=device))
+    sums = all_reduce_sum(torch.cat(parts))
     offset = 0
-    for m in layers:
+    for m, count in zip(layers, counts.tolist()):
         c = m.running_mean.numel()
-        m.running_mean.copy_(flat[offset:offset + c].view_as(m.running_mean))
-        m.running_var.copy_(flat[offset + c:offset + 2 * c].view_as(m.running_var))
+        if count > 0:
+            m.running_mean.copy_((sums[offset:offset + c] / count).view_as(m.running_mean))
+            m.running_var.copy_((sums[offset + c:offset + 2 * c] / count).view_as(m.running_var))
         offset += 2 * c
 
 
@@ -157,13 +164,12 @@ def recalibrate(model: nn.Module, batches: Iterable, forward: BatchForward, *, s
         set_rng_state(state)
     reached = []
     for m, (mean, var, updates) in saved.items():
-        if int(m.num_batches_tracked) == 0:  # not reached by the forward (or no batch at all)
+        reached.append(int(m.num_batches_tracked) > 0)
+        if not reached[-1]:  # not reached by the forward (or no batch at all)
             m.running_mean.copy_(mean)
             m.running_var.copy_(var)
-        else:
-            reached.append(m)
         m.num_batches_tracked.copy_(updates)
-    _average_across_processes(reached)
+    _average_across_processes(layers, reached)
     return seen[0]
 
 
