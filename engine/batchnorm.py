@@ -15,7 +15,7 @@ the initial unit variance in it, ``(1 - m)^n / mean(running_var)``, exceeds
 :data:`INITIAL_SHARE_LIMIT` (1 %; the normalised outputs are then off by up to ~0.5 %). ``n`` is
 ``num_batches_tracked``: the training updates the layer has seen, also those of the checkpoint it
 was loaded from. For a layer whose inputs have variance ``v`` the rule holds until
-``0.9^n < 0.01 v``: ``n`` >= 145 for ``v`` = 2.3e-5, ``n`` >= 66 for ``v`` = 0.1. Layers that
+``0.9^n < 0.01 v``: ``n`` >= 146 for ``v`` = 2.3e-5, ``n`` >= 66 for ``v`` = 0.1. Layers that
 never saw a batch in training (unused by the model's forward) are left out.
 
 :func:`recalibrate` recomputes the statistics with ``torch.optim.swa_utils.update_bn`` (a
@@ -186,8 +186,11 @@ def recalibrate_if_needed(model: nn.Module, batches: Iterable, forward: BatchFor
         if float(all_reduce_sum(torch.tensor(float(bool(stale)), device=device))) == 0.0:
             return False
     used = recalibrate(model, batches, forward, seed=seed, amp=amp, device=device)
-    why = (f"{len(stale)} layer(s) whose running variance still holds more than {INITIAL_SHARE_LIMIT:.0%} of the "
-           f"initial unit variance, e.g. {stale[0]}" if stale else "every time")
+    if stale:
+        why = (f"{len(stale)} layer(s) whose running variance still holds more than {INITIAL_SHARE_LIMIT:.0%} of the "
+               f"initial unit variance, e.g. {stale[0]}")
+    else:
+        why = "every time" if mode == "on" else "a layer of another process"
     print_log(f"[BatchNorm] running statistics recomputed with the current weights over {used} training batch(es) "
               f"without augmentation (bn_recalibration: {mode}: {why})", logger=logger)
     return True
