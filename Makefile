@@ -124,6 +124,13 @@ demo: $(REPORT)
 bench: install
 	$(PY) bench/run.py
 
+# The elastic-restart tests RUNS times in a row; a restarted group that does not form at its first
+# attempt fails a run (`make elastic-soak RUNS=10`)
+RUNS ?= 10
+.PHONY: elastic-soak
+elastic-soak: install
+	for i in $$(seq $(RUNS)); do echo "run $$i/$(RUNS)"; $(PY) -m pytest -q -p no:cacheprovider tests/test_elastic.py || exit 1; done
+
 clean-demo:
 	rm -rf experiments/pretrain_demo experiments/finetune_demo experiments/fewshot_demo $(DEMO_OUT) \
 	    segmentation/log/part_seg/demo segmentation/log/part_seg/demo_scratch $(DEMO_ROOT)

@@ -6,8 +6,9 @@
     torchrun --nproc_per_node N main.py --launcher pytorch --config ... [--resume auto]
 
 Order of a run: flags -> config (loaded, ``--opts``, data root, validated) -> settings
-(utils/settings.py) -> run directory and its lock -> log file and config.yaml -> the job
-(``engine/pretrain.py``, ``engine/finetune.py``). Nothing is written before the config passed.
+(utils/settings.py) -> data checks (``datasets.build.prepare_data``: a folder dataset reads every
+file) -> run directory and its lock -> log file and config.yaml -> the job (``engine/pretrain.py``,
+``engine/finetune.py``). Nothing is written before the config and the data passed.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import torch
 from tensorboardX import SummaryWriter
 
 from datasets import DATASETS
-from datasets.build import bind_run_dir
+from datasets.build import bind_run_dir, prepare_data
 from engine import builder, finetune, pretrain
 from engine.preemption import catch_stop_signals
 from models import MODELS
@@ -28,6 +29,7 @@ from utils.config import (RUN_CONFIG, check_resume_changes, config_changes, load
                           validate_config)
 from utils.logger import attach_log_file, print_log, start_run_logger
 from utils.misc import set_random_seed
+from utils.rundir import release_run_lock
 from utils.settings import build_run_settings, experiment_paths, resume_mode
 
 
@@ -48,6 +50,13 @@ def main(argv=None):
     finally:
         if dist_utils.is_dist():
             torch.distributed.destroy_process_group()
+
+
+def required_data(config, job: str) -> tuple:
+    """The dataset entries ``job`` cannot run without (pre-training skips a validation set it cannot read)."""
+    if job == "test":
+        return ("dataset.test",) if config.dataset.get("test") is not None else ("dataset.val",)
+    return ("dataset.train",) if job == "pretrain" else ("dataset.train", "dataset.val")
 
 
 def resolve_resume(args) -> str:
@@ -99,6 +108,7 @@ def _run(args, job: str, stop):
     for split, bs in (("train", per_rank), ("extra_train", per_rank * 2), ("val", per_rank * 2), ("test", per_rank)):
         if config.dataset.get(split) is not None:
             config.dataset[split].others.bs = bs
+    prepare_data(config, required_data(config, job), logger)  # data read (and refused) before anything is written
 
     # Rank 0 makes the directory and takes its lock; a refusal (another run's checkpoints, a live
     # lock) is raised on every process, so none waits in a collective for a rank 0 that stopped.
@@ -112,7 +122,7 @@ def _run(args, job: str, stop):
             print_log(f"error: {error} [{type(error).__name__}]", logger=logger, file_only=True)
             raise
     finally:
-        parser.release_run_lock(lock)
+        release_run_lock(lock)
 
 
 def _run_job(args, settings, config, changes, stop, logger):

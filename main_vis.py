@@ -28,17 +28,21 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
+from datasets import DATASETS
 from datasets.common import DatasetFormatError
 from datasets.io import write_ply
 from extensions.pointops import fps
+from models import MODELS
 from engine import builder
 from utils.cli import run_main
 from utils.vis import plot_cloud_rows, view_for_category
 from utils.checkpoint import CheckpointError, UntrustedCheckpointError
-from utils.config import ConfigError, check_mask_ratio, check_top_level, dataset_entry, origin_of
+from utils.config import ConfigError, check_mask_ratio, check_top_level, dataset_entry, load_config, origin_of
 from utils.logger import get_root_logger, print_log
 from utils.misc import resolve_device, set_random_seed
-from utils.parser import add_common_args, new_parser, progress_enabled
+from utils.parser import add_common_args, new_parser
+from utils.rundir import run_name_type
+from utils.settings import progress_enabled, worker_count
 
 PANELS = ("input", "visible", "reconstruction")
 
@@ -49,7 +53,7 @@ def build_vis_parser():
     parser.add_argument("--ckpts", required=True,
                         help="the pre-training checkpoint to visualise (or a whole-model .safetensors export)")
     parser.add_argument("--test", action="store_true", help=argparse.SUPPRESS)  # released command line; no effect
-    parser.add_argument("--exp_name", type=str, default="default",
+    parser.add_argument("--exp_name", type=run_name_type("--exp_name"), default="default",
                         help="experiment name: pictures go to <experiment_root>/<config stem>/<exp_name>/vis")
     parser.add_argument("--experiment_root", type=str, default="./experiments", help="where experiments go")
     parser.add_argument("--out_dir", type=str, default=None,
@@ -68,7 +72,7 @@ def get_vis_args(argv=None):
     args = parser.parse_args(argv)
     if args.num_samples < 1:
         parser.error(f"--num_samples must be >= 1, got {args.num_samples}")
-    args.progress = progress_enabled(args)
+    args.progress = progress_enabled(args.no_progress)
     stem = os.path.splitext(os.path.basename(args.config))[0]
     args.experiment_path = os.path.join(args.experiment_root, stem, args.exp_name)
     if args.out_dir is None:
@@ -109,7 +113,7 @@ def iterate_samples(dataset, num_samples: int, batch_size: int, num_workers: int
         raise DatasetFormatError("the visualisation dataset is empty")
     indices = np.unique(np.linspace(0, n - 1, min(num_samples, n)).round().astype(int)).tolist()
     loader = DataLoader(Subset(dataset, indices), batch_size=batch_size, shuffle=False,
-                        num_workers=builder.worker_count(num_workers))
+                        num_workers=worker_count(num_workers))
     start = 0
     for data in tqdm(loader, desc="reconstructions", disable=not progress, dynamic_ncols=True, leave=False):
         yield indices[start:], data
@@ -149,7 +153,7 @@ def run_vis(args, config, logger=None) -> Dict[str, object]:
                              trust=args.trust_checkpoint)
     base_model.eval()
 
-    _, loader = builder.dataset_builder(entry, seed=args.seed, num_workers=builder.worker_count(args.num_workers))
+    _, loader = builder.dataset_builder(entry, seed=args.seed, num_workers=worker_count(args.num_workers))
     npoints = int(config.get("npoints", entry.others.get("npoints", 0)) or 0)
     ratio = float(config.model.transformer_config.mask_ratio)
     print_log(f"Visualising {args.num_samples} samples of dataset.{split} ({len(loader.dataset)} shapes), "
@@ -198,7 +202,7 @@ def main(argv=None) -> Dict[str, object]:
     timestamp = time.strftime("%Y%m%d_%H%M%S", time.localtime())
     logger = get_root_logger(log_file=os.path.join(args.out_dir, f"{timestamp}_vis.log"), name="main_vis")
     try:
-        config = builder.load_config(args.config, args.opts, args.data_root, logger=logger)
+        config = load_config(args.config, args.opts, args.data_root, MODELS, DATASETS, logger=logger)
         return run_vis(args, config, logger=logger)
     except UntrustedCheckpointError:
         raise  # a refused unpickling: one line and exit status 2 (utils.cli.run_main), as in every command

@@ -13,11 +13,13 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from utils.logger import print_log
+from utils.logger import library_logger, print_log
 
 from .build import DATASETS
 from .common import DatasetFormatError, dataset_schema, pc_normalize, require_path
 from .modelnet_cache import build_modelnet_cache, cache_file_name, load_cache, read_lines
+
+LOGGER = library_logger("ModelNet")
 
 LAYOUT = """  <DATA_PATH>/modelnet40_shape_names.txt        40 class names, index = line
   <DATA_PATH>/modelnet40_{train,test}.txt        shape ids such as night_stand_0001
@@ -50,17 +52,17 @@ class ModelNet(Dataset):
         self.save_path = os.path.join(self.root, cache_file_name(self.num_category, self.subset, self.npoints))
         ids_file = os.path.join(self.root, f"modelnet{self.num_category}_{self.subset}.txt")
         if not os.path.exists(self.save_path):
-            print_log(f"Processing data {self.save_path} (only running the first time)...", logger="ModelNet")
+            print_log(f"Processing data {self.save_path} (only running the first time)...", logger=LOGGER)
             build_modelnet_cache(self.root, self.subset, self.npoints, num_category=self.num_category)
         else:
-            print_log(f"Load processed data from {self.save_path}...", logger="ModelNet")
+            print_log(f"Load processed data from {self.save_path}...", logger=LOGGER)
         self.list_of_points, self.list_of_labels = load_cache(self.save_path, self.npoints)
         if os.path.exists(ids_file):
             n_ids = len(read_lines(ids_file))
             if n_ids != len(self.list_of_points):
                 raise DatasetFormatError(f"ModelNet cache '{self.save_path}' holds {len(self.list_of_points)} shapes but "
                                          f"'{ids_file}' lists {n_ids}; delete the cache to rebuild it")
-        print_log(f"The size of {self.subset} data is {len(self.list_of_points)}", logger="ModelNet")
+        print_log(f"The size of {self.subset} data is {len(self.list_of_points)}", logger=LOGGER)
 
     def __len__(self) -> int:
         return len(self.list_of_points)

@@ -11,10 +11,12 @@ import torch
 from torch.utils.data import Dataset
 
 from utils.checkpoint import atomic_write
-from utils.logger import print_log
+from utils.logger import library_logger, print_log
 
 from .build import DATASETS
 from .common import DatasetFormatError, dataset_schema, pc_normalize, require_path
+
+LOGGER = library_logger("ModelNetFewShot")
 
 LAYOUT = """  <DATA_PATH>/{way}way_{shot}shot/{fold}.pkl   ways 5/10, shots 10/20, folds 0-9
   each a pickled dict {'train': [...], 'test': [...]} of tuples
@@ -44,7 +46,7 @@ class ModelNetFewShot(Dataset):
             raise DatasetFormatError(f"ModelNetFewShot: subset must be 'train' or 'test', got '{self.subset}'")
         self.pickle_path = require_path(os.path.join(self.root, f"{self.way}way_{self.shot}shot", f"{self.fold}.pkl"),
                                         "ModelNetFewShot", LAYOUT)
-        print_log(f"Load processed data from {self.pickle_path}...", logger="ModelNetFewShot")
+        print_log(f"Load processed data from {self.pickle_path}...", logger=LOGGER)
         with open(self.pickle_path, "rb") as f:
             try:
                 data = pickle.load(f)
@@ -59,7 +61,7 @@ class ModelNetFewShot(Dataset):
         bad = [int(item[1]) for item in self.dataset if not 0 <= int(item[1]) < self.way]
         if bad:
             raise DatasetFormatError(f"'{self.pickle_path}': labels must be in 0..{self.way - 1}, found {sorted(set(bad))}")
-        print_log(f"The size of {self.subset} data is {len(self.dataset)}", logger="ModelNetFewShot")
+        print_log(f"The size of {self.subset} data is {len(self.dataset)}", logger=LOGGER)
 
     def __len__(self) -> int:
         return len(self.dataset)

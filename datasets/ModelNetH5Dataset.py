@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from utils.logger import print_log
+from utils.logger import library_logger, print_log
 
 from .build import DATASETS
 from .common import DatasetFormatError, dataset_schema, require_path
@@ -100,7 +100,7 @@ class ModelNet40SVM(Dataset):
         self.points = np.ascontiguousarray(points[:, : self.npoints])
         self.labels = labels
         print_log(f"ModelNet40SVM {self.subset}: {len(self.labels)} shapes x {self.npoints} points from "
-                  f"{len(self.files)} file(s) in {self.root}", logger="ModelNet40SVM")
+                  f"{len(self.files)} file(s) in {self.root}", logger=library_logger("ModelNet40SVM"))
 
     def __len__(self) -> int:
         return len(self.labels)

@@ -16,11 +16,16 @@ Files (any mix; see :mod:`datasets.io`): ``.ply`` (ascii / binary; with faces: a
 ``.xyz`` / ``.txt`` / ``.pts`` / ``.csv``, ``.npy`` / ``.npz``, meshes ``.off`` / ``.obj`` /
 ``.stl``. Each file gives ``N_POINTS`` points: meshes are sampled on their surface
 (area-weighted), larger clouds reduced to a subset, both seeded by the file's bytes and
-``sample_seed``. Names starting with ``.`` (files and folders) are skipped.
+``sample_seed``. ``N_POINTS: auto``: the smallest point file's count among those with at least
+``npoints`` points, at most 2048 (:class:`FolderScan`); ``main.py`` resolves it before the run
+folder exists and writes the number into the run's config. Names starting with ``.`` (files and
+folders) are skipped.
 
-Every file is read once when the dataset is built (one scan, with a progress bar): a bad file
-(empty, unreadable, non-finite, too few points, unknown extension, outside a class folder)
-stops the run before the first epoch with one line listing every bad file. The points read go
+Every file is read once when the dataset is built (one scan, with a progress bar; ``main.py``
+scans before the run folder exists, :meth:`PointCloudFolder.prepare_entry`): bad files (empty,
+unreadable, non-finite, too few points, unknown extension, outside a class folder) stop the run
+with one line grouping them by reason, the full list in a file it names
+(:func:`bad_files_error`). The points read go
 into a cache (``.npy`` per file, keyed on absolute path, size, mtime, ``N_POINTS``,
 ``sample_seed``): later epochs and later runs read the cache, not the files. The cache folder is
 ``CACHE_DIR``, by default ``<DATA_PATH>/.intermae_cache``, or ``$XDG_CACHE_HOME/inter-mae/folders``
@@ -45,14 +50,17 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
+from easydict import EasyDict
 from PIL import Image
 from torch.utils.data import Dataset
 
-from utils.logger import print_log
+from utils.logger import library_logger, print_log
+from utils.text import printable
 
 from .build import DATASETS
 from .common import DatasetFormatError, dataset_schema, pc_normalize, random_subset
-from .io import CLOUD_EXTS, BadFileError, load_cloud_file
+from .io import (AUTO, AUTO_MAX_POINTS, CLOUD_EXTS, BadFileError, TooFewPointsError, bad_files_message, load_cloud_file,
+                 point_count, walk_files)
 from .views import VIEW_KEYS, check_view_config, choose_views, project_views
 
 NAME = "PointCloudFolder"
@@ -62,10 +70,11 @@ LAYOUT = """  labels: true   <DATA_PATH>/<class>/.../<file>              (one su
   files: """ + " ".join(CLOUD_EXTS)
 CACHE_FOLDER = ".intermae_cache"
 CACHE_VERSION = 1  # bump when the reading / sampling of a format changes
+HEADER_COUNTED = (".npy", ".ply")  # point_count reads only their header: not cached
 SUBSETS = ("train", "test", "all")
 SPLIT_DIRS = ("train", "test")
 DEFAULT_SPLIT_RATIO = 0.2
-LOGGER = NAME
+LOGGER = library_logger(NAME)
 
 # Actual file reads (cache misses) of this process, for tests and benchmarks.
 PARSE_COUNT = {"files": 0}
@@ -97,6 +106,18 @@ def resolve_cache_dir(root: str, configured: Optional[str] = None, enabled: bool
     return next((c for c in candidates if _writable(c)), None)
 
 
+def stat_failure(path: str, error: OSError) -> str:
+    """Why ``os.stat(path)`` failed, in words: a dangling symbolic link, a loop of links, or the
+    system's reason."""
+    import errno
+
+    if error.errno == errno.ELOOP:
+        return "unreadable (a loop of symbolic links)"
+    if error.errno == errno.ENOENT and os.path.islink(path):
+        return f"unreadable (a dangling symbolic link, to {printable(os.readlink(path))})"
+    return f"unreadable ({error.strerror or error})"
+
+
 class CloudCache:
     """Parsed and sampled clouds as ``<folder>/<sha1>.npy``, keyed on the file's absolute path,
     size and mtime and the sampling parameters. Writes are atomic (temporary file + rename); an
@@ -106,7 +127,12 @@ class CloudCache:
         self.folder, self.n_points, self.seed = folder, int(n_points), int(seed)
 
     def key(self, path: str) -> str:
-        st = os.stat(path)
+        """The entry's name; a file that cannot be stat-ed (a dangling or looping symbolic link, no
+        permission) is a :class:`BadFileError`."""
+        try:
+            st = os.stat(path)
+        except OSError as e:
+            raise BadFileError(path, stat_failure(path, e)) from None
         ident = f"{os.path.abspath(path)}|{st.st_size}|{st.st_mtime_ns}|{self.n_points}|{self.seed}|{CACHE_VERSION}"
         return hashlib.sha1(ident.encode("utf-8", errors="surrogateescape")).hexdigest()
 
@@ -114,8 +140,32 @@ class CloudCache:
         return None if self.folder is None else os.path.join(self.folder, self.key(path) + suffix)
 
     def has(self, path: str) -> bool:
-        entry = self.entry(path)
+        try:
+            entry = self.entry(path)
+        except BadFileError:
+            return False  # reported when the file is read
         return entry is not None and os.path.isfile(entry)
+
+    def count(self, path: str) -> Optional[int]:
+        """The file's number of points (None: a mesh), :func:`datasets.io.point_count`, cached as
+        ``<sha1>.count`` (keyed on the file alone, not on the sampling) for the formats it reads whole
+        (``.npy`` and ``.ply`` headers are read faster than a cache entry is written)."""
+        entry = None
+        if self.folder is not None and not path.lower().endswith(HEADER_COUNTED):
+            st = os.stat(path)
+            ident = f"count|{os.path.abspath(path)}|{st.st_size}|{st.st_mtime_ns}|{CACHE_VERSION}"
+            entry = os.path.join(self.folder, hashlib.sha1(ident.encode("utf-8", errors="surrogateescape")).hexdigest()
+                                 + ".count")
+            try:
+                with open(entry, encoding="ascii") as f:
+                    text = f.read().strip()
+                return None if text == "mesh" else int(text)
+            except (OSError, ValueError):
+                pass
+        n = point_count(path)
+        if entry is not None:
+            write_atomic(entry, lambda f: f.write(b"mesh" if n is None else str(n).encode("ascii")))
+        return n
 
     def points(self, path: str) -> np.ndarray:
         """The file's (n_points, 3) float32 points: from the cache, else read (and cached)."""
@@ -156,13 +206,7 @@ def _visible(name: str) -> bool:
     return not name.startswith(".")
 
 
-def _walk_files(folder: str) -> List[str]:
-    """Every visible file under ``folder`` (recursive, sorted, hidden names skipped)."""
-    out = []
-    for cur, dirs, files in os.walk(folder):
-        dirs[:] = sorted(d for d in dirs if _visible(d))
-        out += [os.path.join(cur, f) for f in sorted(files) if _visible(f)]
-    return out
+_walk_files = walk_files  # every visible file under a folder (datasets.io: the one lister of the user's files)
 
 
 def _subdirs(folder: str) -> List[str]:
@@ -175,16 +219,26 @@ def has_split_dirs(root: str) -> bool:
 
 class FolderScan:
     """The files of a folder: ``files`` {subset ('train'/'test' for a train/ test/ layout, else
-    'all'): [(relative path, class name or None)]}, ``classes`` (sorted; labelled only) and
-    ``bad`` [(relative path, reason)] (every file is read once, through the cache)."""
+    'all'): [(relative path, class name or None)]}, ``classes`` (sorted; labelled only), ``bad``
+    [(relative path, reason)] and ``small`` {relative path: points} of the bad files with too few
+    points. Every file is read once, through ``cache`` (a :class:`CloudCache`).
 
-    def __init__(self, root: str, labelled: bool, cache: CloudCache, progress: bool = True):
+    ``n_points``: the points per file, or ``'auto'``: the smallest point file's count among those
+    with at least ``floor`` points (``npoints``: what the model samples), at most
+    ``max(AUTO_MAX_POINTS, floor)`` (meshes: any count); files with fewer than ``floor`` are bad.
+    The number used is ``n_points`` after the scan and ``cache`` reads that many."""
+
+    def __init__(self, root: str, labelled: bool, cache_dir: Optional[str], n_points, seed: int = 0, floor: int = 1,
+                 progress: bool = True):
         self.root, self.labelled = root, labelled
         self.bad: List[Tuple[str, str]] = []
+        self.small: Dict[str, int] = {}
         self.files: Dict[str, List[Tuple[str, Optional[str]]]] = {}
         self.classes: List[str] = []
         self.split_dirs = has_split_dirs(root)
         self.ignored: List[str] = []
+        self.auto = n_points == AUTO
+        self.workers = 1
         parts = SPLIT_DIRS if self.split_dirs else ("all",)
         if self.split_dirs:
             self.ignored = [n for n in os.listdir(root) if _visible(n) and n not in SPLIT_DIRS]
@@ -196,8 +250,19 @@ class FolderScan:
             self._check_classes(candidates)
         self.cached_before = 0
         todo = [rel for part in parts for rel, _ in candidates[part]]
-        bad = self._read_all(todo, cache, progress)
-        self.bad = [(rel, bad[rel]) for rel in todo if rel in bad] + self.bad
+        bad: Dict[str, str] = {}
+        for rel in todo:
+            ext = os.path.splitext(rel)[1].lower()
+            if ext not in CLOUD_EXTS:
+                bad[rel] = f"unknown extension {ext or '(none)'}; expected one of {' '.join(CLOUD_EXTS)}"
+        todo = [rel for rel in todo if rel not in bad]
+        if self.auto:
+            n_points = self._resolve(todo, CloudCache(cache_dir, 0, seed), int(floor), bad, progress)
+        self.n_points = int(n_points)
+        self.cache = CloudCache(cache_dir, self.n_points, seed)
+        bad.update(self._read_all([rel for rel in todo if rel not in bad], self.cache, progress))
+        order = [rel for part in parts for rel, _ in candidates[part]]
+        self.bad = [(rel, bad[rel]) for rel in order if rel in bad] + self.bad
         for part in parts:
             self.files[part] = [(rel, c) for rel, c in candidates[part] if rel not in bad]
 
@@ -230,52 +295,72 @@ class FolderScan:
             empty = [c for c, n in counts.items() if n == 0]
             if empty:
                 raise DatasetFormatError(f"{NAME}: class folder(s) with no files in {where[part]}: "
-                                         f"{', '.join(empty)}; add files or remove the folder(s)")
+                                         f"{printable(', '.join(empty))}; add files or remove the folder(s)")
             extra = sorted(set(counts) - set(classes))
             if extra:
-                raise DatasetFormatError(f"{NAME}: {where[part]} has class folder(s) {', '.join(extra)} that "
-                                         f"{where[first]} lacks; the classes are the training folder's subfolders")
+                raise DatasetFormatError(f"{NAME}: {where[part]} has class folder(s) {printable(', '.join(extra))} "
+                                         f"that {where[first]} lacks; the classes are the training folder's "
+                                         f"subfolders")
         self.classes = classes
 
-    def _read_all(self, rels: Sequence[str], cache: CloudCache, progress: bool) -> Dict[str, str]:
-        """{relative path: reason} of the files that cannot be used; the others land in the cache."""
-        bad: Dict[str, str] = {}
-        todo = []
-        for rel in rels:
-            path = os.path.join(self.root, rel)
-            ext = os.path.splitext(rel)[1].lower()
-            if ext not in CLOUD_EXTS:
-                bad[rel] = f"unknown extension {ext or '(none)'}; expected one of {' '.join(CLOUD_EXTS)}"
-            elif cache.folder is not None and cache.has(path):
-                self.cached_before += 1
-            else:
-                todo.append(rel)
-        if not todo:
-            return bad
+    def _resolve(self, rels: Sequence[str], counter: "CloudCache", floor: int, bad: Dict[str, str],
+                 progress: bool) -> int:
+        """``N_POINTS: auto``: the number of points per file (class docstring); the files with fewer
+        than ``floor`` points go into ``bad``."""
+        cap = max(AUTO_MAX_POINTS, floor)
+        counts = self._map(_count_one, rels, counter, progress, "counting points in")
+        usable = []
+        for rel, count in zip(rels, counts):
+            if isinstance(count, int) and count < floor:
+                bad[rel] = TooFewPointsError(rel, count, floor, "npoints").reason
+                self.small[rel] = count
+            elif isinstance(count, int):
+                usable.append(count)
+        return min(usable + [cap])
+
+    def _map(self, fn, rels: Sequence[str], cache: "CloudCache", progress: bool, desc: str) -> list:
+        """``fn((path, cache))`` for every file, in order; in one process per core for a large folder."""
+        if not rels:
+            return []
         from tqdm import tqdm
 
-        show = progress and len(todo) > 1 and sys.stderr.isatty()
-        bar = tqdm(total=len(todo), desc=f"reading {os.path.basename(os.path.normpath(self.root))}", disable=not show,
+        show = progress and len(rels) > 1 and sys.stderr.isatty()
+        bar = tqdm(total=len(rels), desc=f"{desc} {os.path.basename(os.path.normpath(self.root))}", disable=not show,
                    dynamic_ncols=True, leave=False)
-        paths = [os.path.join(self.root, rel) for rel in todo]
-        workers = scan_workers(len(todo), cache)
+        jobs = [(os.path.join(self.root, rel), cache) for rel in rels]
+        out = []
+        workers = self.workers = scan_workers(len(rels), cache)
         if workers > 1:  # the first read of a large folder: one process per core (the cache is the result)
             import multiprocessing
             from concurrent.futures import ProcessPoolExecutor
 
             with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
-                for rel, reason in zip(todo, pool.map(_read_one, [(p, cache) for p in paths], chunksize=4)):
-                    PARSE_COUNT["files"] += 1
-                    if reason is not None:
-                        bad[rel] = reason
+                for result in pool.map(fn, jobs, chunksize=4):
+                    out.append(result)
                     bar.update()
         else:
-            for rel, path in zip(todo, paths):
-                reason = _read_one((path, cache))
-                if reason is not None:
-                    bad[rel] = reason
+            for job in jobs:
+                out.append(fn(job))
                 bar.update()
         bar.close()
+        return out
+
+    def _read_all(self, rels: Sequence[str], cache: CloudCache, progress: bool) -> Dict[str, str]:
+        """{relative path: reason} of the files that cannot be used; the others land in the cache."""
+        todo = []
+        for rel in rels:
+            if cache.folder is not None and cache.has(os.path.join(self.root, rel)):
+                self.cached_before += 1
+            else:
+                todo.append(rel)
+        bad: Dict[str, str] = {}
+        for rel, error in zip(todo, self._map(_read_one, todo, cache, progress, "reading")):
+            if self.workers > 1:  # (one process: counted by CloudCache.points)
+                PARSE_COUNT["files"] += 1
+            if error is not None:
+                bad[rel] = error.reason
+                if isinstance(error, TooFewPointsError):
+                    self.small[rel] = error.count
         return bad
 
 
@@ -297,28 +382,52 @@ def scan_workers(n_files: int, cache: CloudCache) -> int:
     return max(1, min(cores, 16))
 
 
-def _read_one(job) -> Optional[str]:
-    """Read one file into the cache; the reason it is bad, or None."""
+def _read_one(job) -> Optional[BadFileError]:
+    """Read one file into the cache; the error that makes it bad, or None."""
     path, cache = job
     try:
         cache.points(path)
         return None
     except BadFileError as e:
-        return e.reason
+        return e
 
 
-def bad_files_error(root: str, bad: Sequence[Tuple[str, str]]) -> DatasetFormatError:
-    listed = ", ".join(f"{rel} ({reason})" for rel, reason in bad)
-    return DatasetFormatError(f"{len(bad)} bad file{'s' if len(bad) != 1 else ''} in {root}: {listed}; fix or remove "
-                              f"them (README 'Your own data')")
+def _count_one(job) -> Optional[int]:
+    """One file's number of points (None: a mesh; -1: unreadable, reported by the read)."""
+    path, cache = job
+    try:
+        return cache.count(path)
+    except (BadFileError, OSError):
+        return -1
+
+
+def bad_files_error(root: str, bad: Sequence[Tuple[str, str]], small: Optional[Mapping[str, int]] = None,
+                    floor: int = 1) -> DatasetFormatError:
+    """The one-line report of a folder's bad files (:func:`datasets.io.bad_files_message`: grouped by
+    reason, the full list in a file it names). ``small`` {relative path: points} of the files with
+    fewer than ``N_POINTS`` points: when some hold at least ``floor`` (``npoints``), the line names
+    the ``N_POINTS`` that reads them."""
+    listed = {rel for rel, _ in bad}
+    fixable = sorted(n for rel, n in (small or {}).items() if n >= floor and rel in listed)
+    hint, tail = "", "fix or remove them (README 'Your own data')"
+    if fixable and floor > 1:  # (floor 1: npoints unknown, the model's need cannot be told)
+        held = f"{fixable[0]}" if fixable[0] == fixable[-1] else f"{fixable[0]} to {fixable[-1]}"
+        which = "they" if len(fixable) == len(bad) else f"{len(fixable)} of the too-small files"
+        hint = (f"{which} hold {held} points, enough for npoints = {floor}: --opts dataset.N_POINTS={fixable[0]} "
+                f"(every subset; or dataset.N_POINTS=auto: the smallest file's count) reads them")
+        if len(fixable) == len(bad):
+            tail = "README 'Your own data'"
+    head = f"{len(bad)} bad file{'s' if len(bad) != 1 else ''} in {root}"
+    return DatasetFormatError(bad_files_message(head, bad, hint, tail=tail))
 
 
 _SCANS: Dict[tuple, FolderScan] = {}
 
 
-def scan_folder(root: str, labelled: bool, cache: CloudCache, progress: bool = True) -> FolderScan:
+def scan_folder(root: str, labelled: bool, cache_dir: Optional[str], n_points, seed: int = 0, floor: int = 1,
+                progress: bool = True) -> FolderScan:
     """:class:`FolderScan` of ``root``, remembered for this process while no file changed (the train,
-    val and test datasets of a run share one scan)."""
+    val and test datasets of a run share one scan; an ``auto`` scan also answers for the number it chose)."""
     stamp = []
     for path in _walk_files(root):
         try:
@@ -326,10 +435,15 @@ def scan_folder(root: str, labelled: bool, cache: CloudCache, progress: bool = T
             stamp.append((path, st.st_size, st.st_mtime_ns))
         except OSError:
             stamp.append((path, -1, -1))
-    key = (os.path.abspath(root), labelled, cache.folder, cache.n_points, cache.seed, tuple(stamp))
+    head = (os.path.abspath(root), labelled, cache_dir, int(seed))
+    key = head + ((AUTO, int(floor)) if n_points == AUTO else (int(n_points), None), tuple(stamp))
     if key not in _SCANS:
-        _SCANS.clear()  # keep one
-        _SCANS[key] = FolderScan(root, labelled, cache, progress)
+        if len(_SCANS) >= 4:
+            _SCANS.clear()
+        scan = FolderScan(root, labelled, cache_dir, n_points, seed, floor, progress)
+        _SCANS[key] = scan
+        if n_points == AUTO:  # the run's config then holds the number: its datasets find this scan
+            _SCANS[head + ((scan.n_points, None), tuple(stamp))] = scan
     return _SCANS[key]
 
 
@@ -373,6 +487,68 @@ def write_split_file(path: str, split: Mapping) -> None:
     atomic_write(path, lambda f: f.write(text.encode("utf-8")))
 
 
+# ------------------------------------------------------------------------------ entry checks
+def points_spec(value):
+    """``N_POINTS`` as ``'auto'`` or a positive int (an integer string too); None when it is neither."""
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text == AUTO:
+            return AUTO
+        value = int(text) if text.isdigit() else None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        return None
+    return value
+
+
+def check_entry(config: Mapping) -> None:
+    """The values of a dataset entry (``_base_`` merged with ``others``) that need no file read:
+    the folder exists, ``subset``, ``split_ratio``, ``N_POINTS`` (a positive integer or ``auto``)
+    against ``npoints``, the views. DatasetFormatError naming the key and the value."""
+    root = str(config.get("DATA_PATH"))
+    if not os.path.isdir(root):
+        hint = ("pass your folder with --data_root DIR" if os.path.normpath(root) == "data" else
+                "check the path, or pass your folder with --data_root DIR")
+        raise DatasetFormatError(f"{NAME}: folder '{root}' does not exist; {hint} (DATA_PATH: data in the "
+                                 f"config means the --data_root folder itself). Expected layout:\n{LAYOUT}")
+    subset = str(config.get("subset"))
+    if subset not in SUBSETS:
+        raise DatasetFormatError(f"{NAME}: subset must be one of {list(SUBSETS)}, got '{subset}'")
+    ratio = float(config.get("split_ratio", DEFAULT_SPLIT_RATIO))
+    if not 0.0 <= ratio < 1.0:
+        raise DatasetFormatError(f"{NAME}: split_ratio must be in [0, 1) (the test share), got {ratio}")
+    n_points = points_spec(config.get("N_POINTS"))
+    if n_points is None:
+        raise DatasetFormatError(f"{NAME}: N_POINTS = {config.get('N_POINTS')!r}: expected a positive integer "
+                                 f"(points per file) or '{AUTO}' (the smallest file's count, at most {AUTO_MAX_POINTS})")
+    npoints = config.get("npoints")
+    if n_points != AUTO and npoints and int(npoints) > n_points:
+        raise DatasetFormatError(f"{NAME}: npoints = {npoints} must be at most N_POINTS = {n_points}")
+    if int(config.get("n_imgs", 0) or 0):
+        if bool(config.get("labels", True)):
+            raise DatasetFormatError(f"{NAME}: n_imgs > 0 (views for the image branch) needs labels: false "
+                                     f"(pre-training)")
+        check_view_config({"IMG_SOURCE": "projected", **dict(config)}, NAME, allowed_sources=("projected",))
+
+
+def scan_entry(config: Mapping, floor: Optional[int] = None, progress: bool = True) -> FolderScan:
+    """The checked scan of a dataset entry's folder (:func:`check_entry`, then :func:`scan_folder`):
+    a bad file stops it with the one-line report (:func:`bad_files_error`). ``floor``: the fewest
+    points a file needs (``npoints``, or the run's when larger); default the entry's ``npoints``."""
+    check_entry(config)
+    root = str(config.get("DATA_PATH"))
+    floor = int(floor or config.get("npoints") or 1)
+    enabled = bool(config.get("cache", True))
+    cache_dir = resolve_cache_dir(root, config.get("CACHE_DIR"), enabled)
+    if enabled and cache_dir is None:
+        print_log(f"[{NAME}] no writable cache folder (tried {os.path.join(root, CACHE_FOLDER)} and "
+                  f"{user_cache_dir()}): every epoch reads the files", logger=LOGGER)
+    scan = scan_folder(root, bool(config.get("labels", True)), cache_dir, points_spec(config.get("N_POINTS")),
+                       int(config.get("sample_seed", 0) or 0), floor, progress)
+    if scan.bad:
+        raise bad_files_error(root, scan.bad, scan.small, floor)
+    return scan
+
+
 # -------------------------------------------------------------------------------------- dataset
 @DATASETS.register_module()
 class PointCloudFolder(Dataset):
@@ -386,23 +562,16 @@ class PointCloudFolder(Dataset):
 
     def __init__(self, config):
         self.root = str(config.DATA_PATH)
-        self.n_points = int(config.N_POINTS)
         self.subset = str(config.subset)
         self.labelled = bool(config.get("labels", True))
-        self.npoints = int(config.get("npoints") or self.n_points)
         self.n_imgs = int(config.get("n_imgs", 0) or 0)
         self.img_size = int(config.get("IMG_SIZE", 224))
-        self._check_config(config)
-        seed = int(config.get("sample_seed", 0) or 0)
-        cache_dir = resolve_cache_dir(self.root, config.get("CACHE_DIR"), bool(config.get("cache", True)))
-        if config.get("cache", True) and cache_dir is None:
-            print_log(f"[{NAME}] no writable cache folder (tried {os.path.join(self.root, CACHE_FOLDER)} and "
-                      f"{user_cache_dir()}): every epoch reads the files", logger=LOGGER)
-        self.cache = CloudCache(cache_dir, self.n_points, seed)
         start = time.time()
-        scan = scan_folder(self.root, self.labelled, self.cache)
-        if scan.bad:
-            raise bad_files_error(self.root, scan.bad)
+        scan = scan_entry(config)  # (checks the entry's values first)
+        self.split_ratio = float(config.get("split_ratio", DEFAULT_SPLIT_RATIO))
+        self.n_points = scan.n_points
+        self.npoints = int(config.get("npoints") or self.n_points)
+        self.cache = scan.cache
         self.class_names: Optional[List[str]] = list(scan.classes) if self.labelled else None
         items = self._subset_items(scan, config)
         if not items:
@@ -412,36 +581,19 @@ class PointCloudFolder(Dataset):
         self.files = [rel for rel, _ in items]
         n_all = sum(len(v) for v in scan.files.values())
         what = f"{len(self.class_names)} classes ({self._class_list()})" if self.labelled else "unlabelled"
+        chosen = " (N_POINTS: auto, the smallest file's count)" if scan.auto else ""
         print_log(f"[{NAME}] {self.root}: subset '{self.subset}' {len(items)} of {n_all} files, {what}; "
-                  f"{self.n_points} points per file; cache {self.cache.folder or 'off'} "
+                  f"{self.n_points} points per file{chosen}; cache {self.cache.folder or 'off'} "
                   f"({scan.cached_before} of {n_all + len(scan.bad)} files cached before, {time.time() - start:.1f} s)",
                   logger=LOGGER)
         if scan.ignored:
-            print_log(f"[{NAME}] {self.root} has train/ and test/: ignored beside them: {', '.join(scan.ignored)}",
+            ignored = printable(", ".join(scan.ignored))
+            print_log(f"[{NAME}] {self.root} has train/ and test/: ignored beside them: {ignored}",
                       logger=LOGGER)
 
     def _class_list(self, most: int = 10) -> str:
         names = self.class_names or []
-        return ", ".join(names[:most]) + (f", ... ({len(names) - most} more)" if len(names) > most else "")
-
-    def _check_config(self, config) -> None:
-        if not os.path.isdir(self.root):
-            hint = ("pass your folder with --data_root DIR" if os.path.normpath(self.root) == "data" else
-                    "check the path, or pass your folder with --data_root DIR")
-            raise DatasetFormatError(f"{NAME}: folder '{self.root}' does not exist; {hint} (DATA_PATH: data in the "
-                                     f"config means the --data_root folder itself). Expected layout:\n{LAYOUT}")
-        if self.subset not in SUBSETS:
-            raise DatasetFormatError(f"{NAME}: subset must be one of {list(SUBSETS)}, got '{self.subset}'")
-        self.split_ratio = float(config.get("split_ratio", DEFAULT_SPLIT_RATIO))
-        if not 0.0 <= self.split_ratio < 1.0:
-            raise DatasetFormatError(f"{NAME}: split_ratio must be in [0, 1) (the test share), got {self.split_ratio}")
-        if self.n_points < 1 or self.npoints > self.n_points:
-            raise DatasetFormatError(f"{NAME}: npoints = {self.npoints} must be at most N_POINTS = {self.n_points}")
-        if self.n_imgs:
-            if self.labelled:
-                raise DatasetFormatError(f"{NAME}: n_imgs > 0 (views for the image branch) needs labels: false "
-                                         f"(pre-training)")
-            check_view_config({"IMG_SOURCE": "projected", **dict(config)}, NAME, allowed_sources=("projected",))
+        return printable(", ".join(names[:most])) + (f", ... ({len(names) - most} more)" if len(names) > most else "")
 
     def _subset_items(self, scan: FolderScan, config) -> List[Tuple[str, Optional[str]]]:
         if scan.split_dirs:
@@ -490,6 +642,26 @@ class PointCloudFolder(Dataset):
             return False
         entry["others"]["split_file"] = os.path.join(os.path.abspath(run_dir), "split.json")
         return True
+
+    @staticmethod
+    def prepare_entry(entry: Mapping, config: Mapping) -> Optional[str]:
+        """Scan this entry's folder before the run directory exists (``datasets.build.prepare_data``):
+        a bad file stops the run there with the one-line report, so nothing is written. ``N_POINTS:
+        auto`` is resolved (the run's ``npoints`` is the fewest points a file needs, when larger than
+        the entry's) and the number written into ``others.N_POINTS``, so the run's config.yaml and
+        checkpoints, ``--test`` and ``tools/predict.py`` use it. Returns a line to log, or None."""
+        base = entry.get("_base_") if isinstance(entry.get("_base_"), Mapping) else {}
+        if entry.get("others") is None:
+            entry["others"] = {}
+        merged = EasyDict({**base, **entry["others"]})
+        top = config.get("npoints")
+        floor = max(int(merged.get("npoints") or 1), top if isinstance(top, int) and not isinstance(top, bool) else 1)
+        scan = scan_entry(merged, floor)
+        if points_spec(merged.get("N_POINTS")) != AUTO:
+            return None
+        entry["others"]["N_POINTS"] = scan.n_points
+        return (f"{merged.get('DATA_PATH')}: N_POINTS: auto -> {scan.n_points} points per file (the smallest file's "
+                f"count of at least npoints = {floor}, at most {max(AUTO_MAX_POINTS, floor)})")
 
     def __len__(self) -> int:
         return len(self.items)
@@ -554,5 +726,5 @@ def attach_split_files(config: Mapping, run_dir: str) -> List[str]:
     return changed
 
 
-__all__ = ["PointCloudFolder", "attach_split_files", "scan_folder", "stratified_split", "CloudCache",
-           "resolve_cache_dir", "PARSE_COUNT", "bad_files_error"]
+__all__ = ["PointCloudFolder", "attach_split_files", "scan_folder", "scan_entry", "check_entry", "points_spec",
+           "stratified_split", "CloudCache", "resolve_cache_dir", "PARSE_COUNT", "bad_files_error"]

@@ -9,7 +9,7 @@ import torch
 from torch.utils.data import Dataset
 
 from utils.schema import ConfigError, origin_of
-from utils.logger import print_log
+from utils.logger import library_logger, print_log
 
 from .build import DATASETS
 from .common import DatasetFormatError, dataset_schema, first_non_finite, require_path
@@ -60,7 +60,7 @@ def data_path_of(config, dataset: str) -> str:
         if dataset not in _warned_root:
             _warned_root.add(dataset)
             print_log(f"{dataset}: the key ROOT is deprecated; name the folder DATA_PATH, as for every dataset",
-                      logger=dataset)
+                      logger=library_logger(dataset))
         return config.ROOT
     raise ConfigError(f"missing key '{dataset}.DATA_PATH' (the main_split / main_split_nobg folder)", origin_of(config))
 
@@ -84,7 +84,7 @@ class _ScanObjectNNBase(Dataset):
         self.path = os.path.join(self.root, f"{prefix}_objectdataset{self.suffix}.h5")
         self.points, self.labels = read_h5(self.path)
         print_log(f"Successfully load {self.dataset_name} shape of {self.points.shape} from {self.path}",
-                  logger=self.dataset_name)
+                  logger=library_logger(self.dataset_name))
 
     def __len__(self) -> int:
         return self.points.shape[0]

@@ -22,3 +22,35 @@ def bind_run_dir(config, run_dir: str) -> None:
             hook = getattr(DATASETS.get(name), "bind_run_dir", None)
             if hook is not None:
                 hook(entry, run_dir)
+
+
+def prepare_data(config, required=(), logger=None) -> None:
+    """Before the run directory exists: let each dataset entry of a run's config check its data
+    (a dataset class's optional ``prepare_entry(entry, config)``, e.g. a folder dataset reads every
+    file and resolves ``N_POINTS: auto`` into the config), so data refused at start-up, as a bad
+    config, leaves nothing behind. ``required``: the entries the job cannot run without
+    (``'dataset.train'``, ...): their errors are raised; the others' are left to the job (e.g.
+    pre-training skips a validation set it cannot read). The lines the hooks return are logged."""
+    from utils.cli import InputError
+    from utils.logger import print_log
+
+    for section in ("dataset", "svm_validation"):
+        entries = config.get(section)
+        if not isinstance(entries, dict):
+            continue
+        for split, entry in entries.items():
+            if not isinstance(entry, dict):
+                continue
+            base = entry.get("_base_") if isinstance(entry.get("_base_"), dict) else {}
+            name = (entry.get("others") or {}).get("NAME") or base.get("NAME")
+            hook = getattr(DATASETS.get(name), "prepare_entry", None) if name in DATASETS else None
+            if hook is None:
+                continue
+            try:
+                line = hook(entry, config)
+            except InputError:
+                if f"{section}.{split}" in required:
+                    raise
+                continue
+            if line:
+                print_log(f"{section}.{split}: {line}", logger=logger)

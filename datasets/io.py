@@ -16,8 +16,10 @@ and its errors name the problem (trimesh's are ``KeyError: 'z'``, ``IndexError``
 from __future__ import annotations
 
 import os
+import re
+import tempfile
 import zlib
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -26,7 +28,9 @@ from utils.checkpoint import atomic_write
 from .common import DatasetFormatError
 
 __all__ = ["read_ply", "write_ply", "PLY_TYPES", "ply_element_counts", "load_cloud_file", "read_point_file",
-           "BadFileError", "POINT_EXTS", "MESH_EXTS", "CLOUD_EXTS"]
+           "read_cloud", "point_count", "BadFileError", "TooFewPointsError", "POINT_EXTS", "MESH_EXTS", "CLOUD_EXTS",
+           "AUTO", "AUTO_MAX_POINTS", "walk_files", "list_cloud_files", "reason_kind", "bad_files_message",
+           "write_bad_list"]
 
 # PLY scalar type names (both the classic and the sized spelling) -> numpy type code.
 PLY_TYPES = {
@@ -215,6 +219,18 @@ class BadFileError(DatasetFormatError):
         return type(self), (self.path, self.reason)
 
 
+class TooFewPointsError(BadFileError):
+    """A point file with ``count`` points where ``needed`` (``N_POINTS``, or ``npoints`` when
+    given as ``what``) are asked for."""
+
+    def __init__(self, path: str, count: int, needed: int, what: str = "N_POINTS"):
+        self.count, self.needed, self.what = int(count), int(needed), str(what)
+        super().__init__(path, f"too small: {self.count} points, fewer than {self.what} = {self.needed}")
+
+    def __reduce__(self):
+        return type(self), (self.path, self.count, self.needed, self.what)
+
+
 def ply_element_counts(path: str) -> Dict[str, int]:
     """``{element name: count}`` of a PLY header (ValueError naming the file when it is not PLY)."""
     with open(path, "rb") as f:
@@ -358,14 +374,8 @@ def file_seed(path: str, seed: int = 0) -> np.random.Generator:
     return np.random.default_rng([int(seed), crc, os.path.getsize(path)])
 
 
-def load_cloud_file(path: str, n_points: int, seed: int = 0) -> np.ndarray:
-    """``n_points`` points (float32 (n_points, 3), raw coordinates) of a point or mesh file.
-
-    Point files: all points when there are exactly ``n_points``, else a seeded subset without
-    replacement; fewer points is an error. Meshes: ``n_points`` area-weighted samples on the
-    surface (``trimesh.sample.sample_surface``, seeded). Raises :class:`BadFileError` with a short
-    reason: empty, unreadable, non-finite value at row/vertex i, too few points, zero surface
-    area, unknown extension."""
+def _usable_vertices(path: str) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+    """:func:`read_point_file`, then the checks every use shares: not empty, every vertex finite."""
     vertices, faces = read_point_file(path)
     if vertices.shape[0] == 0:
         raise BadFileError(path, "empty (no points)")
@@ -373,14 +383,12 @@ def load_cloud_file(path: str, n_points: int, seed: int = 0) -> np.ndarray:
     if bad is not None:
         where = f"row {bad} of the array" if path.lower().endswith((".npy", ".npz")) else f"vertex {bad}"
         raise BadFileError(path, f"non-finite value at {where} ({vertices[bad].tolist()})")
-    rng = file_seed(path, seed)
-    if faces is None:
-        m = vertices.shape[0]
-        if m < n_points:
-            raise BadFileError(path, f"too small: {m} points, fewer than N_POINTS = {n_points}")
-        if m > n_points:
-            vertices = vertices[np.sort(rng.choice(m, n_points, replace=False))]
-        return np.ascontiguousarray(vertices, dtype=np.float32)
+    return vertices, faces
+
+
+def _surface_samples(path: str, vertices: np.ndarray, faces: np.ndarray, n_points: int,
+                     rng: np.random.Generator) -> np.ndarray:
+    """(n_points, 3) float32 area-weighted samples on the surface of a mesh (``trimesh``, seeded)."""
     import trimesh
 
     if faces.ndim != 2 or faces.shape[1] != 3 or faces.min() < 0 or faces.max() >= vertices.shape[0]:
@@ -391,3 +399,171 @@ def load_cloud_file(path: str, n_points: int, seed: int = 0) -> np.ndarray:
         raise BadFileError(path, "zero surface area (degenerate faces); nothing to sample")
     points, _ = trimesh.sample.sample_surface(mesh, int(n_points), seed=rng)
     return np.ascontiguousarray(points, dtype=np.float32)
+
+
+def load_cloud_file(path: str, n_points: int, seed: int = 0, min_points: Optional[int] = None) -> np.ndarray:
+    """``n_points`` points (float32 (n_points, 3), raw coordinates) of a point or mesh file.
+
+    Point files: all points when there are exactly ``n_points``, else a seeded subset without
+    replacement; fewer points is an error (:class:`TooFewPointsError`), unless ``min_points`` is
+    given and the file has at least that many: then all its points (fewer than ``n_points`` rows).
+    Meshes: ``n_points`` area-weighted samples on the surface (``trimesh.sample.sample_surface``,
+    seeded). Raises :class:`BadFileError` with a short reason: empty, unreadable, non-finite value
+    at row/vertex i, too few points, zero surface area, unknown extension."""
+    vertices, faces = _usable_vertices(path)
+    rng = file_seed(path, seed)
+    if faces is not None:
+        return _surface_samples(path, vertices, faces, n_points, rng)
+    m = vertices.shape[0]
+    if m < n_points:
+        if min_points is None:
+            raise TooFewPointsError(path, m, n_points)
+        if m < min_points:
+            raise TooFewPointsError(path, m, min_points, "npoints")
+    if m > n_points:
+        vertices = vertices[np.sort(rng.choice(m, n_points, replace=False))]
+    return np.ascontiguousarray(vertices, dtype=np.float32)
+
+
+def read_cloud(path: str, mesh_points: int = 2048, seed: int = 0) -> np.ndarray:
+    """Every point of a point file, or ``mesh_points`` seeded area-weighted samples on the surface
+    of a mesh: (N, 3) float32, raw coordinates (:class:`BadFileError` when the file cannot be used)."""
+    vertices, faces = _usable_vertices(path)
+    if faces is not None:
+        return _surface_samples(path, vertices, faces, mesh_points, file_seed(path, seed))
+    return np.ascontiguousarray(vertices, dtype=np.float32)
+
+
+def point_count(path: str) -> Optional[int]:
+    """The number of points of a point file, None for a mesh (any number can be sampled on its
+    surface). ``.npy`` and ``.ply`` files are counted from their header; the other formats are read.
+    :class:`BadFileError` when the file cannot be read."""
+    ext = os.path.splitext(path)[1].lower()
+    if ext == ".npy":
+        try:
+            with open(path, "rb") as f:
+                version = np.lib.format.read_magic(f)
+                read_header = {(1, 0): np.lib.format.read_array_header_1_0,
+                               (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+                shape = read_header(f)[0] if read_header is not None else None
+            if shape is not None and len(shape) == 2 and shape[1] >= 3:
+                return int(shape[0])
+        except (OSError, ValueError):
+            pass  # read below: its error names the problem
+    elif ext == ".ply":
+        try:
+            counts = ply_element_counts(path)
+            if counts.get("face", 0) > 0:
+                return None
+            if "vertex" in counts:
+                return int(counts["vertex"])
+        except (OSError, ValueError):
+            pass
+    vertices, faces = read_point_file(path)
+    return None if faces is not None else int(vertices.shape[0])
+
+
+# ------------------------------------------------------------------- the files of the user's inputs
+AUTO = "auto"  # N_POINTS: auto (folder datasets): the smallest file's count, at most AUTO_MAX_POINTS
+AUTO_MAX_POINTS = 2048
+
+
+def walk_files(folder: str) -> List[str]:
+    """Every visible file under ``folder``: recursive, a folder's files (sorted) before its
+    subfolders (sorted); names starting with ``.`` (files and folders) skipped."""
+    out = []
+    for cur, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        out += [os.path.join(cur, f) for f in sorted(files) if not f.startswith(".")]
+    return out
+
+
+def list_cloud_files(inputs: Union[str, os.PathLike, Sequence[Union[str, os.PathLike]]], unknown: str = "keep",
+                     flag: str = "--input") -> List[Tuple[str, str]]:
+    """(path, the input folder it was found under or '' for a file given itself) of every input,
+    in order: a file as given; a folder's files by :func:`walk_files`. ``unknown``: ``keep`` lists a
+    folder's files of any extension (the reader reports the unknown ones, e.g. as rows of
+    predictions), ``skip`` leaves them out. A missing input, or a folder with nothing to list, is a
+    :class:`DatasetFormatError` naming it."""
+    if unknown not in ("keep", "skip"):
+        raise ValueError(f"unknown = {unknown!r}: expected 'keep' or 'skip'")
+    items = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
+    out: List[Tuple[str, str]] = []
+    for item in items:
+        item = str(item)
+        if os.path.isdir(item):
+            found = walk_files(item)
+            if unknown == "skip":
+                found = [p for p in found if os.path.splitext(p)[1].lower() in CLOUD_EXTS]
+            if not found:
+                raise DatasetFormatError(f"{flag} folder '{item}' holds no point-cloud or mesh files "
+                                         f"(expected {' '.join(CLOUD_EXTS)})")
+            out += [(p, item) for p in found]
+        elif os.path.isfile(item):
+            out.append((item, ""))
+        else:
+            raise DatasetFormatError(f"{flag} '{item}' is neither a file nor a folder")
+    return out
+
+
+# --------------------------------------------------------------------------- bad-file reports
+REPORT_NAMES = 10  # names shown per reason on the console; the list file holds them all
+_KIND_END = re.compile(r"[:;,\[]| \(| at | '|$")
+
+
+def reason_kind(reason: str) -> str:
+    """What a bad file's reason says without its details (the row, the value, the count): the
+    reports group files by it. ``'non-finite value at row 4 (...)'`` -> ``'non-finite value'``."""
+    head = reason[: _KIND_END.search(reason).start()].strip()
+    return re.sub(r"\b\d+\b", "N", head) or reason
+
+
+def _shown(text: str, most: int = 80, tail: bool = False) -> str:
+    """``text`` with control characters escaped, cut to ``most`` characters (its end kept with ``tail``)."""
+    text = text if text.isprintable() else ascii(text)[1:-1]
+    if len(text) <= most:
+        return text
+    return "..." + text[3 - most:] if tail else text[: most - 3] + "..."
+
+
+def write_bad_list(title: str, bad: Sequence[Tuple[str, str]]) -> str:
+    """Write every ``(name, reason)`` (grouped as the report shows them) to a new file in the
+    system's temporary folder (``$TMPDIR``): a ``# title`` line, then ``name<TAB>reason`` lines.
+    Returns its path (OSError when it cannot be written)."""
+    fd, path = tempfile.mkstemp(prefix="inter-mae-bad-files-", suffix=".txt")
+    with os.fdopen(fd, "w", encoding="utf-8", errors="backslashreplace") as f:
+        f.write(f"# {_shown(title, 1000)}: every file and the reason it cannot be used (name<TAB>reason)\n")
+        for name, reason in bad:
+            f.write(f"{_shown(str(name), 4096)}\t{_shown(str(reason), 4096)}\n")
+    return path
+
+
+def bad_files_message(head: str, bad: Sequence[Tuple[str, str]], hint: str = "", noun: str = "file",
+                      most: int = REPORT_NAMES, tail: str = "fix or remove them (README 'Your own data')") -> str:
+    """One line for the bad files ``bad`` [(name, reason)]: ``<head>: `` then the files grouped by
+    :func:`reason_kind` (the reason once when it is the same for the group, else each file's
+    details), at most ``most`` names per group with the count of the others; then ``hint`` and
+    ``tail``; last the path of the file that lists them all (:func:`write_bad_list`)."""
+    groups: Dict[str, List[Tuple[str, str]]] = {}
+    for name, reason in bad:
+        groups.setdefault(reason_kind(str(reason)), []).append((str(name), str(reason)))
+    parts = []
+    for kind, items in groups.items():
+        n = len(items)
+        count = f"{n} {noun}{'s' if n != 1 else ''}"
+        reasons = {r for _, r in items}
+        if len(reasons) == 1:
+            label, names = _shown(items[0][1], 160), [_shown(name, 120, tail=True) for name, _ in items[:most]]
+        else:
+            def detail(reason: str) -> str:
+                rest = reason[len(kind):].lstrip(":;, ") if reason.startswith(kind) else reason
+                return _shown(rest, 60)
+            label, names = kind, [f"{_shown(name, 120, tail=True)} ({detail(r)})" for name, r in items[:most]]
+        more = f", ... and {n - most} more" if n > most else ""
+        parts.append(f"{label} ({count}): {', '.join(names)}{more}")
+    ordered = [item for items in groups.values() for item in items]
+    try:
+        where = f"every {noun} and its reason: {write_bad_list(head, ordered)}"
+    except OSError as e:
+        where = f"(the full list could not be written to {tempfile.gettempdir()}: {e.strerror or e})"
+    return f"{head}: " + "; ".join(parts + [text for text in (hint, tail) if text]) + f"; {where}"

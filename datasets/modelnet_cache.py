@@ -10,7 +10,6 @@ the same row count are sampled together with the batched torch FPS of ``extensio
 """
 from __future__ import annotations
 
-import logging
 import os
 import pickle
 import warnings
@@ -23,13 +22,13 @@ from tqdm import tqdm
 
 from extensions.pointops import furthest_point_sample
 from utils.checkpoint import atomic_write
+from utils.logger import library_logger, print_log
 
 from .common import DatasetFormatError, check_finite_points
 
 __all__ = ["build_modelnet_cache", "cache_file_name", "class_of_shape_id", "load_cache", "load_modelnet_cache",
            "read_lines", "read_modelnet_txt"]
 
-logger = logging.getLogger(__name__)
 
 
 def cache_file_name(num_category: int, split: str, npoints: int) -> str:
@@ -172,7 +171,7 @@ def build_modelnet_cache(root: str, split: str, npoints: int, num_category: int 
 
     path = out_path or os.path.join(root, cache_file_name(num_category, split, npoints))
     atomic_write(path, lambda f: pickle.dump([points, labels], f))
-    logger.info("wrote %s (%d shapes)", path, len(points))
+    print_log(f"wrote {path} ({len(points)} shapes)", logger=library_logger("ModelNet"))
     return path
 
 

@@ -16,26 +16,17 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
-from datasets import DATASETS, build_dataset_from_cfg
+from datasets import build_dataset_from_cfg
 from engine.engine import grad_scaler
 from extensions.pointops import configured_backend, resolve_fps_backend
-from models import MODELS, build_model_from_cfg
-from utils.checkpoint import (CheckpointError, load_checkpoint_file, load_state_dict_checked, state_dict_of,
-                              write_checkpoint)
+from models import build_model_from_cfg
+from utils.checkpoint import (CheckpointError, checkpoint_class_names, load_checkpoint_file, load_state_dict_checked,
+                              state_dict_of, write_checkpoint)
 from utils.config import CHOICE_KEYS, ConfigError, origin_of, to_plain
-from utils.config import load_config as _load_config
 from utils.dist_utils import all_gather_objects, get_dist_info, run_on_rank0
 from utils.logger import print_log
 from utils.misc import rng_state, set_rng_state, warn_if_no_gpu, worker_init_fn
-from utils.settings import RunSettings, worker_count  # noqa: F401  (worker_count: re-exported for the tools)
-from utils.settings import epochs_to_run as _epochs_to_run
-
-# ---------------------------------------------------------------------------------------- config
-def load_config(path: str, opts=(), data_root: Optional[str] = None, logger=None, schedule: bool = False):
-    """A command's config (:func:`utils.config.load_config`) with the model and dataset registries,
-    so that ``--opts`` can add any key their schemas allow and names the valid ones on a typo."""
-    return _load_config(path, opts, data_root, MODELS, DATASETS, logger=logger, schedule=schedule)
-
+from utils.settings import RunSettings, worker_count
 
 # ------------------------------------------------------------------------------------------ data
 def dataset_builder(entry, *, seed: int = 0, num_workers: int = 0):
@@ -130,18 +121,7 @@ class CosineEpochScheduler:
         self.__dict__.update(state)
 
 
-EPOCH_COUNTS = CHOICE_KEYS["epoch_count"]
 LR_SCHEDULES = CHOICE_KEYS["lr_schedule"]
-
-
-def epochs_to_run(config) -> int:
-    """Number of epochs a run of ``config`` trains from epoch 0: ``max_epoch + 1`` with
-    ``epoch_count: released`` (default; the released ``range(start_epoch, max_epoch + 1)``),
-    ``max_epoch`` with ``epoch_count: exact``."""
-    count = config.get("epoch_count") or EPOCH_COUNTS[0]
-    if count not in EPOCH_COUNTS:
-        raise ConfigError(f"'epoch_count' = {count!r}: expected one of {list(EPOCH_COUNTS)}", origin_of(config))
-    return _epochs_to_run(int(config.max_epoch), count)
 
 
 class LaggedScheduler:
@@ -248,6 +228,7 @@ class TrainState:
     start_step: int = 0  # batches of start_epoch trained before a stop (0: start the epoch afresh)
     rng_at_stop: Optional[dict] = None  # this process's RNG states at the stop (mid-epoch resume)
     class_names: Optional[List[str]] = None
+    epoch_log: Dict[str, float] = field(default_factory=dict)  # lr and seconds of the last epoch trained
 
 
 def build_training(config, settings: RunSettings, logger=None, model: Optional[nn.Module] = None) -> TrainState:
@@ -284,8 +265,30 @@ def train_epoch(model: nn.Module, step, sampler, loader, state: TrainState, sett
         save_checkpoint(state, "ckpt-last", settings, config, epoch=epoch - 1, next_step=result.stopped_at,
                         epoch_rng=epoch_rng, folder=folder, logger=logger)
         raise preempted(stop, settings, epoch, result.stopped_at, len(loader), logger)
-    log_epoch(epoch, settings.n_epochs, result.stats, time.time() - start, state.optimizer, writer, logger)
+    seconds = time.time() - start
+    log_epoch(epoch, settings.n_epochs, result.stats, seconds, state.optimizer, writer, logger)
+    state.epoch_log = {"lr": state.optimizer.param_groups[0]["lr"], "epoch_time_s": seconds}
     return {f"train_{k}": v for k, v in result.stats.items() if k != "samples_per_s"}
+
+
+def write_epoch_metrics(state: TrainState, settings: RunSettings, epoch: int, metrics: Mapping[str, float],
+                        logger=None) -> None:
+    """The epoch's line of the run's ``metrics.jsonl`` (:func:`engine.engine.append_metrics_line`,
+    rank 0): ``epoch``, the training means (``train_<name>``), the validation figures of that epoch
+    when it validated, ``lr``, ``epoch_time_s`` (training) and ``wall_time`` (Unix seconds). Call it
+    once the epoch's validation is done, before its ``ckpt-last`` is written. A failed write is one
+    warning line: the run goes on (the checkpoint write that follows stops every process together
+    when the disk is full)."""
+    from engine.engine import append_metrics_line
+
+    if not settings.is_main_process:
+        return
+    try:
+        append_metrics_line(settings.experiment_path, {"epoch": epoch, **metrics, **state.epoch_log,
+                                                       "wall_time": time.time()})
+    except OSError as e:
+        print_log(f"WARNING: epoch {epoch} not written to metrics.jsonl in {settings.experiment_path}: "
+                  f"{str(e).splitlines()[0]}", logger=logger)
 
 
 def validation_due(epoch: int, settings: RunSettings) -> bool:
@@ -415,7 +418,7 @@ def resume(state: TrainState, settings: RunSettings, path: Optional[str] = None,
     state.start_epoch = int(ckpt["epoch"]) + 1
     state.start_step = int(ckpt.get("next_step", 0) or 0)
     state.best_metrics = dict(ckpt.get("best_metrics") or {})
-    state.class_names = ckpt.get("class_names", state.class_names)
+    state.class_names = checkpoint_class_names(ckpt, path) or state.class_names
     if state.start_step:
         # RNG states at the start of the interrupted epoch now (the loaders draw their seeds from
         # them again), those of the stop once its batches are skipped (engine.train_one_epoch).

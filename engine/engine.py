@@ -19,11 +19,13 @@ DDP) every ``log_interval`` steps and at the end of the epoch.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Dict, Iterator, Optional
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, Mapping, Optional
 
 import torch
 from torch import Tensor, nn
@@ -31,8 +33,7 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from utils.dist_utils import all_reduce_sum, get_dist_info
-from utils.logger import print_log
-from utils.settings import AMP_DTYPES as AMP_MODES, amp_mode, cpu_has_native_bf16, resolve_amp  # noqa: F401  (re-exported)
+from utils.logger import PROJECT_LOGGER, print_log
 
 if TYPE_CHECKING:
     from engine.preemption import StopRequest
@@ -283,13 +284,49 @@ def log_validation(epoch: int, figures: Dict[str, float], writer=None, logger=No
     log_scalars(writer, "Metric", figures, epoch)
 
 
+METRICS_FILE = "metrics.jsonl"  # one JSON object per epoch in the run directory (mae's log.txt)
+
+
+def append_metrics_line(folder: str, record: Mapping[str, Any]) -> str:
+    """Add ``record`` (a flat dict with an integer ``epoch``) as one JSON line to
+    ``<folder>/metrics.jsonl``: appended, flushed and fsynced. Lines of that epoch or later (a run
+    resumed from an earlier checkpoint, or a new run in the folder) and a line a kill cut short are
+    dropped first (the file is then rewritten atomically), so the file holds one line per epoch, in
+    order. Non-finite numbers are written as null. Returns the path."""
+    from utils.checkpoint import atomic_write
+
+    path = os.path.join(folder, METRICS_FILE)
+    epoch = int(record["epoch"])
+    plain = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
+    line = json.dumps(plain, allow_nan=False) + "\n"
+    kept, clean = [], True
+    if os.path.exists(path):
+        with open(path, encoding="utf-8", errors="replace") as f:
+            for old in f:
+                try:
+                    keep = old.endswith("\n") and int(json.loads(old)["epoch"]) < epoch
+                except (ValueError, KeyError, TypeError):
+                    keep = False
+                kept += [old] if keep else []
+                clean = clean and keep
+    if clean:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(line)
+            f.flush()
+            os.fsync(f.fileno())
+    else:
+        atomic_write(path, lambda f: f.write("".join(kept + [line]).encode("utf-8")))
+    return path
+
+
 def epoch_range(start: int, stop: int, progress: bool = True, logger=None) -> Iterator[int]:
     """``range(start, stop)`` with, when ``progress`` (rank 0), a bar over the epochs below each
     epoch's bar; log lines are written above the bars."""
     show = progress and get_dist_info()[0] == 0
     bar = tqdm(total=stop, initial=start, desc="epochs", unit="epoch", disable=not show, dynamic_ncols=True)
-    redirect = logging_redirect_tqdm(loggers=[logger]) if show and isinstance(logger, logging.Logger) \
-        else contextlib.nullcontext()
+    # the run's lines and the library loggers' (e.g. a dataset built for SVM validation) above the bars
+    redirect = logging_redirect_tqdm(loggers=[logger, logging.getLogger(PROJECT_LOGGER)]) \
+        if show and isinstance(logger, logging.Logger) else contextlib.nullcontext()
     try:
         with redirect:
             for epoch in range(start, stop):

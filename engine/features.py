@@ -14,9 +14,11 @@ Checkpoints: pre-training (``MAE_encoder.*``), fine-tuned classifier or segmente
 ``.safetensors`` export (``tools/export_weights.py``, whole model or ``--encoder_only``). The encoder
 sizes (width, depth, heads, G, K) come from the run's config: ``config=`` (a YAML path or a dict),
 else the JSON beside a ``.safetensors`` file, else ``config.yaml`` beside the checkpoint (written
-by every run). The patch embedding follows the checkpoint. Files: ``.ply``, ``.npy`` (N, >=3),
-``.txt`` / ``.xyz`` / ``.pts`` / ``.csv`` (comma, semicolon or whitespace separated; the first 3
-columns are x, y, z). ``tools/extract_features.py`` is the command.
+by every run). The patch embedding follows the checkpoint. Files: every format of
+:mod:`datasets.io` (the reader of folder datasets and ``tools/predict.py``): ``.ply``, ``.xyz`` /
+``.txt`` / ``.pts`` / ``.csv``, ``.npy`` / ``.npz`` (every point), meshes ``.off`` / ``.obj`` /
+``.stl`` (and ``.ply`` with faces; ``max(2048, npoints)`` seeded samples on the surface).
+``tools/extract_features.py`` is the command.
 """
 from __future__ import annotations
 
@@ -31,7 +33,8 @@ from torch import Tensor
 from tqdm import tqdm
 
 from datasets.common import pc_normalize
-from datasets.io import read_ply
+from datasets.io import (CLOUD_EXTS, BadFileError, TooFewPointsError, bad_files_message, list_cloud_files, read_cloud,
+                         reason_kind)
 from extensions.pointops import fps
 from models.backbone import (PointEncoder, checkpoint_kind, encoder_state_dict, max_mean_pool, patch_embed_kind)
 from utils.checkpoint import atomic_write, load_checkpoint_file, load_state_dict_checked, state_dict_of
@@ -41,10 +44,8 @@ from utils.logger import print_log
 from utils.misc import resolve_device
 
 DEFAULT_NPOINTS = 1024
-PLY_EXTS = (".ply",)
-NPY_EXTS = (".npy",)
-TEXT_EXTS = (".txt", ".xyz", ".pts", ".csv")
-POINT_EXTS = PLY_EXTS + NPY_EXTS + TEXT_EXTS
+MESH_POINTS = 2048  # points sampled on a mesh's surface (at least npoints), as a folder dataset's N_POINTS
+POINT_EXTS = CLOUD_EXTS  # every format datasets.io reads
 
 
 class PointCloudFileError(InputError, ValueError):
@@ -179,78 +180,38 @@ def load_point_encoder(ckpt_path: str, config: Union[None, str, os.PathLike, Map
 
 
 # ------------------------------------------------------------------------------------- files
-def _read_text_points(path: str) -> np.ndarray:
-    with open(path, "r", encoding="utf-8", errors="replace") as f:
-        first = ""
-        for line in f:
-            if line.strip() and not line.lstrip().startswith("#"):
-                first = line
-                break
-    if not first:
-        raise PointCloudFileError(f"'{path}': no point rows (empty or only comments)")
-    delimiter = "," if "," in first else (";" if ";" in first else None)
-    try:
-        data = np.loadtxt(path, delimiter=delimiter, usecols=(0, 1, 2), comments="#", dtype=np.float64, ndmin=2)
-    except (ValueError, IndexError) as e:
-        raise PointCloudFileError(f"'{path}': expected rows of at least 3 numbers (x, y, z, ...) separated by "
-                                  f"{repr(delimiter) if delimiter else 'whitespace'}: {e}") from None
-    return data.astype(np.float32)
-
-
-def read_points(path: str) -> np.ndarray:
-    """(N, 3) float32 xyz of a ``.ply``, ``.npy`` or text (``.txt``/``.xyz``/``.pts``/``.csv``) file.
-    Any failure raises :class:`PointCloudFileError` naming the file."""
-    ext = os.path.splitext(path)[1].lower()
+def read_points(path: str, mesh_points: int = MESH_POINTS, seed: int = 0) -> np.ndarray:
+    """(N, 3) float32 xyz of a file of any format :mod:`datasets.io` reads (:func:`datasets.io.read_cloud`):
+    every point of a point file, ``mesh_points`` seeded samples on the surface of a mesh. Any
+    failure raises :class:`PointCloudFileError` naming the file."""
     if not os.path.isfile(path):
         raise PointCloudFileError(f"'{path}' does not exist")
     try:
-        if ext in PLY_EXTS:
-            pts = read_ply(path)
-        elif ext in NPY_EXTS:
-            pts = np.load(path, allow_pickle=False)
-        elif ext in TEXT_EXTS:
-            pts = _read_text_points(path)
-        else:
-            raise PointCloudFileError(f"'{path}': unknown extension '{ext}'; expected one of {', '.join(POINT_EXTS)}")
-    except PointCloudFileError:
-        raise
-    except Exception as e:  # truncated .npy, bad PLY header, undecodable bytes, ...
-        raise PointCloudFileError(f"'{path}' could not be read: {type(e).__name__}: {e}") from None
-    pts = np.asarray(pts)
-    if pts.ndim != 2 or pts.shape[1] < 3 or not np.issubdtype(pts.dtype, np.number):
-        raise PointCloudFileError(f"'{path}': expected a numeric (N, 3) or (N, >3) array of points, got "
-                                  f"{pts.dtype} {pts.shape}")
-    return pts[:, :3].astype(np.float32)
+        return read_cloud(path, mesh_points, seed)
+    except BadFileError as e:
+        raise PointCloudFileError(str(e)) from None
 
 
-def list_point_files(inputs: Iterable[str]) -> List[Tuple[str, str]]:
-    """(path, name) of every input: a file as given, or every point-cloud file under a folder
+def list_point_files(inputs: Union[str, os.PathLike, Iterable[str]]) -> List[Tuple[str, str]]:
+    """(path, name) of every input (:func:`datasets.io.list_cloud_files`, files of other extensions
+    under a folder left out): a file as given, the point-cloud and mesh files under a folder
     (recursive, sorted; name = path relative to that folder)."""
-    out: List[Tuple[str, str]] = []
-    for item in inputs:
-        item = str(item)
-        if os.path.isdir(item):
-            found = []
-            for root, dirs, files in os.walk(item):
-                dirs.sort()
-                found += [os.path.join(root, f) for f in files if os.path.splitext(f)[1].lower() in POINT_EXTS]
-            if not found:
-                raise PointCloudFileError(f"folder '{item}' holds no point-cloud files ({', '.join(POINT_EXTS)})")
-            out += [(p, os.path.relpath(p, item)) for p in sorted(found)]
-        elif os.path.isfile(item):
-            out.append((item, item))
-        else:
-            raise PointCloudFileError(f"input '{item}' is neither a file nor a folder")
-    return out
+    items = inputs if isinstance(inputs, (str, os.PathLike)) else list(inputs)
+    return [(p, os.path.relpath(p, top) if top else p) for p, top in list_cloud_files(items, unknown="skip")]
 
 
 def extract_files(extractor: PointFeatureExtractor, inputs: Iterable[str], batch_size: int = 32,
                   progress: bool = True) -> Tuple[np.ndarray, List[str]]:
-    """(features (n, 2C) float32, names) of the point-cloud files ``inputs`` (files or folders), in order."""
+    """(features (n, 2C) float32, names) of the point-cloud and mesh files ``inputs`` (files or
+    folders), in order. Meshes give ``max(MESH_POINTS, npoints)`` surface samples before FPS. Every
+    file is read; bad ones (unreadable, fewer than ``npoints`` points, ...) stop it with one line
+    grouping them by reason (:func:`datasets.io.bad_files_message`), after all were read."""
     files = list_point_files(inputs)
+    mesh_points = max(MESH_POINTS, extractor.npoints)
     feats: List[Tensor] = []
     names: List[str] = []
     batch: List[Tensor] = []
+    bad: List[Tuple[str, str]] = []
 
     def flush():
         if batch:
@@ -258,10 +219,25 @@ def extract_files(extractor: PointFeatureExtractor, inputs: Iterable[str], batch
             batch.clear()
 
     for path, name in tqdm(files, desc="features", disable=not progress, dynamic_ncols=True):
-        batch.append(extractor.prepare(read_points(path), f"'{path}'"))
+        try:
+            cloud = read_cloud(path, mesh_points)
+            if cloud.shape[0] < extractor.npoints:
+                raise TooFewPointsError(path, cloud.shape[0], extractor.npoints, "npoints")
+        except BadFileError as e:
+            bad.append((name, e.reason))
+            continue
+        if bad:  # the run stops at the end: only the reading goes on
+            continue
+        batch.append(extractor.prepare(cloud, f"'{path}'"))
         names.append(name)
         if len(batch) >= batch_size:
             flush()
+    if bad:
+        small = any(reason_kind(reason) == "too small" for _, reason in bad)
+        raise PointCloudFileError(bad_files_message(
+            f"{len(bad)} bad file{'s' if len(bad) != 1 else ''} of {len(files)}", bad,
+            "use a smaller --npoints or denser clouds for the too-small ones" if small else "",
+            tail="fix or remove them; nothing written"))
     flush()
     out = torch.cat(feats).numpy() if feats else np.zeros((0, extractor.dim), dtype=np.float32)
     return out.astype(np.float32), names

@@ -34,6 +34,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from datasets.common import DatasetFormatError
 from datasets.data_transforms import PointcloudScaleAndTranslate
 from engine import builder
 from engine.engine import (
@@ -45,11 +46,12 @@ from engine.engine import (
 )
 from engine.preemption import StopRequest
 from extensions.pointops import fps, gather_points
-from utils.checkpoint import write_json
+from utils.checkpoint import checkpoint_class_names, write_json
 from utils.config import VOTING_DEFAULTS
 from utils.logger import print_log
 from utils.schema import ConfigError, origin_of
 from utils.settings import RunSettings
+from utils.text import ClassNamesError, check_class_names, printable
 
 VOTE_TIMES = VOTING_DEFAULTS["times"]  # voting passes (the released 10)
 
@@ -201,14 +203,19 @@ def classes_from_dataset(config, dataset, logger=None) -> Optional[List[str]]:
     names = getattr(dataset, "class_names", None)
     if names is None:
         return None
-    names = [str(n) for n in names]
+    try:
+        names = check_class_names(list(names))
+    except ClassNamesError as e:
+        raise DatasetFormatError(f"the class names of the training set {getattr(dataset, 'root', '')}: {e}") from None
     given = config.model.get("cls_dim")
     if given is not None and int(given) != len(names):
-        raise ConfigError(f"'model.cls_dim' = {given}: the training set has {len(names)} classes ({', '.join(names[:8])}"
+        shown = printable(", ".join(names[:8]))
+        raise ConfigError(f"'model.cls_dim' = {given}: the training set has {len(names)} classes ({shown}"
                           f"{', ...' if len(names) > 8 else ''}); remove cls_dim or set it to {len(names)}",
                           origin_of(config.model))
     config.model.cls_dim = len(names)
-    print_log(f"Classes: {len(names)} from the training set ({', '.join(names[:10])}{', ...' if len(names) > 10 else ''})",
+    print_log(f"Classes: {len(names)} from the training set ({printable(', '.join(names[:10]))}"
+              f"{', ...' if len(names) > 10 else ''})",
               logger=logger)
     return names
 
@@ -270,6 +277,7 @@ def run_net(settings: RunSettings, config, writers=(None, None), stop: Optional[
                 builder.save_checkpoint(state, "ckpt-best_vote", settings, config, epoch=epoch, metrics=metrics,
                                         logger=logger)
                 state.best_metrics = keep
+        builder.write_epoch_metrics(state, settings, epoch, metrics, logger)
         builder.save_checkpoint(state, "ckpt-last", settings, config, epoch=epoch, metrics=metrics, logger=logger)
 
     if state.best_metrics:
@@ -297,8 +305,9 @@ def test_net(settings: RunSettings, config, logger=None) -> Dict[str, float]:
         test_cfg.others.update(way=way, shot=shot, fold=fold)
     _, test_loader = builder.dataset_builder(test_cfg, seed=settings.seed, num_workers=settings.num_workers)
     ckpt = builder.read_checkpoint(settings.ckpts, settings.trust_checkpoint)
-    if config.model.get("cls_dim") is None and ckpt.get("class_names"):
-        config.model.cls_dim = len(ckpt["class_names"])
+    names = checkpoint_class_names(ckpt, settings.ckpts, config.model.get("cls_dim"))
+    if config.model.get("cls_dim") is None and names:
+        config.model.cls_dim = len(names)
     base_model = builder.model_builder(config.model, settings)
     builder.load_model(base_model, settings.ckpts, logger=logger, strict=not settings.partial_load,
                        trust=settings.trust_checkpoint)

@@ -444,6 +444,7 @@ def train(settings: PartSegSettings, config, stop: Optional[StopRequest] = None,
                     print_log(f"Saving best model (EPOCH {epoch}, instance mIoU {figures['instance_avg_iou']:.5f})",
                               logger=logger)
                 state.best_metrics["best_each"] = best_each
+            builder.write_epoch_metrics(state, settings, epoch, metrics, logger)
             builder.save_checkpoint(state, "ckpt-last", settings, config, epoch=epoch, metrics=metrics, **save)
     finally:
         if writer is not None:

@@ -32,13 +32,14 @@ from torch import Tensor
 from tqdm import tqdm
 
 from datasets.common import DatasetFormatError, pc_normalize
-from datasets.io import CLOUD_EXTS, BadFileError, load_cloud_file
-from utils.checkpoint import CheckpointError, load_checkpoint_file, load_state_dict_checked, state_dict_of
+from datasets.io import AUTO, AUTO_MAX_POINTS, BadFileError, bad_files_message, list_cloud_files, load_cloud_file
+from utils.checkpoint import (CheckpointError, checkpoint_class_names, load_checkpoint_file, load_state_dict_checked,
+                              state_dict_of)
 from utils.logger import print_log
 from utils.misc import resolve_device
+from utils.text import check_class_names, printable, spreadsheet_cell
 
 DEFAULT_N_POINTS = 2048
-FOLDER_DATASET = "PointCloudFolder"
 
 
 @dataclass
@@ -62,26 +63,10 @@ class Prediction:
 
 # ----------------------------------------------------------------------------------- inputs
 def list_inputs(inputs: Union[str, os.PathLike, Sequence[Union[str, os.PathLike]]]) -> List[Tuple[str, str]]:
-    """(path, folder the file was found under or '') of every input: a file as given, every
-    visible file under a folder (recursive, sorted; names starting with '.' skipped). A missing
-    input or a folder without files is a :class:`DatasetFormatError`."""
-    items = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
-    out: List[Tuple[str, str]] = []
-    for item in items:
-        item = str(item)
-        if os.path.isdir(item):
-            found = []
-            for cur, dirs, files in os.walk(item):
-                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-                found += [os.path.join(cur, f) for f in sorted(files) if not f.startswith(".")]
-            if not found:
-                raise DatasetFormatError(f"--input folder '{item}' holds no files (expected {' '.join(CLOUD_EXTS)})")
-            out += [(p, item) for p in found]
-        elif os.path.isfile(item):
-            out.append((item, ""))
-        else:
-            raise DatasetFormatError(f"--input '{item}' is neither a file nor a folder")
-    return out
+    """(path, folder the file was found under or '') of every input: :func:`datasets.io.list_cloud_files`
+    keeping files of any extension (an unknown one becomes a row with its error). A missing input
+    or a folder without files is a :class:`DatasetFormatError`."""
+    return list_cloud_files(inputs, unknown="keep")
 
 
 def true_class(path: str, top: str, classes: Sequence[str]) -> Optional[str]:
@@ -118,7 +103,7 @@ class Predictor:
                  sample_seed: int = 0, device: Union[None, str, torch.device] = None, source: str = "<model>"):
         self.device = resolve_device(None if device is None else str(device))
         self.model = model.to(self.device).eval()
-        self.class_names = [str(c) for c in class_names]
+        self.class_names = check_class_names([str(c) for c in class_names])
         self.npoints, self.n_points, self.sample_seed = int(npoints), int(n_points), int(sample_seed)
         self.source = source
 
@@ -148,7 +133,7 @@ class Predictor:
         if model_cfg.get("NAME") != "PointTransformer":
             raise CheckpointError(f"checkpoint '{path}': model '{model_cfg.get('NAME')}' ({cfg_source}) is not a "
                                   f"classifier; predict needs a fine-tuned one (ckpt-best.pth of --finetune_model)")
-        names = ckpt.get("class_names")
+        names = checkpoint_class_names(ckpt, path, model_cfg.get("cls_dim"))
         if names and model_cfg.get("cls_dim") is None:
             model_cfg.cls_dim = len(names)
         if not names:
@@ -164,17 +149,22 @@ class Predictor:
         load_state_dict_checked(model, state_dict_of(ckpt, path), strict=True, source=path)
         data = _dataset_entry(run_cfg)
         npoints = int(run_cfg.get("npoints") or 1024)
-        n_points = int(data.get("N_POINTS") or max(DEFAULT_N_POINTS, npoints))
+        auto = str(data.get("N_POINTS")).strip().lower() == AUTO  # (runs write the number they chose)
+        n_points = (max(AUTO_MAX_POINTS, npoints) if auto
+                    else int(data.get("N_POINTS") or max(DEFAULT_N_POINTS, npoints)))
         seed = int(data.get("sample_seed") or 0)
         predictor = cls(model, names, npoints, n_points, seed, device, source=path)
         print_log(f"[predict] {path}: {len(names)} classes; config {cfg_source}; {n_points} points per file "
-                  f"(sample_seed {seed}), FPS to {npoints}; device {predictor.device}", logger=logger)
+                  f"{'(N_POINTS: auto) ' if auto else ''}(sample_seed {seed}; a file with fewer but at least npoints: "
+                  f"all its points), FPS to {npoints}; device {predictor.device}", logger=logger)
         return predictor
 
     # ------------------------------------------------------------------------ preparation
     def read(self, path: str) -> np.ndarray:
-        """A file's (N_POINTS, 3) points, normalised, as ``--test`` reads them (BadFileError)."""
-        return pc_normalize(load_cloud_file(path, self.n_points, self.sample_seed))
+        """A file's (N_POINTS, 3) points, normalised, as ``--test`` reads them; a point file with
+        fewer than N_POINTS but at least npoints points gives all of them (as a run on a folder of
+        such files with ``N_POINTS: auto`` reads them). BadFileError when it cannot be used."""
+        return pc_normalize(load_cloud_file(path, self.n_points, self.sample_seed, min_points=self.npoints))
 
     def prepare_array(self, cloud: Any, name: str) -> np.ndarray:
         arr = np.asarray(cloud.detach().cpu() if isinstance(cloud, Tensor) else cloud)
@@ -222,7 +212,7 @@ class Predictor:
 
         def flush():
             groups: Dict[int, List[Tuple[Prediction, np.ndarray]]] = {}
-            for pred, cloud in ready:  # files share N_POINTS; arrays may differ: batch by size
+            for pred, cloud in ready:  # files of fewer than N_POINTS points and arrays differ: batch by size
                 groups.setdefault(cloud.shape[0], []).append((pred, cloud))
             for group in groups.values():
                 probs = torch.softmax(self.logits([c for _, c in group], vote), dim=1).cpu()
@@ -250,8 +240,9 @@ class Predictor:
         flush()
         bad = [p for p in results if p.error]
         if strict and bad:
-            raise DatasetFormatError(f"{len(bad)} bad input{'s' if len(bad) != 1 else ''}: "
-                                     + ", ".join(f"{p.path} ({p.error})" for p in bad) + " (--strict)")
+            head = f"{len(bad)} bad input{'s' if len(bad) != 1 else ''} (--strict)"
+            raise DatasetFormatError(bad_files_message(head, [(p.path, p.error) for p in bad], noun="input",
+                                                       tail="nothing written"))
         return results
 
 
@@ -273,6 +264,8 @@ def summarize(results: Sequence[Prediction], class_names: Sequence[str]) -> Opti
 
 
 def confusion_text(matrix: np.ndarray, class_names: Sequence[str]) -> str:
+    """The confusion matrix as a text table (names escaped: :func:`utils.text.printable`)."""
+    class_names = [printable(c) for c in class_names]
     width = max([len(c) for c in class_names] + [len(str(int(matrix.max()))), 4])
     head = " " * width + " | " + " ".join(f"{c[:width]:>{width}}" for c in class_names)
     rows = [f"{c:>{width}} | " + " ".join(f"{int(v):>{width}}" for v in row) for c, row in zip(class_names, matrix)]
@@ -280,7 +273,8 @@ def confusion_text(matrix: np.ndarray, class_names: Sequence[str]) -> str:
 
 
 def plot_confusion(matrix: np.ndarray, class_names: Sequence[str], path: str, title: str = "") -> str:
-    from utils.vis import new_figure, save_figure
+    """The confusion matrix as a PNG; class names are drawn as plain text (no mathtext, no TeX)."""
+    from utils.vis import new_figure, plain_text, save_figure
 
     n = len(class_names)
     size = min(max(4.0, 0.45 * n + 2.0), 30.0)
@@ -289,8 +283,8 @@ def plot_confusion(matrix: np.ndarray, class_names: Sequence[str], path: str, ti
     ax.imshow(matrix, cmap="Blues")
     ax.set_xticks(range(n))
     ax.set_yticks(range(n))
-    ax.set_xticklabels(class_names, rotation=90)
-    ax.set_yticklabels(class_names)
+    plain_text(ax.set_xticklabels([printable(c) for c in class_names], rotation=90))
+    plain_text(ax.set_yticklabels([printable(c) for c in class_names]))
     ax.set_xlabel("predicted")
     ax.set_ylabel("true class")
     if title:
@@ -307,7 +301,9 @@ def plot_confusion(matrix: np.ndarray, class_names: Sequence[str], path: str, ti
 
 def write_csv(path: str, results: Sequence[Prediction], topk: int) -> str:
     """One row per input: path, predicted, probability, top-k names and probabilities, the true
-    class (when known), error (a skipped input). Written atomically, UTF-8."""
+    class (when known), error (a skipped input). Written atomically, UTF-8. Strings from files and
+    checkpoints (paths, class names, errors) that a spreadsheet would run as a formula get a leading
+    single quote (:func:`utils.text.spreadsheet_cell`)."""
     from utils.checkpoint import atomic_write
 
     k = max([len(r.topk) for r in results] + [int(topk) if results else 0])
@@ -317,10 +313,11 @@ def write_csv(path: str, results: Sequence[Prediction], topk: int) -> str:
     writer = csv.writer(buf)
     writer.writerow(header)
     for r in results:
-        tops = [v for name, p in r.topk for v in (name, f"{p:.6f}")]
+        cell = spreadsheet_cell
+        tops = [v for name, p in r.topk for v in (cell(name), f"{p:.6f}")]
         tops += [""] * (2 * k - len(tops))
-        writer.writerow([r.path, r.name or "", "" if r.prob is None else f"{r.prob:.6f}", *tops, r.true or "",
-                         "" if r.correct is None else int(r.correct), r.error or ""])
+        writer.writerow([cell(r.path), cell(r.name), "" if r.prob is None else f"{r.prob:.6f}", *tops, cell(r.true),
+                         "" if r.correct is None else int(r.correct), cell(r.error)])
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     atomic_write(path, lambda f: f.write(buf.getvalue().encode("utf-8")))
@@ -333,7 +330,7 @@ def report(results: Sequence[Prediction], class_names: Sequence[str], out: Optio
     ``<out stem>_confusion.png`` when ``out`` is given); returns :func:`summarize`'s dict."""
     skipped = [r for r in results if r.error]
     for r in skipped:
-        print_log(f"[predict] skipped {r.path}: {r.error}", logger=logger)
+        print_log(f"[predict] skipped {printable(r.path)}: {printable(r.error)}", logger=logger)
     done = len(results) - len(skipped)
     print_log(f"[predict] {done} of {len(results)} inputs predicted"
               + (f", {len(skipped)} skipped (bad files; see the 'error' column)" if skipped else ""), logger=logger)
@@ -341,7 +338,8 @@ def report(results: Sequence[Prediction], class_names: Sequence[str], out: Optio
     if summary is None:
         return None
     print_log(f"[predict] accuracy = {summary['accuracy']:.4f} % ({summary['n']} inputs in class folders)", logger=logger)
-    per = "; ".join(f"{c} {'-' if a is None else f'{a:.1f}'} % ({n})" for c, (a, n) in summary["per_class"].items())
+    per = "; ".join(f"{printable(c)} {'-' if a is None else f'{a:.1f}'} % ({n})"
+                    for c, (a, n) in summary["per_class"].items())
     print_log(f"[predict] per-class accuracy: {per}", logger=logger)
     print_log(confusion_text(summary["confusion"], class_names), logger=logger)
     if out is not None:

@@ -1,7 +1,9 @@
 """Pre-training job (``python main.py --config cfgs/pretrain.yaml``): Inter-MAE / Point-MAE.
 
 AdamW, per-epoch cosine with warm-up; per-sample scale-and-translate augmentation; optional
-validation (reconstruction loss with fixed masks) and linear-SVM validation of the encoder.
+validation (reconstruction loss with fixed masks, and the feature health of the encoder's pooled
+features on the validation shapes: :mod:`engine.feature_health`) and linear-SVM validation of the
+encoder.
 
 Epochs and schedule as the released ``tools/runner_pretrain.py`` by default (``epoch_count:
 released``: epochs ``0 .. max_epoch``; ``lr_schedule``: see :mod:`engine.finetune`). The released
@@ -13,7 +15,7 @@ no ``test.txt`` split of ShapeNetRender) the run logs one line and trains withou
 from __future__ import annotations
 
 import math
-from typing import Dict, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -27,8 +29,10 @@ from engine.engine import (
     evaluate,
     log_validation,
 )
+from engine.feature_health import collapse_warning, feature_health, pooled_features
 from engine.preemption import StopRequest
 from engine.svm import svm_validate
+from utils.dist_utils import all_gather_objects
 from utils.logger import print_log
 from utils.settings import RunSettings
 
@@ -70,12 +74,34 @@ def make_bn_forward(device: torch.device, use_images: bool):
     return forward
 
 
-def make_val_step(device: torch.device):
+def make_val_step(device: torch.device, features: Optional[List[Tensor]] = None):
+    """Validation step: the reconstruction loss (masks as the evaluation's seeded RNG draws them);
+    with ``features`` (a list), also appends each batch's pooled features of the unmasked encoder
+    ((B, 2C), on the CPU) for :func:`validation_feature_health`."""
     def step(model: nn.Module, batch, meter: MeanMeter) -> None:
         points, _ = unpack_batch(batch[2], device)
         meter.update(points.shape[0], loss_rec=model(points)["loss_rec"])
+        if features is not None:
+            features.append(pooled_features(builder.unwrap_model(model).MAE_encoder, points).float().cpu())
 
     return step
+
+
+def validation_feature_health(features: List[Tensor], epoch: int, first_rank: Optional[float],
+                              logger=None) -> Tuple[Dict[str, float], Optional[float]]:
+    """Feature health of the validation features of every process (collective): logs a ``[Feature
+    health]`` line, a warning when :func:`engine.feature_health.collapse_warning` says so, and returns
+    (figures for the validation line, TensorBoard ``Metric/*`` and the checkpoint's metrics, the
+    run's first effective rank)."""
+    gathered = [f for part in all_gather_objects(features) for f in part]
+    if not gathered or sum(f.shape[0] for f in gathered) < 2:
+        return {}, first_rank
+    health = feature_health(torch.cat(gathered))
+    print_log(f"[Feature health] EPOCH: {epoch} validation features: {health.line()}", logger=logger)
+    warning = collapse_warning(health, first_rank)
+    if warning is not None:
+        print_log(f"[Feature health] WARNING: {warning}", logger=logger)
+    return health.as_dict(), health.effective_rank if first_rank is None else first_rank
 
 
 def run_net(settings: RunSettings, config, writers=(None, None), stop: Optional[StopRequest] = None,
@@ -108,6 +134,7 @@ def run_net(settings: RunSettings, config, writers=(None, None), stop: Optional[
     svm_freq = max(int(svm_cfg.get("freq", 1)), 1) if svm_cfg.get("enabled", False) else 0
 
     metrics: Dict[str, float] = {}
+    first_rank: Optional[float] = None  # the run's first validation effective rank, for the collapse warning
     for epoch in epoch_range(state.start_epoch, settings.n_epochs, settings.progress, logger):
         metrics = builder.train_epoch(model, train_step, train_sampler, train_loader, state, settings, config, epoch,
                                       train_writer, stop, logger)
@@ -117,8 +144,11 @@ def run_net(settings: RunSettings, config, writers=(None, None), stop: Optional[
         if builder.validation_due(epoch, settings):
             figures = {}
             if val_loader is not None:
-                figures["val_loss_rec"] = evaluate(model, make_val_step(device), val_loader, device, MeanMeter(device),
-                                                   amp=amp, seed=0).compute()["loss_rec"]
+                val_features: List[Tensor] = []
+                figures["val_loss_rec"] = evaluate(model, make_val_step(device, val_features), val_loader, device,
+                                                   MeanMeter(device), amp=amp, seed=0).compute()["loss_rec"]
+                health, first_rank = validation_feature_health(val_features, epoch, first_rank, logger=logger)
+                figures.update(health)
             if svm_freq and (epoch + 1) % svm_freq == 0:
                 svm_acc = svm_validate(state.model, config, settings, logger=logger, epoch=epoch)
                 if svm_acc is not None:
@@ -128,6 +158,7 @@ def run_net(settings: RunSettings, config, writers=(None, None), stop: Optional[
             if figures.get("val_loss_rec", math.inf) < state.best_metrics.get("val_loss_rec", math.inf):
                 state.best_metrics = {**figures, "epoch": epoch}
 
+        builder.write_epoch_metrics(state, settings, epoch, metrics, logger)
         builder.save_checkpoint(state, "ckpt-last", settings, config, epoch=epoch, metrics=metrics, logger=logger)
         if builder.epoch_copy_due(epoch, settings):
             builder.save_checkpoint(state, f"ckpt-epoch-{epoch:03d}", settings, config, epoch=epoch, metrics=metrics,

@@ -30,16 +30,16 @@ from tqdm import tqdm
 from datasets import build_dataset_from_cfg
 from engine import builder
 from datasets.common import DatasetFormatError
+from engine.feature_health import collapse_warning, feature_health
 from engine.finetune import unpack_cls_batch
 from extensions.pointops import fps
 from models.backbone import max_mean_pool
-from utils.config import (SVM_DEFAULT_C, SVM_DEFAULT_DATASET, SVM_DEFAULT_NPOINTS, SVM_SCHEMA, ConfigError,
+from utils.config import (SVM_DEFAULT_C, SVM_DEFAULT_NPOINTS, SVM_SCHEMA, ConfigError,
                           cfg_from_yaml_file, merge_into, origin_of, rebase_entry, resolve_base_path, svm_default_entry)
 from utils.dist_utils import get_dist_info
 from utils.logger import print_log
 from utils.settings import RunSettings
 
-DEFAULT_DATASET = SVM_DEFAULT_DATASET  # modelnet40_ply_hdf5_2048, as released
 CACHE_DATASET = "cfgs/dataset_configs/ModelNet40.yaml"  # the .dat caches (FPS to npoints)
 DEFAULT_C = SVM_DEFAULT_C
 DEFAULT_MAX_ITER = 1000  # sklearn's default, which the released LinearSVC() used
@@ -159,4 +159,9 @@ def svm_validate(base_model: nn.Module, config, settings: RunSettings, logger=No
     print_log("[Validation] EPOCH: %d  acc = %.4f" % (-1 if epoch is None else epoch, acc / 100.0), logger=logger)
     print_log(f"[SVM] linear SVM accuracy = {acc:.4f} % (C = {svm_cfg.C}; {len(train_y)} train / {len(test_y)} test shapes, "
               f"feature width {train_x.shape[1]})", logger=logger)
+    health = feature_health(np.concatenate([train_x, test_x]))
+    print_log(f"[SVM] feature health of the train and test features: {health.line()}", logger=logger)
+    warning = collapse_warning(health, None)
+    if warning is not None:
+        print_log(f"[SVM] WARNING: {warning}", logger=logger)
     return acc

@@ -23,6 +23,7 @@ from engine.partseg import run  # noqa: E402
 from utils.cli import run_main  # noqa: E402
 from utils.config import CHOICE_KEYS, resolve_data_root  # noqa: E402
 from utils.parser import add_common_args, new_parser  # noqa: E402
+from utils.rundir import run_name_type  # noqa: E402
 
 DEFAULT_LOG_ROOT = Path(__file__).resolve().parent / "log"
 
@@ -49,7 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ckpts", type=str, default=None,
                    help="pre-training checkpoint to fine-tune (training) / segmentation checkpoint (--test) "
                         "(default: none: train from scratch / test log/part_seg/<log_dir>/checkpoints/best_model.pth)")
-    p.add_argument("--log_dir", type=str, default=None, help="run name under log/part_seg/ (default: timestamp)")
+    p.add_argument("--log_dir", type=run_name_type("--log_dir"), default=None,
+                   help="run name under log/part_seg/ (a folder name, not a path) (default: timestamp)")
     p.add_argument("--log_root", type=str, default=str(DEFAULT_LOG_ROOT), help="folder holding part_seg/")
     p.add_argument("--test", action="store_true",
                    help="evaluate a saved segmentation model, write <run>/test_results.json and exit")

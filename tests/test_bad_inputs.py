@@ -9,6 +9,7 @@ import pickle
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -25,10 +26,10 @@ from engine.finetune import make_eval_step
 from engine.engine import AccuracyMeter
 from models import MODELS
 from utils import checkpoint as ckpt_mod
-from utils import parser
+from utils import parser, rundir
 from utils.checkpoint import CheckpointError, atomic_save, load_checkpoint_file
 from utils.config import ConfigError, cfg_from_yaml_file, validate_config
-from utils.parser import RunDirError
+from utils.rundir import RunDirError, acquire_run_lock, release_run_lock
 from writers import TINY_FINETUNE, TINY_PRETRAIN
 
 REPO = Path(__file__).resolve().parent.parent
@@ -154,7 +155,6 @@ def test_input_errors_end_in_one_line_and_status_2(capsys):
     from utils.checkpoint import CheckpointError, CheckpointWriteError
     from utils.cli import InputError, run_main
     from utils.config import ConfigError
-    from utils.parser import RunDirError
 
     for cls in (ConfigError, CheckpointError, CheckpointWriteError, DatasetFormatError, ShapeNetPartFormatError,
                 PointCloudFileError, RunDirError):
@@ -185,15 +185,15 @@ def test_choice_keys_are_checked_when_the_config_is_loaded(tmp_path, key, value)
 
 
 def test_choice_words_agree_with_the_code_that_reads_them():
-    from engine.builder import EPOCH_COUNTS, LR_SCHEDULES, epochs_to_run
+    from engine.builder import LR_SCHEDULES
     from models.layers import DEFAULT_EMBED_COMPUTE, EMBED_COMPUTE_MODES
     from utils.config import CHOICE_KEYS
+    from utils.settings import epochs_to_run
 
     assert set(CHOICE_KEYS["embed_compute"]) == set(EMBED_COMPUTE_MODES)
     assert CHOICE_KEYS["embed_compute"][0] == DEFAULT_EMBED_COMPUTE
-    assert EPOCH_COUNTS == ("released", "exact") and LR_SCHEDULES == ("exact", "released")
-    from easydict import EasyDict
-    assert epochs_to_run(EasyDict(max_epoch=3)) == 4  # the default word: released, max_epoch + 1
+    assert CHOICE_KEYS["epoch_count"] == ("released", "exact") and LR_SCHEDULES == ("exact", "released")
+    assert epochs_to_run(3, CHOICE_KEYS["epoch_count"][0]) == 4  # the default word: released, max_epoch + 1
 
 
 # ------------------------------------------------------------------------------ --ckpts in pre-training
@@ -243,7 +243,8 @@ def test_live_lock_refuses_and_stale_lock_is_replaced(tmp_path):
     exp.mkdir(parents=True)
     live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     try:
-        (exp / ".lock").write_text(f"{live.pid} {socket.gethostname()}\n")
+        boot_id, pidns = rundir.process_namespace()  # a lock of this host, boot and PID namespace
+        (exp / ".lock").write_text(f"{live.pid} {socket.gethostname()} {time.time():.3f} {'a' * 32} {boot_id} {pidns}\n")
         with pytest.raises(RunDirError, match=f"in use by another run \\(pid {live.pid} on"):
             run_main(tmp_path, cfg)
     finally:
@@ -257,13 +258,13 @@ def test_live_lock_refuses_and_stale_lock_is_replaced(tmp_path):
 
 
 def test_lock_is_exclusive_within_one_host(tmp_path):
-    path = parser.acquire_run_lock(str(tmp_path))
+    path = acquire_run_lock(str(tmp_path))
     try:
         assert Path(path).read_text().split()[:2] == [str(os.getpid()), socket.gethostname()]
         with pytest.raises(RunDirError, match=f"pid {os.getpid()}"):
-            parser.acquire_run_lock(str(tmp_path))
+            acquire_run_lock(str(tmp_path))
     finally:
-        parser.release_run_lock(path)
+        release_run_lock(path)
     assert not Path(path).exists()
 
 

@@ -137,22 +137,6 @@ def test_loss_scaling_leaves_the_update_unchanged():
     torch.testing.assert_close(scaled.weight, plain.weight, rtol=1e-6, atol=1e-7)
 
 
-def test_amp_mode_and_refusals(monkeypatch, capsys):
-    from utils import settings as engine  # the settings builder resolves the precision once per run
-
-    assert [engine.amp_mode(c, v) for c, v in ((None, None), (None, True), (None, False), ("fp16", True),
-                                                  (None, "bf16"), ("off", "fp16"))] == \
-        ["off", "bf16", "off", "fp16", "bf16", "off"]
-    with pytest.raises(ValueError, match="'fp32'"):
-        engine.amp_mode(None, "fp32")
-    assert engine.resolve_amp("off", CPU) is None
-    assert engine.resolve_amp("fp16", CPU) is None and "needs a CUDA device" in capsys.readouterr().out
-    monkeypatch.setattr(engine, "cpu_has_native_bf16", lambda: False)
-    assert engine.resolve_amp("bf16", CPU) is None and "no native bf16" in capsys.readouterr().out
-    monkeypatch.setattr(engine, "cpu_has_native_bf16", lambda: True)
-    assert engine.resolve_amp("bf16", CPU) is torch.bfloat16
-
-
 class _StopAfter:
     """A stop request that becomes true after ``n`` optimizer steps (as a signal would)."""
 
@@ -185,3 +169,42 @@ def test_a_stop_ends_the_epoch_after_the_current_step_and_skip_resumes_it():
     assert rest.stopped_at is None and skipped == [True]
     torch.testing.assert_close(part.weight, whole.weight)
 
+
+
+def test_metrics_file_holds_one_line_per_epoch_in_order(tmp_path):
+    """Appended epochs; an epoch written again (a run resumed from an earlier checkpoint) replaces
+    that line and drops the later ones; a line a kill cut short is dropped; NaN becomes null."""
+    import json
+
+    from engine.engine import METRICS_FILE, append_metrics_line
+
+    path = tmp_path / METRICS_FILE
+
+    def epochs():
+        return [json.loads(line)["epoch"] for line in path.read_text().splitlines()]
+
+    for epoch in range(3):
+        append_metrics_line(str(tmp_path), {"epoch": epoch, "train_loss": 1.0 / (epoch + 1), "lr": 1e-3})
+    assert epochs() == [0, 1, 2]
+    append_metrics_line(str(tmp_path), {"epoch": 1, "train_loss": 0.75, "acc": 50.0})
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert lines == [{"epoch": 0, "train_loss": 1.0, "lr": 1e-3}, {"epoch": 1, "train_loss": 0.75, "acc": 50.0}]
+    with open(path, "a") as f:
+        f.write('{"epoch": 2, "train_lo')  # killed mid-write
+    append_metrics_line(str(tmp_path), {"epoch": 2, "train_loss": float("nan")})
+    assert epochs() == [0, 1, 2] and json.loads(path.read_text().splitlines()[-1]) == {"epoch": 2, "train_loss": None}
+    assert not [p for p in tmp_path.iterdir() if p.name != METRICS_FILE]  # no temporary file left
+
+
+def test_a_metrics_line_that_cannot_be_written_is_one_warning(tmp_path, capsys):
+    from types import SimpleNamespace
+
+    from engine.builder import write_epoch_metrics
+    from utils.settings import RunSettings
+
+    blocked = tmp_path / "not_a_folder"
+    blocked.write_text("")
+    settings = RunSettings(job="pretrain", experiment_path=str(blocked), tfboard_path=None, log_name="t", config_path="")
+    write_epoch_metrics(SimpleNamespace(epoch_log={"lr": 1e-3}), settings, 4, {"train_loss": 1.0})
+    out = capsys.readouterr().out
+    assert f"WARNING: epoch 4 not written to metrics.jsonl in {blocked}: " in out

@@ -1,4 +1,4 @@
-"""Faithful protocols (issue 12): what the released code does, against independent references.
+"""Faithful protocols: what the released code does, against independent references.
 
 * initialisation: xavier-uniform decoder (bounds and std from the Glorot formula), PyTorch's
   default ranges (+-1/sqrt(fan_in)) in the classifier and segmenter, trunc-normal(0.02) behind
@@ -38,8 +38,8 @@ from models.image_encoder import ImageBranch
 from models.Inter_MAE import Inter_MAE
 from models.PartSegTransformer import PartSegTransformer
 from utils.checkpoint import load_checkpoint_file
-from utils.config import ConfigError, cfg_from_yaml_file, check_voting
-from utils.settings import RunSettings
+from utils.config import ConfigError, cfg_from_yaml_file, check_values, check_voting
+from utils.settings import RunSettings, epochs_to_run
 from writers import TINY_FINETUNE, TINY_TC, write_modelnet
 
 REPO_CFGS = __import__("pathlib").Path(__file__).resolve().parent.parent / "cfgs"
@@ -133,10 +133,10 @@ def test_bad_init_is_named():
 
 # ------------------------------------------------------------------------------ epochs, schedule
 def test_epoch_count_and_validation_rule():
-    assert builder.epochs_to_run(EasyDict(max_epoch=300)) == 301  # len(range(0, 300 + 1))
-    assert builder.epochs_to_run(EasyDict(max_epoch=300, epoch_count="exact")) == 300
+    assert epochs_to_run(300, "released") == 301  # len(range(0, 300 + 1))
+    assert epochs_to_run(300, "exact") == 300
     with pytest.raises(ConfigError, match="'epoch_count' = 'all'"):
-        builder.epochs_to_run(EasyDict(max_epoch=3, epoch_count="all"))
+        check_values(EasyDict(max_epoch=3, epoch_count="all"), "finetune")
     released = [e for e in range(0, 10 + 1) if e % 3 == 0 and e != 0]  # runner_finetune.run_net
     settings = RunSettings(job="finetune", experiment_path="", tfboard_path=None, log_name="t", config_path="",
                            n_epochs=11, epoch_count="released", val_freq=3)
@@ -170,7 +170,7 @@ def test_lagged_schedule_equals_timm_driven_as_released():
         return lrs
 
     for epochs, warmup in ((30, 3), (12, 0)):
-        n = builder.epochs_to_run(EasyDict(max_epoch=epochs))
+        n = epochs_to_run(epochs, "released")
         assert ours(epochs, warmup, "released", n) == pytest.approx(released_lrs(epochs, warmup, epochs), rel=1e-9)
         # without the lag, epoch e trains at what the released loop uses for epoch e + 1
         assert ours(epochs, warmup, "exact", n) == pytest.approx(released_lrs(epochs, warmup, epochs + 1)[1:], rel=1e-9)

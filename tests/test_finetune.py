@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import re
 
 import numpy as np
 import pytest
@@ -224,6 +225,23 @@ def test_finetune_resume_reproduces_the_uninterrupted_run(tmp_path):
     assert full["best_metrics"] == split["best_metrics"]
     for key, value in full["base_model"].items():
         assert torch.equal(value, split["base_model"][key]), key
+    # metrics.jsonl: epochs 0, 1, 2 once each, the resumed run's lines equal to the uninterrupted run's
+    full_lines, split_lines = (metrics_lines(f"{exp_root}/tiny_ft/{name}") for name in ("full", "split"))
+    assert [line["epoch"] for line in split_lines] == [0, 1, 2]
+    assert figures(split_lines) == figures(full_lines)
+    logged = re.findall(r"\[Validation\] EPOCH: (\d+) acc = (\S+)", next((tmp_path / "exp" / "tiny_ft" / "full").glob("*.log")).read_text())
+    assert [(line["epoch"], f"{line['acc']:.6g}") for line in full_lines] == [(int(e), acc) for e, acc in logged]
+    assert {"train_loss", "train_acc", "lr", "epoch_time_s", "wall_time"} <= set(full_lines[-1])
+
+
+def metrics_lines(run_dir) -> list:
+    with open(f"{run_dir}/metrics.jsonl") as f:
+        return [json.loads(line) for line in f]
+
+
+def figures(lines: list) -> list:
+    """The lines without their timings (which differ between runs)."""
+    return [{k: v for k, v in line.items() if k not in ("epoch_time_s", "wall_time")} for line in lines]
 
 
 # ------------------------------------------------------------------------------------ few-shot
@@ -270,6 +288,8 @@ def test_fewshot_all_folds_from_scratch(tmp_path):
         log = next(exp.glob("*.log")).read_text()
         assert "Training from scratch" in log
         assert load_checkpoint_file(str(exp / "ckpt-best.pth"))["best_metrics"]["acc"] == acc
+        lines = metrics_lines(exp)  # epochs 0 .. max_epoch (released count), validated after epoch 1 only
+        assert [line["epoch"] for line in lines] == [0, 1] and "acc" not in lines[0] and lines[1]["acc"] == acc
         assert round(acc) == pytest.approx(acc, abs=1e-3)  # k / 100 test shapes
     summary = json.loads((exp_root / "tiny_fs" / "fs_5w10s_summary.json").read_text())
     assert summary["folds"] == [0, 1] and summary["failed"] == {} and summary["completed"] == 2

@@ -186,7 +186,14 @@ def test_attach_split_files_sets_only_folder_entries_without_one(tmp_path):
 
 
 # ---------------------------------------------------------------------------------- bad files
-def test_every_bad_file_in_one_line(tmp_path):
+def listed_file(message: str) -> Path:
+    """The full list a bad-file report names at its end."""
+    assert "; every file and its reason: " in message
+    return Path(message.rsplit("; every file and its reason: ", 1)[1])
+
+
+def test_every_bad_file_in_one_line(tmp_path, monkeypatch):
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
     root = write_folder(tmp_path / "data dir ü", per_class=2)
     (root / "ball" / "empty.ply").write_bytes(b"")
     (root / "ball" / "nan.txt").write_text("1 2 3\n4 nan 5\n" + "1 1 1\n" * 200)
@@ -197,13 +204,19 @@ def test_every_bad_file_in_one_line(tmp_path):
     with pytest.raises(DatasetFormatError) as info:
         folder_dataset(root)
     msg = str(info.value)
-    assert "\n" not in msg and msg.startswith(f"5 bad files in {root}: ")
-    assert "ball/empty.ply (empty)" in msg
-    assert "ball/nan.txt (non-finite value at row 2" in msg
-    assert f"plate/small.xyz (too small: 2 points, fewer than N_POINTS = {N_POINTS})" in msg
-    assert "plate/broken.npy (unreadable" in msg
-    assert "stick/notes.docx (unknown extension .docx; expected one of .ply" in msg
+    assert "\n" not in msg and msg.startswith(f"5 bad files in {root}: empty (1 file): ball/empty.ply; ")
+    assert "; non-finite value at row 2 ('4 nan 5') (1 file): ball/nan.txt;" in msg
+    assert f"; too small: 2 points, fewer than N_POINTS = {N_POINTS} (1 file): plate/small.xyz;" in msg
+    assert "; unreadable (" in msg and "(1 file): plate/broken.npy;" in msg
+    assert "; unknown extension .docx; expected one of .ply" in msg and "(1 file): stick/notes.docx;" in msg
+    assert "fix or remove them (README 'Your own data')" in msg
     assert ".hidden" not in msg
+    lines = listed_file(msg).read_text(encoding="utf-8").splitlines()
+    assert lines[0].startswith(f"# 5 bad files in {root}")
+    rows = dict(line.split("\t") for line in lines[1:])
+    assert rows["ball/empty.ply"] == "empty" and rows["plate/small.xyz"].startswith("too small: 2 points")
+    assert set(rows) == {"ball/empty.ply", "ball/nan.txt", "plate/small.xyz", "plate/broken.npy", "stick/notes.docx"}
+    assert listed_file(msg).parent == tmp_path  # the system's temporary folder, not the data folder
 
 
 def test_empty_class_folder_and_folder_without_classes(tmp_path):
@@ -325,7 +338,141 @@ def test_pretrain_on_a_folder_of_clouds_for_one_epoch(tmp_path, branch):
     assert any(k.startswith("image_branch.") for k in ckpt["base_model"]) == (branch == "images")
     log = next(run.glob("*.log")).read_text()
     assert "[Validation] EPOCH: 0 val_loss_rec" in log  # on the folder's seeded test share
+    assert "[Feature health] EPOCH: 0 validation features: effective rank" in log
+    assert f"[PointCloudFolder] {root}: subset 'train' " in log  # the dataset's own lines reach the run log
     assert ("loss_con_raw" in log) == (branch == "images")
     assert len(list((root / ".intermae_cache").glob("*.npy"))) == 9
     assert (run / "split.json").is_file()
     assert len(list((root / ".intermae_cache").glob("*.png"))) == (4 if branch == "images" else 0)  # 1 view x 4 steps
+
+
+# ------------------------------------------------------------------- points per file: N_POINTS
+TINY_FINETUNE_OPTS = ["model.trans_dim=32", "model.encoder_dims=32", "model.depth=1", "model.num_heads=2",
+                      "model.group_size=8", "model.num_group=8", "npoints=64", "total_bs=4",
+                      "scheduler.kwargs.initial_epochs=0", "max_epoch=1"]
+
+
+def write_npy_folder(root: Path, n_points: int, per_class: int = 4, classes=("ball", "plate", "stick")) -> Path:
+    """ModelNet40's ready-made layout: one (n_points, 3) float32 .npy per shape, surface samples."""
+    rng = np.random.default_rng(7)
+    for kind in classes:
+        (root / kind).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            pts = make_mesh(kind, rng).sample(n_points, seed=int(rng.integers(1 << 30)))
+            np.save(root / kind / f"{kind}_{i:04d}.npy", np.asarray(pts, dtype=np.float32))
+    return root
+
+
+def test_a_folder_of_1024_point_npy_files_trains_with_the_default_config(tmp_path):
+    """N_POINTS: auto (the default): a folder of 1024-point files is read with 1024 points per file,
+    and the number is saved in the run's config.yaml and checkpoints, which --test and predict read."""
+    import main as main_module
+    from engine.predict import Predictor
+    from utils.checkpoint import load_checkpoint_file
+    from utils.config import cfg_from_yaml_file
+
+    root = write_npy_folder(tmp_path / "modelnet npy", 1024)
+    exp_root = tmp_path / "exp"
+    main_module.main(["--config", "cfgs/finetune_folder.yaml", "--scratch_model", "--exp_name", "npy", "--data_root",
+                      str(root), "--device", "cpu", "--num_workers", "0", "--experiment_root", str(exp_root),
+                      "--opts", *TINY_FINETUNE_OPTS])
+    run = exp_root / "finetune_folder" / "npy"
+    saved = cfg_from_yaml_file(str(run / "config.yaml"))
+    assert [saved.dataset[s].others.N_POINTS for s in ("train", "val", "test")] == [1024, 1024, 1024]
+    assert load_checkpoint_file(str(run / "ckpt-last.pth"))["config"]["dataset"]["test"]["others"]["N_POINTS"] == 1024
+    log = next(run.glob("*.log")).read_text(encoding="utf-8")
+    assert "N_POINTS: auto -> 1024 points per file" in log
+    assert len(list((root / ".intermae_cache").glob("*.npy"))) == 12  # 12 files read once, at 1024 points
+    assert Predictor.from_checkpoint(str(run / "ckpt-last.pth"), device="cpu").n_points == 1024
+    results = main_module.main(["--test", "--ckpts", str(run / "ckpt-last.pth"), "--experiment_root", str(exp_root),
+                                "--device", "cpu", "--num_workers", "0"])
+    assert 0.0 <= results["acc"] <= 100.0
+
+
+def test_too_small_files_are_refused_before_the_run_folder_grouped_with_the_fix(tmp_path, monkeypatch, capsys):
+    """Files of 1024 points with N_POINTS = 2048 set: one line through the command, the files grouped
+    by reason (at most 10 names each, the count of the others), the one setting that reads them named
+    once, every file in the list it names; no run folder (nor experiments folder) is made."""
+    import main as main_module
+    from utils.cli import run_main
+
+    root = write_npy_folder(tmp_path / "data", 1024)
+    for i in range(11):
+        (root / "ball" / f"empty_{i:02d}.ply").write_bytes(b"")
+    (root / "stick" / "notes.docx").write_text("not a shape")
+    exp_root = tmp_path / "exp"
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path / "tmp"))
+    argv = ["--config", "cfgs/finetune_folder.yaml", "--scratch_model", "--exp_name", "mine", "--data_root", str(root),
+            "--device", "cpu", "--experiment_root", str(exp_root), "--opts", *TINY_FINETUNE_OPTS, "dataset.N_POINTS=2048"]
+    with pytest.raises(SystemExit) as stop:
+        run_main(lambda: main_module.main(argv), prog="main.py")
+    stderr = capsys.readouterr().err
+    assert stop.value.code == 2 and "Traceback" not in stderr
+    errors = [line for line in stderr.splitlines() if line.startswith("main.py: error:")]
+    assert len(errors) == 1 and errors[0].endswith(".txt [DatasetFormatError]")
+    line = errors[0][: -len(" [DatasetFormatError]")]
+    assert len(line) < 3000
+    assert f"24 bad files in {root}: " in line
+    small = [f"{c}/{c}_{i:04d}.npy" for c in ("ball", "plate", "stick") for i in range(4)]
+    assert ("too small: 1024 points, fewer than N_POINTS = 2048 (12 files): " + ", ".join(small[:10])
+            + ", ... and 2 more; ") in line
+    assert small[10] not in line and small[11] not in line
+    empty = [f"ball/empty_{i:02d}.ply" for i in range(11)]
+    assert "empty (11 files): " + ", ".join(empty[:10]) + ", ... and 1 more; " in line
+    assert "(1 file): stick/notes.docx; " in line
+    assert line.count("dataset.N_POINTS=1024") == 1
+    assert "12 of the too-small files hold 1024 points, enough for npoints = 64: --opts dataset.N_POINTS=1024" in line
+    listed = Path(line.rsplit("; every file and its reason: ", 1)[1])
+    assert listed.parent == tmp_path / "tmp"
+    rows = dict(row.split("\t") for row in listed.read_text(encoding="utf-8").splitlines()[1:])
+    assert sorted(rows) == sorted(small + empty + ["stick/notes.docx"])
+    assert all(rows[name] == "too small: 1024 points, fewer than N_POINTS = 2048" for name in small)
+    assert not exp_root.exists()  # refused at start-up, as a bad config: nothing written
+
+
+def test_auto_takes_the_smallest_usable_count_at_most_2048(tmp_path):
+    """auto: the smallest point file's count among those with at least npoints (meshes: any count),
+    at most 2048; a file below npoints is bad, named with npoints."""
+    root = tmp_path / "clouds"
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    for name, n in (("a", 150), ("b", 120), ("c", 3000)):
+        np.save(root / f"{name}.npy", rng.normal(size=(n, 3)).astype(np.float32))
+    write_shape(root / "m", "off", make_mesh("ball", rng), rng)
+    write_shape(root / "t", "xyz", make_mesh("ball", rng), rng, n_cloud=130)
+    ds = folder_dataset(root, labels=False, subset="all", N_POINTS="auto", npoints=64)
+    assert ds.n_points == 120 and len(ds) == 5
+    assert all(ds.points(i).shape == (120, 3) for i in range(len(ds)))
+    np.testing.assert_array_equal(ds.points(ds.files.index("b.npy")), np.load(root / "b.npy"))  # every point
+    np.save(root / "d.npy", rng.normal(size=(30, 3)).astype(np.float32))
+    with pytest.raises(DatasetFormatError, match=r"^1 bad file in .*: too small: 30 points, fewer than npoints = 64 "
+                                                 r"\(1 file\): d.npy;"):
+        folder_dataset(root, labels=False, subset="all", N_POINTS="auto", npoints=64)
+    big = tmp_path / "big"
+    big.mkdir()
+    for name, n in (("a", 3000), ("b", 2500)):
+        np.save(big / f"{name}.npy", rng.normal(size=(n, 3)).astype(np.float32))
+    assert folder_dataset(big, labels=False, subset="all", N_POINTS="auto", npoints=64).n_points == 2048
+    with pytest.raises(DatasetFormatError, match="N_POINTS = 'many': expected a positive integer"):
+        folder_dataset(big, labels=False, subset="all", N_POINTS="many")
+
+
+def test_one_key_sets_the_points_per_file_of_every_subset(tmp_path):
+    """--opts dataset.N_POINTS=N sets others.N_POINTS of the train, val and test entries; auto is
+    for folder datasets only."""
+    from datasets import DATASETS
+    from models import MODELS
+    from utils.config import ConfigError, load_config, validate_config
+
+    cfg = load_config("cfgs/finetune_folder.yaml", ["dataset.N_POINTS=1024"], None, MODELS, DATASETS)
+    assert [cfg.dataset[s].others.N_POINTS for s in ("train", "val", "test")] == [1024, 1024, 1024]
+    cfg = load_config("cfgs/finetune_folder.yaml", [], None, MODELS, DATASETS)
+    assert cfg.dataset.train._base_.N_POINTS == "auto"
+    validate_config(cfg, "finetune", MODELS, DATASETS)
+    with pytest.raises(ConfigError, match="is neither a dataset entry nor a key of one"):
+        load_config("cfgs/finetune_folder.yaml", ["dataset.N_PONTS=1024"], None, MODELS, DATASETS)
+    cfg = load_config("cfgs/finetune_modelnet.yaml", ["dataset.N_POINTS=auto"], None, MODELS, DATASETS)
+    with pytest.raises(ConfigError, match=r"N_POINTS' = 'auto': expected an integer >= 1 \('auto' is for "
+                                          r"PointCloudFolder"):
+        validate_config(cfg, "finetune", MODELS, DATASETS)

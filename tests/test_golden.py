@@ -18,7 +18,7 @@ Changed on purpose since, each time with the earlier figures reproduced by the e
   3.986008644104004; segmentation 3.8652002811431885, 3.7842984199523926, 3.7216711044311523,
   3.616826057434082, 3.4918432235717773);
 - all figures, when the initialisation started to follow the released code (``model.init:
-  released``, issue 12): the pre-training decoder's Linears became xavier-uniform (the released
+  released``): the pre-training decoder's Linears became xavier-uniform (the released
   ``TransformerDecoder._init_weights``) and the classifier and segmenter keep PyTorch's default
   initialisation (their released ``_init_weights`` is never applied). ``PREVIOUS`` holds the
   figures recorded before (trunc-normal 0.02 everywhere); ``model.init: trunc_normal``

@@ -86,7 +86,8 @@ def test_predict_csv_accuracy_equals_test(finetuned, tmp_path):
     assert (tmp_path / "out" / "predictions_confusion.png").stat().st_size > 0
 
 
-def test_predict_skips_bad_files_and_strict_stops(finetuned, tmp_path):
+def test_predict_skips_bad_files_and_strict_stops(finetuned, tmp_path, monkeypatch):
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
     root, run, _, _ = finetuned
     inputs = tmp_path / "new files"
     shutil.copytree(root / "test" / "ball", inputs / "ball")
@@ -102,9 +103,13 @@ def test_predict_skips_bad_files_and_strict_stops(finetuned, tmp_path):
     log = out.with_suffix(".log").read_text(encoding="utf-8")
     assert "skipped" in log and "empty.off: empty" in log
     out.unlink()
-    with pytest.raises(InputError, match=r"^2 bad inputs: .*notes.foo \(unknown extension .*, .*empty.off \(empty\)"):
+    with pytest.raises(InputError, match=r"^2 bad inputs \(--strict\): unknown extension .foo; .*\(1 input\): "
+                                         r"[^;]*notes.foo; empty \(1 input\): [^;]*empty.off; nothing written; ") as info:
         predict_cmd.main(argv + ["--strict"])
     assert not out.exists()
+    listed = Path(str(info.value).rsplit("; every input and its reason: ", 1)[1])
+    assert listed.parent == tmp_path and sorted(Path(line.split("\t")[0]).name for line in
+                                                listed.read_text(encoding="utf-8").splitlines()[1:]) == ["empty.off", "notes.foo"]
     with pytest.raises(InputError, match="neither a file nor a folder"):
         predict_cmd.main(["--ckpts", str(run / "ckpt-best.pth"), "--input", str(tmp_path / "nope"), "--out", str(out)])
 
@@ -152,3 +157,28 @@ def test_split_and_class_count_checks(finetuned, tmp_path):
                        str(exp_root))
     tested = json.loads((exp_root / "finetune_folder" / "test_flat" / "test_results.json").read_text())
     assert tested["test_shapes"] == 3 and results["acc"] == pytest.approx(tested["acc"])
+
+
+def test_predict_reads_files_with_fewer_points_than_n_points_but_enough_for_npoints(finetuned, tmp_path):
+    """The run read N_POINTS = 96 points per file and feeds npoints = 64: a point file of 80 points is
+    predicted from all of them (as a run on such files with N_POINTS: auto); one of 10 points is a
+    row with the reason, naming npoints."""
+    root, run, _, _ = finetuned
+    predictor = Predictor.from_checkpoint(str(run / "ckpt-best.pth"), device="cpu")
+    assert (predictor.n_points, predictor.npoints) == (N_POINTS, 64)
+    mesh = make_mesh("stick", np.random.default_rng(2))
+    for n in (80, 10):
+        np.save(tmp_path / f"stick_{n}.npy", np.asarray(mesh.sample(n, seed=n), dtype=np.float32))
+    out = tmp_path / "p.csv"
+    code = predict_cmd.main(["--ckpts", str(run / "ckpt-best.pth"), "--input", str(tmp_path / "stick_80.npy"),
+                             str(tmp_path / "stick_10.npy"), str(root / "test" / "stick"), "--out", str(out),
+                             "--device", "cpu"])
+    assert code == 1
+    rows = {Path(r["path"]).name: r for r in read_csv(out)}
+    assert rows["stick_80.npy"]["predicted"] in CLASSES and rows["stick_80.npy"]["error"] == ""
+    assert rows["stick_10.npy"]["error"] == "too small: 10 points, fewer than npoints = 64"
+    assert sum(1 for r in rows.values() if r["predicted"]) == 5  # 80 points and the 4 test sticks
+    cloud = predictor.read(str(tmp_path / "stick_80.npy"))
+    xyz = np.load(tmp_path / "stick_80.npy").astype(np.float64)
+    xyz -= xyz.mean(axis=0)
+    np.testing.assert_allclose(cloud, xyz / np.linalg.norm(xyz, axis=1).max(), atol=1e-6)  # every point, in order

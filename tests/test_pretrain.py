@@ -1,5 +1,6 @@
 """Pre-training through main.py (engine/pretrain.py): one run, exact resume, non-finite loss,
 2-process torchrun."""
+import json
 import os
 import subprocess
 import sys
@@ -33,6 +34,30 @@ def test_one_run_writes_layout_and_loss_falls(tmp_path, shapenet55_root):
     assert not any(k.startswith("module.") for k in ckpt["base_model"])
     assert all(isinstance(v, float) for v in ckpt["metrics"].values())
     assert {"optimizer", "scheduler", "rng_state", "best_metrics"} <= set(ckpt)
+    # the feature-health line of each validation: 4 validation shapes span at most 3 centred directions
+    assert 1.0 <= ckpt["metrics"]["feature_rank"] <= 3.0 + 1e-6
+    assert 1.0 / 3.0 - 1e-6 <= ckpt["metrics"]["feature_first_share"] <= 1.0
+    log = "".join(p.read_text() for p in exp.glob("*.log"))
+    assert "[Feature health] EPOCH: 0 validation features: effective rank" in log and "(4 shapes, 64 dimensions)" in log
+    # metrics.jsonl: one line per epoch, in order, with that epoch's checkpointed figures and lr
+    lines = metrics_lines(exp)
+    assert [line["epoch"] for line in lines] == [0, 1]
+    for epoch, line in enumerate(lines):
+        assert set(line) == {"epoch", "train_loss", "train_loss_rec", "val_loss_rec", "feature_rank",
+                             "feature_first_share", "feature_std", "lr", "epoch_time_s", "wall_time"}
+        saved = load_checkpoint_file(str(exp / f"ckpt-epoch-{epoch:03d}.pth"))
+        assert {k: line[k] for k in saved["metrics"]} == saved["metrics"]
+        assert line["lr"] == saved["optimizer"]["param_groups"][0]["lr"] and line["epoch_time_s"] > 0
+    assert lines[0]["wall_time"] <= lines[1]["wall_time"]
+
+
+def metrics_lines(run_dir: Path) -> list:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def figures(lines: list) -> list:
+    """The lines without their timings (which differ between runs)."""
+    return [{k: v for k, v in line.items() if k not in ("epoch_time_s", "wall_time")} for line in lines]
 
 
 def test_resume_reproduces_the_uninterrupted_run(tmp_path, shapenet55_root):
@@ -40,6 +65,9 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path, shapenet55_root):
     run_main(cfg, tmp_path / "exp", "full")
     # stopped after 2 of 3 epochs: the schedule stays the 3-epoch one (set explicitly, else it follows max_epoch)
     run_main(cfg, tmp_path / "exp", "split", "--opts", "max_epoch=2", "scheduler.kwargs.epochs=3")
+    # as if killed after epoch 1's metrics line but before its checkpoint: the run resumes after epoch 0
+    split_dir = tmp_path / "exp" / "tiny" / "split"
+    (split_dir / "ckpt-epoch-000.pth").replace(split_dir / "ckpt-last.pth")
     run_main(cfg, tmp_path / "exp", "split", "--resume", "--opts", "max_epoch=3")
     full = load_checkpoint_file(str(tmp_path / "exp" / "tiny" / "full" / "ckpt-last.pth"))
     split = load_checkpoint_file(str(tmp_path / "exp" / "tiny" / "split" / "ckpt-last.pth"))
@@ -47,6 +75,9 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path, shapenet55_root):
     assert full["metrics"] == split["metrics"]
     for key, value in full["base_model"].items():
         assert torch.equal(value, split["base_model"][key]), key
+    lines = metrics_lines(split_dir)
+    assert [line["epoch"] for line in lines] == [0, 1, 2]  # epoch 1 once, from the resumed run
+    assert figures(lines) == figures(metrics_lines(tmp_path / "exp" / "tiny" / "full"))
 
 
 def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path, shapenet55_root, monkeypatch):

@@ -90,7 +90,8 @@ def test_same_host_dead_pid_is_stale_at_once_and_live_pid_is_refused(tmp_path, c
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     lock = tmp_path / LOCK_NAME
-    lock.write_text(f"{dead.pid} {socket.gethostname()} {time.time():.3f} {'a' * 32}\n")  # fresh heartbeat
+    boot_id, pidns = rundir.process_namespace()  # this host, boot and PID namespace: the pid can be checked
+    lock.write_text(f"{dead.pid} {socket.gethostname()} {time.time():.3f} {'a' * 32} {boot_id} {pidns}\n")  # fresh
     path = acquire_run_lock(str(tmp_path), stale_s=3600)
     try:
         out = capsys.readouterr().out
@@ -100,6 +101,73 @@ def test_same_host_dead_pid_is_stale_at_once_and_live_pid_is_refused(tmp_path, c
             acquire_run_lock(str(tmp_path), stale_s=3600, other_run="use another --log_dir")
         assert f"pid {os.getpid()} on" in str(err.value) and "use another --log_dir" in str(err.value)
         assert f"if no run is alive, delete {path}" in str(err.value)
+    finally:
+        release_run_lock(path)
+
+
+def test_lock_records_the_boot_id_and_pid_namespace(tmp_path):
+    path = acquire_run_lock(str(tmp_path), logger="silent", stale_s=100)
+    try:
+        words = Path(path).read_text().split()
+        boot_id = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        assert words[4:6] == [boot_id, os.readlink("/proc/self/ns/pid")]
+        info = read_lock(path)
+        assert (info.boot_id, info.pidns) == (boot_id, os.readlink("/proc/self/ns/pid"))
+    finally:
+        release_run_lock(path)
+
+
+def write_local_lock(folder: Path, pid: int, age_s: float, boot_id: str, pidns: str) -> Path:
+    """A lock of this host name, written as another process with ``boot_id`` / ``pidns`` writes it."""
+    path = folder / LOCK_NAME
+    path.write_text(f"{pid} {socket.gethostname()} {time.time() - age_s - 60:.3f} {'c' * 32} {boot_id} {pidns}\n")
+    os.utime(path, (time.time() - age_s, time.time() - age_s))
+    return path
+
+
+@pytest.mark.parametrize("other", ["pidns", "boot"])
+def test_a_live_lock_of_another_pid_namespace_is_refused_until_its_heartbeat_is_stale(tmp_path, monkeypatch, capsys,
+                                                                                      other):
+    """A container on this host name (host networking, apptainer --containall) whose pids this
+    process cannot see: its pid reads as dead here, but its fresh heartbeat says it lives."""
+    if not Path("/proc/self/ns/pid").exists():
+        pytest.skip("no PID namespaces here")
+    monkeypatch.setenv(rundir.STALE_ENV, "30")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # the holder's pid, as seen from here: not running
+    boot_id, pidns = rundir.process_namespace()
+    if other == "pidns":
+        pidns, why = "pid:[4026599999]", "in another PID namespace"
+    else:
+        boot_id, why = "0" * 8 + "-0000-0000-0000-" + "0" * 12, "from another boot or machine"
+    lock = write_local_lock(tmp_path, dead.pid, age_s=2, boot_id=boot_id, pidns=pidns)
+    with pytest.raises(RunDirError) as err:
+        acquire_run_lock(str(tmp_path))
+    assert why in str(err.value) and f"pid {dead.pid} on {socket.gethostname()}" in str(err.value)
+    assert "heartbeat 2 s ago" in str(err.value) and read_lock(str(lock)).pid == dead.pid  # left alone
+    write_local_lock(tmp_path, dead.pid, age_s=90, boot_id=boot_id, pidns=pidns)  # the heartbeat stopped 90 s ago
+    path = acquire_run_lock(str(tmp_path))
+    try:
+        out = capsys.readouterr().out.strip().splitlines()
+        assert len(out) == 1 and "Took over the stale run lock" in out[0] and why in out[0]
+        assert "heartbeat 90 s old, more than 30 s" in out[0] and read_lock(path).pid == os.getpid()
+    finally:
+        release_run_lock(path)
+
+
+def test_a_lock_without_boot_id_and_pid_namespace_follows_the_heartbeat(tmp_path, monkeypatch, capsys):
+    """A lock of this host name that does not say where its pid lives: the pid cannot be checked."""
+    monkeypatch.setenv(rundir.STALE_ENV, "30")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    lock = tmp_path / LOCK_NAME
+    lock.write_text(f"{dead.pid} {socket.gethostname()} {time.time():.3f} {'d' * 32}\n")  # fresh heartbeat
+    with pytest.raises(RunDirError, match="written without boot id and PID namespace, heartbeat 0 s ago"):
+        acquire_run_lock(str(tmp_path))
+    os.utime(lock, (time.time() - 90, time.time() - 90))
+    path = acquire_run_lock(str(tmp_path))
+    try:
+        assert "Took over the stale run lock" in capsys.readouterr().out
     finally:
         release_run_lock(path)
 
@@ -143,9 +211,25 @@ def test_racing_takers_of_one_stale_lock_never_both_win(tmp_path):
         assert not (folder / LOCK_NAME).exists() and not list(folder.glob(LOCK_NAME + rundir.CLAIM_SUFFIX + "*"))
 
 
-def test_parser_reexports_the_lock_api():
-    from utils import parser
+@pytest.mark.parametrize("name", ["../x", "/abs", "a/b", "..", "", "a\\b", "x\n2026-01-01 - INFO - forged"])
+def test_a_run_name_that_is_a_path_is_refused_before_anything_is_created(tmp_path, name):
+    import main as main_module
+    from segmentation import main as seg_main
 
-    assert parser.acquire_run_lock is acquire_run_lock and parser.RunDirError is RunDirError
-    assert parser.release_run_lock is release_run_lock and parser.LOCK_NAME == LOCK_NAME
-    assert parser.check_no_checkpoints is rundir.check_no_checkpoints
+    root = tmp_path / "root"
+    with pytest.raises(RunDirError, match="--exp_name .*: it names one run folder inside the experiment root"):
+        main_module.main(["--config", "cfgs/pretrain.yaml", "--exp_name", name, "--experiment_root", str(root / "exp"),
+                          "--data_root", str(tmp_path / "none"), "--device", "cpu"])
+    with pytest.raises(RunDirError, match="--log_dir .*: it names one run folder"):
+        seg_main.main(["--log_dir", name, "--log_root", str(root / "log"), "--root", str(tmp_path / "none"),
+                       "--device", "cpu"])
+    assert os.listdir(tmp_path) == []  # nothing created, inside or outside the roots
+
+
+def test_a_run_name_that_is_a_path_is_one_line_and_status_2(tmp_path):
+    out = subprocess.run([sys.executable, "main.py", "--config", "cfgs/pretrain.yaml", "--exp_name", "../../x",
+                          "--experiment_root", str(tmp_path / "exp")], capture_output=True, text=True, timeout=120,
+                         check=False, cwd=Path(__file__).resolve().parents[1])
+    assert out.returncode == 2 and out.stderr.strip().count("\n") == 0, out.stderr
+    assert out.stderr.startswith("main.py: error: --exp_name '../../x' is a path")
+    assert not (tmp_path / "exp").exists() and not (tmp_path / "x").exists()

@@ -1,4 +1,4 @@
-"""Settings resolved once (issue 21): where each setting comes from, that library code reads no
+"""Settings resolved once: where each setting comes from, that library code reads no
 ``args``, model switches as constructor arguments, one place for each list of choices, the
 registered segmentation model, mismatch hints naming the right key, and the frozen-feature tools
 loading any pre-training checkpoint."""
@@ -20,6 +20,7 @@ from models.Inter_MAE import Inter_MAE
 from utils.checkpoint import CheckpointError, load_state_dict_checked
 from utils.config import CHOICE_KEYS, ConfigError
 from utils.parser import build_parser
+from utils import settings
 from utils.settings import RunSettings, build_run_settings
 from writers import TINY_TC
 
@@ -144,3 +145,17 @@ def test_frozen_feature_tools_load_a_checkpoint_without_an_image_branch(tmp_path
     fresh = _pretrain()
     builder.load_point_model(fresh, str(tmp_path / "branch.pth"))
     assert torch.equal(fresh.MAE_encoder.norm.weight, with_branch.MAE_encoder.norm.weight)
+
+
+def test_amp_mode_and_refusals(monkeypatch, capsys):
+    assert [settings.amp_mode(c, v) for c, v in ((None, None), (None, True), (None, False), ("fp16", True),
+                                                  (None, "bf16"), ("off", "fp16"))] == \
+        ["off", "bf16", "off", "fp16", "bf16", "off"]
+    with pytest.raises(ValueError, match="'fp32'"):
+        settings.amp_mode(None, "fp32")
+    assert settings.resolve_amp("off", torch.device("cpu")) is None
+    assert settings.resolve_amp("fp16", torch.device("cpu")) is None and "needs a CUDA device" in capsys.readouterr().out
+    monkeypatch.setattr(settings, "cpu_has_native_bf16", lambda: False)
+    assert settings.resolve_amp("bf16", torch.device("cpu")) is None and "no native bf16" in capsys.readouterr().out
+    monkeypatch.setattr(settings, "cpu_has_native_bf16", lambda: True)
+    assert settings.resolve_amp("bf16", torch.device("cpu")) is torch.bfloat16

@@ -1,4 +1,4 @@
-"""Everyday use (issue 14, items 4, 5, 7, 8, 9): the data root (``--data_root`` / ``$DATA_ROOT``), one
+"""Everyday use: the data root (``--data_root`` / ``$DATA_ROOT``), one
 dataset key name, ``--opts`` that adds schema keys and lists the valid ones on a typo, ``--test``
 from the run's saved config, the schedule following ``max_epoch``, the logs (workers capped,
 per-category lines to the file only, segmentation epoch numbers, the shape-mismatch table,
@@ -36,7 +36,8 @@ from models.Inter_MAE import Inter_MAE
 from utils import parser as main_parser
 from utils.checkpoint import CheckpointError, load_checkpoint_file, load_state_dict_checked
 from utils.config import ConfigError, apply_opts, cfg_from_yaml_file, load_config, rebase_data_path
-from utils.logger import get_logger, print_log
+from utils.logger import get_logger, library_logger, print_log
+from utils.settings import progress_enabled, worker_count
 from writers import TINY_FINETUNE, TINY_TC, write_modelnet, write_shapenetpart
 
 MODELNET = "ModelNet/modelnet40_normal_resampled"  # under data/ in cfgs/dataset_configs/ModelNet40.yaml
@@ -186,7 +187,7 @@ def test_scanobjectnn_takes_data_path_and_root_as_a_deprecated_alias(tmp_path, m
 
     monkeypatch.setattr(ScanObjectNNDataset, "_warned_root", set())  # the line is once per process
     handler = ListHandler()
-    get_logger("ScanObjectNN").addHandler(handler)
+    get_logger(library_logger("ScanObjectNN")).addHandler(handler)
     try:
         root = write_scanobjectnn(tmp_path / "main_split")
         ds = build_dataset_from_cfg(EasyDict(NAME="ScanObjectNN", DATA_PATH=str(root)), {"subset": "test"})
@@ -196,7 +197,7 @@ def test_scanobjectnn_takes_data_path_and_root_as_a_deprecated_alias(tmp_path, m
         assert len(alias) == 3
         assert sum("ROOT is deprecated" in m for m in handler.messages) == 1
     finally:
-        get_logger("ScanObjectNN").removeHandler(handler)
+        get_logger(library_logger("ScanObjectNN")).removeHandler(handler)
     with pytest.raises(ConfigError, match="DATA_PATH"):
         build_dataset_from_cfg(EasyDict(NAME="ScanObjectNN"), {"subset": "test"})
 
@@ -216,7 +217,8 @@ def test_opts_adds_keys_the_schema_allows(monkeypatch):
     assert cfg.dataset.val.others.DATA_PATH == "/y"  # dataset.<split>.KEY = dataset.<split>.others.KEY
     assert cfg.model.label_smoothing == 0.1 and cfg.optimizer.kwargs.betas == [0.9, 0.99]
     # the others entry wins over the dataset file when the dataset is built
-    ds_cfg = builder.load_config(str(REPO / "cfgs/finetune_scan_hardest.yaml"), ["dataset.test.DATA_PATH=/z"])
+    ds_cfg = load_config(str(REPO / "cfgs/finetune_scan_hardest.yaml"), ["dataset.test.DATA_PATH=/z"], None, MODELS,
+                         DATASETS)
     assert ds_cfg.dataset.test.others.DATA_PATH == "/z" and ds_cfg.dataset.test._base_.DATA_PATH.startswith("data/")
 
 
@@ -318,9 +320,9 @@ def test_test_without_config_and_without_saved_config_is_a_clear_error(tmp_path,
 # ------------------------------------------------------------------------------------ 7. logs
 def test_num_workers_capped_to_usable_cores_with_one_line(capsys):
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    assert builder.worker_count(cores) == cores and builder.worker_count(0) == 0
-    assert builder.worker_count(cores + 97) == cores
-    assert builder.worker_count(cores + 97) == cores
+    assert worker_count(cores) == cores and worker_count(0) == 0
+    assert worker_count(cores + 97) == cores
+    assert worker_count(cores + 97) == cores
     lines = [ln for ln in capsys.readouterr().out.splitlines() if "capped" in ln]
     assert lines == [f"num_workers {cores + 97} capped to {cores}: this process may use {cores} CPU core(s)"]
     _, loader = builder.build_loader(list(range(8)), 2, train=False, num_workers=cores + 97)
@@ -341,6 +343,21 @@ def test_file_only_lines_reach_the_file_not_the_console(tmp_path, capfd):
     assert "for the file" not in console and "for the file" in text
     assert "eval mIoU of Bag" in text and "eval mIoU of Table" in text and "eval mIoU of" not in console
     assert f"instance avg mIoU: {metrics['instance_avg_iou']:.5f} (per-category mIoU in the log file)" in console
+
+
+def test_library_lines_reach_the_current_run_log_only(tmp_path, capfd):
+    from utils.logger import attach_log_file, start_run_logger
+
+    for run in ("first", "second"):
+        logger = start_run_logger(f"usage_{run}")
+        print_log(f"{run}: before the log file", logger=library_logger("SomeDataset"))
+        attach_log_file(logger, str(tmp_path / f"{run}.log"))
+        print_log(f"{run}: after it", logger=library_logger("SomeDataset"))
+    console = capfd.readouterr().err
+    for run, other in (("first", "second"), ("second", "first")):
+        text = (tmp_path / f"{run}.log").read_text()
+        assert f"{run}: before the log file" in text and f"{run}: after it" in text and other not in text
+        assert f"intermae.SomeDataset - INFO - {run}: after it" in console
 
 
 def test_segmentation_test_lines_numbered_as_training(tmp_path):
@@ -415,13 +432,11 @@ def test_epoch_loops_show_an_epochs_bar_when_asked(capsys):
 
 
 def test_progress_bars_follow_the_terminal(monkeypatch):
-    from types import SimpleNamespace
-
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
-    assert main_parser.progress_enabled(SimpleNamespace(no_progress=False))
-    assert not main_parser.progress_enabled(SimpleNamespace(no_progress=True))
+    assert progress_enabled(False)
+    assert not progress_enabled(True)
     monkeypatch.setattr(sys.stderr, "isatty", lambda: False, raising=False)
-    assert not main_parser.progress_enabled(SimpleNamespace(no_progress=False))
+    assert not progress_enabled(False)
 
 
 def test_config_goes_to_the_run_dir_with_one_console_line(tmp_path, data_root, shipped_paths_cfg, capfd):

@@ -277,6 +277,24 @@ def test_event_files_are_parsed_and_plotted(tmp_path):
         plot_curves.load_run(str(cut.parent))
 
 
+def test_metrics_file_is_plotted_per_epoch(tmp_path):
+    from engine.engine import append_metrics_line
+    from tools import plot_curves
+
+    for epoch, (loss, acc) in enumerate([(2.0, None), (1.5, 40.0), (1.25, 55.0)]):
+        line = {"epoch": epoch, "train_loss": loss, "lr": 1e-3 / (epoch + 1), "epoch_time_s": 3.0, "wall_time": 1e9}
+        append_metrics_line(str(tmp_path), {**line, **({} if acc is None else {"acc": acc})})
+    scalars = plot_curves.load_metrics_file(str(tmp_path / "metrics.jsonl"))
+    assert set(scalars) == {"metrics/train_loss", "metrics/lr", "metrics/epoch_time_s", "metrics/acc"}
+    np.testing.assert_array_equal(scalars["metrics/train_loss"][0], [0, 1, 2])
+    np.testing.assert_array_equal(scalars["metrics/train_loss"][1], [2.0, 1.5, 1.25])
+    np.testing.assert_array_equal(scalars["metrics/acc"][0], [1, 2])
+    assert [plot_curves.panel_of(t)[0] for t in ("metrics/train_loss", "metrics/lr", "metrics/acc")] == \
+        ["Losses", "Learning rate", "Accuracy / metrics"]
+    out = plot_curves.main([str(tmp_path / "metrics.jsonl"), "--out", str(tmp_path / "curves.png")])
+    assert image_array(out).std() > 5.0
+
+
 def test_masked_crc_reference_value():
     from tools.plot_curves import masked_crc32c
 

@@ -26,16 +26,17 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere: the checkout's packages first
 
-from datasets import build_dataset_from_cfg  # noqa: E402
+from datasets import DATASETS, build_dataset_from_cfg  # noqa: E402
 from datasets.views import N_RENDERED_VIEWS, load_view, rendered_view_paths  # noqa: E402
+from models import MODELS  # noqa: E402
 from models.image_encoder import ImageBranch  # noqa: E402
 from utils.checkpoint import load_checkpoint_file, load_state_dict_checked, state_dict_of  # noqa: E402
-from engine.builder import load_config  # noqa: E402
 from utils.cli import run_main  # noqa: E402
-from utils.config import ConfigError, merge_into  # noqa: E402
+from utils.config import ConfigError, load_config, merge_into  # noqa: E402
 from utils.logger import print_log  # noqa: E402
 from utils.misc import resolve_device  # noqa: E402
-from utils.parser import add_common_args, new_parser, progress_enabled  # noqa: E402
+from utils.parser import add_common_args, new_parser  # noqa: E402
+from utils.settings import progress_enabled  # noqa: E402
 
 
 def build_branch(config, ckpts: str | None = None, trust: bool = False) -> ImageBranch:
@@ -101,7 +102,7 @@ def build_parser():
 
 def main(argv=None) -> str:
     args = build_parser().parse_args(argv)
-    config = load_config(args.config, args.opts, args.data_root)
+    config = load_config(args.config, args.opts, args.data_root, MODELS, DATASETS)
     branch = build_branch(config, args.ckpts, trust=args.trust_checkpoint)
     train = config.dataset.train
     others = merge_into(train.others, {"n_imgs": 0})
@@ -110,7 +111,7 @@ def main(argv=None) -> str:
     dataset = build_dataset_from_cfg(train._base_, others)
     path = cache_features(branch, dataset, args.out, resolve_device(args.device), args.batch_size,
                           weights=args.ckpts or str(config.model.image_branch.get("pretrained") or ""),
-                          progress=progress_enabled(args))
+                          progress=progress_enabled(args.no_progress))
     print_log(f"wrote {path} ({len(dataset)} shapes x {N_RENDERED_VIEWS} views x {branch.num_features})")
     return path
 

@@ -44,7 +44,7 @@ def main(argv=None) -> list:
     args = build_parser().parse_args(argv)
     from engine.features import find_config
     from models.backbone import checkpoint_kind, encoder_state_dict
-    from utils.checkpoint import load_checkpoint_file, save_safetensors, state_dict_of
+    from utils.checkpoint import checkpoint_class_names, load_checkpoint_file, save_safetensors, state_dict_of
     from utils.config import to_plain
     from utils.logger import print_log
 
@@ -64,8 +64,9 @@ def main(argv=None) -> list:
         print_log(f"[export] config from {source}")
     metadata = {"format": "pt", "source": os.path.basename(args.ckpts), "kind": "encoder" if args.encoder_only else kind,
                 "epoch": str(ckpt.get("epoch", -1))}
-    if ckpt.get("class_names"):  # predictions from the export carry the class names too
-        metadata["class_names"] = json.dumps(list(ckpt["class_names"]))
+    names = checkpoint_class_names(ckpt, args.ckpts)
+    if names:  # predictions from the export carry the class names too
+        metadata["class_names"] = json.dumps(names)
     written = save_safetensors(weights, out, config=config, metadata=metadata)
     n = sum(v.numel() for v in weights.values())
     print_log(f"[export] {kind} checkpoint {args.ckpts}: {'encoder' if args.encoder_only else 'whole model'}, "

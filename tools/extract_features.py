@@ -6,8 +6,11 @@
 Each cloud is normalised into the unit sphere, reduced to ``--npoints`` by farthest point sampling
 and encoded by the frozen pre-trained encoder; its feature is ``max_mean_pool`` of the patch tokens
 (2 x the encoder width; 768 for the released models), as for the linear SVM. ``--input``: files
-(``.ply``, ``.npy``, ``.txt`` / ``.xyz`` / ``.pts`` / ``.csv``: the first 3 columns) or folders
-(searched recursively, sorted). ``--out``: ``.npy`` (float32 (n, D)) plus ``<stem>.json`` with the
+of every format the folder datasets and ``tools/predict.py`` read (``datasets/io.py``: ``.ply``,
+``.xyz`` / ``.txt`` / ``.pts`` / ``.csv``, ``.npy`` / ``.npz``: every point; meshes ``.off`` /
+``.obj`` / ``.stl``: ``max(2048, --npoints)`` seeded surface samples) or folders (searched
+recursively, sorted; other files and names starting with ``.`` skipped). Bad files stop the command
+with one line grouping them by reason, after every file was read; nothing is written then. ``--out``: ``.npy`` (float32 (n, D)) plus ``<stem>.json`` with the
 file names in row order, or ``.h5`` with datasets ``features`` and ``names``. The encoder sizes come
 from the run's ``config.yaml`` beside the checkpoint (or the JSON beside a ``.safetensors`` export,
 or ``--config``). The code is in ``engine/features.py``.
@@ -20,14 +23,16 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere: the checkout's packages first
 
 from utils.cli import run_main  # noqa: E402
-from utils.parser import add_common_args, new_parser, progress_enabled  # noqa: E402
+from utils.parser import add_common_args, new_parser  # noqa: E402
+from utils.settings import progress_enabled  # noqa: E402
 
 
 def build_parser():
     parser = new_parser("Frozen pre-trained features (max+mean pooled encoder tokens) of point-cloud files")
     parser.add_argument("--ckpts", required=True, help="checkpoint: pre-training, fine-tuned, or a .safetensors export")
     parser.add_argument("--input", required=True, nargs="+", metavar="DIR_OR_FILE",
-                        help="point-cloud files (.ply .npy .txt .xyz .pts .csv) or folders holding them")
+                        help="point-cloud or mesh files (.ply .xyz .txt .pts .csv .npy .npz .off .obj .stl) or folders "
+                             "holding them (recursive)")
     parser.add_argument("--out", required=True, help="features.npy (+ features.json with the names) or features.h5")
     parser.add_argument("--config", default=None,
                         help="the run's config (default: config.yaml beside the checkpoint, or the .json beside a "
@@ -50,7 +55,7 @@ def main(argv=None):
         parser.error(f"--out '{args.out}' must end in .npy or .h5")
     extractor = load_point_encoder(args.ckpts, config=args.config, device=args.device, npoints=args.npoints,
                                    trust=args.trust_checkpoint)
-    features, names = extract_files(extractor, args.input, batch_size=args.batch_size, progress=progress_enabled(args))
+    features, names = extract_files(extractor, args.input, batch_size=args.batch_size, progress=progress_enabled(args.no_progress))
     info = {"checkpoint": str(args.ckpts), "npoints": args.npoints, "feature": "max_mean_pool(patch_tokens)",
             "dim": int(features.shape[1])}
     written = write_features(args.out, features, names, info)

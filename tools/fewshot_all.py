@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywher
 from utils.cli import run_main  # noqa: E402
 from utils.logger import print_log  # noqa: E402
 from utils.parser import add_common_args, new_parser  # noqa: E402
+from utils.rundir import run_name_type  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
                         epilog="Any other argument (e.g. --finetune_model --ckpts P.pth, --data_root DIR, --opts ...) "
                                "is passed on to main.py unchanged; see python main.py --help.")
     parser.add_argument("--config", default="cfgs/fewshot.yaml", help="few-shot fine-tuning config")
-    parser.add_argument("--exp_name", default="fewshot",
+    parser.add_argument("--exp_name", default="fewshot", type=run_name_type("--exp_name"),
                         help="experiment name; fold f runs as <exp_name>_<way>w<shot>s_fold<f>")
     parser.add_argument("--way", type=int, required=True, choices=(5, 10), help="classes per episode")
     parser.add_argument("--shot", type=int, required=True, choices=(10, 20), help="training shapes per class")
@@ -79,10 +80,11 @@ def _data_flags_of(passthrough: Sequence[str]) -> Tuple[List[str], Optional[str]
 def fold_folder(config_path: str, way: int, shot: int, opts: Sequence[str] = (), data_root: Optional[str] = None) -> str:
     """``DATA_PATH/{way}way_{shot}shot`` of the config's training set (after ``--opts`` and the data
     root: ``data_root``, else ``$DATA_ROOT``)."""
-    from engine.builder import load_config
-    from utils.config import ConfigError, merge_into, origin_of
+    from datasets import DATASETS
+    from models import MODELS
+    from utils.config import ConfigError, load_config, merge_into, origin_of
 
-    config = load_config(config_path, opts, data_root)
+    config = load_config(config_path, opts, data_root, MODELS, DATASETS)
     entry = (config.get("dataset") or {}).get("train")
     if not entry or "_base_" not in entry:
         raise ConfigError("dataset.train with a '_base_' is needed to find the few-shot folds; or give --folds",

@@ -1,6 +1,8 @@
-"""Training curves from an experiment's TensorBoard event files, as one PNG (no TensorBoard needed).
+"""Training curves from an experiment's TensorBoard event files, or from its per-epoch
+``metrics.jsonl``, as one PNG (no TensorBoard needed).
 
     python tools/plot_curves.py experiments/<config stem>/TFBoard/<exp_name> --out curves.png
+    python tools/plot_curves.py experiments/<config stem>/<exp_name>/metrics.jsonl --out curves.png
 
 Every ``*tfevents*`` file under the folder is read (``train/`` and ``test/`` writers; tags are
 prefixed by the sub-folder). Panels: losses, learning rate, accuracy / metrics, with per-iteration
@@ -14,6 +16,7 @@ length, data, uint32 masked CRC-32C of the data``, each ``data`` a serialised ``
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -141,6 +144,24 @@ def load_run(logdir: str, check_data_crc: bool = False) -> Dict[str, Series]:
     return out
 
 
+def load_metrics_file(path: str) -> Dict[str, Series]:
+    """The per-epoch series of a run's ``metrics.jsonl``: 'metrics/<key>' -> (epochs, values) for
+    every number but the wall time (null values are left out)."""
+    points: Dict[str, List[Tuple[int, float]]] = {}
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            try:
+                record = json.loads(line)
+                epoch = int(record["epoch"])
+            except (ValueError, KeyError, TypeError):
+                raise EventFileError(f"{path}: line {n} is not a JSON object with an 'epoch'") from None
+            for key, value in record.items():
+                if key not in ("epoch", "wall_time") and isinstance(value, (int, float)) and not isinstance(value, bool):
+                    points.setdefault(f"metrics/{key}", []).append((epoch, float(value)))
+    return {tag: (np.array([e for e, _ in pts], dtype=np.int64), np.array([v for _, v in pts], dtype=np.float64))
+            for tag, pts in points.items()}
+
+
 def panel_of(tag: str) -> Tuple[str, str]:
     """(quantity, x unit) of a tag, decided by its last path component: 'Learning rate',
     'Accuracy / metrics', 'Losses' or 'Other' (e.g. ``Loss/Epoch/samples_per_s``); unit
@@ -226,7 +247,8 @@ def summarise(scalars: Dict[str, Series]) -> List[str]:
 
 def build_parser():
     p = new_parser("Plot an experiment's TensorBoard scalars to a PNG")
-    p.add_argument("logdir", help="experiments/<config stem>/TFBoard/<exp_name> (or experiments/<config stem>/<exp_name>)")
+    p.add_argument("logdir", help="experiments/<config stem>/TFBoard/<exp_name> (or experiments/<config stem>/<exp_name>), "
+                                  "or a run's metrics.jsonl")
     p.add_argument("--out", default=None, help="output PNG (default: <logdir>/curves.png)")
     p.add_argument("--smooth", type=float, default=0.6, help="EMA weight for per-iteration series (0: off)")
     p.add_argument("--check_crc", action="store_true", help="also verify every record's data checksum (slow)")
@@ -239,10 +261,14 @@ def main(argv=None) -> str:
     if not 0 <= args.smooth < 1:
         p.error(f"--smooth must be in [0, 1), got {args.smooth}")
     try:
-        logdir = resolve_logdir(args.logdir)
-        scalars = load_run(logdir, args.check_crc)
+        if os.path.isfile(args.logdir):
+            logdir = os.path.dirname(os.path.abspath(args.logdir))
+            scalars = load_metrics_file(args.logdir)
+        else:
+            logdir = resolve_logdir(args.logdir)
+            scalars = load_run(logdir, args.check_crc)
         if not scalars:
-            raise EventFileError(f"the event files under '{logdir}' hold no scalar summaries")
+            raise EventFileError(f"'{args.logdir}' holds no scalars")
         for line in summarise(scalars):
             print_log(line, logger="plot_curves")
         out = plot_run(scalars, args.out or os.path.join(logdir, "curves.png"), title=os.path.normpath(logdir),

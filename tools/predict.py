@@ -8,9 +8,11 @@ probabilities, the true class (when the file sits in a class folder), and the er
 that was skipped. Files in class folders also give the accuracy, per-class accuracy and the
 confusion matrix (in the log and as ``<out stem>_confusion.png``). The log is also written to
 ``<out stem>.log``. Files are prepared as ``main.py --test`` prepares its test set
-(``engine/predict.py``). Exit status: 0; 1 when a file was skipped (bad file: empty, unreadable,
-non-finite, too few points, unknown extension; listed in the CSV and the log); 2 on bad input
-(checkpoint, flags; and with ``--strict`` any bad file: nothing is written).
+(``engine/predict.py``; a point file with fewer than the run's ``N_POINTS`` points but at least
+``npoints`` gives all its points). Exit status: 0; 1 when a file was skipped (bad file: empty,
+unreadable, non-finite, fewer than ``npoints`` points, unknown extension; listed in the CSV and the
+log); 2 on bad input (checkpoint, flags; and with ``--strict`` any bad file: one line grouping them
+by reason, nothing is written).
 """
 from __future__ import annotations
 
@@ -20,7 +22,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere: the checkout's packages first
 
 from utils.cli import run_main  # noqa: E402
-from utils.parser import add_common_args, new_parser, progress_enabled  # noqa: E402
+from utils.parser import add_common_args, new_parser  # noqa: E402
+from utils.settings import progress_enabled  # noqa: E402
 
 
 def build_parser():
@@ -63,7 +66,7 @@ def main(argv=None) -> int:
     predictor = Predictor.from_checkpoint(args.ckpts, device=args.device, config=args.config,
                                           trust=args.trust_checkpoint, logger=logger)
     results = predictor.predict(args.input, topk=args.topk, vote=args.vote, batch_size=args.batch_size,
-                                progress=progress_enabled(args), strict=args.strict)
+                                progress=progress_enabled(args.no_progress), strict=args.strict)
     write_csv(args.out, results, args.topk)
     print_log(f"[predict] {len(results)} rows written to {args.out}"
               + (f" ({args.vote} voting passes)" if args.vote else ""), logger=logger)

@@ -18,11 +18,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere: the checkout's packages first
 
+from datasets import DATASETS  # noqa: E402
 from engine import builder  # noqa: E402
 from engine.svm import CACHE_DATASET, DEFAULT_C, svm_validate  # noqa: E402
+from models import MODELS  # noqa: E402
 from utils.checkpoint import write_json  # noqa: E402
 from utils.cli import run_main  # noqa: E402
-from utils.config import expand_svm_section, merge_into, rebase_entry, resolve_data_root  # noqa: E402
+from utils.config import expand_svm_section, load_config, merge_into, rebase_entry, resolve_data_root  # noqa: E402
 from utils.misc import set_random_seed  # noqa: E402
 from utils.parser import add_common_args, new_parser  # noqa: E402
 from utils.settings import build_tool_settings  # noqa: E402
@@ -68,7 +70,7 @@ def main(argv=None) -> float:
     if args.modelnet_classes is not None and args.modelnet_root is None:
         parser.error("--modelnet_classes needs --modelnet_root")
     set_random_seed(args.seed)
-    config = builder.load_config(args.config, args.opts, args.data_root)
+    config = load_config(args.config, args.opts, args.data_root, MODELS, DATASETS)
     overrides = {}
     if args.C is not None:
         overrides["C"] = args.C

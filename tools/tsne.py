@@ -27,18 +27,21 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Subset
 
+from datasets import DATASETS
 from datasets.common import DatasetFormatError
 from engine import svm
-from models import backbone
+from models import MODELS, backbone
 from engine import builder
 from utils.cli import run_main
-from utils.vis import class_colours, new_figure, save_figure
+from utils.vis import class_colours, new_figure, plain_text, save_figure
 from utils.checkpoint import (CheckpointError, UntrustedCheckpointError, load_checkpoint_file, state_dict_of,  # noqa: E402
                               write_json)
-from utils.config import ConfigError, dataset_entry, origin_of
+from utils.config import ConfigError, dataset_entry, load_config, origin_of
 from utils.logger import print_log
 from utils.misc import resolve_device, set_random_seed
-from utils.parser import add_common_args, new_parser, progress_enabled
+from utils.parser import add_common_args, new_parser
+from utils.settings import progress_enabled, worker_count
+from utils.text import printable
 
 SCANOBJECTNN_CLASSES = ["bag", "bin", "box", "cabinet", "chair", "desk", "display", "door", "shelf", "table", "bed",
                         "pillow", "sink", "sofa", "toilet"]
@@ -113,7 +116,7 @@ def extract_features(model, dataset, indices: List[int], npoints: int, feature: 
     """Features (S, D) float32 and labels (S,) int64 of the items ``indices`` of a classification
     dataset: ``max_mean_pool`` of the patch tokens (``patch``) or ``forward_features`` (``cls``)."""
     loader = DataLoader(Subset(dataset, indices), batch_size=batch_size, shuffle=False,
-                        num_workers=builder.worker_count(num_workers))
+                        num_workers=worker_count(num_workers))
     features = (lambda p: backbone.max_mean_pool(model.patch_tokens(p))) if feature == "patch" else model.forward_features
     return svm.extract_features(features, loader, device, npoints, show_progress=progress)
 
@@ -166,11 +169,13 @@ def plot_tsne(path: str, embedding: np.ndarray, labels: np.ndarray, names: List[
     for colour, c in zip(colours, present):
         sel = labels == c
         name = names[c] if c < len(names) else f"class {c}"
-        ax.scatter(embedding[sel, 0], embedding[sel, 1], s=10, color=colour, label=name, linewidths=0)
-    ax.set_title(title, fontsize=10)
+        ax.scatter(embedding[sel, 0], embedding[sel, 1], s=10, color=colour, label=printable(name), linewidths=0)
+    plain_text(ax.set_title(title, fontsize=10))  # names and paths from files: plain text, never mathtext
     ax.set_xticks([])
     ax.set_yticks([])
-    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7, ncol=ncol, markerscale=1.5, frameon=False)
+    legend = ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7, ncol=ncol, markerscale=1.5,
+                       frameon=False)
+    plain_text(legend.get_texts())
     return save_figure(fig, path, dpi=120)
 
 
@@ -187,14 +192,14 @@ def main(argv=None) -> dict:
 def run(args) -> dict:
     if args.max_samples < 3:
         raise ValueError(f"--max_samples must be >= 3, got {args.max_samples}")
-    config = builder.load_config(args.config, args.opts, args.data_root, logger="tsne")
+    config = load_config(args.config, args.opts, args.data_root, MODELS, DATASETS, logger="tsne")
     set_random_seed(args.seed)
     device = resolve_device(args.device)
     model, kind = build_feature_model(config, args.ckpts, device, trust=getattr(args, "trust_checkpoint", False))
     feature = args.features if args.features != "auto" else ("cls" if kind == "finetune" else "patch")
 
     split, entry = dataset_entry(config, *([args.split] if args.split else ["test", "val"]))
-    _, loader = builder.dataset_builder(entry, seed=args.seed, num_workers=builder.worker_count(args.num_workers))
+    _, loader = builder.dataset_builder(entry, seed=args.seed, num_workers=worker_count(args.num_workers))
     dataset = loader.dataset
     n = len(dataset)
     rng = np.random.default_rng(args.seed)
@@ -203,7 +208,7 @@ def run(args) -> dict:
     print_log(f"t-SNE of {len(indices)} / {n} shapes of dataset.{split}, {feature} features of the "
               f"{kind} model{'' if args.ckpts is None else ' ' + args.ckpts}", logger="tsne")
     feats, labels = extract_features(model, dataset, indices, npoints, feature, device, args.batch_size, args.num_workers,
-                                     progress=progress_enabled(args))
+                                     progress=progress_enabled(args.no_progress))
 
     knn = knn_accuracy(feats, labels)
     embedding, perplexity = tsne_embedding(feats, args.perplexity, args.seed, args.max_iter)

@@ -221,10 +221,14 @@ def _load_safetensors(path: str, map_location: Any) -> Dict[str, Any]:
 
         with safe_open(path, framework="pt") as f:
             header = f.metadata() or {}
-        if header.get("class_names"):
+    except (ValueError, OSError):  # a header without (readable) metadata: weights only
+        header = {}
+    if header.get("class_names"):
+        try:
             ckpt["class_names"] = json.loads(header["class_names"])
-    except (ValueError, OSError):  # a header without (readable) class names: weights only
-        pass
+        except ValueError as e:
+            raise CheckpointError(f"safetensors file '{path}': its 'class_names' entry is not JSON ({e}); expected "
+                                  f"a JSON list of strings") from None
     json_path = config_json_path(path)
     if os.path.isfile(json_path):
         try:
@@ -592,3 +596,19 @@ def write_checkpoint(path: str, *, model: nn.Module, optimizer=None, scheduler=N
     atomic_save(ckpt, path)
     return path
 
+
+
+def checkpoint_class_names(ckpt: Mapping[str, Any], path: str, cls_dim: Optional[int] = None) -> Optional[List[str]]:
+    """The checkpoint's ``class_names`` (also a ``.safetensors`` export's header entry), checked: a
+    list of distinct non-empty strings, ``cls_dim`` of them when given
+    (:func:`utils.text.check_class_names`); None when it names none. Anything else is a one-line
+    :class:`CheckpointError` naming the file and the key."""
+    from utils.text import ClassNamesError, check_class_names
+
+    names = ckpt.get("class_names")
+    if names is None:
+        return None
+    try:
+        return check_class_names(names, cls_dim)
+    except ClassNamesError as e:
+        raise CheckpointError(f"checkpoint '{path}': 'class_names' {e}") from None

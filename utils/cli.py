@@ -15,9 +15,15 @@ import re
 import sys
 from typing import Callable, Dict, NoReturn, Optional, Tuple
 
+from utils.text import MAX_MESSAGE, printable, shorten
+
 
 class InputError(Exception):
-    """Base of the errors that a user's input causes; the message says what to change."""
+    """Base of the errors that a user's input causes; the message says what to change (at most
+    :data:`utils.text.MAX_MESSAGE` characters: a longer one loses its middle)."""
+
+    def __str__(self) -> str:
+        return shorten(super().__str__(), MAX_MESSAGE)
 
 
 # torch.utils.data re-raises a worker's exception as ``exc_type(msg)`` (or, when that fails, as a
@@ -56,6 +62,7 @@ def unwrap_worker_error(error: BaseException) -> Optional[Tuple[str, str]]:
 def exit_on_input_error(error: BaseException, prog: Optional[str] = None) -> NoReturn:
     """Print ``<prog>: error: <message> [<ErrorClass>]`` on stderr and exit with status 2."""
     name, message = unwrap_worker_error(error) or (type(error).__name__, str(error))
+    message = printable(shorten(message, MAX_MESSAGE), keep_newlines=True)  # no raw escape sequence on the terminal
     script = sys.argv[0] if not os.path.isabs(sys.argv[0]) else os.path.basename(sys.argv[0])
     print(f"{prog or script or 'inter-mae'}: error: {message} [{name}]", file=sys.stderr)
     raise SystemExit(2) from None

@@ -24,6 +24,7 @@ from extensions.pointops import FPS_BACKENDS
 from models.layers import DEFAULT_EMBED_COMPUTE, EMBED_COMPUTE_MODES
 from utils.logger import print_log
 from utils.schema import ConfigError, Schema, _set_origin, check_keys, did_you_mean, merge_into, origin_of, to_plain
+from utils.text import quoted
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -100,6 +101,64 @@ def resolve_base_path(path: str, including_file: str) -> Path:
                       f"{Path(including_file).parent})", including_file)
 
 
+MAX_YAML_NODES = 100_000  # nodes of one YAML file with its aliases expanded (the released configs: < 200)
+MAX_BASE_DEPTH = 32  # nested _base_ includes
+
+
+def safe_yaml_load(stream, source: str) -> Any:
+    """``yaml.safe_load(stream)``, refusing what a YAML file can make explode: more than
+    :data:`MAX_YAML_NODES` nodes once its aliases are expanded (an alias bomb: a few hundred bytes
+    of nested ``*alias`` lists that expand to billions of entries), an alias used inside its own
+    anchor, nesting deeper than the parser's stack. The document is composed (a graph in which an
+    alias is one shared node), counted, then built. A ConfigError naming ``source``."""
+    loader = yaml.SafeLoader(stream)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        nodes = _expanded_nodes(node, MAX_YAML_NODES, source)
+        if nodes > MAX_YAML_NODES:
+            raise ConfigError(f"the YAML expands to more than {MAX_YAML_NODES:,} values once its aliases (*name) are "
+                              f"expanded (an alias bomb?); a config holds a few hundred", source)
+        return loader.construct_document(node)
+    except RecursionError:
+        raise ConfigError("the YAML is nested too deeply", source) from None
+    finally:
+        loader.dispose()
+
+
+def _expanded_nodes(root: yaml.Node, limit: int, source: str) -> int:
+    """The nodes of ``root`` with every alias expanded (shared nodes counted each time they are
+    used), counting stops above ``limit``. An alias inside its own anchor is a ConfigError."""
+    done: dict = {}
+    active: set = set()
+
+    def count(node: yaml.Node) -> int:
+        key = id(node)
+        if key in done:
+            return done[key]
+        if key in active:
+            raise ConfigError(f"the YAML uses an alias inside its own anchor (line {node.start_mark.line + 1}): a "
+                              f"value that contains itself", source)
+        active.add(key)
+        total = 1
+        if isinstance(node, yaml.SequenceNode):
+            children = node.value
+        elif isinstance(node, yaml.MappingNode):
+            children = [part for pair in node.value for part in pair]
+        else:
+            children = []
+        for child in children:
+            total += count(child)
+            if total > limit:
+                break
+        active.discard(key)
+        done[key] = total
+        return total
+
+    return count(root)
+
+
 def _load_yaml(path: Path) -> dict:
     if not path.is_file():
         raise ConfigError(f"config file '{path}' does not exist")
@@ -115,7 +174,7 @@ def _load_yaml(path: Path) -> dict:
     stream = io.StringIO(text)
     stream.name = str(path)  # YAML error messages name the file
     try:
-        data = yaml.safe_load(stream)
+        data = safe_yaml_load(stream, str(path))
     except yaml.YAMLError as e:
         raise ConfigError(f"config file is not valid YAML: {e}", str(path)) from None
     if data is None:
@@ -125,14 +184,22 @@ def _load_yaml(path: Path) -> dict:
     return data
 
 
-def merge_new_config(config: EasyDict, new_config: Mapping, source: str) -> EasyDict:
-    """Merge ``new_config`` (loaded from ``source``) into ``config``, expanding ``_base_`` entries."""
+def merge_new_config(config: EasyDict, new_config: Mapping, source: str, including: Tuple[str, ...] = ()) -> EasyDict:
+    """Merge ``new_config`` (loaded from ``source``) into ``config``, expanding ``_base_`` entries.
+    ``including``: the files whose ``_base_`` led here (a file that includes itself, directly or
+    not, is a ConfigError naming the cycle)."""
+    including = including or (os.path.realpath(source),)
     for key, val in new_config.items():
         if not isinstance(val, dict):
             if key == "_base_":
                 base_path = resolve_base_path(str(val), source)
+                real = os.path.realpath(base_path)
+                if real in including or len(including) >= MAX_BASE_DEPTH:
+                    chain = " -> ".join(os.path.basename(p) for p in including + (real,))
+                    why = "includes itself" if real in including else f"nests more than {MAX_BASE_DEPTH} _base_ files"
+                    raise ConfigError(f"_base_ '{val}' {why}: {chain}", source)
                 base = EasyDict()
-                merge_new_config(base, _load_yaml(base_path), str(base_path))
+                merge_new_config(base, _load_yaml(base_path), str(base_path), including + (real,))
                 _set_origin(base, str(base_path))
                 config[key] = base
             else:
@@ -140,7 +207,7 @@ def merge_new_config(config: EasyDict, new_config: Mapping, source: str) -> Easy
             continue
         if key not in config or not isinstance(config[key], dict):
             config[key] = EasyDict()
-        merge_new_config(config[key], val, source)
+        merge_new_config(config[key], val, source, including)
         if origin_of(config[key]) is None:
             _set_origin(config[key], source)
     return config
@@ -180,7 +247,7 @@ FALSE_WORDS = ("false", "no", "off", "0")
 
 
 def _bad_value(where: str, value: Any, expected: str, node: Mapping) -> ConfigError:
-    return ConfigError(f"'{where}' = {value!r}: expected {expected}", origin_of(node))
+    return ConfigError(f"'{where}' = {quoted(value)}: expected {expected}", origin_of(node))
 
 
 def check_number(node: Any, key: str, where: str, integer: bool = False, low: Optional[float] = None,
@@ -245,6 +312,9 @@ TOP_LEVEL_NUMBERS = (("max_epoch", True, 0, False), ("total_bs", True, 0, True),
                      ("grad_norm_clip", False, 0, False), ("npoints", True, 1, False), ("ckpt_period", True, 0, False),
                      ("ckpt_from", True, 0, False))
 DATASET_BOOLS = ("USE_NORMALS",)
+# ``N_POINTS: auto`` (the smallest file's count, resolved when the run starts): datasets that read a folder of files.
+AUTO_POINTS = "auto"
+AUTO_POINTS_DATASETS = ("PointCloudFolder",)
 # Top-level keys that take one of a few words: key -> the allowed words, the default first. The one
 # list of each: check_values checks the config with it, the flags of utils/parser.py offer it, and
 # utils/settings.py resolves the settings with it. The ops define their own words (FPS_BACKENDS,
@@ -285,7 +355,7 @@ def check_values(config: Mapping, job: str, model_cls: Optional[type] = None, wo
         if key in BOOLEAN_WORDS and isinstance(value, bool):  # amp: true (configs before fp16); on / off
             continue
         if value is not None and value not in words:
-            raise ConfigError(f"'{key}' = {value!r}: expected one of {list(words)}", origin_of(config))
+            raise ConfigError(f"'{key}' = {quoted(value)}: expected one of {list(words)}", origin_of(config))
     released_count = config.get("epoch_count", CHOICE_KEYS["epoch_count"][0]) == "released"
     if job in ("pretrain", "finetune", "partseg") and isinstance(config.get("max_epoch"), int) \
             and config.max_epoch + released_count < 1:
@@ -294,11 +364,11 @@ def check_values(config: Mapping, job: str, model_cls: Optional[type] = None, wo
     check_voting(config)
     opt = config.get("optimizer")
     if isinstance(opt, Mapping) and opt.get("type") not in OPTIMIZER_TYPES:
-        raise ConfigError(f"'optimizer.type' = {opt.get('type')!r}: expected one of {list(OPTIMIZER_TYPES)}",
+        raise ConfigError(f"'optimizer.type' = {quoted(opt.get('type'))}: expected one of {list(OPTIMIZER_TYPES)}",
                           origin_of(opt))
     sched = config.get("scheduler")
     if isinstance(sched, Mapping) and sched.get("type") not in SCHEDULER_TYPES:
-        raise ConfigError(f"'scheduler.type' = {sched.get('type')!r}: expected one of {list(SCHEDULER_TYPES)[:2]}",
+        raise ConfigError(f"'scheduler.type' = {quoted(sched.get('type'))}: expected one of {list(SCHEDULER_TYPES)[:2]}",
                           origin_of(sched))
     if isinstance(opt, Mapping) and isinstance(opt.get("kwargs"), Mapping):
         check_number(opt.kwargs, "lr", "optimizer.kwargs.lr", low=0, low_open=True, allow_none=False)
@@ -349,7 +419,13 @@ def check_values(config: Mapping, job: str, model_cls: Optional[type] = None, wo
         for part in ("_base_", "others"):
             node = entry.get(part)
             check_number(node, "npoints", f"dataset.{split}.{part}.npoints", integer=True, low=1)
-            check_number(node, "N_POINTS", f"dataset.{split}.{part}.N_POINTS", integer=True, low=1)
+            if isinstance(node, Mapping) and node.get("N_POINTS") == AUTO_POINTS:
+                name = (entry.get("others") or {}).get("NAME") or (entry.get("_base_") or {}).get("NAME")
+                if name not in AUTO_POINTS_DATASETS:
+                    raise _bad_value(f"dataset.{split}.{part}.N_POINTS", AUTO_POINTS, f"an integer >= 1 ('{AUTO_POINTS}' "
+                                     f"is for {', '.join(AUTO_POINTS_DATASETS)}: a folder of your own files)", node)
+            else:
+                check_number(node, "N_POINTS", f"dataset.{split}.{part}.N_POINTS", integer=True, low=1)
             for key in DATASET_BOOLS:
                 check_bool(node, key, f"dataset.{split}.{part}.{key}")
 
@@ -361,7 +437,7 @@ def check_voting(config: Mapping) -> None:
     if section is None:
         return
     if not isinstance(section, Mapping):
-        raise ConfigError(f"'voting' = {section!r}: expected a mapping such as {VOTING_DEFAULTS}", origin_of(config))
+        raise ConfigError(f"'voting' = {quoted(section)}: expected a mapping such as {VOTING_DEFAULTS}", origin_of(config))
     VOTING_SCHEMA.check(section, "voting")
     for key in ("times", "repeats"):
         check_number(section, key, f"voting.{key}", integer=True, low=1, allow_none=False)
@@ -456,7 +532,7 @@ def validate_config(config: Mapping, job: str, models, datasets, world_size: int
 
 def _parse_value(text: str) -> Any:
     try:
-        return yaml.safe_load(text)
+        return safe_yaml_load(text, f"--opts value {quoted(text, 80)}")
     except yaml.YAMLError:
         return text
 
@@ -539,19 +615,43 @@ def opts_keys(opts: Iterable[str]) -> Tuple[str, ...]:
     return tuple(item.split("=", 1)[0] for item in opts or () if "=" in item)
 
 
+def _every_entry_key(config: Mapping, parts: Tuple[str, ...]) -> bool:
+    """``dataset.KEY`` where KEY is not one of the config's dataset entries: a key for every entry."""
+    entries = config.get("dataset")
+    return len(parts) == 2 and parts[0] == "dataset" and isinstance(entries, Mapping) and parts[1] not in entries
+
+
+def _apply_to_every_entry(config: EasyDict, key: str, text: str, models=None, datasets=None) -> None:
+    """``--opts dataset.KEY=VALUE``: ``others.KEY`` of every dataset entry whose class takes KEY
+    (e.g. ``dataset.N_POINTS=1024`` for the train, val and test subsets of a folder at once)."""
+    splits = [split for split, entry in config.dataset.items()
+              if isinstance(entry, Mapping) and (_dataset_keys(entry, datasets) is None
+                                                 or key in _dataset_keys(entry, datasets))]
+    if not splits:
+        known = sorted(set(config.dataset) | {k for e in config.dataset.values() for k in (_dataset_keys(e, datasets) or ())})
+        raise ConfigError(f"--opts key 'dataset.{key}' is neither a dataset entry nor a key of one"
+                          f"{did_you_mean(key, known)}; dataset entries: {', '.join(map(str, config.dataset))}",
+                          origin_of(config.dataset) or origin_of(config))
+    apply_opts(config, [f"dataset.{split}.others.{key}={text}" for split in splits], models, datasets)
+
+
 def apply_opts(config: EasyDict, opts: Iterable[str], models=None, datasets=None) -> EasyDict:
     """Apply ``key.sub=value`` overrides (values parsed as YAML).
 
     A key the config does not hold yet is added when the section's schema allows it (e.g.
     ``dataset.train.others.DATA_PATH``, ``model.label_smoothing``; model and dataset schemas need
     the ``models`` / ``datasets`` registries); ``dataset.<split>.KEY`` is short for
-    ``dataset.<split>.others.KEY``. Any other key is a ConfigError naming the key, the closest
+    ``dataset.<split>.others.KEY``, and ``dataset.KEY`` sets ``others.KEY`` of every dataset entry
+    that takes KEY (``dataset.N_POINTS=1024``). Any other key is a ConfigError naming the key, the closest
     valid key and every valid key of that section."""
     for item in opts or ():
         if "=" not in item:
             raise ConfigError(f"--opts entry '{item}' is not of the form key.sub=value")
         dotted, text = item.split("=", 1)
         parts = _opts_parts(dotted)
+        if _every_entry_key(config, parts):
+            _apply_to_every_entry(config, parts[1], text, models, datasets)
+            continue
         node = config
         for i, part in enumerate(parts):
             last = i == len(parts) - 1
@@ -566,7 +666,7 @@ def apply_opts(config: EasyDict, opts: Iterable[str], models=None, datasets=None
                 node[part] = _parse_value(text)
             elif not isinstance(node[part], dict):
                 raise ConfigError(f"--opts key '{dotted}': '{'.'.join(parts[: i + 1])}' is a value "
-                                  f"({node[part]!r}), not a section", origin_of(node))
+                                  f"({quoted(node[part])}), not a section", origin_of(node))
             else:
                 node = node[part]
     return config
@@ -760,8 +860,8 @@ def check_resume_changes(changes: list, source: str) -> None:
     for key, old, new in changes:
         fixed = (key.startswith("model.") and key[len("model."):] not in RESUMABLE_MODEL_KEYS) or key == "optimizer.type"
         if fixed:
-            raise ConfigError(f"--resume cannot change '{key}' ({old!r} -> {new!r}): the checkpoint's weights and "
-                              f"optimizer state were made for {old!r}; start a new run (another --exp_name, or "
+            raise ConfigError(f"--resume cannot change '{key}' ({quoted(old)} -> {quoted(new)}): the checkpoint's weights and "
+                              f"optimizer state were made for {quoted(old)}; start a new run (another --exp_name, or "
                               f"--ckpts / --start_ckpts for its weights) to change it", source)
 
 

@@ -1,4 +1,9 @@
-"""Logging: console and file on rank 0, nothing on other ranks (released function names)."""
+"""Logging: console and file on rank 0, nothing on other ranks (released function names).
+
+A run's logger (named for its config) writes the console and the run's log file. Library modules
+(the datasets) log through :func:`library_logger` names, children of :data:`PROJECT_LOGGER`: they
+have no handlers of their own and reach the console and, during a run, the same log file through
+the project logger, to which :func:`attach_log_file` adds the run's file."""
 from __future__ import annotations
 
 import logging
@@ -7,7 +12,26 @@ from typing import Optional
 
 import torch.distributed as dist
 
+from utils.text import printable
+
 _initialized: set = set()
+PROJECT_LOGGER = "intermae"
+_FORMAT = "%(asctime)s - %(name)s - %(levelname)s - %(message)s"
+
+
+class SafeFormatter(logging.Formatter):
+    """The log format, with every control character of a message but newline and tab escaped
+    (:func:`utils.text.printable`): an escape sequence from a file name or a class name never
+    reaches a terminal or a log file raw."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = printable(record.message, keep_newlines=True)
+        return super().formatMessage(record)
+
+
+def library_logger(name: str) -> str:
+    """The logger name of a library module's records (e.g. a dataset's summary line)."""
+    return f"{PROJECT_LOGGER}.{name}"
 
 
 def _rank() -> int:
@@ -21,7 +45,11 @@ def get_root_logger(log_file: Optional[str] = None, log_level: int = logging.INF
 
 
 def get_logger(name: str, log_file: Optional[str] = None, log_level: int = logging.INFO) -> logging.Logger:
-    """A logger writing to the console and, on rank 0, to ``log_file``; quiet on other ranks."""
+    """A logger writing to the console and, on rank 0, to ``log_file``; quiet on other ranks.
+    A :func:`library_logger` name gets no handlers: its records go through the project logger."""
+    if name.startswith(PROJECT_LOGGER + "."):
+        get_logger(PROJECT_LOGGER)
+        return logging.getLogger(name)
     logger = logging.getLogger(name)
     logger.propagate = False
     if name in _initialized and log_file is None:
@@ -30,7 +58,7 @@ def get_logger(name: str, log_file: Optional[str] = None, log_level: int = loggi
         logger.removeHandler(handler)
         handler.close()
     rank = _rank()
-    fmt = logging.Formatter("%(asctime)s - %(name)s - %(levelname)s - %(message)s")
+    fmt = SafeFormatter(_FORMAT)
     if rank == 0:
         stream = logging.StreamHandler()
         stream.setFormatter(fmt)
@@ -60,29 +88,38 @@ class _EarlyLines(logging.Handler):
 
 def start_run_logger(name: str) -> logging.Logger:
     """A run's logger before its folder exists (the config is checked first): console as usual,
-    and every record kept until :func:`attach_log_file` writes them to the run log."""
-    _initialized.discard(name)  # a fresh console handler (on the current stderr) and no file of an earlier run
+    and every record kept (the library loggers' too) until :func:`attach_log_file` writes them to
+    the run log."""
+    # fresh console handlers (on the current stderr) and no file of an earlier run
+    loggers = [name] if name == PROJECT_LOGGER else [name, PROJECT_LOGGER]
+    _initialized.difference_update(loggers)
     logger = get_logger(name)
     if _rank() == 0:
-        logger.addHandler(_EarlyLines())
+        early = _EarlyLines()
+        for each in loggers:
+            get_logger(each).addHandler(early)
     return logger
 
 
 def attach_log_file(logger: logging.Logger, log_file: str) -> logging.Logger:
-    """Add the run's log file to ``logger`` (rank 0), writing the records kept since
-    :func:`start_run_logger` first."""
-    early = [h for h in logger.handlers if isinstance(h, _EarlyLines)]
-    for handler in early:
-        logger.removeHandler(handler)
+    """Add the run's log file to ``logger`` and to the project logger (rank 0), writing the
+    records kept since :func:`start_run_logger` first."""
+    loggers = [logger] + ([] if logger.name == PROJECT_LOGGER else [logging.getLogger(PROJECT_LOGGER)])
+    early = []
+    for each in loggers:
+        for handler in [h for h in each.handlers if isinstance(h, _EarlyLines)]:
+            each.removeHandler(handler)
+            early += [handler] if handler not in early else []
     if _rank() != 0:
         return logger
     os.makedirs(os.path.dirname(os.path.abspath(log_file)), exist_ok=True)
     file_handler = logging.FileHandler(log_file, "a", encoding="utf-8")
-    file_handler.setFormatter(logging.Formatter("%(asctime)s - %(name)s - %(levelname)s - %(message)s"))
+    file_handler.setFormatter(SafeFormatter(_FORMAT))
     for handler in early:
         for record in handler.records:
             file_handler.handle(record)
-    logger.addHandler(file_handler)
+    for each in loggers:
+        each.addHandler(file_handler)
     return logger
 
 
@@ -110,7 +147,7 @@ def print_log(msg: str, logger=None, level: int = logging.INFO, file_only: bool 
         return
     if logger is None:
         if _rank() == 0:
-            print(msg, flush=True)
+            print(printable(msg, keep_newlines=True), flush=True)
     elif isinstance(logger, logging.Logger):
         logger.log(level, msg)
     elif logger == "silent":

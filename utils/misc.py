@@ -25,13 +25,20 @@ def set_random_seed(seed: int, deterministic: bool = False) -> None:
 
 def resolve_device(name: Optional[str] = None, local_rank: int = 0) -> torch.device:
     """``--device``: 'cuda', 'cuda:1', 'cpu', or None/'auto' (CUDA when present, else CPU).
-    Under torchrun on CUDA each process takes the GPU of its LOCAL_RANK."""
+    Under torchrun on CUDA each process takes the GPU of its LOCAL_RANK. A device that cannot be
+    had is a :class:`utils.schema.ConfigError` naming it."""
+    from utils.schema import ConfigError
+
+    requested = name
     if name in (None, "", "auto"):
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError as e:
+        raise ConfigError(f"--device {requested!r}: {e}") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise RuntimeError("--device cuda was asked for but CUDA is not available; use --device cpu")
+            raise ConfigError(f"--device {requested!r}: CUDA is not available; use --device cpu")
         if device.index is None:
             device = torch.device("cuda", local_rank)
     return device

@@ -8,9 +8,7 @@ import os
 from typing import Optional
 
 from utils.config import CHOICE_KEYS
-from utils.settings import progress_enabled as _progress_enabled
-from utils.rundir import (LOCK_NAME, RunDirError, acquire_run_lock, check_no_checkpoints,  # noqa: F401 (re-exported)
-                          release_run_lock)
+from utils.rundir import acquire_run_lock, check_no_checkpoints, run_name_type
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -96,11 +94,6 @@ def add_common_args(parser: argparse.ArgumentParser, *names: str, **defaults) ->
     return parser
 
 
-def progress_enabled(args) -> bool:
-    """Progress bars: on unless ``--no_progress`` or stderr is not a terminal (logs redirected to a file)."""
-    return _progress_enabled(bool(args.no_progress))
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = new_parser("Inter-MAE: pre-training (no job flag), fine-tuning (--finetune_model / --scratch_model) "
                         "and testing (--test)")
@@ -110,8 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "(default: none)")
     add_common_args(parser, "launcher", "local_rank", "num_workers", "seed", "deterministic")
     parser.add_argument("--sync_bn", action="store_true", help="synchronised BatchNorm across processes")
-    parser.add_argument("--exp_name", type=str, default="default",
-                        help="experiment name: outputs go to <experiment_root>/<config stem>/<exp_name>")
+    parser.add_argument("--exp_name", type=run_name_type("--exp_name"), default="default",
+                        help="experiment name (a folder name, not a path): outputs go to "
+                             "<experiment_root>/<config stem>/<exp_name>")
     parser.add_argument("--loss", type=str, default="cd1", help="kept for released scripts; unused")
     parser.add_argument("--start_ckpts", type=str, default=None,
                         help="pre-training: start from these weights (fresh optimizer and schedule) (default: none)")

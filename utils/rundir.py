@@ -2,15 +2,19 @@
 another run's checkpoints.
 
 The lock ``<dir>/.lock`` is created exclusively (``O_CREAT | O_EXCL``) by the run's rank 0 and
-holds ``pid host start-time token``. While the run lives, a daemon thread refreshes the file's
-modification time (its *heartbeat*) every :data:`HEARTBEAT_S` seconds. A lock that exists is
+holds ``pid host start-time token boot-id pid-namespace`` (the kernel's boot id and the inode of
+the writer's PID namespace: :func:`process_namespace`). While the run lives, a daemon thread
+refreshes the file's modification time (its *heartbeat*) every :data:`HEARTBEAT_S` seconds. A lock
+that exists is
 
-* **stale at once** when it is on this host and its pid is not running (or the pid now belongs to
+* **stale at once** when it was written in this process's PID namespace on this boot of this host
+  (same host name, boot id and PID namespace) and its pid is not running (or the pid now belongs to
   a process started after the lock was written): replaced, with one log line;
-* **stale** when it is on another host (a requeued Slurm job on another node sharing the file
-  system) and its heartbeat is older than the stale time (``stale_s``, default
-  ``$INTERMAE_LOCK_STALE_S``, else :data:`DEFAULT_STALE_S`): taken over, with one log line naming
-  the run it replaces;
+* **stale** when its pid cannot be checked from here: another host (a requeued Slurm job on another
+  node sharing the file system), or this host name but another boot or PID namespace (a container
+  with host networking, ``apptainer --containall``), or a lock without those fields; and its
+  heartbeat is older than the stale time (``stale_s``, default ``$INTERMAE_LOCK_STALE_S``, else
+  :data:`DEFAULT_STALE_S`): taken over, with one log line naming the run it replaces;
 * **live** otherwise: a :class:`RunDirError` naming the pid, the host, the heartbeat's age and the
   lock file, and saying how to clear it.
 
@@ -25,6 +29,7 @@ time must exceed the clock difference between the hosts (seconds on a cluster).
 from __future__ import annotations
 
 import atexit
+import functools
 import glob
 import os
 import socket
@@ -32,7 +37,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 from utils.cli import InputError
 
@@ -62,10 +67,28 @@ def stale_seconds(stale_s: Optional[float] = None) -> float:
     return float(stale_s)
 
 
+@functools.cache
+def process_namespace() -> Tuple[str, str]:
+    """(boot id, PID namespace) of this process: ``/proc/sys/kernel/random/boot_id`` and the link
+    ``/proc/self/ns/pid`` (``pid:[4026531836]``); ``-`` for what this system does not tell. Two
+    processes can check each other's pids only when both agree (and the host name does)."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            boot = f.read().strip() or "-"
+    except OSError:
+        boot = "-"
+    try:
+        pidns = os.readlink("/proc/self/ns/pid") or "-"
+    except (OSError, AttributeError):
+        pidns = "-"
+    return "".join(boot.split()), "".join(pidns.split())
+
+
 @dataclass
 class LockInfo:
     """What a lock file says: pid, host, start time and token (None for older locks: ``pid host``),
-    and its heartbeat (modification time)."""
+    boot id and PID namespace (None for locks written before they were recorded), and its heartbeat
+    (modification time)."""
 
     pid: int
     host: str
@@ -73,10 +96,27 @@ class LockInfo:
     token: Optional[str]
     heartbeat: float
     garbled: bool = False
+    boot_id: Optional[str] = None
+    pidns: Optional[str] = None
 
     def describe(self) -> str:
         since = f", started {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(self.started))}" if self.started else ""
         return f"pid {self.pid} on {self.host}{since}"
+
+    def checkable_here(self) -> bool:
+        """Whether this process can tell if the lock's pid runs: same host name, boot id and PID namespace."""
+        return (self.garbled or (self.host == socket.gethostname()
+                                 and (self.boot_id, self.pidns) == process_namespace()))
+
+    def unchecked_because(self) -> str:
+        """Why the pid cannot be checked from here (for the messages)."""
+        if self.host != socket.gethostname():
+            return "on another host"
+        if self.boot_id is None or self.pidns is None:
+            return "written without boot id and PID namespace"
+        if self.boot_id != process_namespace()[0]:
+            return "from another boot or machine with this host name"
+        return "in another PID namespace (a container)"
 
 
 def read_lock(path: str) -> Optional[LockInfo]:
@@ -95,9 +135,11 @@ def read_lock(path: str) -> Optional[LockInfo]:
         host = words[1] if len(words) > 1 else socket.gethostname()
         started = float(words[2]) if len(words) > 2 else None
         token = words[3] if len(words) > 3 else None
+        boot_id = words[4] if len(words) > 4 else None
+        pidns = words[5] if len(words) > 5 else None
     except (ValueError, IndexError):
         return LockInfo(-1, socket.gethostname(), None, None, heartbeat, garbled=True)
-    return LockInfo(pid, host, started, token, heartbeat)
+    return LockInfo(pid, host, started, token, heartbeat, boot_id=boot_id, pidns=pidns)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -178,8 +220,9 @@ def _create(path: str, token: str, logger, stale_s: float) -> bool:
     (``link`` fails when ``path`` exists), so no one ever reads a half-written lock; where the file
     system has no hard links, ``O_CREAT | O_EXCL`` then write."""
     interval = min(HEARTBEAT_S, stale_s / 4)
-    text = (f"{os.getpid()} {socket.gethostname()} {time.time():.3f} {token}\n"
-            f"# pid host start-time(unix s) token; the run refreshes this file's modification time every "
+    boot_id, pidns = process_namespace()
+    text = (f"{os.getpid()} {socket.gethostname()} {time.time():.3f} {token} {boot_id} {pidns}\n"
+            f"# pid host start-time(unix s) token boot-id pid-namespace; the run refreshes this file's modification time every "
             f"{interval:g} s (its heartbeat)\n")
     private = f"{path}.new-{token}"
     try:
@@ -253,7 +296,6 @@ def acquire_run_lock(folder: str, logger=None, stale_s: Optional[float] = None,
 
     stale_s = stale_seconds(stale_s)
     path = os.path.join(folder, LOCK_NAME)
-    host = socket.gethostname()
     token = uuid.uuid4().hex
     replaced = None  # (lock info, why) of the stale lock this process removed
     for _ in range(20):
@@ -269,7 +311,7 @@ def acquire_run_lock(folder: str, logger=None, stale_s: Optional[float] = None,
         if info.garbled and age < GARBLED_GRACE_S:
             time.sleep(0.1)  # perhaps being written (no hard links): look again
             continue
-        if info.host == host:
+        if info.checkable_here():
             if _holder_alive_here(info):
                 raise RunDirError(f"experiment directory {folder} is in use by another run ({info.describe()}, lock "
                                   f"file {path}); wait for it to finish or {other_run}; if no run is alive, delete "
@@ -277,16 +319,17 @@ def acquire_run_lock(folder: str, logger=None, stale_s: Optional[float] = None,
             why = "its contents are unreadable" if info.garbled else f"{info.describe()} is not running"
         elif info.token is None:
             raise RunDirError(f"experiment directory {folder} is in use by another run ({info.describe()}, lock file "
-                              f"{path}, written by an older version without heartbeat, so never taken over "
-                              f"automatically); wait for it to finish or {other_run}; if no run is alive, delete "
-                              f"{path}") from None
+                              f"{path}, {info.unchecked_because()}, written by an older version without heartbeat, "
+                              f"so never taken over automatically); wait for it to finish or {other_run}; if no run "
+                              f"is alive, delete {path}") from None
         elif age <= stale_s:
-            raise RunDirError(f"experiment directory {folder} is in use by another run ({info.describe()}, heartbeat "
-                              f"{max(age, 0):.0f} s ago, lock file {path}); wait for it to finish or {other_run}; "
+            raise RunDirError(f"experiment directory {folder} is in use by another run ({info.describe()}, "
+                              f"{info.unchecked_because()}, heartbeat {max(age, 0):.0f} s ago, lock file {path}); "
+                              f"wait for it to finish or {other_run}; "
                               f"the lock is taken over automatically once its heartbeat is older than {stale_s:g} s "
                               f"(${STALE_ENV}), or delete {path} if no run is alive") from None
         else:
-            why = f"heartbeat {age:.0f} s old, more than {stale_s:g} s"
+            why = f"{info.unchecked_because()}, heartbeat {age:.0f} s old, more than {stale_s:g} s"
         if _take_over(path, info, stale_s):
             replaced = (info, why)
         else:
@@ -320,6 +363,42 @@ def held_locks() -> Dict[str, str]:
     """``{lock path: token}`` of the locks this process holds (tests, diagnostics)."""
     with _HELD_GUARD:
         return {p: held[0] for p, held in _HELD.items() if held[3] == os.getpid()}
+
+
+MAX_RUN_NAME = 200  # characters; file systems allow 255 bytes per name
+
+
+def check_run_name(value: str, flag: str = "--exp_name") -> str:
+    """``value`` when it is a name for one folder (``--exp_name``, segmentation's ``--log_dir``):
+    not empty, not ``.`` or ``..``, no ``/`` or ``\\`` (so no absolute path and nothing outside the
+    experiment root), no control characters, at most :data:`MAX_RUN_NAME` characters. Anything else
+    is a one-line :class:`RunDirError`, before anything is created."""
+    from utils.text import printable, quoted
+
+    why = None
+    if not value or not value.strip():
+        why = "is empty"
+    elif value in (".", ".."):
+        why = "names the folder itself or the one above it"
+    elif "/" in value or "\\" in value or os.path.isabs(value):
+        why = "is a path (it holds '/' or '\\')"
+    elif printable(value) != value:
+        why = "holds control characters"
+    elif len(value) > MAX_RUN_NAME:
+        why = f"is longer than {MAX_RUN_NAME} characters"
+    if why is not None:
+        raise RunDirError(f"{flag} {quoted(value, 80)} {why}: it names one run folder inside the experiment root "
+                          f"(e.g. {flag} my_run), not a path")
+    return value
+
+
+def run_name_type(flag: str):
+    """An argparse ``type`` for a run-name flag (:func:`check_run_name`): a bad name ends the
+    command in one line (a :class:`RunDirError`, exit status 2 through ``utils.cli.run_main``)."""
+    def run_name(value: str) -> str:
+        return check_run_name(value, flag)
+
+    return run_name
 
 
 def check_no_checkpoints(folder: str, resume: bool, overwrite: bool) -> None:

@@ -48,10 +48,10 @@ from extensions.pointops import FPS_BACKEND_ENV
 from models.layers import DEFAULT_EMBED_COMPUTE, EMBED_COMPUTE_ENV
 from utils.config import BOOLEAN_WORDS, CHOICE_KEYS, resolve_data_root
 from utils.logger import print_log
+from utils.misc import resolve_device
 from utils.schema import ConfigError, origin_of
 
 AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-RESUME_MODES = ("no", "yes", "auto")
 
 # The released pre-training writes ckpt-epoch-XXX when ``epoch % 10 == 0 and epoch >= 250``
 # (tools/runner_pretrain.py, epochs counted from 0).
@@ -79,7 +79,7 @@ class RunSettings:
     # device and arithmetic
     device: torch.device = torch.device("cpu")
     amp: str = "off"  # what was asked for
-    amp_dtype: Optional[torch.dtype] = None  # what runs (None: fp32), see engine.engine.resolve_amp
+    amp_dtype: Optional[torch.dtype] = None  # what runs (None: fp32), see resolve_amp
     fps_backend: str = "auto"
     embed_compute: str = DEFAULT_EMBED_COMPUTE
     bn_recalibration: str = "auto"  # auto | on | off (engine/batchnorm.py)
@@ -205,16 +205,6 @@ def choose(name: str, flag: Any, flag_name: str, config: Optional[Mapping] = Non
             raise ConfigError(f"${env} = {value!r}: expected one of {list(words)}")
         return value, f"${env}"
     return default, "default"
-
-
-def resolve_device(name: Optional[str], local_rank: int = 0) -> torch.device:
-    """``--device`` (:func:`utils.misc.resolve_device`), a device that cannot be had as a ConfigError."""
-    from utils.misc import resolve_device as resolve
-
-    try:
-        return resolve(name, local_rank)
-    except RuntimeError as e:
-        raise ConfigError(f"--device {name!r}: {e}") from None
 
 
 def usable_cores() -> int:

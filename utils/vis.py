@@ -12,6 +12,7 @@ import matplotlib
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.text import Text
 
 # Fixed camera (elevation, azimuth) per ShapeNet synset, the table of the released Point-MAE
 # visualisation; other categories use DEFAULT_VIEW.
@@ -36,6 +37,16 @@ def new_figure(width: float, height: float, dpi: int = 100) -> Figure:
     fig = Figure(figsize=(width, height), dpi=dpi)
     FigureCanvasAgg(fig)
     return fig
+
+
+def plain_text(texts):
+    """Draw matplotlib Text objects (one or an iterable; e.g. what ``set_xticklabels`` returns) as
+    plain text: a ``$`` in a name from a file is a dollar sign, not mathtext, and never TeX.
+    Returns ``texts``."""
+    for text in [texts] if isinstance(texts, Text) else list(texts):
+        text.set_usetex(False)
+        text.set_parse_math(False)
+    return texts
 
 
 def save_figure(fig: Figure, path: str, dpi: Optional[int] = None) -> str:
