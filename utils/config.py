@@ -50,6 +50,9 @@ TOP_LEVEL_KEYS = {
     "epoch_count": "released (default: epochs 0..max_epoch, as the released loops) | exact (max_epoch epochs)",
     "lr_schedule": "exact (default: epoch e at cosine(e)) | released (the released one-epoch lag)",
     "seg_root": "part segmentation (segmentation/main.py --root): the ShapeNetPart folder",
+    "bn_recalibration": "BatchNorm statistics recomputed over training batches with the current weights before "
+                        "they are used (validation, the last epoch, checkpoint copies): auto (default: while the "
+                        "initial statistics are more than 1 % of a running variance) | on | off",
     "voting": "{times: 10, repeats: 299, above: 92.1, above_if_best: 91.0}: voting passes, --test repeats, "
               "fine-tuning thresholds",
 }
@@ -340,7 +343,10 @@ AUTO_POINTS_DATASETS = ("PointCloudFolder",)
 # EMBED_COMPUTE_MODES), taken from there.
 CHOICE_KEYS = {"epoch_count": ("released", "exact"), "lr_schedule": ("exact", "released"),
                "embed_compute": (DEFAULT_EMBED_COMPUTE,) + tuple(m for m in EMBED_COMPUTE_MODES if m != DEFAULT_EMBED_COMPUTE),
-               "fps_backend": FPS_BACKENDS, "amp": ("off", "bf16", "fp16")}
+               "fps_backend": FPS_BACKENDS, "amp": ("off", "bf16", "fp16"),
+               "bn_recalibration": ("auto", "on", "off")}
+# Keys whose words YAML 1.1 reads as booleans (amp: true = bf16; bn_recalibration: on / off).
+BOOLEAN_WORDS = {"amp": {True: "bf16", False: "off"}, "bn_recalibration": {True: "on", False: "off"}}
 IMAGE_BRANCH_BOOLS = ("trainable", "normalize", "per_view", "fresh_encoder_every_step")
 
 
@@ -369,7 +375,7 @@ def check_values(config: Mapping, job: str, model_cls: Optional[type] = None, wo
                           f"(each process takes total_bs / world size)", origin_of(config))
     for key, words in CHOICE_KEYS.items():
         value = config.get(key)
-        if key == "amp" and isinstance(value, bool):  # true = bf16, false = off (configs before fp16)
+        if key in BOOLEAN_WORDS and isinstance(value, bool):  # amp: true (configs before fp16); on / off
             continue
         if value is not None and value not in words:
             raise ConfigError(f"'{key}' = {quoted(value)}: expected one of {list(words)}", origin_of(config))
