@@ -42,7 +42,7 @@ def anchors(text: str) -> set[str]:
     """The anchors of a page's headings (duplicates numbered as GitHub numbers them)."""
     seen: dict[str, int] = {}
     found = set()
-    for match in re.finditer(r"^#{1,6} +(.+?) *#*$", without_code(text), flags=re.M):
+    for match in re.finditer(r"^#{1,6} +(.+?) *#*$", without_code(text), flags=re.MULTILINE):
         slug = github_slug(match.group(1))
         n = seen.get(slug, 0)
         seen[slug] = n + 1

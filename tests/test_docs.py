@@ -8,7 +8,6 @@ import re
 from pathlib import Path
 
 import pytest
-
 from doc_pages import REPO, anchors, github_slug, pages, relative_links
 
 README_MAX_LINES = 300
