@@ -44,7 +44,8 @@ from bench import released_model  # noqa: E402
 from bench.common import device_label, timed  # noqa: E402
 from datasets.ShapeNetPartDataset import CATEGORIES, SEG_CLASSES  # noqa: E402
 from engine import builder, finetune, partseg, pretrain  # noqa: E402
-from engine.engine import grad_scaler, resolve_amp, train_one_epoch  # noqa: E402
+from engine.engine import grad_scaler, train_one_epoch  # noqa: E402
+from utils.settings import resolve_amp  # noqa: E402
 from models.PartSegTransformer import PartSegTransformer  # noqa: E402
 from models.layers import DEFAULT_EMBED_COMPUTE  # noqa: E402
 from utils.config import cfg_from_yaml_file  # noqa: E402
@@ -54,7 +55,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def precisions(device: torch.device) -> List[str]:
-    """fp32, and bf16 / fp16 where :func:`engine.engine.resolve_amp` accepts them on ``device``."""
+    """fp32, and bf16 / fp16 where :func:`utils.settings.resolve_amp` accepts them on ``device``."""
     out = ["off"]
     out += [mode for mode in ("bf16", "fp16") if resolve_amp(mode, device, logger="silent") is not None]
     return out

@@ -304,7 +304,7 @@ def _read_h5_dataset(h5, key: str, path: str) -> np.ndarray:
 
     where = f"HDF5 file '{path}': dataset '{key}'"
     if key not in h5:
-        raise DatasetFormatError(f"HDF5 file '{path}': key '{key}' missing (found {sorted(h5.keys())})")
+        raise DatasetFormatError(f"{path}: HDF5 key '{key}' missing (found {sorted(h5.keys())})")
     link = h5.get(key, getlink=True)
     if isinstance(link, h5py.ExternalLink):
         raise DatasetFormatError(f"{where} is a link to another file ({link.filename}); refused")

@@ -96,6 +96,7 @@ KILLED_MAIN = """
 import os, signal, sys
 sys.path.insert(0, {repo!r})
 if os.environ.get("KILLS") == "1":
+    import torch
     from models.Inter_MAE import Inter_MAE
     from utils import checkpoint
     attempt, rank = int(os.environ["TORCHELASTIC_RESTART_COUNT"]), int(os.environ["RANK"])
@@ -106,7 +107,7 @@ if os.environ.get("KILLS") == "1":
         os.kill(os.getpid(), signal.SIGKILL)
 
     def forward(self, *args, **kwargs):
-        steps[0] += self.training
+        steps[0] += self.training and torch.is_grad_enabled()  # training steps, not BatchNorm recalibration passes
         if (attempt, rank) == (0, 1) and self.training and steps[0] == 5:
             kill("mid-epoch")
         if (attempt, rank) == (1, 1) and not self.training and steps[0] == 6:

@@ -114,8 +114,16 @@ def test_library_module_imports(name):
 
 
 def test_commands_show_help_from_another_directory(tmp_path):
-    for script in ["main.py", "main_vis.py", "segmentation/main.py", *sorted(
-            str(p.relative_to(REPO)) for p in (REPO / "tools").glob("*.py"))]:
-        result = subprocess.run([sys.executable, str(REPO / script), "--help"], cwd=tmp_path, capture_output=True,
-                                text=True, timeout=120)
+    from concurrent.futures import ThreadPoolExecutor
+
+    scripts = ["main.py", "main_vis.py", "segmentation/main.py", *sorted(
+        str(p.relative_to(REPO)) for p in (REPO / "tools").glob("*.py"))]
+
+    def show_help(script):
+        return subprocess.run([sys.executable, str(REPO / script), "--help"], cwd=tmp_path, capture_output=True,
+                              text=True, timeout=300)
+
+    with ThreadPoolExecutor(max_workers=4) as pool:  # each process mostly waits on imports: run a few at once
+        results = list(pool.map(show_help, scripts))
+    for script, result in zip(scripts, results):
         assert result.returncode == 0 and "usage" in result.stdout.lower(), f"{script}: {result.stderr[-2000:]}"

@@ -165,8 +165,11 @@ def _expanded_nodes(root: yaml.Node, limit: int, source: str) -> int:
 def yaml_error_line(error: yaml.YAMLError) -> str:
     """PyYAML's error on one line: the problem and its line / column, then the context (PyYAML's own
     text spans several lines, with the file name and a snippet of the text repeated)."""
-    def at(mark) -> str:
-        return f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    def at(mark) -> str:  # PyYAML's own wording, which editors and the released tooling recognise
+        if mark is None:
+            return ""
+        where = f' in "{mark.name}",' if getattr(mark, "name", None) not in (None, "", "<unicode string>") else " at"
+        return f"{where} line {mark.line + 1}, column {mark.column + 1}"
 
     problem = getattr(error, "problem", None)
     if not problem:
