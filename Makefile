@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-requirements
 DEMO_ROOT ?= data/demo
 WORKERS ?= 2
 
-.PHONY: install test demo data demo-pretrain demo-finetune demo-fewshot demo-vis demo-seg demo-report bench clean-demo
+.PHONY: install test fuzz demo data demo-pretrain demo-finetune demo-fewshot demo-vis demo-seg demo-report bench clean-demo
 
 install: $(STAMP)
 
@@ -20,6 +20,21 @@ $(STAMP): requirements.txt constraints.txt
 
 test: install
 	$(PY) -m pytest -q tests
+
+# The long fuzzing run of every reader of user files (docs/FUZZING.md): FUZZ_MINUTES of Hypothesis
+# rounds over every target (tests/fuzz/long_run.py); the findings and the example counts go to
+# $(FUZZ_OUT) (summary.json, findings/<target>/...). FUZZ_ENGINE=atheris: coverage-guided libFuzzer
+# instead (tests/fuzz/atheris_run.py; the [fuzz] extra). `make test` runs a short, fixed pass.
+FUZZ_MINUTES ?= 30
+FUZZ_ENGINE ?= hypothesis
+FUZZ_OUT ?= experiments/fuzz-$(FUZZ_ENGINE)
+fuzz: install
+ifeq ($(FUZZ_ENGINE),atheris)
+	$(PY) -m pip install --quiet atheris -c constraints.txt
+	OMP_NUM_THREADS=1 $(PY) tests/fuzz/atheris_run.py --minutes $(FUZZ_MINUTES) --out $(FUZZ_OUT)
+else
+	OMP_NUM_THREADS=1 $(PY) tests/fuzz/long_run.py --minutes $(FUZZ_MINUTES) --out $(FUZZ_OUT)
+endif
 
 # ---------------------------------------------------------------------------------------- demo
 # `make demo` runs every job on the embedded procedural data and ends with one page,

@@ -18,6 +18,7 @@ from utils.logger import library_logger, print_log
 from .build import DATASETS
 from .common import DatasetFormatError, dataset_schema, pc_normalize, require_path
 from .modelnet_cache import build_modelnet_cache, cache_file_name, load_cache, read_lines
+from .safe_io import npz_twin
 
 LOGGER = library_logger("ModelNet")
 
@@ -51,7 +52,7 @@ class ModelNet(Dataset):
         require_path(self.root, "ModelNet", LAYOUT)
         self.save_path = os.path.join(self.root, cache_file_name(self.num_category, self.subset, self.npoints))
         ids_file = os.path.join(self.root, f"modelnet{self.num_category}_{self.subset}.txt")
-        if not os.path.exists(self.save_path):
+        if not os.path.exists(self.save_path) and not os.path.exists(npz_twin(self.save_path)):
             print_log(f"Processing data {self.save_path} (only running the first time)...", logger=LOGGER)
             build_modelnet_cache(self.root, self.subset, self.npoints, num_category=self.num_category)
         else:

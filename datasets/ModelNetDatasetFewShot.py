@@ -14,7 +14,8 @@ from utils.checkpoint import atomic_write
 from utils.logger import library_logger, print_log
 
 from .build import DATASETS
-from .common import DatasetFormatError, dataset_schema, pc_normalize, require_path
+from .common import DatasetFormatError, check_finite_points, dataset_schema, pc_normalize, require_path
+from .safe_io import load_data_pickle, npz_twin, read_npz_arrays
 
 LOGGER = library_logger("ModelNetFewShot")
 
@@ -44,23 +45,20 @@ class ModelNetFewShot(Dataset):
                                      f"(got way={self.way}, shot={self.shot}, fold={self.fold})")
         if self.subset not in ("train", "test"):
             raise DatasetFormatError(f"ModelNetFewShot: subset must be 'train' or 'test', got '{self.subset}'")
-        self.pickle_path = require_path(os.path.join(self.root, f"{self.way}way_{self.shot}shot", f"{self.fold}.pkl"),
-                                        "ModelNetFewShot", LAYOUT)
+        self.pickle_path = os.path.join(self.root, f"{self.way}way_{self.shot}shot", f"{self.fold}.pkl")
+        if not os.path.isfile(npz_twin(self.pickle_path)):
+            require_path(self.pickle_path, "ModelNetFewShot", LAYOUT)
         print_log(f"Load processed data from {self.pickle_path}...", logger=LOGGER)
-        with open(self.pickle_path, "rb") as f:
-            try:
-                data = pickle.load(f)
-            except Exception as e:
-                raise DatasetFormatError(f"'{self.pickle_path}' could not be unpickled: {type(e).__name__}: {e}") from None
+        data = load_fewshot_file(self.pickle_path)
         if not isinstance(data, dict) or self.subset not in data:
             raise DatasetFormatError(f"'{self.pickle_path}': expected a dict with 'train' and 'test' lists")
         self.dataset = data[self.subset]
-        for i, item in enumerate(self.dataset[:1]):
-            if not (isinstance(item, (tuple, list)) and len(item) == 3 and np.asarray(item[0]).ndim == 2):
-                raise DatasetFormatError(f"'{self.pickle_path}' [{self.subset}][{i}]: expected (points (N, 6), label, class)")
-        bad = [int(item[1]) for item in self.dataset if not 0 <= int(item[1]) < self.way]
-        if bad:
-            raise DatasetFormatError(f"'{self.pickle_path}': labels must be in 0..{self.way - 1}, found {sorted(set(bad))}")
+        source = npz_twin(self.pickle_path) if os.path.isfile(npz_twin(self.pickle_path)) else self.pickle_path
+        if not isinstance(self.dataset, (list, tuple)):
+            raise DatasetFormatError(f"'{source}' [{self.subset}]: expected a list of (points (N, 6), label, class), "
+                                     f"got {type(self.dataset).__name__}")
+        for i, item in enumerate(self.dataset):  # every item: __getitem__ must not fail on a later one
+            check_fewshot_item(item, f"'{source}' [{self.subset}][{i}]", self.way)
         print_log(f"The size of {self.subset} data is {len(self.dataset)}", logger=LOGGER)
 
     def __len__(self) -> int:
@@ -68,6 +66,7 @@ class ModelNetFewShot(Dataset):
 
     def __getitem__(self, index: int):
         points, label, _ = self.dataset[index]
+        label = int(np.asarray(label).reshape(-1)[0])
         points = np.array(points, dtype=np.float32)
         points[:, 0:3] = pc_normalize(points[:, 0:3])
         if not self.use_normals:
@@ -75,6 +74,36 @@ class ModelNetFewShot(Dataset):
         if self.subset == "train":
             points = points[np.random.permutation(points.shape[0])]
         return "ModelNet", "sample", (torch.from_numpy(np.ascontiguousarray(points)), int(label))
+
+
+FEWSHOT_NPZ_KEYS = ("points", "labels", "classes")  # per split: <split>_points (n, N, 6), _labels (n,), _classes (n,)
+
+
+def load_fewshot_file(path: str) -> dict:
+    """``{'train': [(points, label, class), ...], 'test': [...]}`` of a few-shot ``N.pkl``, through the
+    restricted unpickler (:func:`datasets.safe_io.load_data_pickle`), or of its ``.npz``
+    conversion beside it (``tools/convert_pickles.py``) when present."""
+    twin = npz_twin(path)
+    if not os.path.isfile(twin):
+        return load_data_pickle(path, "few-shot split")
+    names = [f"{split}_{key}" for split in ("train", "test") for key in FEWSHOT_NPZ_KEYS]
+    arrays = read_npz_arrays(twin, "few-shot split", names)
+    return {split: list(zip(arrays[f"{split}_points"], arrays[f"{split}_labels"].tolist(),
+                            arrays[f"{split}_classes"].tolist())) for split in ("train", "test")}
+
+
+def check_fewshot_item(item, where: str, way: int) -> None:
+    """DatasetFormatError naming ``where`` unless ``item`` is ``(points (N, >=3) finite numbers, label
+    in 0..way-1, class)``."""
+    if not (isinstance(item, (tuple, list)) and len(item) == 3):
+        raise DatasetFormatError(f"{where}: expected (points (N, 6), label, class)")
+    points = np.asarray(item[0])
+    if points.dtype.kind not in "biuf" or points.ndim != 2 or points.shape[0] == 0 or points.shape[1] < 3:
+        raise DatasetFormatError(f"{where}: points are {points.dtype} {points.shape}, expected a numeric (N, 6) array")
+    check_finite_points(points, where)
+    label = np.asarray(item[1])
+    if label.size != 1 or label.dtype.kind not in "iu" or not 0 <= int(label.reshape(-1)[0]) < way:
+        raise DatasetFormatError(f"{where}: label {str(item[1])[:40]!r} is not an integer in 0..{way - 1}")
 
 
 def _pick(rng: np.random.Generator, pool: np.ndarray, k: int, what: str) -> np.ndarray:

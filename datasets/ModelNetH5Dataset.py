@@ -18,7 +18,6 @@ import glob
 import os
 from typing import List, Tuple
 
-import h5py
 import numpy as np
 import torch
 from torch.utils.data import Dataset
@@ -26,7 +25,8 @@ from torch.utils.data import Dataset
 from utils.logger import library_logger, print_log
 
 from .build import DATASETS
-from .common import DatasetFormatError, dataset_schema, require_path
+from .common import DatasetFormatError, dataset_schema, first_non_finite, require_path
+from .safe_io import open_h5, read_h5_dataset
 
 LAYOUT = """  <DATA_PATH> = .../modelnet40_ply_hdf5_2048
   <DATA_PATH>/ply_data_train*.h5, <DATA_PATH>/ply_data_test*.h5
@@ -49,16 +49,13 @@ def h5_files(root: str, subset: str) -> List[str]:
 def read_modelnet_h5(path: str) -> Tuple[np.ndarray, np.ndarray]:
     """One file -> (points (n, P, 3) float32, labels (n,) int64), checked."""
     try:
-        h5 = h5py.File(path, "r")
-    except OSError as e:
+        with open_h5(path, "ModelNet40SVM") as h5:
+            points = np.asarray(read_h5_dataset(h5, "data", path), dtype=np.float32)
+            labels = np.asarray(read_h5_dataset(h5, "label", path))
+    except DatasetFormatError as e:
+        raise DatasetFormatError(f"{e}. Expected layout:\n{LAYOUT}") from None
+    except (OSError, KeyError, ValueError) as e:  # truncated or malformed
         raise DatasetFormatError(f"{path}: not a readable HDF5 file ({e}). Expected layout:\n{LAYOUT}") from None
-    with h5:
-        for key in ("data", "label"):
-            if key not in h5:
-                raise DatasetFormatError(f"{path}: HDF5 key '{key}' missing (found {sorted(h5.keys())}). "
-                                         f"Expected layout:\n{LAYOUT}")
-        points = np.asarray(h5["data"][:], dtype=np.float32)
-        labels = np.asarray(h5["label"][:])
     if points.ndim != 3 or points.shape[2] != 3:
         raise DatasetFormatError(f"{path}: 'data' must be (n, P, 3), got {points.shape}")
     if labels.ndim == 2 and labels.shape[1] == 1:
@@ -68,6 +65,9 @@ def read_modelnet_h5(path: str) -> Tuple[np.ndarray, np.ndarray]:
     labels = labels.astype(np.int64)
     if labels.size and (labels.min() < 0 or labels.max() >= 40):
         raise DatasetFormatError(f"{path}: labels must be in 0..39, found {labels.min()}..{labels.max()}")
+    bad = first_non_finite(points)  # NaN, Inf, or a float64 value beyond float32 (read as Inf)
+    if bad is not None:
+        raise DatasetFormatError(f"{path}: cloud {bad[0]} has a non-finite coordinate {points[bad]} at point {bad[1]}")
     return points, labels
 
 

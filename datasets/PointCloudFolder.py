@@ -334,10 +334,22 @@ class FolderScan:
             import multiprocessing
             from concurrent.futures import ProcessPoolExecutor
 
-            with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
-                for result in pool.map(fn, jobs, chunksize=4):
-                    out.append(result)
-                    bar.update()
+            from concurrent.futures.process import BrokenProcessPool
+
+            slots = ScanSlots(workers)
+            with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
+                                     initializer=_scan_worker_init, initargs=(slots,)) as pool:
+                try:
+                    for result in pool.map(_in_slot, [(fn, job) for job in jobs], chunksize=4):
+                        out.append(result)
+                        bar.update()
+                except BrokenProcessPool:
+                    bar.close()
+                    raise slots.crash_error(self.root) from None
+                except BaseException:  # a stop signal, Ctrl-C: the workers stop now, not after their files
+                    slots.stop_workers()
+                    pool.shutdown(wait=False, cancel_futures=True)
+                    raise
         else:
             for job in jobs:
                 out.append(fn(job))
@@ -380,6 +392,91 @@ def scan_workers(n_files: int, cache: CloudCache) -> int:
     except (AttributeError, OSError):
         cores = os.cpu_count() or 1
     return max(1, min(cores, 16))
+
+
+class ScanSlots:
+    """What each worker process of the parallel scan is reading, in memory shared with them: one
+    slot (pid, path) per worker, the path set while it reads a file. A worker stopped by the pool
+    (SIGTERM) clears its slot first, so after a worker died otherwise (the kernel's OOM killer, a
+    crash in a reader) the slots still set name the files it was reading."""
+
+    PATH_BYTES = 4096
+
+    def __init__(self, n: int):
+        import ctypes
+        import multiprocessing
+
+        ctx = multiprocessing.get_context("fork")
+        self.n = n
+        self.pids = ctx.Array(ctypes.c_int, n, lock=False)
+        self.paths = ctx.Array(ctypes.c_char, n * self.PATH_BYTES, lock=False)
+        self.next = ctx.Value(ctypes.c_int, 0)
+
+    def claim(self) -> int:
+        with self.next.get_lock():
+            index = self.next.value
+            self.next.value += 1
+        self.pids[index] = os.getpid()
+        return index
+
+    def set(self, index: int, path: str) -> None:
+        data = path.encode("utf-8", errors="surrogateescape")[: self.PATH_BYTES - 1] + b"\0"
+        start = index * self.PATH_BYTES
+        self.paths[start: start + len(data)] = data
+
+    def get(self, index: int) -> str:
+        start = index * self.PATH_BYTES
+        raw = bytes(self.paths[start: start + self.PATH_BYTES])
+        return raw.split(b"\0", 1)[0].decode("utf-8", errors="surrogateescape")
+
+    def stop_workers(self) -> None:
+        import signal
+
+        for i in range(min(self.next.value, self.n)):
+            try:
+                os.kill(self.pids[i], signal.SIGTERM)
+            except (OSError, ValueError):
+                pass
+
+    def crash_error(self, root: str) -> DatasetFormatError:
+        files = [self.get(i) for i in range(min(self.next.value, self.n)) if self.get(i)]
+        which = (f"while reading {files[0]}" if len(files) == 1 else
+                 f"while reading one of {', '.join(files)}" if files else "between files")
+        return DatasetFormatError(f"a worker process of the scan of {root} died {which} (killed by the system: out "
+                                  f"of memory? or a crash in a reader); fix or remove that file, or read the folder "
+                                  f"in one process with cache: false to see the error")
+
+
+_SLOT: Dict[str, object] = {}  # in a scan worker: its ScanSlots and slot index
+
+
+def _scan_worker_init(slots: ScanSlots) -> None:
+    """A scan worker: claims its slot; Ctrl-C is the main process's to handle; the pool's SIGTERM
+    clears the slot, then exits at once."""
+    import signal
+
+    index = slots.claim()
+    _SLOT.update(slots=slots, index=index)
+
+    def stopped(signum, frame):
+        slots.set(index, "")
+        os._exit(128 + signum)
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, stopped)
+
+
+def _in_slot(item):
+    """``fn(job)`` in a scan worker, its file in the worker's slot meanwhile."""
+    fn, job = item
+    slots = _SLOT.get("slots")
+    if slots is not None:
+        slots.set(_SLOT["index"], job[0])
+    try:
+        return fn(job)
+    finally:
+        if slots is not None:
+            slots.set(_SLOT["index"], "")
 
 
 def _read_one(job) -> Optional[BadFileError]:
@@ -470,13 +567,19 @@ def stratified_split(items: Sequence[Tuple[str, Optional[str]]], ratio: float, s
 
 
 def read_split_file(path: str, root: str) -> Dict[str, List[str]]:
+    """``{'train': [relative paths], 'test': [...]}`` of a split file (a regular file only: a FIFO is
+    never opened); DatasetFormatError naming it when it is not such UTF-8 JSON."""
+    from .safe_io import open_regular
+
     try:
-        with open(path, encoding="utf-8") as f:
-            split = json.load(f)
-        if not all(isinstance(split.get(s), list) for s in SPLIT_DIRS):
-            raise ValueError("expected lists 'train' and 'test'")
-    except (OSError, ValueError) as e:
-        raise DatasetFormatError(f"{NAME}: split file {path} cannot be read ({e}); delete it to split {root} again") from None
+        with open_regular(path, "split file") as f:
+            split = json.loads(f.read().decode("utf-8"))
+        if not (isinstance(split, dict) and all(isinstance(split.get(s), list) and
+                                                all(isinstance(name, str) for name in split[s]) for s in SPLIT_DIRS)):
+            raise ValueError("expected lists of file names 'train' and 'test'")
+    except (OSError, ValueError, RecursionError) as e:  # RecursionError: JSON nested deeper than Python recurses
+        raise DatasetFormatError(f"{NAME}: split file {path} cannot be read ({printable(str(e))[:200]}); delete it to "
+                                 f"split {root} again") from None
     return split
 
 

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import os
 
-import h5py
 import numpy as np
 import torch
 from torch.utils.data import Dataset
@@ -13,6 +12,7 @@ from utils.logger import library_logger, print_log
 
 from .build import DATASETS
 from .common import DatasetFormatError, dataset_schema, first_non_finite, require_path
+from .safe_io import open_h5, read_h5_dataset
 
 LAYOUT = """  <DATA_PATH> = .../main_split (OBJ-BG, PB_T50_RS) or .../main_split_nobg (OBJ-ONLY)
   <DATA_PATH>/{training,test}_objectdataset.h5                      (OBJ-BG / OBJ-ONLY)
@@ -26,12 +26,9 @@ def read_h5(path: str):
     """-> (points (n, P, 3) float32, labels (n,) int64), checked."""
     require_path(path, "ScanObjectNN", LAYOUT)
     try:
-        with h5py.File(path, "r") as h5:
-            for key in ("data", "label"):
-                if key not in h5:
-                    raise DatasetFormatError(f"{path}: HDF5 key '{key}' missing (found {sorted(h5.keys())})")
-            points = np.array(h5["data"]).astype(np.float32)
-            labels = np.array(h5["label"]).astype(np.int64).reshape(-1)
+        with open_h5(path, "ScanObjectNN") as h5:
+            points = read_h5_dataset(h5, "data", path).astype(np.float32)
+            labels = read_h5_dataset(h5, "label", path).astype(np.int64).reshape(-1)
     except DatasetFormatError:
         raise
     except (OSError, KeyError, ValueError) as e:  # truncated or not HDF5: h5py raises OSError

@@ -9,6 +9,7 @@ from torch.utils.data import Dataset
 
 from .build import DATASETS
 from .common import DatasetFormatError, check_finite_points, dataset_schema, pc_normalize, random_subset, require_path
+from .io import read_point_file
 from .views import VIEW_KEYS, check_view_config, choose_views, project_views
 
 LAYOUT = """  <DATA_PATH>/{train,test}.txt   lines '<synset>-<model>.npy'
@@ -57,10 +58,9 @@ class ShapeNet(Dataset):
     def __getitem__(self, idx: int):
         sample = self.file_list[idx]
         path = os.path.join(self.pc_path, sample["file_path"])
-        data = np.load(path).astype(np.float32)
-        if data.ndim != 2 or data.shape[1] < 3:
-            raise DatasetFormatError(f"{path}: expected an (N, 3) array, got {data.shape}")
-        check_finite_points(data[:, :3], f"{path} (item {idx})")
+        data, _ = read_point_file(path)  # numeric (N, >=3) arrays only, declared size checked before reading
+        data = data.astype(np.float32)
+        check_finite_points(data, f"{path} (item {idx})")
         data = pc_normalize(random_subset(data[:, :3], self.sample_points_num))
         if not self.n_imgs:
             return sample["taxonomy_id"], sample["model_id"], torch.from_numpy(data)

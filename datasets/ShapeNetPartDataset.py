@@ -23,7 +23,8 @@ from torch.utils.data import Dataset
 
 from utils.cli import InputError
 
-from .common import pc_normalize
+from .common import first_non_finite, pc_normalize
+from .safe_io import open_regular
 
 NUM_PARTS = 50
 NUM_CATEGORIES = 16
@@ -60,17 +61,19 @@ def read_category_file(root: str) -> List[Tuple[str, str]]:
     if not os.path.isfile(path):
         raise ShapeNetPartFormatError(f"ShapeNetPart root '{root}' has no synsetoffset2category.txt; expected {LAYOUT}")
     cats = []
-    with open(path) as f:
-        for lineno, line in enumerate(f, 1):
-            fields = line.split()
-            if not fields:
-                continue
-            if len(fields) != 2:
-                raise ShapeNetPartFormatError(f"{path}:{lineno}: expected '<Name>\\t<synset>', got {line.rstrip()!r}")
-            cats.append((fields[0], fields[1]))
+    with open(path, "rb") as f:
+        text = f.read().decode("utf-8", errors="replace")
+    for lineno, line in enumerate(text.split("\n"), 1):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) != 2:
+            raise ShapeNetPartFormatError(f"{path}:{lineno}: expected '<Name>\\t<synset>', got {line.rstrip()!r:.80}")
+        cats.append((fields[0], fields[1]))
     names = [n for n, _ in cats]
     if names != CATEGORIES:
-        raise ShapeNetPartFormatError(f"{path}: expected the 16 categories {CATEGORIES} in this order, got {names}")
+        raise ShapeNetPartFormatError(f"{path}: expected the 16 categories {CATEGORIES} in this order, got "
+                                      f"{names!r:.300}")
     return cats
 
 
@@ -80,17 +83,17 @@ def read_split_file(root: str, split: str) -> List[Tuple[str, str]]:
     if not os.path.isfile(path):
         raise ShapeNetPartFormatError(f"ShapeNetPart root '{root}' has no {os.path.relpath(path, root)}; expected {LAYOUT}")
     try:
-        with open(path) as f:
+        with open(path, encoding="utf-8") as f:
             entries = json.load(f)
-    except json.JSONDecodeError as e:
-        raise ShapeNetPartFormatError(f"{path}: not valid JSON ({e})") from None
+    except (ValueError, RecursionError) as e:  # not JSON, not UTF-8, nested deeper than Python recurses
+        raise ShapeNetPartFormatError(f"{path}: not valid UTF-8 JSON ({type(e).__name__}: {str(e)[:120]})") from None
     if not isinstance(entries, list):
         raise ShapeNetPartFormatError(f"{path}: expected a JSON list of 'shape_data/<synset>/<token>' strings")
     out = []
     for entry in entries:
         parts = entry.split("/") if isinstance(entry, str) else []
         if len(parts) != 3:
-            raise ShapeNetPartFormatError(f"{path}: entry {entry!r} is not 'shape_data/<synset>/<token>'")
+            raise ShapeNetPartFormatError(f"{path}: entry {entry!r:.80} is not 'shape_data/<synset>/<token>'")
         out.append((parts[1], parts[2]))
     return out
 
@@ -98,11 +101,16 @@ def read_split_file(root: str, split: str) -> List[Tuple[str, str]]:
 def load_shape_file(path: str) -> np.ndarray:
     """One ``<token>.txt`` -> float32 (N, 7) rows x y z nx ny nz part."""
     try:
-        data = np.loadtxt(path, dtype=np.float32, ndmin=2)
+        with open_regular(path, "ShapeNetPart shape file") as f:  # never blocks on a FIFO
+            data = np.loadtxt(f, dtype=np.float32, ndmin=2)
     except (OSError, ValueError) as e:
-        raise ShapeNetPartFormatError(f"{path}: could not read rows 'x y z nx ny nz part' ({e})") from None
+        raise ShapeNetPartFormatError(f"{path}: could not read rows 'x y z nx ny nz part' ({str(e)[:200]})") from None
     if data.shape[1] != 7 or data.shape[0] == 0:
         raise ShapeNetPartFormatError(f"{path}: expected rows of 7 numbers 'x y z nx ny nz part', got shape {data.shape}")
+    bad = first_non_finite(data[:, :6])
+    if bad is not None:
+        raise ShapeNetPartFormatError(f"{path}: row {bad[0]} has a non-finite value {data[bad]} (NaN, Inf, or beyond "
+                                      f"float32)")
     parts = data[:, 6]
     if (parts < 0).any() or (parts >= NUM_PARTS).any() or (parts != np.round(parts)).any():
         raise ShapeNetPartFormatError(f"{path}: part labels must be integers in [0, {NUM_PARTS}), got {np.unique(parts)[:10]}")

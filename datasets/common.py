@@ -17,12 +17,18 @@ class DatasetFormatError(InputError, FileNotFoundError):
     """A dataset root is missing or not in the expected layout; the message names both."""
 
 
+F32_MAX = float(np.finfo(np.float32).max)
+
+
 def first_non_finite(points: np.ndarray):
-    """Index (tuple) of the first NaN / Inf value of ``points``, or None when all are finite."""
+    """Index (tuple) of the first NaN / Inf value of ``points`` (or a value beyond the float32 range,
+    which the float32 points the models take would turn into Inf), or None when all are finite."""
     arr = np.asarray(points)
     if arr.dtype.kind not in "fc":
         return None
     finite = np.isfinite(arr)
+    if arr.dtype.itemsize > 4:
+        finite &= np.abs(arr) <= F32_MAX
     if finite.all():
         return None
     return tuple(int(i) for i in np.argwhere(~finite)[0])

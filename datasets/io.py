@@ -15,8 +15,11 @@ and its errors name the problem (trimesh's are ``KeyError: 'z'``, ``IndexError``
 """
 from __future__ import annotations
 
+import io
+import math
 import os
 import re
+import stat
 import tempfile
 import zlib
 from typing import Dict, List, Optional, Sequence, Tuple, Union
@@ -26,6 +29,7 @@ import numpy as np
 from utils.checkpoint import atomic_write
 
 from .common import DatasetFormatError
+from .safe_io import npy_header, npz_member_header, open_regular
 
 __all__ = ["read_ply", "write_ply", "PLY_TYPES", "ply_element_counts", "load_cloud_file", "read_point_file",
            "read_cloud", "point_count", "BadFileError", "TooFewPointsError", "POINT_EXTS", "MESH_EXTS", "CLOUD_EXTS",
@@ -58,6 +62,12 @@ class _Element:
         return np.dtype([(name, endian + PLY_TYPES[typ]) for name, typ, _ in self.props])
 
 
+def _header_line(line: bytes, most: int = 60) -> str:
+    """A PLY header line as an error message quotes it: its ``repr``, cut to ``most`` bytes."""
+    line = line.strip()
+    return repr(line[:most]) + (f" (+{len(line) - most} bytes)" if len(line) > most else "")
+
+
 def _parse_header(path: str, f) -> Tuple[str, List[_Element]]:
     magic = f.readline()
     if magic.strip() != b"ply":
@@ -75,27 +85,27 @@ def _parse_header(path: str, f) -> Tuple[str, List[_Element]]:
             break
         if key == "format":
             if len(words) < 3 or words[1] not in _FORMATS:
-                raise ValueError(f"{path}: unsupported PLY format line {line.strip()!r}; expected "
+                raise ValueError(f"{path}: unsupported PLY format line {_header_line(line)}; expected "
                                  f"'format ascii|binary_little_endian|binary_big_endian 1.0'")
             fmt = words[1]
         elif key == "element":
             if len(words) != 3 or not words[2].isdigit():
-                raise ValueError(f"{path}: malformed PLY element line {line.strip()!r}; expected 'element <name> <count>'")
+                raise ValueError(f"{path}: malformed PLY element line {_header_line(line)}; expected 'element <name> <count>'")
             elements.append(_Element(words[1], int(words[2])))
         elif key == "property":
             if not elements:
                 raise ValueError(f"{path}: PLY 'property' line before any 'element' line")
             if len(words) == 5 and words[1] == "list":
                 if words[2] not in PLY_TYPES or words[3] not in PLY_TYPES:
-                    raise ValueError(f"{path}: unknown PLY type in {line.strip()!r}; expected one of {sorted(PLY_TYPES)}")
+                    raise ValueError(f"{path}: unknown PLY type in {_header_line(line)}; expected one of {sorted(PLY_TYPES)}")
                 elements[-1].props.append((words[4], words[3], words[2]))
             elif len(words) == 3 and words[1] in PLY_TYPES:
                 elements[-1].props.append((words[2], words[1], None))
             else:
-                raise ValueError(f"{path}: malformed PLY property line {line.strip()!r}; expected "
+                raise ValueError(f"{path}: malformed PLY property line {_header_line(line)}; expected "
                                  f"'property <type> <name>' with a type in {sorted(PLY_TYPES)}")
         else:
-            raise ValueError(f"{path}: unexpected PLY header line {line.strip()!r}")
+            raise ValueError(f"{path}: unexpected PLY header line {_header_line(line)}")
     if fmt is None:
         raise ValueError(f"{path}: PLY header has no 'format' line")
     return fmt, elements
@@ -288,18 +298,65 @@ def _array_points(arr: np.ndarray, path: str, what: str) -> np.ndarray:
     return arr[:, :3].astype(np.float64)
 
 
+def _check_limits(path: str, what: str, nbytes: int, stored: int = -1) -> None:
+    """:func:`utils.limits.check_array_bytes` as a :class:`BadFileError` of ``path``."""
+    from utils.limits import LimitError, check_array_bytes
+
+    try:
+        check_array_bytes(nbytes, what, stored)
+    except LimitError as e:
+        raise BadFileError(path, str(e)) from None
+
+
 def _read_npz(path: str) -> np.ndarray:
-    with np.load(path, allow_pickle=False) as z:
-        names = list(z.files)
+    """The points of an ``.npz``: array ``points``, else the first numeric (N, >=3) array. Each
+    member's declared shape and size are checked (:mod:`utils.limits`) before it is decompressed."""
+    import zipfile
+
+    from utils.limits import LimitError
+
+    with _open_regular(path) as f, zipfile.ZipFile(f) as zf:
+        names = [n[:-4] for n in zf.namelist() if n.endswith(".npy")]
         if not names:
             raise BadFileError(path, "empty .npz (no arrays)")
-        if "points" in names:
-            return _array_points(z["points"], path, "array 'points'")
-        for name in names:
-            arr = z[name]
-            if arr.dtype.kind in "biuf" and arr.ndim == 2 and arr.shape[1] >= 3:
-                return _array_points(arr, path, f"array '{name}'")
+        order = ["points"] if "points" in names else names
+        for name in order:
+            try:
+                shape, dtype, nbytes, stored = npz_member_header(zf, name + ".npy")
+            except LimitError as e:
+                raise BadFileError(path, str(e)) from None
+            except ValueError as e:
+                if name == "points":
+                    raise BadFileError(path, f"array 'points': {e}") from None
+                continue
+            if name != "points" and not (len(shape) == 2 and shape[1] >= 3):
+                continue
+            _check_limits(path, f"array '{name}' {shape} {dtype}", nbytes, stored)
+            with zf.open(name + ".npy") as m:
+                arr = np.lib.format.read_array(m, allow_pickle=False)
+            return _array_points(arr, path, f"array '{name}'")
     raise BadFileError(path, f"no (N, 3) array among {names}; name it 'points'")
+
+
+def _read_npy(path: str) -> np.ndarray:
+    """The points of an ``.npy``; its declared shape and size checked before it is read."""
+    with _open_regular(path) as f:
+        shape, dtype, header_len = npy_header(f)
+        nbytes = math.prod(shape) * dtype.itemsize
+        size = os.fstat(f.fileno()).st_size
+        if nbytes != size - header_len:
+            raise BadFileError(path, f"declares {shape} {dtype} ({nbytes} bytes) but holds {size - header_len} bytes")
+        _check_limits(path, f"the array {shape} {dtype}", nbytes)
+        f.seek(0)
+        return _array_points(np.lib.format.read_array(f, allow_pickle=False), path, "the array")
+
+
+def _open_regular(path: str):
+    """``open(path, 'rb')`` of a regular file only (never blocking on a FIFO): BadFileError otherwise."""
+    try:
+        return open_regular(path)
+    except DatasetFormatError:
+        raise BadFileError(path, "not a regular file (a FIFO, device or folder)") from None
 
 
 def read_point_file(path: str) -> Tuple[np.ndarray, Optional[np.ndarray]]:
@@ -311,9 +368,12 @@ def read_point_file(path: str) -> Tuple[np.ndarray, Optional[np.ndarray]]:
     if ext not in CLOUD_EXTS:
         raise BadFileError(path, f"unknown extension {ext or '(none)'}; expected one of {' '.join(CLOUD_EXTS)}")
     try:
-        size = os.path.getsize(path)
+        st = os.stat(path)
     except OSError as e:
         raise BadFileError(path, f"unreadable ({e.strerror or e})") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise BadFileError(path, "not a regular file (a FIFO, device or folder)")
+    size = st.st_size
     if size == 0:
         raise BadFileError(path, "empty")
     try:
@@ -331,7 +391,7 @@ def read_point_file(path: str) -> Tuple[np.ndarray, Optional[np.ndarray]]:
         if ext in TEXT_EXTS:
             return _read_text(path), None
         if ext == ".npy":
-            return _array_points(np.load(path, allow_pickle=False), path, "the array"), None
+            return _read_npy(path), None
         if ext == ".npz":
             return _read_npz(path), None
         return _read_mesh(path)
@@ -347,7 +407,13 @@ def read_point_file(path: str) -> Tuple[np.ndarray, Optional[np.ndarray]]:
 def _read_mesh(path: str) -> Tuple[np.ndarray, Optional[np.ndarray]]:
     import trimesh  # imported here: only folder datasets with meshes need it
 
-    loaded = trimesh.load(path, process=False)
+    # From bytes, without a file name: trimesh then has no resolver and follows no reference (OBJ
+    # mtllib / textures, PLY texture files), which could name a FIFO or any file.
+    with _open_regular(path) as f:
+        data = f.read()
+    ext = os.path.splitext(path)[1].lower().lstrip(".")
+    extra = {"skip_materials": True} if ext == "obj" else {}
+    loaded = trimesh.load(io.BytesIO(data), file_type=ext, resolver=None, process=False, **extra)
     if isinstance(loaded, trimesh.Scene):
         if not loaded.geometry:
             raise BadFileError(path, "no geometry (empty or not a mesh)")
@@ -359,8 +425,13 @@ def _read_mesh(path: str) -> Tuple[np.ndarray, Optional[np.ndarray]]:
     return vertices, np.asarray(faces)
 
 
+F32_MAX = float(np.finfo(np.float32).max)
+
+
 def _first_bad_row(points: np.ndarray) -> Optional[int]:
-    finite = np.isfinite(points).all(axis=1)
+    """The first row with a value that is not finite in float32 (NaN, Inf, or beyond +-3.4e38, which
+    the float32 points the models take would turn into Inf); None when every row is."""
+    finite = (np.isfinite(points) & (np.abs(points) <= F32_MAX)).all(axis=1)
     return None if finite.all() else int(np.argmin(finite))
 
 
@@ -439,7 +510,13 @@ def point_count(path: str) -> Optional[int]:
     surface). ``.npy`` and ``.ply`` files are counted from their header; the other formats are read.
     :class:`BadFileError` when the file cannot be read."""
     ext = os.path.splitext(path)[1].lower()
-    if ext == ".npy":
+    try:
+        regular = stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        regular = False
+    if not regular:  # (a FIFO would block the header reads below; read_point_file reports it)
+        pass
+    elif ext == ".npy":
         try:
             with open(path, "rb") as f:
                 version = np.lib.format.read_magic(f)

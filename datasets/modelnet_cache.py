@@ -25,6 +25,7 @@ from utils.checkpoint import atomic_write
 from utils.logger import library_logger, print_log
 
 from .common import DatasetFormatError, check_finite_points
+from .safe_io import load_data_pickle, npz_twin, read_npz_arrays
 
 __all__ = ["build_modelnet_cache", "cache_file_name", "class_of_shape_id", "load_cache", "load_modelnet_cache",
            "read_lines", "read_modelnet_txt"]
@@ -46,12 +47,13 @@ def read_modelnet_txt(path: str) -> np.ndarray:
             data = np.loadtxt(path, delimiter=",", dtype=np.float32, ndmin=2)
     except ValueError as e:
         raise DatasetFormatError(f"ModelNet shape file '{path}': expected rows of 6 comma-separated floats "
-                                 f"x,y,z,nx,ny,nz ({e})") from None
+                                 f"x,y,z,nx,ny,nz ({str(e)[:200]})") from None
     if data.size == 0:
         return np.zeros((0, 6), dtype=np.float32)
     if data.shape[1] != 6:
         raise DatasetFormatError(f"ModelNet shape file '{path}': expected 6 comma-separated columns x,y,z,nx,ny,nz, "
                                  f"got {data.shape[1]}")
+    check_finite_points(data, f"ModelNet shape file '{path}'")  # NaN, Inf, or beyond float32 (read as Inf)
     return data
 
 
@@ -69,12 +71,19 @@ def class_of_shape_id(shape_id: str) -> str:
 
 
 def load_cache(path: str, n_points: int) -> Tuple[List[np.ndarray], List[np.ndarray]]:
-    """Read and check a released ``.dat`` cache: ``[points list, labels list]``."""
-    with open(path, "rb") as f:
-        try:
-            data = pickle.load(f)
-        except Exception as e:  # truncated or foreign file
-            raise DatasetFormatError(f"ModelNet cache '{path}' could not be unpickled: {type(e).__name__}: {e}") from None
+    """Read and check a released ``.dat`` cache: ``[points list, labels list]``.
+
+    The pickle is read by the restricted unpickler (:func:`datasets.safe_io.load_data_pickle`:
+    plain values and numeric NumPy arrays only, anything else refused naming the global); its
+    ``.npz`` conversion beside it (``tools/convert_pickles.py``: ``points`` (S, N, 6),
+    ``labels`` (S, 1)) is read instead when present."""
+    twin = npz_twin(path)
+    if os.path.isfile(twin):
+        arrays = read_npz_arrays(twin, "ModelNet cache", ("points", "labels"))
+        data = [list(arrays["points"]), list(arrays["labels"])]
+        path = twin
+    else:
+        data = load_data_pickle(path, "ModelNet cache")
     if not (isinstance(data, (list, tuple)) and len(data) == 2 and len(data[0]) == len(data[1])):
         raise DatasetFormatError(f"ModelNet cache '{path}': expected [list of points, list of labels] of equal length")
     points, labels = list(data[0]), list(data[1])
@@ -178,7 +187,7 @@ def build_modelnet_cache(root: str, split: str, npoints: int, num_category: int 
 def load_modelnet_cache(cache_root: str, split: str, npoints: int, build: bool = True):
     """Released ModelNet40 cache ``[points list, labels list]``; built from the txt shapes if missing."""
     path = os.path.join(cache_root, cache_file_name(40, split, npoints))
-    if not os.path.isfile(path):
+    if not os.path.isfile(path) and not os.path.isfile(npz_twin(path)):
         if not build:
             raise FileNotFoundError(f"ModelNet40 cache '{path}' does not exist")
         build_modelnet_cache(cache_root, split, npoints, num_category=40)

@@ -38,13 +38,54 @@ def choose_views(n_imgs: int, n_views: int = N_RENDERED_VIEWS) -> np.ndarray:
     return np.random.choice(n_views, n_imgs, replace=False)
 
 
+# What PIL raises for a damaged image: OSError (UnidentifiedImageError), ValueError, SyntaxError (a bad
+# PNG chunk), EOFError (truncated), DecompressionBombError (an image declaring far more pixels).
+IMAGE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
+MAX_VIEW_PIXELS = 2048 * 2048  # a view is 137 x 137; more than this is refused before it is decoded
+
+
+MAX_VIEW_BYTES = 64 * 2 ** 20  # a 137 x 137 view PNG is a few KB
+
+
+class _open_view:
+    """``Image.open`` of the bytes of a regular file (never a FIFO), refused before decoding when it
+    declares more than :data:`MAX_VIEW_PIXELS` pixels. From memory: a chunk length of 2^31 in the
+    file then reads what there is, where ``read(2^31)`` on the file allocated that much first."""
+
+    def __init__(self, path: str):
+        import io
+
+        from .safe_io import open_regular
+
+        with open_regular(path, "view image") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size > MAX_VIEW_BYTES:
+                raise ValueError(f"{size} bytes, more than {MAX_VIEW_BYTES}")
+            self.file = io.BytesIO(f.read())
+        try:
+            self.img = Image.open(self.file)
+            if self.img.width * self.img.height > MAX_VIEW_PIXELS:
+                raise ValueError(f"it declares {self.img.width} x {self.img.height} pixels, more than "
+                                 f"{MAX_VIEW_PIXELS}")
+        except BaseException:
+            self.file.close()
+            raise
+
+    def __enter__(self):
+        return self.img
+
+    def __exit__(self, *exc) -> None:
+        self.img.close()
+        self.file.close()
+
+
 def load_rgba_on_white(path: str, size: int) -> torch.Tensor:
     """A view PNG -> (3, size, size) float in [0, 1], RGBA composited on white, bilinear resize."""
     try:
-        with Image.open(path) as img:
+        with _open_view(path) as img:
             rgba = np.asarray(img.convert("RGBA"), dtype=np.float32) / 255.0
-    except (OSError, ValueError) as e:
-        raise DatasetFormatError(f"{path}: not a readable image ({e}); expected a 137x137 RGBA PNG") from None
+    except IMAGE_ERRORS as e:
+        raise DatasetFormatError(f"{path}: not a readable image ({str(e)[:200]}); expected a 137x137 RGBA PNG") from None
     rgb, alpha = rgba[..., :3], rgba[..., 3:]
     composite = torch.from_numpy(rgb * alpha + (1.0 - alpha)).permute(2, 0, 1)
     if composite.shape[-1] != size or composite.shape[-2] != size:
@@ -56,13 +97,13 @@ def load_rgb_alpha_dropped(path: str, size: int) -> torch.Tensor:
     """A view PNG -> (3, size, size) float in [0, 1] as the release reads it: PIL ``convert('RGB')``
     (alpha dropped, not composited), PIL bilinear resize to (size, size), ``ToTensor`` (/ 255)."""
     try:
-        with Image.open(path) as img:
+        with _open_view(path) as img:
             rgb = img.convert("RGB")
             if rgb.size != (size, size):
                 rgb = rgb.resize((size, size), Image.BILINEAR)
             array = np.asarray(rgb, dtype=np.float32) / 255.0
-    except (OSError, ValueError) as e:
-        raise DatasetFormatError(f"{path}: not a readable image ({e}); expected a 137x137 RGBA PNG") from None
+    except IMAGE_ERRORS as e:
+        raise DatasetFormatError(f"{path}: not a readable image ({str(e)[:200]}); expected a 137x137 RGBA PNG") from None
     return torch.from_numpy(array).permute(2, 0, 1).contiguous()
 
 

@@ -79,9 +79,9 @@ class Sources:
         if not os.path.isfile(path):
             self.missing.append(SOURCES[key])
             return None
-        import torch
+        from utils.checkpoint import load_checkpoint_file
 
-        ckpt = torch.load(path, map_location="cpu")  # weights_only=True: our checkpoints load with the default
+        ckpt = load_checkpoint_file(path)  # the one reader: weights-only, a refusal is one line naming the file
         return {"epoch": int(ckpt.get("epoch", -1)), "metrics": dict(ckpt.get("metrics") or {}),
                 "best_metrics": dict(ckpt.get("best_metrics") or {})}
 
@@ -282,4 +282,6 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from utils.cli import run_main
+
+    sys.exit(run_main(main))

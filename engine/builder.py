@@ -251,6 +251,8 @@ def train_epoch(model: nn.Module, step, sampler, loader, state: TrainState, sett
     from engine.engine import log_epoch, train_one_epoch
     from engine.preemption import preempted
 
+    if stop is not None:
+        stop.defer()  # a signal from now on ends the run after the step under way, with ckpt-last
     sampler.set_epoch(epoch)
     if state.scheduler is not None:
         state.scheduler.step(epoch)
@@ -301,6 +303,21 @@ def validation_due(epoch: int, settings: RunSettings) -> bool:
     if settings.epoch_count == "released":
         return epoch % freq == 0 and epoch != 0
     return (epoch + 1) % freq == 0 or epoch + 1 == settings.n_epochs
+
+
+def refresh_batchnorm(model: nn.Module, loader, forward, settings: RunSettings, epoch: int, logger=None,
+                      saving: bool = False) -> bool:
+    """Before the BatchNorm running statistics are used or kept, i.e. when validation is due after
+    ``epoch``, after the last epoch, or when ``saving`` (a checkpoint copy): recompute them over
+    ``loader`` (the training set, each batch run as ``forward(model, batch)``) as
+    ``settings.bn_recalibration`` says (:func:`engine.batchnorm.recalibrate_if_needed`). Returns
+    whether they were recomputed. Collective under torch.distributed."""
+    from engine.batchnorm import recalibrate_if_needed
+
+    if not (saving or validation_due(epoch, settings) or epoch + 1 == settings.n_epochs):
+        return False
+    return recalibrate_if_needed(unwrap_model(model), loader, forward, settings.bn_recalibration, seed=settings.seed,
+                                 amp=settings.amp_dtype, device=settings.device, logger=logger)
 
 
 def epoch_copy_due(epoch: int, settings: RunSettings) -> bool:

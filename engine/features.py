@@ -169,7 +169,12 @@ def load_point_encoder(ckpt_path: str, config: Union[None, str, os.PathLike, Map
     cfg, cfg_source = find_config(ckpt_path, ckpt, config)
     kwargs = encoder_kwargs(cfg, cfg_source)
     kwargs["patch_embed"] = patch_embed_kind(weights) or kwargs["patch_embed"]
-    encoder = PointEncoder(**kwargs)
+    from engine.model_check import build_checked  # sizes checked on the meta device before allocating
+    from utils.limits import check_count
+
+    for key, name in (("depth", "depth"), ("num_group", "points"), ("group_size", "points")):
+        check_count(int(kwargs[key]), name, f"{key} of {cfg_source}")
+    encoder = build_checked({}, weights, ckpt_path, build=lambda _: PointEncoder(**kwargs))
     load_state_dict_checked(encoder, weights, strict=True, source=ckpt_path)
     dev = resolve_device(None if device is None else str(device))
     print_log(f"[features] {checkpoint_kind(state)} checkpoint {ckpt_path}: encoder with {len(weights)} tensors "

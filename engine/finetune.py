@@ -162,6 +162,17 @@ def make_train_step(device: torch.device, npoints: int, loss_fn):
     return step
 
 
+def make_bn_forward(device: torch.device, npoints: int):
+    """BatchNorm recalibration (engine/batchnorm.py): a training batch as evaluation sees it (FPS to
+    ``npoints``, no augmentation) -> logits."""
+
+    def forward(model: nn.Module, batch) -> Tensor:
+        points, _ = unpack_cls_batch(batch[2], device)
+        return model(fps_to(points[..., :3], npoints))
+
+    return forward
+
+
 def make_eval_step(device: torch.device, npoints: int, vote: bool = False, times: int = VOTE_TIMES):
     """Eval step: plain (FPS to ``npoints``) or voting logits into an :class:`AccuracyMeter`."""
 
@@ -237,6 +248,7 @@ def run_net(settings: RunSettings, config, writers=(None, None), stop: Optional[
         print_log("Training from scratch (no pre-trained weights)", logger=logger)
     model = builder.wrap_distributed(state.model, settings, logger)
     train_step = make_train_step(device, npoints, state.model.get_loss_acc)
+    bn_forward = make_bn_forward(device, npoints)
 
     def accuracy_of(vote: bool = False, desc: str = "validate") -> float:
         return accuracy(model, val_loader, device, npoints, amp, vote=vote, show_progress=settings.progress, desc=desc,
@@ -245,6 +257,7 @@ def run_net(settings: RunSettings, config, writers=(None, None), stop: Optional[
     for epoch in epoch_range(state.start_epoch, settings.n_epochs, settings.progress, logger):
         metrics = builder.train_epoch(model, train_step, train_sampler, train_loader, state, settings, config, epoch,
                                       train_writer, stop, logger)
+        builder.refresh_batchnorm(model, train_loader, bn_forward, settings, epoch, logger)
 
         if builder.validation_due(epoch, settings):
             acc = accuracy_of()

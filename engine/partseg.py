@@ -202,6 +202,16 @@ def make_train_step(device: torch.device):
     return step
 
 
+def make_bn_forward(device: torch.device):
+    """BatchNorm recalibration (engine/batchnorm.py): a training batch without augmentation -> part logits."""
+
+    def forward(model: nn.Module, batch) -> Tensor:
+        points, category, _ = batch
+        return model(points.to(device, non_blocking=True).float(), category.to(device).reshape(-1))
+
+    return forward
+
+
 def make_eval_step(device: torch.device):
     """Eval step: predictions restricted to each object's category parts into a :class:`PartSegMeter`."""
 
@@ -406,7 +416,7 @@ def train(settings: PartSegSettings, config, stop: Optional[StopRequest] = None,
         builder.resume(state, settings, os.path.join(settings.ckpt_dir, "ckpt-last.pth"), logger)
     model = builder.wrap_distributed(state.model, settings, logger)
     writer = SummaryWriter(settings.log_dir) if settings.is_main_process else None
-    train_step, eval_step = make_train_step(device), make_eval_step(device)
+    train_step, eval_step, bn_forward = make_train_step(device), make_eval_step(device), make_bn_forward(device)
     # the best of each figure over the epochs (logged), and the figures of the best epoch (best_model.pth)
     best_each = dict(state.best_metrics.get("best_each") or {"accuracy": 0.0, "class_avg_iou": 0.0,
                                                               "instance_avg_iou": -1.0})
@@ -415,6 +425,7 @@ def train(settings: PartSegSettings, config, stop: Optional[StopRequest] = None,
         for epoch in epoch_range(state.start_epoch, settings.n_epochs, settings.progress, logger):
             metrics = builder.train_epoch(model, train_step, sampler, train_loader, state, settings, config, epoch,
                                           writer, stop, logger, folder=settings.ckpt_dir)
+            builder.refresh_batchnorm(model, train_loader, bn_forward, settings, epoch, logger)
             if builder.validation_due(epoch, settings):
                 meter = evaluate(model, eval_step, test_loader, device, PartSegMeter(), amp=amp,
                                  progress=settings.progress and settings.is_main_process)

@@ -145,13 +145,22 @@ class Predictor:
         if int(model_cfg.cls_dim) != len(names):
             raise CheckpointError(f"checkpoint '{path}': {len(names)} class names but model.cls_dim = "
                                   f"{model_cfg.cls_dim}")
-        model = build_model_from_cfg(model_cfg)
-        load_state_dict_checked(model, state_dict_of(ckpt, path), strict=True, source=path)
+        # the config is input too: value checks and limits, then the model on the meta device against
+        # the weights' shapes, all before anything is allocated (engine/model_check.py)
+        from engine.model_check import build_checked, check_checkpoint_config
+        from utils.limits import check_count
+
+        check_checkpoint_config(run_cfg, f"{cfg_source} (checkpoint {path})")
+        state = state_dict_of(ckpt, path)
+        model = build_checked(model_cfg, state, path, build=build_model_from_cfg)
+        load_state_dict_checked(model, state, strict=True, source=path)
         data = _dataset_entry(run_cfg)
         npoints = int(run_cfg.get("npoints") or 1024)
         auto = str(data.get("N_POINTS")).strip().lower() == AUTO  # (runs write the number they chose)
         n_points = (max(AUTO_MAX_POINTS, npoints) if auto
                     else int(data.get("N_POINTS") or max(DEFAULT_N_POINTS, npoints)))
+        for value, key in ((npoints, "npoints"), (n_points, "N_POINTS")):
+            check_count(value, "points", f"{key} of {cfg_source}")
         seed = int(data.get("sample_seed") or 0)
         predictor = cls(model, names, npoints, n_points, seed, device, source=path)
         print_log(f"[predict] {path}: {len(names)} classes; config {cfg_source}; {n_points} points per file "

@@ -4,7 +4,12 @@ While :func:`catch_stop_signals` is active, the first SIGTERM / SIGINT only sets
 training step under way finishes, :func:`engine.engine.train_one_epoch` returns after it, the job
 writes ``ckpt-last`` with the position inside the epoch, and raises :class:`Preempted`. The
 command prints one line (also in the run's log) with the resume command and exits with 128 + the
-signal number (143 for SIGTERM, 130 for SIGINT). A second signal stops at once, as usual.
+signal number (143 for SIGTERM, 130 for SIGINT).
+
+Before the first training step (the start-up: config, data scan, building the model, loading a
+checkpoint) there is no step to finish and nothing to save: a signal stops the run at once, with
+one line and the same exit status (the lock is released on the way out). A second SIGTERM / SIGINT
+always stops at once the same way; a third gets the default action (a hard kill).
 
 Under torch.distributed every process gets the signal from the launcher; the processes agree on
 stopping after the same step (:meth:`StopRequest.agreed`, one all-reduce per optimizer step).
@@ -12,6 +17,7 @@ stopping after the same step (:meth:`StopRequest.agreed`, one all-reduce per opt
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import threading
 from typing import Iterator, Optional
@@ -28,9 +34,10 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 class Preempted(InputError):
     """The run stopped on a signal after writing its ``ckpt-last``; ``exit_status`` is 128 + signum."""
 
-    def __init__(self, message: str, signum: int = int(signal.SIGTERM)):
+    def __init__(self, message: str, signum: int = int(signal.SIGTERM), logged: bool = True):
         super().__init__(message)
         self.signum = int(signum)
+        self.logged = logged  # False: not printed yet (utils.cli.run_main prints it)
 
     @property
     def exit_status(self) -> int:
@@ -38,10 +45,16 @@ class Preempted(InputError):
 
 
 class StopRequest:
-    """Set by a stop signal; read by the training loop after each optimizer step."""
+    """Set by a stop signal; read by the training loop after each optimizer step. Until
+    :meth:`defer` is called (by the first training epoch), a signal stops at once."""
 
     def __init__(self):
         self.signum: Optional[int] = None
+        self.deferring = False
+
+    def defer(self) -> None:
+        """From now on a first signal only sets the flag (the training step under way finishes)."""
+        self.deferring = True
 
     @property
     def requested(self) -> bool:
@@ -76,12 +89,21 @@ def catch_stop_signals() -> Iterator[StopRequest]:
         return
     previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
 
+    owner = os.getpid()
+
     def handler(signum, frame):
-        if stop.requested:  # a second signal: stop now
-            signal.signal(signum, previous[signum] if callable(previous[signum]) else signal.SIG_DFL)
-            signal.raise_signal(signum)
+        if os.getpid() != owner:  # a forked worker (data loader, scan): its parent stops it
             return
+        second = stop.requested
         stop.request(signum)
+        if stop.deferring and not second:
+            return
+        for sig in STOP_SIGNALS:  # a further signal: the default action
+            signal.signal(sig, signal.default_int_handler if sig == signal.SIGINT else signal.SIG_DFL)
+        name = signal.Signals(signum).name
+        when = ("a second stop signal" if second else
+                "before the first training step (start-up: data, model, checkpoint); nothing to save")
+        raise Preempted(f"stopped by {name} at once: {when}", signum, logged=False)
 
     for sig in STOP_SIGNALS:
         signal.signal(sig, handler)

@@ -64,6 +64,17 @@ def make_train_step(device: torch.device, use_images: bool):
     return step
 
 
+def make_bn_forward(device: torch.device, use_images: bool):
+    """BatchNorm recalibration (engine/batchnorm.py): a training batch without augmentation -> the
+    model's loss dict (views only with an image branch)."""
+
+    def forward(model: nn.Module, batch) -> Dict[str, Tensor]:
+        points, imgs = unpack_batch(batch[2], device)
+        return model(points, imgs if use_images else None)
+
+    return forward
+
+
 def make_val_step(device: torch.device, features: Optional[List[Tensor]] = None):
     """Validation step: the reconstruction loss (masks as the evaluation's seeded RNG draws them);
     with ``features`` (a list), also appends each batch's pooled features of the unmasked encoder
@@ -134,6 +145,8 @@ def run_net(settings: RunSettings, config, writers=(None, None), stop: Optional[
         metrics = builder.train_epoch(model, train_step, train_sampler, train_loader, state, settings, config, epoch,
                                       train_writer, stop, logger)
 
+        builder.refresh_batchnorm(model, train_loader, make_bn_forward(device, has_image_branch), settings, epoch, logger,
+                                  saving=builder.epoch_copy_due(epoch, settings))
         if builder.validation_due(epoch, settings):
             figures = {}
             if val_loader is not None:

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from timm.data import resolve_model_data_config
 from torch import Tensor, nn
 
-from utils.checkpoint import CheckpointError, load_state_dict_checked, state_dict_of
+from utils.checkpoint import CheckpointError, load_checkpoint_file, load_state_dict_checked, state_dict_of
 from utils.schema import ConfigError, Schema, origin_of
 from utils.logger import print_log
 
@@ -95,12 +95,9 @@ def load_encoder_weights(model: nn.Module, path: str) -> str:
                               f"ViT-style models; {type(model).__name__} has no npz loader")
         model.load_pretrained(path)
         return f"loaded {path} with timm's npz loader"
-    if ext == ".safetensors":
-        from safetensors.torch import load_file
-
-        state = load_file(path, device="cpu")
-    elif ext in (".pth", ".pt", ".bin"):
-        state = torch.load(path, map_location="cpu", weights_only=True)
+    if ext in (".safetensors", ".pth", ".pt", ".bin"):
+        # the one checkpoint reader: weights-only, a refused pickle is one line naming the file and the global
+        state = load_checkpoint_file(path, map_location="cpu")
     else:
         raise ConfigError(f"model.image_branch.pretrained: '{path}' has extension '{ext}'; "
                           f"expected .pth, .pt, .bin, .safetensors or .npz")

@@ -303,7 +303,7 @@ def _drop_path_rates(drop_path_rate, depth: int):
         if len(drop_path_rate) != depth:
             raise ValueError(f"drop_path_rate list has {len(drop_path_rate)} entries for depth {depth}")
         return list(drop_path_rate)
-    return [r.item() for r in torch.linspace(0, drop_path_rate, depth)]
+    return [r.item() for r in torch.linspace(0, drop_path_rate, depth, device="cpu")]
 
 
 class TransformerEncoder(nn.Module):

@@ -69,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr_schedule", choices=CHOICE_KEYS["lr_schedule"], default="exact",
                    help="exact: epoch e trains at cosine(e); released: the released one-epoch lag")
     p.add_argument("--gpu", type=str, default=None, help="GPU index (same as --device cuda:N) (default: none)")
-    add_common_args(p, "device", "amp", "fps_backend", "embed_compute", "seed", "deterministic", "num_workers", "launcher", "local_rank",
+    add_common_args(p, "device", "amp", "fps_backend", "embed_compute", "bn_recalibration", "seed", "deterministic", "num_workers", "launcher", "local_rank",
                     "no_progress", "trust_checkpoint")
     g = p.add_argument_group("model (defaults: released sizes; must match the pre-training checkpoint)")
     g.add_argument("--patch_embed", choices=["auto", "inter_mae", "point_mae"], default="auto",

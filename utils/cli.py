@@ -75,6 +75,9 @@ def run_main(main: Callable[[], object], prog: Optional[str] = None):
         return main()
     except InputError as error:
         if hasattr(error, "exit_status"):  # engine.preemption.Preempted: its line is in the console and the log
+            if not getattr(error, "logged", True):
+                script = sys.argv[0] if not os.path.isabs(sys.argv[0]) else os.path.basename(sys.argv[0])
+                print(f"{prog or script or 'inter-mae'}: {error}", file=sys.stderr)
             raise SystemExit(error.exit_status) from None
         exit_on_input_error(error, prog)
     except KeyboardInterrupt:  # Ctrl-C outside a training loop (inside one, it stops after the step)

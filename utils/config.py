@@ -50,6 +50,9 @@ TOP_LEVEL_KEYS = {
     "epoch_count": "released (default: epochs 0..max_epoch, as the released loops) | exact (max_epoch epochs)",
     "lr_schedule": "exact (default: epoch e at cosine(e)) | released (the released one-epoch lag)",
     "seg_root": "part segmentation (segmentation/main.py --root): the ShapeNetPart folder",
+    "bn_recalibration": "BatchNorm statistics recomputed over training batches with the current weights before "
+                        "they are used (validation, the last epoch, checkpoint copies): auto (default: while the "
+                        "initial statistics are more than 1 % of a running variance) | on | off",
     "voting": "{times: 10, repeats: 299, above: 92.1, above_if_best: 91.0}: voting passes, --test repeats, "
               "fine-tuning thresholds",
 }
@@ -92,8 +95,11 @@ def resolve_base_path(path: str, including_file: str) -> Path:
     accept them relative to the repository root and to the including file."""
     candidates = [Path(path), REPO_ROOT / path, Path(including_file).parent / path]
     for cand in candidates:
-        if cand.is_file():
-            return cand
+        try:
+            if cand.is_file():
+                return cand
+        except OSError:  # a name too long for the file system, and the like: not a file here
+            continue
     raise ConfigError(f"_base_ file '{path}' not found (looked in the working directory, {REPO_ROOT} and "
                       f"{Path(including_file).parent})", including_file)
 
@@ -156,6 +162,22 @@ def _expanded_nodes(root: yaml.Node, limit: int, source: str) -> int:
     return count(root)
 
 
+def yaml_error_line(error: yaml.YAMLError) -> str:
+    """PyYAML's error on one line: the problem and its line / column, then the context (PyYAML's own
+    text spans several lines, with the file name and a snippet of the text repeated)."""
+    def at(mark) -> str:
+        return f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+
+    problem = getattr(error, "problem", None)
+    if not problem:
+        return " ".join(str(error).split())
+    text = f"{problem}{at(getattr(error, 'problem_mark', None))}"
+    context = getattr(error, "context", None)
+    if context:
+        text += f" ({context}{at(getattr(error, 'context_mark', None))})"
+    return " ".join(text.split())
+
+
 def _load_yaml(path: Path) -> dict:
     if not path.is_file():
         raise ConfigError(f"config file '{path}' does not exist")
@@ -173,7 +195,7 @@ def _load_yaml(path: Path) -> dict:
     try:
         data = safe_yaml_load(stream, str(path))
     except yaml.YAMLError as e:
-        raise ConfigError(f"config file is not valid YAML: {e}", str(path)) from None
+        raise ConfigError(f"config file is not valid YAML: {yaml_error_line(e)}", str(path)) from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -187,6 +209,9 @@ def merge_new_config(config: EasyDict, new_config: Mapping, source: str, includi
     not, is a ConfigError naming the cycle)."""
     including = including or (os.path.realpath(source),)
     for key, val in new_config.items():
+        if not isinstance(key, str):  # e.g. `kwargs: {0.0005, weight_decay: 0.05}`: a value without its key
+            raise ConfigError(f"key {quoted(key)} is a {type(key).__name__}; config keys are names (a value written "
+                              f"without its key?)", source)
         if not isinstance(val, dict):
             if key == "_base_":
                 base_path = resolve_base_path(str(val), source)
@@ -318,7 +343,10 @@ AUTO_POINTS_DATASETS = ("PointCloudFolder",)
 # EMBED_COMPUTE_MODES), taken from there.
 CHOICE_KEYS = {"epoch_count": ("released", "exact"), "lr_schedule": ("exact", "released"),
                "embed_compute": (DEFAULT_EMBED_COMPUTE,) + tuple(m for m in EMBED_COMPUTE_MODES if m != DEFAULT_EMBED_COMPUTE),
-               "fps_backend": FPS_BACKENDS, "amp": ("off", "bf16", "fp16")}
+               "fps_backend": FPS_BACKENDS, "amp": ("off", "bf16", "fp16"),
+               "bn_recalibration": ("auto", "on", "off")}
+# Keys whose words YAML 1.1 reads as booleans (amp: true = bf16; bn_recalibration: on / off).
+BOOLEAN_WORDS = {"amp": {True: "bf16", False: "off"}, "bn_recalibration": {True: "on", False: "off"}}
 IMAGE_BRANCH_BOOLS = ("trainable", "normalize", "per_view", "fresh_encoder_every_step")
 
 
@@ -341,12 +369,13 @@ def check_values(config: Mapping, job: str, model_cls: Optional[type] = None, wo
     for key, integer, low, low_open in TOP_LEVEL_NUMBERS:
         check_number(config, key, key, integer=integer, low=low, low_open=low_open,
                      allow_none=key in ("grad_norm_clip", "ckpt_period"))
+    _check_limit(config, "npoints", "npoints", "points")
     if "total_bs" in config and world_size > 1 and config.total_bs % world_size != 0:
         raise ConfigError(f"'total_bs' = {config.total_bs}: expected a multiple of the {world_size} processes "
                           f"(each process takes total_bs / world size)", origin_of(config))
     for key, words in CHOICE_KEYS.items():
         value = config.get(key)
-        if key == "amp" and isinstance(value, bool):  # true = bf16, false = off (configs before fp16)
+        if key in BOOLEAN_WORDS and isinstance(value, bool):  # amp: true (configs before fp16); on / off
             continue
         if value is not None and value not in words:
             raise ConfigError(f"'{key}' = {quoted(value)}: expected one of {list(words)}", origin_of(config))
@@ -398,6 +427,10 @@ def check_values(config: Mapping, job: str, model_cls: Optional[type] = None, wo
         prefix = "model.transformer_config." if tc is not model else "model."
         for key in ("trans_dim", "depth", "num_heads", "encoder_dims", "cls_dim", "decoder_depth", "decoder_num_heads"):
             check_number(tc, key, prefix + key, integer=True, low=1)
+        for key, name in (("depth", "depth"), ("decoder_depth", "depth")):
+            _check_limit(tc, key, prefix + key, name)
+        for key in ("num_group", "group_size"):
+            _check_limit(model, key, f"model.{key}", "points")
         check_number(tc, "drop_path_rate", prefix + "drop_path_rate", low=0, high=1, high_open=True)
         if tc is not model:
             check_mask_ratio(tc, prefix + "mask_ratio")
@@ -420,8 +453,20 @@ def check_values(config: Mapping, job: str, model_cls: Optional[type] = None, wo
                                      f"is for {', '.join(AUTO_POINTS_DATASETS)}: a folder of your own files)", node)
             else:
                 check_number(node, "N_POINTS", f"dataset.{split}.{part}.N_POINTS", integer=True, low=1)
+            for key in ("npoints", "N_POINTS"):
+                _check_limit(node, key, f"dataset.{split}.{part}.{key}", "points")
             for key in DATASET_BOOLS:
                 check_bool(node, key, f"dataset.{split}.{part}.{key}")
+
+
+def _check_limit(node: Any, key: str, where: str, name: str) -> None:
+    """A checked integer ``node[key]`` within limit ``name`` of :mod:`utils.limits` (points, blocks):
+    a ConfigError naming the key, the value, the limit and its environment variable otherwise."""
+    from utils.limits import how_to_raise, limit
+
+    value = node.get(key) if isinstance(node, Mapping) else None
+    if isinstance(value, int) and not isinstance(value, bool) and value > limit(name):
+        raise ConfigError(f"'{where}' = {value}: too large; {how_to_raise(name)}", origin_of(node))
 
 
 def check_voting(config: Mapping) -> None:

@@ -56,6 +56,12 @@ COMMON_ARGS = {
     "amp": (("--amp",), dict(nargs="?", const="bf16", default=None, choices=CHOICE_KEYS["amp"],
                              help="mixed precision: bf16 autocast (--amp alone), fp16 autocast with loss scaling "
                                   "(CUDA), or off (default: the config's amp, else off)")),
+    "bn_recalibration": (("--bn_recalibration",), dict(
+        choices=CHOICE_KEYS["bn_recalibration"], default=None,
+        help="recompute the BatchNorm running statistics over training batches (no augmentation) with the current "
+             "weights before validation, the last checkpoint and checkpoint copies: auto (while the initial "
+             "statistics are more than 1 %% of a layer's running variance: short runs), on (every time) or off "
+             "(default: the config's bn_recalibration, else auto)")),
     "partial_load": (("--partial_load",), dict(action="store_true", help="load checkpoints non-strictly: report "
                                                                             "missing and unexpected keys instead of failing")),
     "trust_checkpoint": (("--trust_checkpoint",), dict(
@@ -128,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                               "few-shot)")
     parser.add_argument("--fold", type=int, default=-1, help="few-shot: fold index (the <fold>.pkl of "
                                                               "DATA_PATH/<way>way_<shot>shot/)")
-    add_common_args(parser, "device", "amp", "fps_backend", "embed_compute")
+    add_common_args(parser, "device", "amp", "fps_backend", "embed_compute", "bn_recalibration")
     parser.add_argument("--experiment_root", type=str, default="./experiments", help="where experiments go")
     add_common_args(parser, "data_root", "no_progress", "opts")
     return parser

@@ -15,6 +15,7 @@ device             ``--device`` (``--gpu``)    -                            -   
 amp                ``--amp``                   ``amp``                      -                           ``off``
 fps_backend        ``--fps_backend``           ``fps_backend``              ``INTERMAE_FPS_BACKEND``    ``auto``
 embed_compute      ``--embed_compute``         ``embed_compute``            ``INTERMAE_EMBED_COMPUTE``  ``fast``
+bn_recalibration   ``--bn_recalibration``      ``bn_recalibration``         -                           ``auto``
 progress           ``--no_progress``           -                            stderr is a terminal        on
 num_workers        ``--num_workers``           -                            -                           4, capped to the usable cores
 seed               ``--seed``                  -                            -                           0
@@ -45,7 +46,7 @@ import torch
 
 from extensions.pointops import FPS_BACKEND_ENV
 from models.layers import DEFAULT_EMBED_COMPUTE, EMBED_COMPUTE_ENV
-from utils.config import CHOICE_KEYS, resolve_data_root
+from utils.config import BOOLEAN_WORDS, CHOICE_KEYS, resolve_data_root
 from utils.logger import print_log
 from utils.misc import resolve_device
 from utils.schema import ConfigError, origin_of
@@ -81,6 +82,7 @@ class RunSettings:
     amp_dtype: Optional[torch.dtype] = None  # what runs (None: fp32), see resolve_amp
     fps_backend: str = "auto"
     embed_compute: str = DEFAULT_EMBED_COMPUTE
+    bn_recalibration: str = "auto"  # auto | on | off (engine/batchnorm.py)
     # processes
     distributed: bool = False
     rank: int = 0
@@ -123,7 +125,8 @@ class RunSettings:
     def describe(self) -> str:
         """One line: the device and arithmetic settings and where each came from."""
         parts = [f"{name}: {getattr(self, name)} ({self.sources.get(name, 'default')})"
-                 for name in ("device", "amp", "fps_backend", "embed_compute", "n_epochs", "lr_schedule", "seed")]
+                 for name in ("device", "amp", "fps_backend", "embed_compute", "n_epochs", "lr_schedule", "seed",
+                              "bn_recalibration")]
         if self.amp_dtype is None and self.amp != "off":
             parts[1] = f"amp: {self.amp} refused, fp32 ({self.sources.get('amp', 'default')})"
         return "Settings: " + "; ".join(parts)
@@ -249,7 +252,11 @@ def _runtime(args: argparse.Namespace, config: Mapping, logger=None) -> Dict[str
                                                  config, FPS_BACKEND_ENV, "auto")
     embed, sources["embed_compute"] = choose("embed_compute", getattr(args, "embed_compute", None), "--embed_compute",
                                              config, EMBED_COMPUTE_ENV, DEFAULT_EMBED_COMPUTE)
-    for name, value in (("amp", amp), ("fps_backend", fps_backend), ("embed_compute", embed)):
+    bn_recalibration, sources["bn_recalibration"] = choose("bn_recalibration", getattr(args, "bn_recalibration", None),
+                                                           "--bn_recalibration", config, default="auto")
+    bn_recalibration = BOOLEAN_WORDS["bn_recalibration"].get(bn_recalibration, bn_recalibration)  # YAML on / off
+    for name, value in (("amp", amp), ("fps_backend", fps_backend), ("embed_compute", embed),
+                        ("bn_recalibration", bn_recalibration)):
         if value not in CHOICE_KEYS[name]:
             raise ConfigError(f"'{name}' = {value!r}: expected one of {list(CHOICE_KEYS[name])}", origin_of(config))
     from utils.dist_utils import get_dist_info
@@ -259,6 +266,7 @@ def _runtime(args: argparse.Namespace, config: Mapping, logger=None) -> Dict[str
     sources["seed"] = "--seed" if getattr(args, "seed", 0) else "default"
     return dict(
         device=device, amp=amp, amp_dtype=resolve_amp(amp, device, logger), fps_backend=fps_backend, embed_compute=embed,
+        bn_recalibration=bn_recalibration,
         distributed=getattr(args, "launcher", "none") != "none", rank=rank, world_size=world_size,
         local_rank=local_rank, sync_bn=bool(getattr(args, "sync_bn", False)),
         num_workers=num_workers, seed=int(getattr(args, "seed", 0)),
