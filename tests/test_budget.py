@@ -21,8 +21,9 @@ def test_a_short_run_is_warned_with_its_numbers_and_the_settings_to_change():
 def test_the_threshold_is_exclusive_and_a_long_run_is_silent():
     assert short_pretraining_warning(1, MIN_PRETRAIN_STEPS - 1) is not None
     assert short_pretraining_warning(1, MIN_PRETRAIN_STEPS) is None
-    # The released recipe on a ShapeNet-sized folder: 41,952 shapes / 128 = 327 batches x 300 epochs.
-    assert short_pretraining_warning(327, 300, warmup_epochs=10) is None
+    # The released recipe (cfgs/pretrain.yaml) on ShapeNet: 41,952 shapes // 32 = 1,311 batches x 300 epochs.
+    assert planned_steps(41952 // 32, 300) == 393300
+    assert short_pretraining_warning(41952 // 32, 300, warmup_epochs=10) is None
 
 
 def test_a_warm_up_as_long_as_the_run_is_warned_even_with_many_steps():
