@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from datasets.common import DatasetFormatError
 from datasets.data_transforms import PointcloudScaleAndTranslate
 from engine import builder
+from engine.budget import short_pretraining_warning
 from engine.engine import (
     MeanMeter,
     epoch_range,
@@ -120,6 +121,11 @@ def run_net(settings: RunSettings, config, writers=(None, None), stop: Optional[
             print_log(f"[Validation] skipped: dataset.val cannot be read ({str(e).splitlines()[0]})", logger=logger)
 
     state = builder.build_training(config, settings, logger)
+    sche = config.get("scheduler") or {}
+    warmup = int((sche.get("kwargs") or {}).get("initial_epochs", 0) or 0) if sche.get("type") == "CosLR" else 0
+    budget = short_pretraining_warning(len(train_loader), settings.n_epochs, settings.accum, warmup)
+    if budget is not None:
+        print_log(f"[Pre-training] WARNING: {budget}", logger=logger)
     if settings.resume != "no":
         builder.resume(state, settings, logger=logger)
     elif settings.start_ckpts is not None:

@@ -339,6 +339,10 @@ def test_pretrain_on_a_folder_of_clouds_for_one_epoch(tmp_path, branch):
     log = next(run.glob("*.log")).read_text()
     assert "[Validation] EPOCH: 0 val_loss_rec" in log  # on the folder's seeded test share
     assert "[Feature health] EPOCH: 0 validation features: effective rank" in log
+    # 6 train shapes (2 of each class's 3; 1 to the test share) at batch 4, last short batch dropped: 1 step;
+    # the config's 10 warm-up epochs cover the 1-epoch run.
+    assert ("[Pre-training] WARNING: 1 optimizer steps planned (1 batches an epoch x 1 epochs)" in log
+            and "initial_epochs = 10) covers all 1 epochs" in log)
     assert f"[PointCloudFolder] {root}: subset 'train' " in log  # the dataset's own lines reach the run log
     assert ("loss_con_raw" in log) == (branch == "images")
     assert len(list((root / ".intermae_cache").glob("*.npy"))) == 9
