@@ -41,8 +41,9 @@ def signal_at_call(monkeypatch):
         original = cls.forward
 
         def forward(self, *args, **kwargs):
-            state["calls"] += self.training
-            if self.training and state["calls"] == state["n"]:
+            step = self.training and torch.is_grad_enabled()  # not a BatchNorm recalibration pass (no_grad)
+            state["calls"] += step
+            if step and state["calls"] == state["n"]:
                 os.kill(os.getpid(), state["signum"])
             return original(self, *args, **kwargs)
 
