@@ -37,6 +37,7 @@ from datasets.ModelNetDatasetFewShot import make_fewshot_splits
 from datasets.common import pc_normalize
 from datasets.io import write_ply
 from datasets.modelnet_cache import build_modelnet_cache, load_modelnet_cache
+from datasets.safe_io import load_data_pickle
 from datasets.render import DEFAULT_DISTANCE, DEFAULT_FOV_DEG, default_view_grid, render_views
 from demo import shapes as P
 from utils.checkpoint import atomic_write
@@ -299,8 +300,7 @@ def make_modelnet(root: str, seed: int = 0, train_per_class: int = 8, test_per_c
         for split in ("train", "test"):
             path = build_modelnet_cache(base, split, n, num_category=40, progress=False)
             # the ModelNet10 cache holds the same FPS samples (FPS is deterministic): select, relabel
-            with open(path, "rb") as f:
-                pts40, lab40 = pickle.load(f)
+            pts40, lab40 = load_data_pickle(path, "ModelNet cache")
             keep = [k for k, lab in enumerate(lab40) if int(lab[0]) in remap]
             if len(keep) != len(ids10[split]):
                 raise RuntimeError(f"{path}: {len(keep)} ModelNet10 shapes, expected {len(ids10[split])}")

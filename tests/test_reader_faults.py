@@ -30,7 +30,7 @@ def test_a_yaml_syntax_error_is_one_line_with_its_line_and_column(tmp_path):
     with pytest.raises(InputError) as e:
         cfg_from_yaml_file(str(path))
     text = one_line_naming(e.value, "cfg.yaml")
-    assert "found unexpected end of stream at line 3, column 1 (while scanning a quoted scalar at line 2" in text
+    assert f'found unexpected end of stream in "{path}", line 3, column 1 (while scanning a quoted scalar at line 2' in text
 
 
 def test_a_ply_header_line_of_60_kb_is_quoted_short(tmp_path):

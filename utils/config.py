@@ -165,16 +165,17 @@ def _expanded_nodes(root: yaml.Node, limit: int, source: str) -> int:
 def yaml_error_line(error: yaml.YAMLError) -> str:
     """PyYAML's error on one line: the problem and its line / column, then the context (PyYAML's own
     text spans several lines, with the file name and a snippet of the text repeated)."""
-    def at(mark) -> str:  # PyYAML's own wording, which editors and the released tooling recognise
+    def at(mark, name_file: bool = False) -> str:
         if mark is None:
             return ""
-        where = f' in "{mark.name}",' if getattr(mark, "name", None) not in (None, "", "<unicode string>") else " at"
+        named = name_file and getattr(mark, "name", None) not in (None, "", "<unicode string>")
+        where = f' in "{mark.name}",' if named else " at"  # PyYAML's own wording for the error's position
         return f"{where} line {mark.line + 1}, column {mark.column + 1}"
 
     problem = getattr(error, "problem", None)
     if not problem:
         return " ".join(str(error).split())
-    text = f"{problem}{at(getattr(error, 'problem_mark', None))}"
+    text = f"{problem}{at(getattr(error, 'problem_mark', None), name_file=True)}"
     context = getattr(error, "context", None)
     if context:
         text += f" ({context}{at(getattr(error, 'context_mark', None))})"
