@@ -22,3 +22,17 @@ from writers import write_shapenet55  # noqa: E402  (tests/ is on sys.path under
 @pytest.fixture(scope="session")
 def shapenet55_root(tmp_path_factory) -> Path:
     return write_shapenet55(tmp_path_factory.mktemp("ShapeNet55-34"))
+
+
+@pytest.fixture
+def losses(monkeypatch):
+    """The values of the tensors ``.backward()`` is called on, in order."""
+    seen = []
+    backward = torch.Tensor.backward
+
+    def recording_backward(self, *args, **kwargs):
+        seen.append(float(self.detach()))
+        return backward(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "backward", recording_backward)
+    return seen

@@ -206,7 +206,7 @@ def test_a_short_fine_tuning_run_is_evaluated_with_statistics_of_its_weights(tmp
     assert len({row["predicted"] for row in rows}) >= 2
 
 
-def test_recalibration_changes_the_saved_statistics_not_the_training(tmp_path, monkeypatch):
+def test_recalibration_changes_the_saved_statistics_not_the_training(tmp_path, losses):
     """A tiny fine-tuning run through main.py with ``--bn_recalibration on`` and ``off``: the same
     training losses bit for bit (the recalibration draws from no training random stream), the same
     weights, and BatchNorm statistics that differ only where it ran."""
@@ -217,14 +217,7 @@ def test_recalibration_changes_the_saved_statistics_not_the_training(tmp_path, m
     write_modelnet(tmp_path / "mn", ids_per_split=(("train", 8), ("test", 4)), n_rows=130, cache_points=96)
     cfg = tmp_path / "tiny_ft.yaml"
     cfg.write_text(TINY_FINETUNE.format(root=tmp_path / "mn", epochs=2))
-    seen = []
-    backward = torch.Tensor.backward
-
-    def recording_backward(self, *args, **kwargs):
-        seen.append(float(self.detach()))
-        return backward(self, *args, **kwargs)
-
-    monkeypatch.setattr(torch.Tensor, "backward", recording_backward)
+    seen = losses  # the conftest fixture: values of the tensors .backward() is called on
     runs = {}
     for mode in ("on", "off"):
         seen.clear()

@@ -115,19 +115,6 @@ def exact_embedding(monkeypatch):
     monkeypatch.setenv(EMBED_COMPUTE_ENV, "exact")
 
 
-@pytest.fixture
-def losses(monkeypatch):
-    """The values of the tensors ``.backward()`` is called on, in order."""
-    seen = []
-    backward = torch.Tensor.backward
-
-    def recording_backward(self, *args, **kwargs):
-        seen.append(float(self.detach()))
-        return backward(self, *args, **kwargs)
-
-    monkeypatch.setattr(torch.Tensor, "backward", recording_backward)
-    return seen
-
 
 def cpu_args(exp_root, *argv):
     return [*argv, "--num_workers", "0", "--device", "cpu", "--experiment_root", str(exp_root)]

@@ -11,7 +11,6 @@ import os
 import zipfile
 import pickle
 import runpy
-import shlex
 import signal
 import subprocess
 import sys
@@ -25,19 +24,8 @@ import torch
 from easydict import EasyDict
 
 from conftest import REPO
-from writers import CLASSES40, write_tiny_pretrain_config
+from writers import CLASSES40, SYSTEM, RunsCode, write_tiny_pretrain_config
 
-SYSTEM = f"{os.system.__module__}.system"  # posix.system: how a pickle names os.system
-
-
-class RunsCode:
-    """Unpickling this object runs ``touch <marker>``."""
-
-    def __init__(self, marker: Path):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return os.system, (f"touch {shlex.quote(self.marker)}",)
 
 
 def command(*argv: str, timeout: float = 120, env=None) -> subprocess.CompletedProcess:

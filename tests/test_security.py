@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import os
 import random
-import shlex
 import shutil
 import subprocess
 import sys
@@ -22,20 +20,9 @@ import torch
 from utils.checkpoint import (NUMPY_SAFE_GLOBALS, CheckpointError, UntrustedCheckpointError, load_checkpoint_file,
                               refused_global)
 from utils.cli import run_main
-from writers import TINY_FINETUNE, TINY_PRETRAIN, write_modelnet
+from writers import SYSTEM, TINY_FINETUNE, TINY_PRETRAIN, RunsCode, write_modelnet
 
 REPO = Path(__file__).resolve().parent.parent
-SYSTEM = f"{os.system.__module__}.system"  # posix.system: how a pickle names os.system
-
-
-class RunsCode:
-    """Unpickling this object runs ``touch <marker>`` (as a downloaded .pth could run anything)."""
-
-    def __init__(self, marker: Path):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return os.system, (f"touch {shlex.quote(self.marker)}",)
 
 
 def write_evil_checkpoint(path: Path, marker: Path) -> Path:
