@@ -168,6 +168,19 @@ class Predictor:
                   f"all its points), FPS to {npoints}; device {predictor.device}", logger=logger)
         return predictor
 
+    @classmethod
+    def from_pretrained(cls, name_or_path: str, revision: Optional[str] = None, cache_dir: Optional[str] = None,
+                        device: Union[None, str, torch.device] = None, logger=None, **kwargs) -> "Predictor":
+        """A classifier from a model folder (``tools/export_weights.py --hf``), a Hugging Face Hub
+        model id (``ORG/NAME``, ``ORG/NAME@REVISION``, ``hf-hub:ORG/NAME``: downloaded into and read
+        from ``huggingface_hub``'s cache, ``HF_HUB_OFFLINE=1`` for the cache alone; ``revision``: a
+        branch, tag or commit) or a checkpoint file. Weights load without unpickling from a folder;
+        ``kwargs`` go to :meth:`from_checkpoint`. An ONNX file: ``engine.onnx_runtime.OnnxPredictor``."""
+        from utils.model_folder import resolve_model_path
+
+        path = resolve_model_path(name_or_path, revision=revision, cache_dir=cache_dir)
+        return cls.from_checkpoint(path, device=device, logger=logger, **kwargs)
+
     # ------------------------------------------------------------------------ preparation
     def read(self, path: str) -> np.ndarray:
         """A file's (N_POINTS, 3) points, normalised, as ``--test`` reads them; a point file with

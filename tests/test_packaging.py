@@ -51,6 +51,12 @@ def test_requirements_txt_is_pyproject_dependencies_plus_dev():
     assert set(project["optional-dependencies"]) >= {"vis", "dev"}
 
 
+def test_deploy_extra_is_in_the_test_install():
+    """The ONNX export and onnxruntime tests run in `make test`: [dev] holds the [deploy] packages."""
+    extras = pyproject()["project"]["optional-dependencies"]
+    assert extras["deploy"] and set(extras["deploy"]) <= set(extras["dev"])
+
+
 def test_floors_are_the_tested_versions():
     project = pyproject()["project"]
     tested = pins()

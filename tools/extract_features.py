@@ -2,6 +2,7 @@
 
     python tools/extract_features.py --ckpts experiments/pretrain/NAME/ckpt-last.pth --input my_clouds/ --out feats.npy
     python tools/extract_features.py --ckpts P.safetensors --input a.ply b.npy c.txt --out feats.h5 --npoints 2048
+    python tools/extract_features.py --ckpts MODEL_FOLDER_OR_HUB_ID_OR_FEATURES.onnx --input my_clouds/ --out feats.npy
 
 Each cloud is normalised into the unit sphere, reduced to ``--npoints`` by farthest point sampling
 and encoded by the frozen pre-trained encoder; its feature is ``max_mean_pool`` of the patch tokens
@@ -29,7 +30,12 @@ from utils.settings import progress_enabled  # noqa: E402
 
 def build_parser():
     parser = new_parser("Frozen pre-trained features (max+mean pooled encoder tokens) of point-cloud files")
-    parser.add_argument("--ckpts", required=True, help="checkpoint: pre-training, fine-tuned, or a .safetensors export")
+    parser.add_argument("--ckpts", required=True,
+                        help="checkpoint: pre-training, fine-tuned, a .safetensors export, a model folder "
+                             "(tools/export_weights.py --hf), a Hugging Face Hub model id (ORG/NAME[@REVISION]), or "
+                             "an ONNX features graph (tools/export_onnx.py --features; runs on onnxruntime)")
+    parser.add_argument("--revision", default=None,
+                        help="a Hub model id's branch, tag or commit (default: main, or the id's @REVISION)")
     parser.add_argument("--input", required=True, nargs="+", metavar="DIR_OR_FILE",
                         help="point-cloud or mesh files (.ply .xyz .txt .pts .csv .npy .npz .off .obj .stl) or folders "
                              "holding them (recursive)")
@@ -47,14 +53,21 @@ def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
     from engine.features import extract_files, load_point_encoder, write_features
+    from engine.onnx_runtime import is_onnx_path, load_onnx_features
+    from utils.model_folder import resolve_model_path
     from utils.logger import print_log
 
     if args.npoints < 1 or args.batch_size < 1:
         parser.error(f"--npoints ({args.npoints}) and --batch_size ({args.batch_size}) must be >= 1")
     if not args.out.lower().endswith((".npy", ".h5", ".hdf5")):
         parser.error(f"--out '{args.out}' must end in .npy or .h5")
-    extractor = load_point_encoder(args.ckpts, config=args.config, device=args.device, npoints=args.npoints,
-                                   trust=args.trust_checkpoint)
+    if is_onnx_path(args.ckpts):  # onnxruntime: no PyTorch model is built
+        if args.config is not None:
+            parser.error("--config does not apply to an ONNX file (its metadata holds the run's config)")
+        extractor = load_onnx_features(args.ckpts, npoints=args.npoints)
+    else:
+        extractor = load_point_encoder(resolve_model_path(args.ckpts, revision=args.revision), config=args.config,
+                                       device=args.device, npoints=args.npoints, trust=args.trust_checkpoint)
     features, names = extract_files(extractor, args.input, batch_size=args.batch_size, progress=progress_enabled(args.no_progress))
     info = {"checkpoint": str(args.ckpts), "npoints": args.npoints, "feature": "max_mean_pool(patch_tokens)",
             "dim": int(features.shape[1])}

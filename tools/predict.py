@@ -2,6 +2,7 @@
 
     python tools/predict.py --ckpts experiments/finetune_folder/mine/ckpt-best.pth --input NEW_FILES_OR_DIR \
         --out predictions.csv [--topk K] [--vote N] [--batch_size B] [--device D] [--strict]
+    python tools/predict.py --ckpts MODEL_FOLDER_OR_HUB_ID_OR_MODEL.onnx --input NEW_FILES_OR_DIR --out predictions.csv
 
 One CSV row per file: path, predicted class name, probability, the top-k names and
 probabilities, the true class (when the file sits in a class folder), and the error of a file
@@ -28,7 +29,12 @@ from utils.settings import progress_enabled  # noqa: E402
 
 def build_parser():
     parser = new_parser("Named predictions of a fine-tuned classifier for point-cloud and mesh files, as a CSV")
-    parser.add_argument("--ckpts", required=True, help="fine-tuned classifier checkpoint (ckpt-best.pth of a run)")
+    parser.add_argument("--ckpts", required=True,
+                        help="fine-tuned classifier: checkpoint (ckpt-best.pth of a run), .safetensors export, model "
+                             "folder (tools/export_weights.py --hf), Hugging Face Hub model id (ORG/NAME[@REVISION]) "
+                             "or ONNX file (tools/export_onnx.py; runs on onnxruntime)")
+    parser.add_argument("--revision", default=None,
+                        help="a Hub model id's branch, tag or commit (default: main, or the id's @REVISION)")
     parser.add_argument("--input", required=True, nargs="+", metavar="FILE_OR_DIR",
                         help="files (.ply .xyz .txt .pts .csv .npy .npz .off .obj .stl) or folders holding them "
                              "(recursive; class subfolders give accuracy figures)")
@@ -56,6 +62,7 @@ def main(argv=None) -> int:
         parser.error(f"--out '{args.out}' must end in .csv")
     import os
 
+    from engine.onnx_runtime import OnnxPredictor, is_onnx_path
     from engine.predict import Predictor, report, write_csv
     from utils.logger import get_root_logger, print_log
     from utils.misc import set_random_seed
@@ -63,8 +70,13 @@ def main(argv=None) -> int:
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     logger = get_root_logger(log_file=os.path.splitext(args.out)[0] + ".log", name="predict")
     set_random_seed(args.seed)
-    predictor = Predictor.from_checkpoint(args.ckpts, device=args.device, config=args.config,
-                                          trust=args.trust_checkpoint, logger=logger)
+    if is_onnx_path(args.ckpts):  # onnxruntime: no PyTorch model is built
+        if args.config is not None:
+            parser.error("--config does not apply to an ONNX file (its metadata holds the run's config)")
+        predictor = OnnxPredictor.from_onnx(args.ckpts, logger=logger)
+    else:
+        predictor = Predictor.from_pretrained(args.ckpts, revision=args.revision, device=args.device,
+                                              config=args.config, trust=args.trust_checkpoint, logger=logger)
     results = predictor.predict(args.input, topk=args.topk, vote=args.vote, batch_size=args.batch_size,
                                 progress=progress_enabled(args.no_progress), strict=args.strict)
     write_csv(args.out, results, args.topk)

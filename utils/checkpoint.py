@@ -239,6 +239,25 @@ def _load_safetensors(path: str, map_location: Any) -> Dict[str, Any]:
     return ckpt
 
 
+def _load_model_folder(path: str, map_location: Any) -> Dict[str, Any]:
+    """A model folder (``utils.model_folder``: ``config.json`` + ``model.safetensors``) as a checkpoint
+    dict: the weights read as a ``.safetensors`` file (no unpickling), the entries of the checked
+    ``config.json`` (``config``, ``class_names``, ``metrics``, ...)."""
+    from utils.model_folder import (ModelFolderError, check_preprocessing, checkpoint_entries, folder_weights,
+                                    read_folder_config)
+
+    try:
+        data = read_folder_config(path)
+        check_preprocessing(data, data["config"], os.path.join(path, "config.json"))
+        weights = folder_weights(path)
+    except ModelFolderError as e:
+        raise CheckpointError(str(e)) from None
+    ckpt = _load_safetensors(weights, map_location)
+    ckpt.pop("config", None)
+    ckpt.update(checkpoint_entries(data))
+    return ckpt
+
+
 # The NumPy globals a safe load allows (besides torch's own tensors and plain Python types): exactly what
 # the pickles of NumPy RNG states (np.random.get_state(): a uint32 array), NumPy scalars (np.float64 /
 # np.int64 / ... metrics) and numeric arrays need. Pickles name the functions by module path:
@@ -316,7 +335,10 @@ def load_checkpoint_file(path: str, map_location: Any = "cpu", trust: bool = Fal
     """Read a checkpoint dict; a missing or unreadable file raises CheckpointError naming it.
 
     ``.safetensors``: weights only, returned as ``{'base_model': state_dict}``, plus
-    ``'config'`` (the parsed JSON) when a same-stem ``.json`` lies beside it.
+    ``'config'`` (the parsed JSON) when a same-stem ``.json`` lies beside it. A model folder
+    (``config.json`` + ``model.safetensors``, :mod:`utils.model_folder`): the same, with the
+    entries of its checked ``config.json``; a Hub model id (``ORG/NAME[@REVISION]``, no such local
+    path): that folder from ``huggingface_hub``'s cache (:func:`utils.model_folder.resolve_model_path`).
     Other files: ``torch.load(weights_only=True)`` -- tensors and plain Python types -- with the
     NumPy objects of older and third-party checkpoints allowed (:data:`NUMPY_SAFE_GLOBALS`: RNG
     states, NumPy scalars, numeric arrays). Anything else (a pickle that would call ``os.system``,
@@ -326,6 +348,15 @@ def load_checkpoint_file(path: str, map_location: Any = "cpu", trust: bool = Fal
     naming it (once per file and process): only for files you trust. (A file that loads safely
     loads safely, trusted or not.)
     """
+    if path is not None and not os.path.exists(path):  # a Hugging Face Hub model id: its cached folder
+        from utils.model_folder import ModelFolderError, parse_hub_id, resolve_model_path
+
+        try:
+            path = resolve_model_path(path) if parse_hub_id(path) else path
+        except ModelFolderError as e:
+            raise CheckpointError(str(e)) from None
+    if path is not None and os.path.isdir(path):
+        return _load_model_folder(path, map_location)
     if path is None or not os.path.isfile(path):
         raise CheckpointError(f"checkpoint file '{path}' does not exist")
     if str(path).endswith(SAFETENSORS_EXT):
