@@ -1,6 +1,6 @@
 """All benchmarks in one run (``make bench``: ``python bench/run.py``): FPS backends, geometry ops, the
 pre-training step against the released model code, the three jobs' training steps in every
-precision the device runs fast, the data side and the loading of your own files, each printed as a table of side-by-side ratios
+precision the device runs fast, the data side, the loading of your own files and prediction on onnxruntime against PyTorch, each printed as a table of side-by-side ratios
 measured in this run.
 
     python bench/run.py [--device cuda] [--quick]
@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere: the checkout's packages first
 
-from bench import bench_data, bench_folder, bench_fps, bench_ops, bench_train  # noqa: E402
+from bench import bench_data, bench_deploy, bench_folder, bench_fps, bench_ops, bench_train  # noqa: E402
 from utils.misc import resolve_device  # noqa: E402
 
 
@@ -41,6 +41,11 @@ def main(argv=None) -> None:
     bench_data.main(device + (["--cache_shapes_numpy", "1", "--cache_shapes", "2", "--views", "8"] if quick else []))
     print("\n== your own files (PointCloudFolder) ==")
     bench_folder.main(["--files", "4"] if quick else [])
+    print("\n== prediction on CPU: onnxruntime against PyTorch ==")
+    try:
+        bench_deploy.main(["--small", "--files", "4", "--rounds", "1"] if quick else [])
+    except ImportError as e:  # the [deploy] extra is missing: say what to install, run the rest
+        print(f"skipped: {e}")
 
 
 if __name__ == "__main__":

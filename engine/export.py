@@ -26,6 +26,7 @@ from utils.checkpoint import (CheckpointError, atomic_write, checkpoint_class_na
                               save_safetensors, state_dict_of)
 from utils.config import to_plain
 from utils.logger import print_log
+from utils.text import printable
 from utils.model_folder import (CARD_NAME, CONFIG_NAME, FORMAT_VERSION, MODEL_TYPE, WEIGHTS_NAME, ModelFolderError,
                                 check_folder_config, is_model_folder, plain_json, preprocessing_of)
 
@@ -96,8 +97,8 @@ def folder_config(ckpt: Mapping[str, Any], ckpt_path: str, run_cfg: Mapping, enc
 
 # ------------------------------------------------------------------------------ model card
 def _table(rows: Sequence[Sequence[Any]], head: Sequence[str]) -> List[str]:
-    def cell(v: Any) -> str:
-        return str(v).replace("|", "\\|").replace("\n", " ")
+    def cell(v: Any) -> str:  # class names and paths come from the user's files: escaped, one line
+        return printable(v).replace("|", "\\|").replace("`", "'")
 
     return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + \
         ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
@@ -105,6 +106,11 @@ def _table(rows: Sequence[Sequence[Any]], head: Sequence[str]) -> List[str]:
 
 def _figure(value: Any) -> str:
     return f"{value:.2f}" if isinstance(value, float) else str(value)
+
+
+def _code_line(text: Any) -> str:
+    """One line of a fenced block: escaped (:func:`utils.text.printable`), never a closing fence."""
+    return printable(text).replace("`", "'")
 
 
 def model_card(data: Mapping[str, Any], export_command: str, name: str = "") -> str:
@@ -144,17 +150,17 @@ def model_card(data: Mapping[str, Any], export_command: str, name: str = "") -> 
             base = entry.get("_base_") if isinstance(entry.get("_base_"), Mapping) else {}
             others = entry.get("others") if isinstance(entry.get("others"), Mapping) else {}
             counts = ((data.get("data") or {}).get(split) or {}) if isinstance(data.get("data"), Mapping) else {}
-            rows.append((split, base.get("NAME", "?"), f"`{base.get('DATA_PATH', '?')}`",
+            rows.append((split, base.get("NAME", "?"), base.get("DATA_PATH", "?"),
                          others.get("subset", split), counts.get("count", "not recorded")))
     lines += (_table(rows, ["split", "dataset", "folder", "subset", "files"]) if rows
               else ["The run config names no dataset."]) + [""]
     lines += ["## How it was made", "", "```"]
     commands = data.get("command")
     for command in ([commands] if isinstance(commands, str) else list(commands or [])):
-        lines.append(str(command))
+        lines.append(_code_line(command))
     if not commands:
         lines.append(f"# training command not recorded in {data.get('source')}")
-    lines += [export_command, "```", "", "## Metrics", ""]
+    lines += [_code_line(export_command), "```", "", "## Metrics", ""]
     figures = [(k, _figure(v)) for k, v in best.items() if not isinstance(v, (dict, list))]
     if figures:
         lines += ["Best validation figures of the run (the checkpoint's `best_metrics`; accuracy in %):", ""]

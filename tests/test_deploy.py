@@ -296,3 +296,20 @@ def test_onnx_file_checks(runs, onnx_files, tmp_path):
     except InputError as e:
         code = str(e)
     assert code is not None and str(other) in code
+
+
+def test_without_the_deploy_extra_the_commands_say_what_to_install(runs, tmp_path, monkeypatch):
+    import sys
+
+    root, cls_ckpt, _, _ = runs
+    onnx_file = tmp_path / "m.onnx"
+    onnx_file.write_bytes(b"")
+    for module in ("onnxruntime", "onnx", "onnxscript"):
+        monkeypatch.setitem(sys.modules, module, None)  # `import onnxruntime` raises ImportError
+    for command, argv in ((export_onnx, ["--ckpts", str(cls_ckpt), "--out", str(tmp_path / "x.onnx")]),
+                          (predict_cmd, ["--ckpts", str(onnx_file), "--input", str(root / "test"), "--out",
+                                         str(tmp_path / "p.csv")])):
+        with pytest.raises(InputError) as err:
+            command.main(argv)
+        assert "pip install -e '.[deploy]'" in str(err.value) and "\n" not in str(err.value)
+    assert not (tmp_path / "x.onnx").exists() and not (tmp_path / "p.csv").exists()

@@ -170,6 +170,8 @@ COMMANDS = {  # script -> arguments; {evil}, {pre}, {ft}, {tmp}, {cloud} filled 
         "--config", "cfgs/demo/pretrain_demo.yaml", "--ckpts", "{evil}", "--out", "{tmp}/img.npy", "--device", "cpu"]),
     "tools/predict.py": ("tools/predict.py", ["--ckpts", "{evil}", "--input", "{cloud}", "--out", "{tmp}/p.csv",
                                               "--device", "cpu"]),
+    "tools/export_onnx.py": ("tools/export_onnx.py", ["--ckpts", "{evil}", "--out", "{tmp}/m.onnx"]),
+    "tools/export_weights.py --hf": ("tools/export_weights.py", ["--ckpts", "{evil}", "--hf", "{tmp}/shared"]),
 }
 SCRIPTS = ["main.py", "main_vis.py", "segmentation/main.py", *sorted(f"tools/{p.name}" for p in (REPO / "tools").glob("*.py"))]
 
