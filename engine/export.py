@@ -37,12 +37,21 @@ TASK_OF_KIND = {"classifier": "classification", "pretrain": "pretraining", "enco
 
 
 def project_version() -> str:
-    """The installed project's version (``pyproject.toml``), or ``unknown`` in an uninstalled checkout."""
+    """The project's version: the installed metadata, else the checkout's ``pyproject.toml``
+    (the commands run from a checkout), else ``unknown``."""
     from importlib import metadata
 
     try:
         return metadata.version(PROJECT)
     except metadata.PackageNotFoundError:
+        pass
+    try:
+        import tomllib
+
+        with open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "pyproject.toml"),
+                  "rb") as f:
+            return str(tomllib.load(f)["project"]["version"])
+    except (OSError, KeyError, ValueError, ImportError):
         return "unknown"
 
 
@@ -55,6 +64,44 @@ def project_license() -> Optional[str]:
     except metadata.PackageNotFoundError:
         return None
     return meta.get("License-Expression") or meta.get("License") or None
+
+
+# ------------------------------------------------------------------------- command lines
+COMMAND_MARK = " - Command: "  # the line every run logs at its start (main.py, segmentation/main.py)
+MAX_LOG_BYTES = 64 << 20       # larger log files are not searched
+
+
+def run_commands(ckpt_path: str, follow: bool = True) -> List[str]:
+    """The command lines that made a checkpoint, oldest first: the ``Command:`` lines of the run's
+    log files beside it (a resumed run has one per start), and, with ``follow``, before them those
+    of the run its ``--ckpts`` / ``--start_ckpts`` names (the pre-training a fine-tuning started
+    from), when that run folder is at hand. Empty when no log is found."""
+    folder = os.path.dirname(os.path.abspath(str(ckpt_path)))
+    if not os.path.isdir(folder):
+        return []
+    commands: List[str] = []
+    for name in sorted(n for n in os.listdir(folder) if n.endswith(".log")):
+        path = os.path.join(folder, name)
+        try:
+            if not os.path.isfile(path) or os.path.getsize(path) > MAX_LOG_BYTES:
+                continue
+            with open(path, "r", encoding="utf-8", errors="replace") as f:
+                for line in f:
+                    if COMMAND_MARK in line:
+                        command = line.split(COMMAND_MARK, 1)[1].strip()
+                        commands.append(command if command.startswith("python") else "python " + command)
+                        break  # one start per log file
+        except OSError:
+            continue
+    if follow and commands:
+        words = shlex.split(commands[0]) if commands[0].count('"') % 2 == 0 else commands[0].split()
+        for flag in ("--ckpts", "--start_ckpts"):
+            if flag in words[:-1]:
+                source = words[words.index(flag) + 1]
+                if os.path.isfile(source) and os.path.abspath(source) != os.path.abspath(str(ckpt_path)):
+                    commands = run_commands(source, follow=False) + commands
+                break
+    return commands
 
 
 # ----------------------------------------------------------------------------- config.json
@@ -89,9 +136,12 @@ def folder_config(ckpt: Mapping[str, Any], ckpt_path: str, run_cfg: Mapping, enc
         "source": os.path.basename(str(ckpt_path)),
         "version": project_version(),
     }
-    for key in ("command", "data"):  # written by training runs that record them
-        if isinstance(ckpt.get(key), (str, list, dict)):
-            data[key] = plain_json(ckpt[key])
+    if isinstance(ckpt.get("command"), list):  # a model folder's, exported again
+        data["command"] = plain_json(ckpt["command"])
+    else:
+        data["command"] = run_commands(ckpt_path)
+    if isinstance(ckpt.get("data"), dict):  # what the training run recorded of its data
+        data["data"] = plain_json(ckpt["data"])
     return check_folder_config(data, f"the config of {ckpt_path}")
 
 

@@ -92,9 +92,13 @@ def test_model_folder_files_and_card(runs, folder):
     assert config["config"]["model"] == ckpt["config"]["model"]
     card = (folder / "README.md").read_text(encoding="utf-8")
     assert card.startswith("---\n") and "library_name: inter-mae" in card
+    logged = next(line for line in next(cls_ckpt.parent.glob("*.log")).read_text().splitlines() if " - Command: " in line)
+    version = next(line for line in (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text().splitlines() if line.startswith("version"))
     for text in ("| 0 | ball |", "| 2 | stick |", f"| acc | {ckpt['best_metrics']['acc']:.2f} |",
-                 f"--hf {folder}", "PointCloudFolder", "## Version and licence"):
+                 f"--hf {folder}", "PointCloudFolder", "## Version and licence", logged.split(" - Command: ")[1],
+                 f"version {version.split('=')[1].strip().strip(chr(34))}"):
         assert text in card, text
+    assert config["command"] == ["python " + logged.split(" - Command: ")[1]]
     # the weights are the checkpoint's, read without unpickling
     folder_ckpt = load_checkpoint_file(str(folder))
     assert folder_ckpt["base_model"].keys() == ckpt["base_model"].keys()

@@ -127,6 +127,11 @@ def check_folder_config(data: Any, source: str) -> Dict[str, Any]:
         if node is not None and not (isinstance(node, dict) and all(
                 isinstance(v, (int, float, str, list, dict, type(None))) for v in node.values())):
             raise ModelFolderError(f"{source}: '{key}' is {quoted(node, 60)}; expected a JSON object of figures")
+    command = data.get("command")
+    if command is not None and not (isinstance(command, list) and all(isinstance(c, str) for c in command)):
+        raise ModelFolderError(f"{source}: 'command' is {quoted(command, 60)}; expected a list of command lines")
+    if data.get("data") is not None and not isinstance(data.get("data"), dict):
+        raise ModelFolderError(f"{source}: 'data' is {quoted(data.get('data'), 60)}; expected a JSON object")
     return dict(data)
 
 
@@ -179,7 +184,7 @@ def checkpoint_entries(data: Mapping[str, Any]) -> Dict[str, Any]:
     return {"config": data["config"], "class_names": data.get("class_names"), "metrics": data.get("metrics") or {},
             "best_metrics": data.get("best_metrics") or {}, "epoch": data.get("epoch", -1),
             "job": {"classification": "finetune", "pretraining": "pretrain"}.get(data["task"], data["task"]),
-            "preprocessing": data["preprocessing"]}
+            "preprocessing": data["preprocessing"], "command": data.get("command") or [], "data": data.get("data") or {}}
 
 
 def check_preprocessing(data: Mapping[str, Any], run_cfg: Mapping, source: str, auto_points: int = 0) -> None:
