@@ -12,7 +12,8 @@ does; ``trunc_normal`` keeps the project's earlier trunc-normal(0.02) decoder.
 """
 from __future__ import annotations
 
-from typing import Dict, Optional
+from collections import OrderedDict
+from typing import Dict, Mapping, Optional
 
 import torch
 from timm.layers import trunc_normal_
@@ -20,6 +21,7 @@ from torch import Tensor, nn
 
 from extensions.chamfer_dist import ChamferDistanceL1, ChamferDistanceL2
 from extensions.emd import EarthMoverDistance
+from utils.checkpoint import Remapped
 from utils.schema import ConfigError, Schema, origin_of
 
 from .backbone import PointEncoder, check_init, first_max_pool
@@ -111,6 +113,20 @@ class MaskTransformer(PointEncoder):
         return self.transform(x_vis, pos), mask
 
 
+# The image side of a pre-training model: the frozen-feature tools (SVM, t-SNE, reconstructions)
+# never use it, and a Point-MAE layout has none.
+IMAGE_BRANCH_PREFIXES = ("image_branch.", "inv_head.", "pro_head.")
+
+
+def point_side_filter_fn(state: Mapping[str, Tensor], model: nn.Module) -> Remapped:
+    """The checkpoint remap of the pre-training models (``checkpoint_filter_fn``): the point side of
+    any pre-training checkpoint (Inter-MAE with or without an image branch, Point-MAE), its image
+    branch left out; the model's own image-branch tensors (if any) are ``new``."""
+    point = OrderedDict((k, v) for k, v in state.items() if not k.startswith(IMAGE_BRANCH_PREFIXES))
+    own_image = tuple(k for k in model.state_dict() if k.startswith(IMAGE_BRANCH_PREFIXES))
+    return Remapped(point, own_image, f"{len(state) - len(point)} image-branch tensors")
+
+
 def build_reconstruction_loss(name: str) -> nn.Module:
     losses = {"cdl1": ChamferDistanceL1, "cdl2": ChamferDistanceL2, "emd": EarthMoverDistance}
     if name not in losses:
@@ -128,6 +144,7 @@ class _MaskedPointAutoencoder(nn.Module):
     config_schema = Schema(required=("NAME", "group_size", "num_group", "loss"), optional=("patch_embed", "init"),
                            sections={"transformer_config": Schema(required=TRANSFORMER_KEYS)})
     default_patch_embed = "inter_mae"
+    checkpoint_filter_fn = staticmethod(point_side_filter_fn)
 
     def __init__(self, config, *, fps_backend: str = "auto", embed_compute: str = DEFAULT_EMBED_COMPUTE):
         super().__init__()

@@ -18,10 +18,9 @@ from torch import Tensor, nn
 
 from datasets.ShapeNetPartDataset import NUM_CATEGORIES, NUM_PARTS
 from extensions.pointops import gather_points, knn_query
-from utils.checkpoint import LoadReport
 from utils.schema import Schema
 
-from .backbone import PointEncoder, check_init, load_encoder, max_mean_pool
+from .backbone import PointEncoder, check_init, max_mean_pool
 from .build import MODELS
 from .layers import DEFAULT_EMBED_COMPUTE, init_weights
 
@@ -141,11 +140,6 @@ class PartSegTransformer(PointEncoder):
                 "num_group": self.group_divider.num_group, "group_size": self.group_divider.group_size,
                 "patch_embed": self.patch_embed_kind, "return_layers": list(self.return_layers),
                 "normal": self.normal, "init": self.init_mode}
-
-    def load_model_from_ckpt(self, ckpt_path: str, logger=None, trust: bool = False) -> LoadReport:
-        """Load the encoder of a pre-training (or classifier) checkpoint strictly; the segmentation
-        head stays as initialised. See :func:`load_encoder`."""
-        return load_encoder(self, ckpt_path, strict=True, logger=logger, trust=trust)
 
     def forward(self, pts: Tensor, category: Tensor) -> Tensor:
         B, N, C = pts.shape

@@ -12,10 +12,9 @@ import torch
 from timm.layers import trunc_normal_
 from torch import Tensor, nn
 
-from utils.checkpoint import LoadReport
 from utils.schema import ConfigError, Schema, origin_of
 
-from .backbone import PointEncoder, check_init, first_max_pool, load_encoder
+from .backbone import PointEncoder, check_init, first_max_pool
 from .build import MODELS
 from .layers import DEFAULT_EMBED_COMPUTE, init_weights
 
@@ -30,6 +29,7 @@ class PointTransformer(PointEncoder):
 
     # cls_dim may be left out when the training set names its classes (a folder dataset): the
     # fine-tuning job sets it from the number of classes before the model is built.
+    checkpoint_extra_keys = ("cls_token", "cls_pos")  # a fine-tuned classifier's, taken over with its encoder
     config_schema = Schema(required=("NAME", "trans_dim", "depth", "drop_path_rate", "num_heads",
                                      "group_size", "num_group", "encoder_dims"),
                            optional=("cls_dim", "patch_embed", "label_smoothing", "init"))
@@ -66,12 +66,6 @@ class PointTransformer(PointEncoder):
         loss = self.loss_ce(ret.float(), gt.long())
         acc = (ret.argmax(-1) == gt).float().mean() * 100
         return loss, acc
-
-    def load_model_from_ckpt(self, ckpt_path: str, strict: bool = True, logger=None, trust: bool = False) -> LoadReport:
-        """Take over the encoder of a pre-training, classifier or segmentation checkpoint (released
-        name); a fine-tuned classifier's ``cls_token`` / ``cls_pos`` too. See :func:`load_encoder`."""
-        return load_encoder(self, ckpt_path, strict=strict, extra_keys=("cls_token", "cls_pos"), logger=logger,
-                            trust=trust)
 
     def forward_features(self, pts: Tensor) -> Tensor:
         """(B, N, 3) -> (B, 2C): :func:`first_max_pool` of the encoded sequence (cls token first)."""
