@@ -10,7 +10,7 @@ the others through :func:`load_encoder`.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Mapping, Optional, Sequence, Tuple
+from typing import Literal, Mapping, Optional, Sequence, Tuple, get_args
 
 import torch
 from torch import Tensor, nn
@@ -35,7 +35,9 @@ PRETRAIN_PREFIX = "MAE_encoder."
 #                 but never applied), cls_token / cls_pos trunc-normal(0.02).
 #   trunc_normal  the project's earlier choice: trunc-normal(0.02) Linears / Conv1ds, unit LayerNorm,
 #                 applied to the whole classifier / segmenter and to the pre-training decoder.
-INIT_MODES = ("released", "trunc_normal")
+InitMode = Literal["released", "trunc_normal"]
+INIT_MODES = get_args(InitMode)
+PatchEmbedName = Literal["inter_mae", "point_mae"]  # models.layers.PATCH_EMBEDS
 
 
 def check_init(value, where: str = "model.init", source: Optional[str] = None) -> str:
