@@ -23,11 +23,10 @@ from torch import Tensor, nn
 
 from utils.checkpoint import NoWeightsError, Remapped, load_weights
 from utils.schema import ConfigError, Schema, origin_of
+
+from .build import signature_schema
 from utils.logger import print_log
 
-IMAGE_BRANCH_KEYS = ("enabled", "model", "model_kwargs", "pretrained", "trainable", "normalize", "mean", "std", "weight",
-                     "temperature", "fresh_encoder_every_step", "per_view")
-IMAGE_BRANCH_SCHEMA = Schema(optional=IMAGE_BRANCH_KEYS)
 PROJ_DIM = 256  # width of pro_head's output, which inv_head must match
 
 
@@ -260,3 +259,8 @@ class ImageBranch(nn.Module):
     def loss(self, point_feats: Tensor, imgs_or_feats: Tensor) -> Tensor:
         """``weight`` * :meth:`raw_loss`: the contrastive term of the training loss. Scalar."""
         return self.weight * self.raw_loss(point_feats, imgs_or_feats)
+
+
+# ``model.image_branch``: ``enabled`` and the constructor's arguments (``logger`` aside).
+IMAGE_BRANCH_SCHEMA = Schema(optional=("enabled",) + signature_schema(ImageBranch.__init__, name=False).optional)
+IMAGE_BRANCH_KEYS = IMAGE_BRANCH_SCHEMA.optional
