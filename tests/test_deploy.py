@@ -317,3 +317,30 @@ def test_without_the_deploy_extra_the_commands_say_what_to_install(runs, tmp_pat
             command.main(argv)
         assert "pip install -e '.[deploy]'" in str(err.value) and "\n" not in str(err.value)
     assert not (tmp_path / "x.onnx").exists() and not (tmp_path / "p.csv").exists()
+
+
+def test_push_uploads_the_three_files_to_a_private_repository(folder, monkeypatch, tmp_path):
+    """--push_to_hub goes through huggingface_hub's HfApi (no network here: a stand-in records the calls);
+    a model folder exports again into a model folder."""
+    import huggingface_hub
+
+    copy = tmp_path / "copy"
+
+    calls = []
+
+    class FakeApi:
+        def create_repo(self, repo_id, **kwargs):
+            calls.append(("create_repo", repo_id, kwargs))
+
+        def upload_folder(self, **kwargs):
+            calls.append(("upload_folder", kwargs["repo_id"], kwargs))
+            return "https://huggingface.co/someone/mine/commit/0"
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    export_weights.main(["--ckpts", str(folder), "--hf", str(copy), "--push_to_hub", "someone/mine"])
+    assert json.loads((copy / "config.json").read_text())["command"] == json.loads((folder / "config.json").read_text())["command"]
+    (create, repo, create_kw), (upload, repo2, upload_kw) = calls
+    assert (create, repo, upload, repo2) == ("create_repo", "someone/mine", "upload_folder", "someone/mine")
+    assert create_kw["private"] is True and create_kw["exist_ok"] is True
+    assert upload_kw["folder_path"] == str(copy)
+    assert sorted(upload_kw["allow_patterns"]) == ["README.md", "config.json", "model.safetensors"]

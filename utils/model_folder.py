@@ -156,7 +156,8 @@ def read_folder_config(folder: str) -> Dict[str, Any]:
     """The checked ``config.json`` of a model folder (at most :data:`MAX_CONFIG_BYTES`)."""
     path = os.path.join(folder, CONFIG_NAME)
     if not os.path.isfile(path):
-        raise ModelFolderError(f"model folder '{folder}' holds no {CONFIG_NAME}")
+        raise ModelFolderError(f"'{folder}' is a folder without {CONFIG_NAME}; expected a checkpoint file or a model "
+                               f"folder ({', '.join(FOLDER_FILES)}: tools/export_weights.py --hf)")
     size = os.path.getsize(path)
     if size > MAX_CONFIG_BYTES:
         raise ModelFolderError(f"'{path}' is {size} bytes; a model folder's {CONFIG_NAME} is at most "
