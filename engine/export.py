@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from datasets.io import AUTO_MAX_POINTS
 from models.backbone import PointEncoder, checkpoint_kind, encoder_state_dict, max_mean_pool
 from utils.checkpoint import (CheckpointError, atomic_write, checkpoint_class_names, load_checkpoint_file,
                               save_safetensors, state_dict_of)
@@ -128,7 +129,7 @@ def folder_config(ckpt: Mapping[str, Any], ckpt_path: str, run_cfg: Mapping, enc
         "architectures": [str(model.get("NAME", "PointEncoder")) if not encoder_only else "PointEncoder"],
         "task": TASK_OF_KIND[kind],
         "class_names": names,
-        "preprocessing": preprocessing_of(config),
+        "preprocessing": preprocessing_of(config, auto_points=AUTO_MAX_POINTS),  # as Predictor reads files
         "config": config,
         "metrics": plain_json(dict(ckpt.get("metrics") or {})),
         "best_metrics": plain_json(dict(ckpt.get("best_metrics") or {})),

@@ -53,20 +53,24 @@ def is_model_folder(path: Any) -> bool:
 
 
 # ------------------------------------------------------------------------------ preprocessing
-def preprocessing_of(run_cfg: Mapping, default_n_points: int = 2048, auto_points: int = 0) -> Dict[str, Any]:
-    """What prediction does to a file before the model, from a run config: ``N_POINTS`` read per
-    file (the test, else val, else train dataset entry; ``auto`` gives ``max(auto_points, npoints)``),
-    ``npoints`` after FPS (top-level ``npoints``, default 1024), ``sample_seed``, and the fixed
-    ``normalization`` / ``sampling``. The rule of ``engine.predict.Predictor.from_checkpoint``."""
-    entry: Mapping = {}
+def _entry_of(run_cfg: Mapping) -> Mapping:
+    """The merged ``_base_`` + ``others`` of the test (else val, else train) dataset entry."""
     datasets = run_cfg.get("dataset") or {}
     for split in ("test", "val", "train"):
         node = datasets.get(split) if isinstance(datasets, Mapping) else None
         if isinstance(node, Mapping):
             base = node.get("_base_") if isinstance(node.get("_base_"), Mapping) else {}
             others = node.get("others") if isinstance(node.get("others"), Mapping) else {}
-            entry = {**base, **others}
-            break
+            return {**base, **others}
+    return {}
+
+
+def preprocessing_of(run_cfg: Mapping, default_n_points: int = 2048, auto_points: int = 0) -> Dict[str, Any]:
+    """What prediction does to a file before the model, from a run config: ``N_POINTS`` read per
+    file (the test, else val, else train dataset entry; ``auto`` gives ``max(auto_points, npoints)``),
+    ``npoints`` after FPS (top-level ``npoints``, default 1024), ``sample_seed``, and the fixed
+    ``normalization`` / ``sampling``. The rule of ``engine.predict.Predictor.from_checkpoint``."""
+    entry = _entry_of(run_cfg)
     npoints = int(run_cfg.get("npoints") or 1024)
     auto = str(entry.get("N_POINTS")).strip().lower() == "auto"
     n_points = max(auto_points, npoints) if auto else int(entry.get("N_POINTS") or max(default_n_points, npoints))
@@ -193,7 +197,8 @@ def check_preprocessing(data: Mapping[str, Any], run_cfg: Mapping, source: str, 
     the loaders use the run config, so an edited entry that says otherwise is refused."""
     want = preprocessing_of(run_cfg, auto_points=auto_points)
     have = data.get("preprocessing") or {}
-    diff = [k for k in ("N_POINTS", "npoints", "sample_seed") if have.get(k) != want[k]]
+    auto = str(_entry_of(run_cfg).get("N_POINTS")).strip().lower() == "auto"  # the exporter's choice, >= npoints
+    diff = [k for k in ("N_POINTS", "npoints", "sample_seed") if have.get(k) != want[k] and not (auto and k == "N_POINTS")]
     if diff:
         k = diff[0]
         raise ModelFolderError(f"{source}: 'preprocessing.{k}' is {have.get(k)} but its 'config' gives {want[k]}; "
