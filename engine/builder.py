@@ -22,7 +22,8 @@ from extensions.pointops import configured_backend, resolve_fps_backend
 from models import build_model_from_cfg
 from utils.checkpoint import (CheckpointError, checkpoint_class_names, load_checkpoint_file, load_state_dict_checked,
                               state_dict_of, write_checkpoint)
-from utils.config import CHOICE_KEYS, ConfigError, origin_of, to_plain
+from utils.config import ConfigError, origin_of, to_plain
+from utils.settings_table import CHOICE_KEYS
 from utils.dist_utils import all_gather_objects, get_dist_info, run_on_rank0
 from utils.logger import print_log
 from utils.misc import rng_state, set_rng_state, warn_if_no_gpu, worker_init_fn

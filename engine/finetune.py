@@ -47,7 +47,7 @@ from engine.engine import (
 from engine.preemption import StopRequest
 from extensions.pointops import fps, gather_points
 from utils.checkpoint import checkpoint_class_names, write_json
-from utils.config import VOTING_DEFAULTS
+from utils.validate import VOTING_DEFAULTS
 from utils.logger import print_log
 from utils.schema import ConfigError, origin_of
 from utils.settings import RunSettings

@@ -24,7 +24,7 @@ from utils.limits import check_count
 def check_checkpoint_config(run_cfg: Mapping, source: str, model_cls: Optional[type] = None, job: str = "test") -> None:
     """The value checks of a config file on a checkpoint's (or a run's) config; a failure is one
     :class:`CheckpointError` line naming ``source``."""
-    from utils.config import check_values
+    from utils.validate import check_values
 
     try:
         check_values(EasyDict(run_cfg), job, model_cls)

@@ -21,7 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywher
 
 from engine.partseg import run  # noqa: E402
 from utils.cli import run_main  # noqa: E402
-from utils.config import CHOICE_KEYS, resolve_data_root  # noqa: E402
+from utils.overrides import resolve_data_root  # noqa: E402
+from utils.settings_table import CHOICE_KEYS  # noqa: E402
 from utils.parser import add_common_args, new_parser  # noqa: E402
 from utils.rundir import run_name_type  # noqa: E402
 

@@ -18,7 +18,8 @@ from engine import builder
 from models import MODELS
 from models.Inter_MAE import Inter_MAE
 from utils.checkpoint import CheckpointError, load_state_dict_checked
-from utils.config import CHOICE_KEYS, ConfigError
+from utils.config import ConfigError
+from utils.settings_table import CHOICE_KEYS
 from utils.parser import build_parser
 from utils import settings
 from utils.settings import RunSettings, build_run_settings

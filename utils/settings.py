@@ -23,7 +23,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 
 import torch
 
-from utils.config import resolve_data_root
+from utils.overrides import resolve_data_root
 from utils.logger import print_log
 from utils.misc import resolve_device
 from utils.schema import ConfigError, origin_of
