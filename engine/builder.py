@@ -171,7 +171,7 @@ def build_opti_sche(base_model: nn.Module, config, lr_schedule: Optional[str] = 
     sche = config.get("scheduler")
     if sche is None or sche.type in ("none", None):
         scheduler = None
-    elif sche.type == "CosLR":  # the length follows max_epoch unless set (utils.config.resolve_schedule_length)
+    elif sche.type == "CosLR":  # the length follows max_epoch unless set (utils.overrides.resolve_schedule_length)
         kwargs = dict(sche.get("kwargs") or {})
         if "epochs" not in kwargs:
             if "max_epoch" not in config:
@@ -414,7 +414,7 @@ def resume(state: TrainState, settings: RunSettings, path: Optional[str] = None,
     for group, values in zip(state.optimizer.param_groups, configured):
         group.update(values)
     if state.scheduler is not None and ckpt.get("scheduler") is not None:
-        # Only the position: the length and floor are this run's config (utils.config.resolve_schedule_length).
+        # Only the position: the length and floor are this run's config (utils.overrides.resolve_schedule_length).
         state.scheduler.last_epoch = ckpt["scheduler"].get("last_epoch", -1)
     if ckpt.get("scaler") is not None:
         state.scaler.load_state_dict(ckpt["scaler"])

@@ -64,7 +64,7 @@ def vote_due(acc: float, best_before: float, vote_cfg: Dict[str, float]) -> bool
 
 def voting_config(config) -> Dict[str, float]:
     """The ``voting`` section with the released defaults filled in (its values were checked when the
-    config was loaded: utils.config.check_voting)."""
+    config was loaded: utils.validate.check_voting)."""
     out = dict(VOTING_DEFAULTS)
     out.update(dict((config or {}).get("voting") or {}))
     out["times"], out["repeats"] = int(out["times"]), int(out["repeats"])

@@ -2,7 +2,7 @@
 
 A checkpoint's ``config`` entry is input like any file: ``trans_dim: 16384`` or ``N_POINTS: 2e9``
 in a 3 KB ``.pth`` would make the reader allocate until killed. :func:`build_checked` validates the
-config with the checks of a config file (:func:`utils.config.check_values`, including the limits
+config with the checks of a config file (:func:`utils.validate.check_values`, including the limits
 of :mod:`utils.limits`), builds the model on the ``meta`` device (no memory), refuses more
 parameters than ``INTERMAE_MAX_MODEL_PARAMS`` and any key or shape that differs from the state
 dict's, and only then builds it for real.
