@@ -2,7 +2,8 @@
 environment variable, default and help.
 
 Derived from :data:`SETTINGS`: the top-level config keys and their value checks
-(:data:`TOP_LEVEL_KEYS`, :data:`TOP_LEVEL_NUMBERS`, :data:`CHOICE_KEYS`, :data:`BOOLEAN_WORDS`,
+(:data:`TOP_LEVEL_KEYS`, :data:`JOB_REQUIRED_KEYS`, :data:`TOP_LEVEL_NUMBERS`, :data:`CHOICE_KEYS`,
+:data:`BOOLEAN_WORDS`,
 used by :mod:`utils.validate`), the shared command-line flags (:func:`flag_spec`, used by
 :mod:`utils.parser`), the resolution of :class:`utils.settings.RunSettings` (flag, else config
 key, else environment, else default: :func:`utils.settings.choose_setting`) and the
@@ -32,7 +33,7 @@ class Setting:
     """One setting. ``key``: its top-level config key (None: no config key); ``flag`` with
     ``flag_kwargs`` / ``flag_help``: its shared command-line flag (argparse); ``env``: the
     environment variable read after the flag and the config; ``choices`` (the default first) or
-    ``number``: the values it takes; ``yaml_words``: YAML 1.1 booleans standing for a choice word
+    ``number``: the values it takes; ``required_by``: the jobs whose config must hold it; ``yaml_words``: YAML 1.1 booleans standing for a choice word
     (``on`` / ``off``); ``label``: its row in the docs table (None: not a row there), whose cells
     are derived unless ``*_text`` says more."""
 
@@ -47,6 +48,7 @@ class Setting:
     flag_kwargs: Mapping[str, Any] = field(default_factory=dict)
     flag_help: str = ""
     env: Optional[str] = None
+    required_by: Tuple[str, ...] = ()
     label: Optional[str] = None
     flag_text: str = ""
     key_text: str = ""
@@ -54,6 +56,8 @@ class Setting:
     default_text: str = ""
 
 
+JOBS = ("pretrain", "finetune", "test", "partseg", "partseg_test")
+TRAINING_JOBS = ("pretrain", "finetune", "partseg")
 FPS_BACKEND_ENV = "INTERMAE_FPS_BACKEND"
 EMBED_COMPUTE_ENV = "INTERMAE_EMBED_COMPUTE"
 DATA_ROOT_ENV = "DATA_ROOT"
@@ -138,24 +142,30 @@ SETTINGS: Tuple[Setting, ...] = (
                       "(docs/security.md)",
             label="checkpoint trust", default_text="weights-only loading"),
     # config keys without a row of their own in the docs table
-    Setting("optimizer", key="optimizer", help="{type: AdamW|Adam|SGD, kwargs: {...}}"),
+    # (the keys a job needs, ``required_by``, are checked in this order)
+    Setting("model", key="model", help="{NAME: registered model, ...}", required_by=JOBS),
+    Setting("dataset", key="dataset", help="{train, val, test, ...: {_base_: dataset yaml, others: {...}}}",
+            required_by=("pretrain", "finetune", "test")),
+    Setting("optimizer", key="optimizer", help="{type: AdamW|Adam|SGD, kwargs: {...}}",
+            required_by=TRAINING_JOBS),
     Setting("scheduler", key="scheduler",
             help="{type: CosLR|none, kwargs: {epochs, initial_epochs, lr_min, warmup_lr_init}}"),
-    Setting("dataset", key="dataset", help="{train, val, test, ...: {_base_: dataset yaml, others: {...}}}"),
-    Setting("model", key="model", help="{NAME: registered model, ...}"),
-    Setting("max_epoch", key="max_epoch", number=Number(integer=True, low=0), help="number of epochs"),
+    Setting("max_epoch", key="max_epoch", number=Number(integer=True, low=0), help="number of epochs",
+            required_by=TRAINING_JOBS),
     Setting("total_bs", key="total_bs", number=Number(integer=True, low=0, low_open=True),
-            help="global batch size (split across processes)"),
+            help="global batch size (split across processes)", required_by=TRAINING_JOBS),
     Setting("grad_norm_clip", key="grad_norm_clip", number=Number(low=0, allow_none=True),
             help="clip gradients to this L2 norm (0 or absent: no clipping)"),
-    Setting("npoints", key="npoints", number=Number(integer=True, low=1), help="points per sample fed to the model"),
+    Setting("npoints", key="npoints", number=Number(integer=True, low=1), help="points per sample fed to the model",
+            required_by=("finetune", "test", "partseg", "partseg_test")),
     Setting("ckpt_from", key="ckpt_from", number=Number(integer=True, low=0),
             help="first epoch (0-based) of ckpt_period's copies (pre-training default 250, as released)"),
     Setting("svm_validation", key="svm_validation", help="linear-SVM validation of pre-trained features during "
                                                          "pre-training"),
     Setting("epoch_count", key="epoch_count", default="released", choices=("released", "exact"),
             help="released (default: epochs 0..max_epoch, as the released loops) | exact (max_epoch epochs)"),
-    Setting("seg_root", key="seg_root", help="part segmentation (segmentation/main.py --root): the ShapeNetPart folder"),
+    Setting("seg_root", key="seg_root", help="part segmentation (segmentation/main.py --root): the ShapeNetPart folder",
+            required_by=("partseg", "partseg_test")),
     Setting("voting", key="voting", help="{times: 10, repeats: 299, above: 92.1, above_if_best: 91.0}: voting passes, "
                                          "--test repeats, fine-tuning thresholds"),
 )
@@ -170,6 +180,9 @@ TOP_LEVEL_NUMBERS = tuple((s.key, s.number.integer, s.number.low, s.number.low_o
                           for s in SETTINGS if s.key and s.number)
 # Top-level keys that take one of a few words: key -> the allowed words, the default first.
 CHOICE_KEYS: Dict[str, Tuple[str, ...]] = {s.key: s.choices for s in SETTINGS if s.key and s.choices}
+# Top-level keys each job needs.
+JOB_REQUIRED_KEYS: Dict[str, Tuple[str, ...]] = {job: tuple(s.key for s in SETTINGS if job in s.required_by)
+                                                 for job in JOBS}
 # Keys whose words YAML 1.1 reads as booleans (amp: true = bf16; bn_recalibration: on / off).
 BOOLEAN_WORDS: Dict[str, Mapping[bool, str]] = {s.key: s.yaml_words for s in SETTINGS if s.key and s.yaml_words}
 

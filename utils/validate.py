@@ -14,18 +14,8 @@ import math
 from typing import Any, Iterable, Mapping, Optional, Tuple
 
 from utils.schema import ConfigError, Schema, check_keys, did_you_mean, merge_into, origin_of
-from utils.settings_table import BOOLEAN_WORDS, CHOICE_KEYS, TOP_LEVEL_KEYS, TOP_LEVEL_NUMBERS
+from utils.settings_table import BOOLEAN_WORDS, CHOICE_KEYS, JOB_REQUIRED_KEYS, TOP_LEVEL_KEYS, TOP_LEVEL_NUMBERS
 from utils.text import quoted
-
-# Top-level keys each job needs.
-JOB_REQUIRED_KEYS = {
-    "pretrain": ("model", "dataset", "optimizer", "max_epoch", "total_bs"),
-    "finetune": ("model", "dataset", "optimizer", "max_epoch", "total_bs", "npoints"),
-    "test": ("model", "dataset", "npoints"),
-    "partseg": ("model", "optimizer", "max_epoch", "total_bs", "npoints", "seg_root"),
-    "partseg_test": ("model", "npoints", "seg_root"),
-}
-
 
 OPTIMIZER_SCHEMA = Schema(required=("type", "kwargs"), optional=("part",))
 OPTIMIZER_TYPES = ("AdamW", "Adam", "SGD")  # engine.builder.build_opti_sche
