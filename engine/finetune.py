@@ -47,11 +47,11 @@ from engine.engine import (
 from engine.preemption import StopRequest
 from extensions.pointops import fps, gather_points
 from utils.checkpoint import checkpoint_class_names, write_json
-from utils.validate import VOTING_DEFAULTS
 from utils.logger import print_log
 from utils.schema import ConfigError, origin_of
 from utils.settings import RunSettings
 from utils.text import ClassNamesError, check_class_names, printable
+from utils.validate import VOTING_DEFAULTS
 
 VOTE_TIMES = VOTING_DEFAULTS["times"]  # voting passes (the released 10)
 

@@ -7,8 +7,8 @@ import argparse
 import os
 from typing import Optional
 
-from utils.settings_table import FLAG_SETTINGS, flag_spec
 from utils.rundir import acquire_run_lock, check_no_checkpoints, run_name_type
+from utils.settings_table import FLAG_SETTINGS, flag_spec
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):

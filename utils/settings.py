@@ -23,9 +23,9 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 
 import torch
 
-from utils.overrides import resolve_data_root
 from utils.logger import print_log
 from utils.misc import resolve_device
+from utils.overrides import resolve_data_root
 from utils.schema import ConfigError, origin_of
 from utils.settings_table import BOOLEAN_WORDS, CHOICE_KEYS, SETTING
 
