@@ -23,11 +23,11 @@ from models import build_model_from_cfg
 from utils.checkpoint import (CheckpointError, checkpoint_class_names, load_checkpoint_file, load_state_dict_checked,
                               state_dict_of, write_checkpoint)
 from utils.config import ConfigError, origin_of, to_plain
-from utils.settings_table import CHOICE_KEYS
 from utils.dist_utils import all_gather_objects, get_dist_info, run_on_rank0
 from utils.logger import print_log
 from utils.misc import rng_state, set_rng_state, warn_if_no_gpu, worker_init_fn
 from utils.settings import RunSettings, worker_count
+from utils.settings_table import CHOICE_KEYS
 
 # ------------------------------------------------------------------------------------------ data
 def dataset_builder(entry, *, seed: int = 0, num_workers: int = 0):

@@ -35,12 +35,12 @@ from engine.finetune import unpack_cls_batch
 from extensions.pointops import fps
 from models.backbone import max_mean_pool
 from utils.config import cfg_from_yaml_file, resolve_base_path
-from utils.overrides import rebase_entry
-from utils.schema import ConfigError, _set_origin, merge_into, origin_of
-from utils.validate import SVM_SCHEMA
 from utils.dist_utils import get_dist_info
 from utils.logger import print_log
+from utils.overrides import rebase_entry
+from utils.schema import ConfigError, _set_origin, merge_into, origin_of
 from utils.settings import RunSettings
+from utils.validate import SVM_SCHEMA
 
 CACHE_DATASET = "cfgs/dataset_configs/ModelNet40.yaml"  # the .dat caches (FPS to npoints)
 # The released linear-SVM protocol's data (ModelNet40SVM: modelnet40_ply_hdf5_2048, 1024 points) and
