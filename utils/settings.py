@@ -9,6 +9,7 @@ This is the only module that reads the ``argparse`` namespace.
 Where each setting comes from (the first that is given wins: flag, config key, environment,
 default) is described once, in :data:`utils.settings_table.SETTINGS`; :func:`choose_setting`
 resolves from it, and docs/ARCHITECTURE.md#where-each-setting-comes-from shows it as a table.
+
 ``RunSettings.sources`` records, for each of these, which one it was (logged at start-up).
 """
 from __future__ import annotations
