@@ -35,7 +35,8 @@ def make_checkpoint(folder: Path, small: bool) -> str:
 
     from models import build_model_from_cfg
     from utils.checkpoint import write_checkpoint
-    from utils.config import cfg_from_yaml_file, to_plain
+    from utils.config import cfg_from_yaml_file
+    from utils.schema import to_plain
 
     cfg = cfg_from_yaml_file("cfgs/finetune_folder.yaml")
     cfg.model.cls_dim = CLASSES

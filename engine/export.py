@@ -25,7 +25,7 @@ from datasets.io import AUTO_MAX_POINTS
 from models.backbone import PointEncoder, checkpoint_kind, encoder_state_dict, max_mean_pool
 from utils.checkpoint import (CheckpointError, atomic_write, checkpoint_class_names, load_checkpoint_file,
                               save_safetensors, state_dict_of)
-from utils.config import to_plain
+from utils.schema import to_plain
 from utils.logger import print_log
 from utils.text import printable
 from utils.model_folder import (CARD_NAME, CONFIG_NAME, FORMAT_VERSION, MODEL_TYPE, WEIGHTS_NAME, ModelFolderError,
