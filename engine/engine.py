@@ -242,17 +242,34 @@ class MeanMeter:
 
 
 class AccuracyMeter:
-    """Overall accuracy in percent: ``update(logits (B, classes), labels (B,))``."""
+    """Overall accuracy in percent: ``update(logits (B, classes), labels (B,))``; per true class
+    too (:meth:`per_class`)."""
 
     def __init__(self, device: torch.device):
         self.counts = torch.zeros(2, device=device)  # correct, seen
+        self.class_counts: Optional[Tensor] = None  # (2, classes): correct, seen per true class
 
     def update(self, logits: Tensor, labels: Tensor) -> None:
-        self.counts += torch.stack([(logits.argmax(-1).view(-1) == labels.view(-1)).sum().float(),
-                                    torch.tensor(float(labels.numel()), device=self.counts.device)])
+        hit = logits.argmax(-1).view(-1) == labels.view(-1)
+        self.counts += torch.stack([hit.sum().float(), torch.tensor(float(labels.numel()), device=self.counts.device)])
+        n = logits.shape[-1]
+        if self.class_counts is None:
+            self.class_counts = torch.zeros(2, n, device=self.counts.device)
+        labels = labels.view(-1).long()
+        self.class_counts[0] += torch.bincount(labels[hit], minlength=n)[:n].float()
+        self.class_counts[1] += torch.bincount(labels, minlength=n)[:n].float()
 
     def sync(self) -> None:
         all_reduce_sum(self.counts)
+        if self.class_counts is not None:
+            all_reduce_sum(self.class_counts)
+
+    def per_class(self) -> list:
+        """Accuracy in percent of each true class (None for a class without samples), in class order."""
+        if self.class_counts is None:
+            return []
+        correct, seen = self.class_counts.tolist()
+        return [100.0 * c / s if s else None for c, s in zip(correct, seen)]
 
     def compute(self) -> Dict[str, float]:
         correct, seen = self.counts.tolist()

@@ -344,3 +344,23 @@ def test_push_uploads_the_three_files_to_a_private_repository(folder, monkeypatc
     assert create_kw["private"] is True and create_kw["exist_ok"] is True
     assert upload_kw["folder_path"] == str(copy)
     assert sorted(upload_kw["allow_patterns"]) == ["README.md", "config.json", "model.safetensors"]
+
+
+def test_accuracy_meter_per_class_against_numpy():
+    """The per-class accuracy a fine-tuning run records (for the model card), against a numpy count."""
+    from engine.engine import AccuracyMeter
+
+    rng = np.random.default_rng(0)
+    meter = AccuracyMeter(torch.device("cpu"))
+    logits_all, labels_all = [], []
+    for _ in range(4):
+        logits, labels = rng.normal(size=(7, 5)), rng.integers(0, 4, size=7)  # class 4 never occurs
+        meter.update(torch.from_numpy(logits), torch.from_numpy(labels))
+        logits_all.append(logits)
+        labels_all.append(labels)
+    pred, labels = np.concatenate(logits_all).argmax(1), np.concatenate(labels_all)
+    want = [100.0 * np.mean(pred[labels == c] == c) if (labels == c).any() else None for c in range(5)]
+    got = meter.per_class()
+    assert got[4] is None and want[4] is None
+    np.testing.assert_allclose(got[:4], want[:4], rtol=0, atol=1e-9)
+    assert meter.compute()["acc"] == pytest.approx(100.0 * np.mean(pred == labels))
