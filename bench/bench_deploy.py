@@ -7,7 +7,8 @@ A classifier of the released fine-tuning sizes (cfgs/finetune_folder.yaml: width
 depend on them) is saved as a checkpoint and exported with ``tools/export_onnx.py``'s code. Both
 predictors then run ``Predictor.predict`` on the same files (2048-point ``.npy`` clouds: read,
 normalise, FPS to 1024, model), at each batch size, in interleaved rounds (medians). ``model only``
-times the model call on prepared clouds (the part the runtimes differ in). Torch and onnxruntime
+times the model call on prepared clouds (the part the runtimes differ in; the median of 32 clouds
+per round). Torch and onnxruntime
 get the same number of threads (``--threads``). ``--small``: a width-32, depth-2 model (a smoke run).
 """
 from __future__ import annotations
@@ -25,7 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere: the checkout's packages first
 
-from bench.common import device_label  # noqa: E402
+from bench.common import device_label, timed  # noqa: E402
 
 CLASSES = 15  # ScanObjectNN's count
 
@@ -99,9 +100,9 @@ def main(argv=None) -> dict:
                     results = runner.predict(files, batch_size=b)
                     rates[(name, b)].append(len(files) / (time.perf_counter() - t))
                     assert all(r.error is None for r in results)
-                    t = time.perf_counter()
-                    runner.logits(list(prepared[:b].numpy()))
-                    model_ms[(name, b)].append((time.perf_counter() - t) * 1e3 / b)
+                    batch = list(prepared[:b].numpy())
+                    model_ms[(name, b)].append(timed(lambda: runner.logits(batch), torch.device("cpu"),
+                                                     repeats=max(1, 32 // b), warmup=0) / b)
     print(f"prediction of {args.files} files of 2048 points (read, normalise, FPS to 1024, model), "
           f"{'small model' if args.small else 'released fine-tuning sizes'}, {device_label(torch.device('cpu'))}; "
           f"onnxruntime threads = torch threads = {torch.get_num_threads()}; medians of {args.rounds} rounds; "

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from datasets.io import AUTO_MAX_POINTS
+from datasets.io import AUTO_MAX_POINTS, BadFileError
 from models.backbone import PointEncoder, checkpoint_kind, encoder_state_dict, max_mean_pool
 from utils.checkpoint import (CheckpointError, atomic_write, checkpoint_class_names, load_checkpoint_file,
                               save_safetensors, state_dict_of)
@@ -89,8 +89,7 @@ def run_commands(ckpt_path: str, follow: bool = True) -> List[str]:
             with open(path, "r", encoding="utf-8", errors="replace") as f:
                 for line in f:
                     if COMMAND_MARK in line:
-                        command = line.split(COMMAND_MARK, 1)[1].strip()
-                        commands.append(command if command.startswith("python") else "python " + command)
+                        commands.append(_as_python(line.split(COMMAND_MARK, 1)[1].strip()))
                         break  # one start per log file
         except OSError:
             continue
@@ -103,6 +102,11 @@ def run_commands(ckpt_path: str, follow: bool = True) -> List[str]:
                     commands = run_commands(source, follow=False) + commands
                 break
     return commands
+
+
+def _as_python(command: str) -> str:
+    """A run's recorded command (``sys.argv`` joined: ``main.py --config ...``) as a command line."""
+    return command if command.startswith("python") else "python " + command
 
 
 # ----------------------------------------------------------------------------- config.json
@@ -138,9 +142,10 @@ def folder_config(ckpt: Mapping[str, Any], ckpt_path: str, run_cfg: Mapping, enc
         "version": project_version(),
     }
     if isinstance(ckpt.get("command"), list):  # a model folder's, exported again
-        data["command"] = plain_json(ckpt["command"])
-    else:
-        data["command"] = run_commands(ckpt_path)
+        data["command"] = [str(c) for c in ckpt["command"]]
+    else:  # the run's logs (every start, and the run it started from), else the checkpoint's own record
+        recorded = ckpt.get("command")
+        data["command"] = run_commands(ckpt_path) or ([_as_python(recorded)] if isinstance(recorded, str) else [])
     if isinstance(ckpt.get("data"), dict):  # what the training run recorded of its data
         data["data"] = plain_json(ckpt["data"])
     return check_folder_config(data, f"the config of {ckpt_path}")
@@ -268,10 +273,11 @@ def _refuse_other_model(folder: str, overwrite: bool) -> None:
 
 def export_model_folder(ckpt_path: str, folder: str, config: Any = None, encoder_only: bool = False,
                         overwrite: bool = False, trust: bool = False, export_command: Optional[str] = None,
-                        logger=None) -> List[str]:
+                        name: Optional[str] = None, logger=None) -> List[str]:
     """Write ``config.json``, ``model.safetensors`` and ``README.md`` of the checkpoint ``ckpt_path``
     (a ``.pth``, a ``.safetensors`` export or a model folder) into ``folder``. ``encoder_only``:
-    the point encoder alone (named as in a classifier). Returns the paths written."""
+    the point encoder alone (named as in a classifier). ``name``: how the card names the model
+    (its Hub id when it will be pushed; default the folder's name). Returns the paths written."""
     from engine.features import find_config
 
     _refuse_other_model(folder, overwrite)
@@ -285,7 +291,7 @@ def export_model_folder(ckpt_path: str, folder: str, config: Any = None, encoder
     written = save_safetensors(weights, os.path.join(folder, WEIGHTS_NAME),
                                metadata={"format": "pt", "model_type": MODEL_TYPE, "task": data["task"]})
     for name, text in ((CONFIG_NAME, _json_text(data)),
-                       (CARD_NAME, model_card(data, command, os.path.basename(os.path.abspath(folder))))):
+                       (CARD_NAME, model_card(data, command, name or os.path.basename(os.path.abspath(folder))))):
         atomic_write(os.path.join(folder, name), lambda f, t=text: f.write(t.encode("utf-8")))
         written.append(os.path.join(folder, name))
     n = sum(v.numel() for v in weights.values())
@@ -345,13 +351,15 @@ def _onnx_program(module: nn.Module, example: Tensor, output: str, min_points: i
 
 
 def export_onnx_file(ckpt_path: str, out: str, features: bool = False, config: Any = None, npoints: Optional[int] = None,
-                     trust: bool = False, logger=None) -> Dict[str, Any]:
+                     trust: bool = False, verify: Sequence[str] = (), logger=None) -> Dict[str, Any]:
     """Export the classifier of ``ckpt_path`` (a ``.pth``, ``.safetensors`` export, model folder or
     Hub id) as an ONNX graph ``points (B, N, 3) -> logits (B, classes)``; with ``features`` its
     point encoder as ``points -> features (B, 2C)`` (what ``tools/extract_features.py`` writes).
     The metadata ``inter_mae`` holds the model folder's ``config.json``. The graph is checked
     against PyTorch on two clouds before the file is written: the largest absolute difference is
-    returned (``max_abs_diff``) and logged. Returns ``{path, kind, max_abs_diff, ...}``."""
+    returned (``max_abs_diff``) and logged. ``verify``: files or folders to compare the written
+    graph on (prepared as prediction prepares them): ``verify_max_abs_diff``, ``verify_same_class``
+    (classifier) and ``verify_files`` are added. Returns ``{path, kind, max_abs_diff, ...}``."""
     from engine.features import find_config, load_point_encoder
     from engine.finetune import fps_to
     from engine.onnx_runtime import GRAPH_KEY, METADATA_KEY, OUTPUT_NAMES, metadata_text
@@ -402,7 +410,50 @@ def export_onnx_file(ckpt_path: str, out: str, features: bool = False, config: A
     print_log(f"[export] {kind} graph of {ckpt_path} -> {out} ({os.path.getsize(out) / 2**20:.1f} MiB; input "
               f"'points' (batch, points >= {min_points}, 3)); onnxruntime vs PyTorch on 2 clouds of {sample_points} "
               f"points: largest absolute difference {diff:.2e}", logger=logger)
-    return {"path": out, "kind": kind, "max_abs_diff": diff, "min_points": min_points, "npoints": sample_points}
+    info = {"path": out, "kind": kind, "max_abs_diff": diff, "min_points": min_points, "npoints": sample_points}
+    if verify:
+        info.update(verify_onnx(out, extractor if features else predictor, verify, logger))
+    return info
+
+
+def verify_onnx(path: str, reference: Any, inputs: Sequence[str], logger=None) -> Dict[str, Any]:
+    """The graph ``path`` against ``reference`` (the :class:`engine.predict.Predictor` or
+    :class:`engine.features.PointFeatureExtractor` it was exported from) on the files ``inputs``,
+    each prepared once by the reference's own code: the largest absolute difference of the outputs
+    and, for logits, whether every predicted class is the same. Logged in one line."""
+    from engine.features import PointFeatureExtractor, extract_files
+    from engine.finetune import fps_to
+    from engine.onnx_runtime import OnnxFeatureExtractor, OnnxGraph
+    from engine.predict import list_inputs
+
+    graph = OnnxGraph(path)
+    if isinstance(reference, PointFeatureExtractor):
+        want, names = extract_files(reference, list(inputs), progress=False)
+        got, _ = extract_files(OnnxFeatureExtractor(graph, reference.npoints, path), list(inputs), progress=False)
+        result = {"verify_files": len(names), "verify_max_abs_diff": float(np.abs(got - want).max(initial=0.0))}
+    else:
+        clouds = []
+        for file, _ in list_inputs(list(inputs)):
+            try:
+                clouds.append(reference.read(file))
+            except BadFileError:  # skipped, as prediction skips it
+                continue
+        diff, same = 0.0, True
+        for size in sorted({c.shape[0] for c in clouds}):
+            group = [c for c in clouds if c.shape[0] == size]
+            for start in range(0, len(group), 32):
+                pts = fps_to(torch.from_numpy(np.stack(group[start:start + 32])), reference.npoints)
+                with torch.no_grad():
+                    want = reference.model(pts).float().numpy()
+                got = graph.run(pts)
+                diff = max(diff, float(np.abs(got - want).max()))
+                same = same and bool((got.argmax(1) == want.argmax(1)).all())
+        result = {"verify_files": len(clouds), "verify_max_abs_diff": diff, "verify_same_class": same}
+    print_log(f"[export] {path} on {result['verify_files']} files: largest absolute difference to PyTorch "
+              f"{result['verify_max_abs_diff']:.2e}"
+              + ("" if "verify_same_class" not in result else
+                 f"; every predicted class the same: {'yes' if result['verify_same_class'] else 'NO'}"), logger=logger)
+    return result
 
 
 def _compare(path: str, module: nn.Module, points: Tensor) -> float:

@@ -67,10 +67,11 @@ def folder(runs):
 @pytest.fixture(scope="module")
 def onnx_files(runs):
     _, cls_ckpt, pre_ckpt, tmp = runs
-    logits = export_onnx.main(["--ckpts", str(cls_ckpt), "--out", str(tmp / "onnx" / "mine.onnx")])
+    logits = export_onnx.main(["--ckpts", str(cls_ckpt), "--out", str(tmp / "onnx" / "mine.onnx"), "--verify",
+                               str(runs[0] / "test")])
     feats = export_onnx.main(["--ckpts", str(pre_ckpt), "--features", "--out", str(tmp / "onnx" / "pre.onnx"),
                               "--npoints", "64"])
-    return Path(logits["path"]), Path(feats["path"])
+    return Path(logits["path"]), Path(feats["path"]), logits
 
 
 def predict_csv(ckpts: str, inputs: Path, out: Path, *extra: str):
@@ -206,6 +207,8 @@ def test_onnx_logits_equal_pytorch_on_the_test_files(runs, onnx_files, tmp_path)
     files = sorted(str(p) for p in (root / "test").rglob("*") if p.is_file())
     one_by_one, batched, ref = onnx_logits_and_torch_logits(onnx_files[0], cls_ckpt, files)
     assert ref.shape == (12, 3)
+    verified = onnx_files[2]  # export_onnx.py --verify on the same files
+    assert verified["verify_files"] == 12 and verified["verify_same_class"] and verified["verify_max_abs_diff"] <= 1e-4
     for got in (one_by_one, batched):  # batch 1 and batch 12: one graph, dynamic batch
         np.testing.assert_allclose(got, ref, rtol=0, atol=1e-4)
         assert (got.argmax(1) == ref.argmax(1)).all()
@@ -343,6 +346,8 @@ def test_push_uploads_the_three_files_to_a_private_repository(folder, monkeypatc
     assert (create, repo, upload, repo2) == ("create_repo", "someone/mine", "upload_folder", "someone/mine")
     assert create_kw["private"] is True and create_kw["exist_ok"] is True
     assert upload_kw["folder_path"] == str(copy)
+    card = (copy / "README.md").read_text(encoding="utf-8")
+    assert "# someone/mine" in card and 'Predictor.from_pretrained("someone/mine")' in card
     assert sorted(upload_kw["allow_patterns"]) == ["README.md", "config.json", "model.safetensors"]
 
 

@@ -2,6 +2,7 @@
 
     python tools/export_onnx.py --ckpts experiments/finetune_folder/mine/ckpt-best.pth --out mine.onnx
     python tools/export_onnx.py --ckpts experiments/pretrain/base/ckpt-last.pth --features --out base-features.onnx
+    python tools/export_onnx.py --ckpts shared/mine --out mine.onnx --verify DIR_OF_TEST_FILES
 
 ``--ckpts``: a checkpoint, a ``.safetensors`` export, a model folder (``tools/export_weights.py
 --hf``) or a Hugging Face Hub model id. The graph takes prepared clouds ``points`` (batch,
@@ -37,6 +38,9 @@ def build_parser():
     parser.add_argument("--npoints", type=int, default=None,
                         help="--features: points per cloud of the check against PyTorch (default 1024; the graph "
                              "takes any count)")
+    parser.add_argument("--verify", nargs="+", default=(), metavar="FILE_OR_DIR",
+                        help="also compare the written graph with PyTorch on these files (e.g. the run's test folder): "
+                             "the largest absolute difference and whether every predicted class is the same")
     parser.add_argument("--config", default=None, help="the run's config (default: the checkpoint's own)")
     add_common_args(parser, "trust_checkpoint")
     return parser
@@ -57,7 +61,7 @@ def main(argv=None) -> dict:
         require(module, "tools/export_onnx.py")
     ckpts = resolve_model_path(args.ckpts)
     return export_onnx_file(ckpts, args.out, features=args.features, config=args.config, npoints=args.npoints,
-                            trust=args.trust_checkpoint)
+                            trust=args.trust_checkpoint, verify=args.verify)
 
 
 if __name__ == "__main__":

@@ -106,7 +106,8 @@ def export_folder(args, argv: list) -> list:
     written = export_model_folder(resolve_model_path(args.ckpts), args.hf, config=args.config,
                                   encoder_only=args.encoder_only, overwrite=args.overwrite,
                                   trust=args.trust_checkpoint,
-                                  export_command=shlex.join(["python", "tools/export_weights.py", *argv]))
+                                  export_command=shlex.join(["python", "tools/export_weights.py", *argv]),
+                                  name=args.push_to_hub)
     if args.push_to_hub:
         push_to_hub(args.hf, args.push_to_hub, private=not args.public)
     return written
