@@ -160,6 +160,11 @@ def test_hub_id_loads_from_the_cache_offline(runs, folder, offline_hub, tmp_path
     for name, revision in (("someone/mine@v1", None), ("hf-hub:someone/mine", commit), ("someone/mine", "v1")):
         predictor = Predictor.from_pretrained(name, revision=revision, device="cpu")
         assert predictor.source.endswith(commit) and predictor.class_names == CLASSES
+    from engine.features import load_point_encoder  # every --ckpts reads a Hub id: the features path too
+
+    cloud = np.random.default_rng(0).normal(size=(1, 200, 3))
+    np.testing.assert_array_equal(load_point_encoder("someone/mine", npoints=64).extract(cloud),
+                                  load_point_encoder(str(folder), npoints=64).extract(cloud))
     with pytest.raises(InputError, match="'someone/other'.*Hugging Face Hub") as err:
         Predictor.from_pretrained("someone/other", device="cpu")
     assert "\n" not in str(err.value)
