@@ -31,9 +31,10 @@ T = TypeVar("T")
 @dataclass
 class RunStart:
     """What a command's ``prepare`` found: the run's settings and config, ``open_dir`` (rank 0:
-    make the run directory, refuse another run's checkpoints, take the lock; returns the lock path),
-    the log file, and whether (and how) to save the config: ``save_config`` (None: not saved),
-    ``keep_previous`` (an earlier ``config.yaml`` is kept as ``config.resume-<N>.yaml``)."""
+    refuse another run's checkpoints, make the run directory, take the lock; returns the lock path),
+    the log file, whether to write ``config.yaml`` (``keep_previous``: an earlier one is kept as
+    ``config.resume-<N>.yaml``), and ``before_save`` (rank 0, run before it is written, whether
+    or not it is)."""
 
     settings: RunSettings
     config: Any
@@ -41,7 +42,7 @@ class RunStart:
     log_file: str
     save_config: bool = True
     keep_previous: bool = False
-    before_save: Optional[Callable[[], None]] = None  # rank 0, before config.yaml is written
+    before_save: Optional[Callable[[], None]] = None
 
 
 def run_command(launcher: str, log_name: str, prepare: Callable[[Any], RunStart],

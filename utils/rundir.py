@@ -420,16 +420,17 @@ def check_no_saved_models(folder: str, run_dir: str) -> None:
                           f"it, or choose another --log_dir")
 
 
-def open_run_dir(folder: str, subdirs: Tuple[str, ...] = (), checkpoints: Optional[str] = None, logger=None,
-                 other_run: str = "use another --exp_name") -> str:
-    """Make ``folder`` and ``subdirs``, take the run's lock (:func:`acquire_run_lock`, ``other_run``:
+def open_run_dir(folder: str, subdirs: Tuple[Optional[str], ...] = (), checkpoints: Optional[str] = None,
+                 logger=None, other_run: str = "use another --exp_name") -> str:
+    """Make ``folder`` and ``subdirs`` (None entries skipped), take the run's lock (:func:`acquire_run_lock`, ``other_run``:
     its refusal's advice) and remove the temporary files of a save a kill interrupted in
     ``checkpoints`` (default ``folder``). Rank 0 only, after the refusal checks
     (:func:`check_no_checkpoints`). Returns the lock path."""
     from utils.checkpoint import remove_orphan_temporaries
 
     for path in (folder, *subdirs):
-        os.makedirs(path, exist_ok=True)
+        if path:
+            os.makedirs(path, exist_ok=True)
     lock = acquire_run_lock(folder, logger, other_run=other_run)
     remove_orphan_temporaries(checkpoints or folder, logger)
     return lock
