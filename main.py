@@ -23,13 +23,16 @@ from datasets.build import bind_run_dir, prepare_data
 from engine import finetune, pretrain
 from engine.command import RunStart, run_command
 from engine.engine import check_resume_changes, config_changes
+from engine.svm import expand_svm_section
 from models import MODELS
 from utils import dist_utils, parser
 from utils.cli import InputError, run_main
-from utils.config import RUN_CONFIG, load_config, validate_config
+from utils.config import RUN_CONFIG
 from utils.logger import print_log
+from utils.overrides import load_config
 from utils.rundir import check_no_checkpoints, open_run_dir
 from utils.settings import build_run_settings, experiment_paths, resume_mode
+from utils.validate import validate_config
 
 
 def job_of(args) -> str:
@@ -73,8 +76,9 @@ def read_config(args, job: str, logger):
         if not os.path.exists(saved):
             raise InputError(f"--resume: no saved config at {saved}; is --exp_name right?")
         print_log(f"Resume: loading config from {saved}", logger=logger)
-        before = load_config(saved, (), args.data_root, MODELS, DATASETS)
-        config = load_config(saved, args.opts, args.data_root, MODELS, DATASETS, logger=logger, schedule=True)
+        before = load_config(saved, (), args.data_root, MODELS, DATASETS, expand=expand_svm_section)
+        config = load_config(saved, args.opts, args.data_root, MODELS, DATASETS, logger=logger, schedule=True,
+                             expand=expand_svm_section)
         changes = config_changes(before, config)
         check_resume_changes(changes, f"--opts of --resume ({saved})")
         args.config = saved
@@ -82,7 +86,7 @@ def read_config(args, job: str, logger):
         if args.config_from_run:
             print_log(f"--test without --config: using the run's saved config {args.config}", logger=logger)
         config = load_config(args.config, args.opts, args.data_root, MODELS, DATASETS, logger=logger,
-                             schedule=job != "test")
+                             schedule=job != "test", expand=expand_svm_section)
     if args.shot != -1:
         for split in ("train", "val"):
             config.dataset[split].others.update(shot=args.shot, way=args.way, fold=args.fold)

@@ -17,11 +17,12 @@ from datasets import build_dataset_from_cfg
 from engine.engine import TrainState, grad_scaler
 from models import build_model_from_cfg
 from utils.checkpoint import load_weights
-from utils.config import CHOICE_KEYS, ConfigError, origin_of
+from utils.config import ConfigError, origin_of
 from utils.dist_utils import get_dist_info, unwrap_model
 from utils.logger import print_log
 from utils.misc import worker_init_fn
 from utils.settings import RunSettings, worker_count
+from utils.settings_table import CHOICE_KEYS
 
 # ------------------------------------------------------------------------------------------ data
 def dataset_builder(entry, *, seed: int = 0, num_workers: int = 0):
@@ -165,7 +166,7 @@ def build_opti_sche(base_model: nn.Module, config, lr_schedule: Optional[str] = 
     sche = config.get("scheduler")
     if sche is None or sche.type in ("none", None):
         scheduler = None
-    elif sche.type == "CosLR":  # the length follows max_epoch unless set (utils.config.resolve_schedule_length)
+    elif sche.type == "CosLR":  # the length follows max_epoch unless set (utils.overrides.resolve_schedule_length)
         kwargs = dict(sche.get("kwargs") or {})
         if "epochs" not in kwargs:
             if "max_epoch" not in config:

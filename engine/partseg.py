@@ -279,8 +279,8 @@ def prepare(args, logger=None) -> RunStart:
     """Config (checked) and settings of a ``segmentation/main.py`` run, and how its directory is
     opened: a training run refuses another's saved models (unless --overwrite / --resume); the
     directory gets ``checkpoints/`` and ``logs/``."""
-    from utils.config import validate_config
     from utils.settings import build_partseg_settings, partseg_config
+    from utils.validate import validate_config
 
     config = partseg_config(args)
     settings = build_partseg_settings(args, config, logger)

@@ -108,7 +108,14 @@ def configurable(cls: type) -> type:
     def from_config(klass, config: Mapping, **switches):
         """The model of a ``model`` section (``NAME`` and constructor arguments); ``switches``:
         ``fps_backend`` / ``embed_compute``."""
-        return klass(**config_kwargs(klass, config), **switches)
+        kwargs = config_kwargs(klass, config)
+        try:
+            return klass(**kwargs, **switches)
+        except ConfigError as error:  # a check inside the constructor: name the file it came from
+            source = origin_of(config)
+            if source and f"(in {source})" not in str(error):
+                raise ConfigError(str(error), source) from None
+            raise
 
     cls.__init__ = __init__
     cls.from_config = classmethod(from_config)

@@ -11,10 +11,11 @@ import torch
 from easydict import EasyDict
 
 from models import MODELS
-from models.build import SWITCHES
+from models.build import SWITCHES, build_model_from_cfg
 from models.Inter_MAE import Inter_MAE, Point_MAE
 from models.PartSegTransformer import PartSegTransformer
 from models.PointTransformer import PointTransformer
+from utils.config import cfg_from_yaml_file
 from utils.checkpoint import CheckpointError, load_weights, save_safetensors
 from utils.schema import ConfigError
 from writers import TINY_TC
@@ -173,3 +174,11 @@ def test_config_section_and_keywords_build_the_same_model():
     b = PointTransformer(cls_dim=3, **CLASSIFIER)
     assert a.state_dict().keys() == b.state_dict().keys()
     assert all(torch.equal(a.state_dict()[k], b.state_dict()[k]) for k in a.state_dict())
+
+
+def test_a_check_inside_a_constructor_names_the_config_file(tmp_path):
+    path = tmp_path / "no_classes.yaml"
+    path.write_text("model:\n  NAME: PointTransformer\n  trans_dim: 32\n  depth: 2\n  drop_path_rate: 0.1\n"
+                    "  num_heads: 2\n  group_size: 8\n  num_group: 16\n  encoder_dims: 32\n")
+    with pytest.raises(ConfigError, match=r"model\.cls_dim is not set.*\(in .*no_classes\.yaml\)"):
+        build_model_from_cfg(cfg_from_yaml_file(str(path)).model)
