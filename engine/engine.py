@@ -400,6 +400,22 @@ class TrainState:
     rng_at_stop: Optional[dict] = None  # this process's RNG states at the stop (mid-epoch resume)
     class_names: Optional[List[str]] = None
     epoch_log: Dict[str, float] = field(default_factory=dict)  # lr and seconds of the last epoch trained
+    data: Optional[Dict[str, Any]] = None  # what the run trains and validates on (data_summary)
+
+
+def data_summary(config: Mapping, datasets: Mapping[str, Any]) -> Dict[str, Any]:
+    """Per split of ``datasets`` (name -> dataset or None): the dataset ``NAME``, its folder
+    (``DATA_PATH``), subset and number of items, from the run config's entry of that split; for
+    the checkpoint (a model card reports it)."""
+    out: Dict[str, Any] = {}
+    for split, dataset in datasets.items():
+        if dataset is None:
+            continue
+        entry = (config.get("dataset") or {}).get(split) or {}
+        base, others = entry.get("_base_") or {}, entry.get("others") or {}
+        out[split] = {"dataset": str(base.get("NAME", type(dataset).__name__)), "path": str(base.get("DATA_PATH", "")),
+                      "subset": str(others.get("subset", split)), "count": int(len(dataset))}
+    return out
 
 
 @dataclass
@@ -513,7 +529,8 @@ def save_checkpoint(state: TrainState, name: str, settings: RunSettings, config=
                          scaler=state.scaler, epoch=epoch, next_step=next_step, metrics=metrics,
                          best_metrics=best_metrics, rng_states=states, epoch_rng_states=epoch_states,
                          config=to_plain(config) if config is not None else None, class_names=state.class_names,
-                         job=settings.job, seed=settings.seed)
+                         job=settings.job, seed=settings.seed, command=getattr(settings, "command", None) or None,
+                         data=state.data)
         print_log(f"Save checkpoint at {path}", logger=logger)
         return path
 

@@ -160,6 +160,18 @@ def _table(rows: Sequence[Sequence[Any]], head: Sequence[str]) -> List[str]:
         ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
 
 
+def _count_of(recorded: Any, split: str, where: Sequence[str]) -> Any:
+    """The number of items the run recorded for ``split`` (or for another split of the same dataset,
+    folder and subset: a folder run's val and test entries are one subset), else 'not recorded'."""
+    recorded = recorded if isinstance(recorded, Mapping) else {}
+    for name in [split, *recorded]:
+        entry = recorded.get(name)
+        if isinstance(entry, Mapping) and (name == split or (entry.get("dataset"), entry.get("path"),
+                                                             entry.get("subset")) == tuple(where)):
+            return entry.get("count", "not recorded")
+    return "not recorded"
+
+
 def _figure(value: Any) -> str:
     return f"{value:.2f}" if isinstance(value, float) else str(value)
 
@@ -205,9 +217,8 @@ def model_card(data: Mapping[str, Any], export_command: str, name: str = "") -> 
         if isinstance(entry, Mapping):
             base = entry.get("_base_") if isinstance(entry.get("_base_"), Mapping) else {}
             others = entry.get("others") if isinstance(entry.get("others"), Mapping) else {}
-            counts = ((data.get("data") or {}).get(split) or {}) if isinstance(data.get("data"), Mapping) else {}
-            rows.append((split, base.get("NAME", "?"), base.get("DATA_PATH", "?"),
-                         others.get("subset", split), counts.get("count", "not recorded")))
+            where = (str(base.get("NAME", "?")), str(base.get("DATA_PATH", "?")), str(others.get("subset", split)))
+            rows.append((split, *where, _count_of(data.get("data"), split, where)))
     lines += (_table(rows, ["split", "dataset", "folder", "subset", "files"]) if rows
               else ["The run config names no dataset."]) + [""]
     lines += ["## How it was made", "", "```"]

@@ -42,6 +42,7 @@ from engine.engine import (
     AccuracyMeter,
     TrainRun,
     check_finite_points,
+    data_summary,
     epoch_range,
     evaluate,
     log_validation,
@@ -196,10 +197,21 @@ def make_eval_step(device: torch.device, npoints: int, vote: bool = False, times
 
 
 def accuracy(model: nn.Module, loader, device: torch.device, npoints: int, amp: Optional[torch.dtype] = None, vote: bool = False,
-             show_progress: bool = False, desc: str = "test", times: int = VOTE_TIMES) -> float:
-    """Overall accuracy in percent over ``loader`` (all processes): plain or voting (``times`` passes)."""
-    return evaluate(model, make_eval_step(device, npoints, vote, times), loader, device, AccuracyMeter(device), amp=amp,
+             show_progress: bool = False, desc: str = "test", times: int = VOTE_TIMES,
+             meter: Optional[AccuracyMeter] = None) -> float:
+    """Overall accuracy in percent over ``loader`` (all processes): plain or voting (``times`` passes).
+    ``meter``: the :class:`AccuracyMeter` to fill (its per-class accuracy is read afterwards)."""
+    meter = AccuracyMeter(device) if meter is None else meter
+    return evaluate(model, make_eval_step(device, npoints, vote, times), loader, device, meter, amp=amp,
                     progress=show_progress, desc=desc).compute()["acc"]
+
+
+def per_class_accuracy(meter: AccuracyMeter, class_names: Optional[List[str]]) -> Dict[str, Optional[float]]:
+    """The meter's accuracy (%) per true class, by class name (by index when the data names none);
+    None for a class without validation samples."""
+    values = meter.per_class()
+    names = class_names if class_names and len(class_names) == len(values) else [str(i) for i in range(len(values))]
+    return dict(zip(names, values))
 
 
 def classes_from_dataset(config, dataset, logger=None) -> Optional[List[str]]:
@@ -240,6 +252,7 @@ def run_net(settings: RunSettings, config, writers=(None, None), stop: Optional[
     class_names = classes_from_dataset(config, train_loader.dataset, logger)
     state = builder.build_training(config, settings, logger)
     state.class_names = class_names
+    state.data = data_summary(config, {"train": train_loader.dataset, "val": val_loader.dataset})
     vote_cfg = voting_config(config)
     best_vote_path = os.path.join(settings.experiment_path, "ckpt-best_vote.pth")
     best_vote: Dict[str, float] = {}
@@ -257,9 +270,14 @@ def run_net(settings: RunSettings, config, writers=(None, None), stop: Optional[
     bn_forward = make_bn_forward(device, npoints)
     run = TrainRun(settings, config, state, stop, train_writer, logger)
 
+    plain_meter: Dict[str, AccuracyMeter] = {}  # the last plain validation's, for its per-class accuracy
+
     def accuracy_of(vote: bool = False, desc: str = "validate") -> float:
+        meter = AccuracyMeter(device)
+        if not vote:
+            plain_meter["last"] = meter
         return accuracy(model, val_loader, device, npoints, amp, vote=vote, show_progress=settings.progress, desc=desc,
-                        times=vote_cfg["times"])
+                        times=vote_cfg["times"], meter=meter)
 
     for epoch in epoch_range(state.start_epoch, settings.n_epochs, settings.progress, logger):
         metrics = train_epoch(run, model, train_step, train_loader, epoch)
@@ -275,7 +293,8 @@ def run_net(settings: RunSettings, config, writers=(None, None), stop: Optional[
             log_validation(epoch, figures, val_writer, logger)
             metrics.update(figures)
             if acc > state.best_metrics.get("acc", -1.0):
-                state.best_metrics = {**figures, "epoch": epoch}
+                state.best_metrics = {**figures, "epoch": epoch,
+                                      "per_class_acc": per_class_accuracy(plain_meter["last"], class_names)}
                 run.save("ckpt-best", epoch, metrics)
             if figures.get("acc_vote", -1.0) > best_vote.get("acc_vote", -1.0):
                 best_vote = {"acc_vote": figures["acc_vote"], "epoch": epoch}

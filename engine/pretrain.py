@@ -28,6 +28,7 @@ from engine.budget import short_pretraining_warning
 from engine.engine import (
     MeanMeter,
     TrainRun,
+    data_summary,
     epoch_copy_due,
     epoch_range,
     evaluate,
@@ -128,6 +129,8 @@ def run_net(settings: RunSettings, config, writers=(None, None), stop: Optional[
             print_log(f"[Validation] skipped: dataset.val cannot be read ({str(e).splitlines()[0]})", logger=logger)
 
     state = builder.build_training(config, settings, logger)
+    state.data = data_summary(config, {"train": train_loader.dataset,
+                                       "val": val_loader.dataset if val_loader is not None else None})
     sche = config.get("scheduler") or {}
     warmup = int((sche.get("kwargs") or {}).get("initial_epochs", 0) or 0) if sche.get("type") == "CosLR" else 0
     budget = short_pretraining_warning(len(train_loader), settings.n_epochs, settings.accum, warmup)

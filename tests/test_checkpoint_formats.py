@@ -28,7 +28,8 @@ from writers import TINY_TC
 
 # The keys of every job's checkpoint (utils.checkpoint.write_checkpoint, the one writer).
 LAYOUT = {"base_model", "optimizer", "epoch", "next_step", "metrics", "best_metrics", "scheduler", "scaler",
-          "rng_state", "rng_states", "epoch_rng_states", "config", "class_names", "job", "seed", "format"}
+          "rng_state", "rng_states", "epoch_rng_states", "config", "class_names", "job", "seed", "command", "data",
+          "format"}
 
 
 def run_settings(folder) -> RunSettings:

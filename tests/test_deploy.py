@@ -374,3 +374,25 @@ def test_accuracy_meter_per_class_against_numpy():
     assert got[4] is None and want[4] is None
     np.testing.assert_allclose(got[:4], want[:4], rtol=0, atol=1e-9)
     assert meter.compute()["acc"] == pytest.approx(100.0 * np.mean(pred == labels))
+
+
+def test_card_reports_the_runs_data_counts_and_per_class_accuracy(runs, folder):
+    """A fine-tuning run records its data (per split: dataset, folder, subset, count) and the best
+    validation's per-class accuracy in the checkpoint; the card shows them. The per-class figures
+    are checked against the run's own --test files through the PyTorch predictor."""
+    root, cls_ckpt, _, _ = runs
+    ckpt = load_checkpoint_file(str(cls_ckpt))
+    assert ckpt["data"]["train"]["count"] == 24 and ckpt["data"]["val"]["count"] == 12
+    assert ckpt["data"]["train"]["dataset"] == "PointCloudFolder" and ckpt["data"]["val"]["subset"] == "test"
+    assert ckpt["command"].split()[0].endswith(".py")
+    per_class = ckpt["best_metrics"]["per_class_acc"]
+    assert list(per_class) == CLASSES
+    # the best epoch's validation set is test/: its per-class accuracy, counted from predictions
+    # with the best checkpoint's weights, equals what the run recorded
+    results = Predictor.from_checkpoint(str(cls_ckpt), device="cpu").predict(str(root / "test"))
+    for name in CLASSES:
+        mine = [r for r in results if r.true == name]
+        assert per_class[name] == pytest.approx(100.0 * np.mean([r.name == name for r in mine]), abs=1e-9)
+    card = (folder / "README.md").read_text(encoding="utf-8")
+    assert "| train | PointCloudFolder |" in card and "| 24 |" in card and "| 12 |" in card
+    assert "Per-class accuracy (%):" in card and f"| ball | {per_class['ball']:.2f} |" in card

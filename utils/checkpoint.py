@@ -679,7 +679,8 @@ def write_checkpoint(path: str, *, model: nn.Module, optimizer=None, scheduler=N
                      next_step: int = 0, metrics: Optional[Mapping] = None, best_metrics: Optional[Mapping] = None,
                      rng_states: Optional[List[dict]] = None, epoch_rng_states: Optional[List[dict]] = None,
                      config: Optional[Mapping] = None, class_names: Optional[List[str]] = None,
-                     job: Optional[str] = None, seed: Optional[int] = None) -> str:
+                     job: Optional[str] = None, seed: Optional[int] = None, command: Optional[str] = None,
+                     data: Optional[Mapping] = None) -> str:
     """The one checkpoint writer of every job: ``torch.save`` of the dict below, atomically
     (:func:`atomic_save`). Tensors and plain Python values only, so :func:`load_checkpoint_file`
     reads it with ``weights_only=True``.
@@ -690,7 +691,9 @@ def write_checkpoint(path: str, *, model: nn.Module, optimizer=None, scheduler=N
     and ``best_metrics`` (plain numbers), ``rng_state`` (rank 0's :func:`utils.misc.rng_state`) and
     ``rng_states`` (every process's, by rank), ``epoch_rng_states`` (with ``next_step``: every
     process's at the start of that epoch), ``config`` (the run's resolved config), ``class_names``
-    (the training set's, when it names them), ``job``, ``seed`` and ``format``."""
+    (the training set's, when it names them), ``job``, ``seed``, ``command`` (the command line of
+    the run's start), ``data`` (per split: dataset, folder, subset, number of items; what a model
+    card reports) and ``format``."""
     ckpt = {
         "base_model": model.state_dict(),
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
@@ -707,6 +710,8 @@ def write_checkpoint(path: str, *, model: nn.Module, optimizer=None, scheduler=N
         "class_names": [str(c) for c in class_names] if class_names is not None else None,
         "job": job,
         "seed": seed,
+        "command": str(command) if command is not None else None,
+        "data": plain_numbers(dict(data)) if data is not None else None,
         "format": CHECKPOINT_FORMAT,
     }
     atomic_save(ckpt, path)
