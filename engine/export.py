@@ -172,8 +172,11 @@ def _count_of(recorded: Any, split: str, where: Sequence[str]) -> Any:
     return "not recorded"
 
 
-def _figure(value: Any) -> str:
-    return f"{value:.2f}" if isinstance(value, float) else str(value)
+def _figure(value: Any, key: str = "acc") -> str:
+    """Accuracies (``acc*``, per class) with 2 decimals, other figures (losses, ranks) with 4 digits."""
+    if not isinstance(value, float):
+        return str(value)
+    return f"{value:.2f}" if key.startswith("acc") else f"{value:.4g}"
 
 
 def _code_line(text: Any) -> str:
@@ -228,16 +231,17 @@ def model_card(data: Mapping[str, Any], export_command: str, name: str = "") -> 
     if not commands:
         lines.append(f"# training command not recorded in {data.get('source')}")
     lines += [_code_line(export_command), "```", "", "## Metrics", ""]
-    figures = [(k, _figure(v)) for k, v in best.items() if not isinstance(v, (dict, list))]
+    figures = [(k, _figure(v, k)) for k, v in best.items() if not isinstance(v, (dict, list))]
     if figures:
-        lines += ["Best validation figures of the run (the checkpoint's `best_metrics`; accuracy in %):", ""]
+        lines += ["Best validation figures of the run (the checkpoint's `best_metrics`"
+                  + ("; accuracy in %):" if task == "classification" else "):"), ""]
         lines += _table(figures, ["metric", "value"]) + [""]
     else:
         lines += ["The checkpoint records no validation figures.", ""]
     per_class = best.get("per_class_acc") or (data.get("metrics") or {}).get("per_class_acc")
     if isinstance(per_class, Mapping) and per_class:
-        lines += ["Per-class accuracy (%):", ""] + _table([(k, _figure(v)) for k, v in per_class.items()],
-                                                         ["class", "accuracy"]) + [""]
+        rows = [(k, "no samples" if v is None else _figure(v)) for k, v in per_class.items()]
+        lines += ["Per-class accuracy of that validation (%):", ""] + _table(rows, ["class", "accuracy"]) + [""]
     elif task == "classification":
         lines += ["Per-class accuracy: not recorded in the checkpoint; `tools/predict.py --input TEST_FOLDER` "
                   "prints it for files in class folders.", ""]

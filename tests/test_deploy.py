@@ -395,4 +395,4 @@ def test_card_reports_the_runs_data_counts_and_per_class_accuracy(runs, folder):
         assert per_class[name] == pytest.approx(100.0 * np.mean([r.name == name for r in mine]), abs=1e-9)
     card = (folder / "README.md").read_text(encoding="utf-8")
     assert "| train | PointCloudFolder |" in card and "| 24 |" in card and "| 12 |" in card
-    assert "Per-class accuracy (%):" in card and f"| ball | {per_class['ball']:.2f} |" in card
+    assert "Per-class accuracy of that validation (%):" in card and f"| ball | {per_class['ball']:.2f} |" in card
