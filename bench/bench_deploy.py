@@ -91,7 +91,7 @@ def main(argv=None) -> dict:
         prepared = fps_to(clouds, 1024)
         rates = {(name, b): [] for name in runners for b in args.batches}
         model_ms = {(name, b): [] for name in runners for b in args.batches}
-        for name, runner in runners.items():  # warm-up
+        for runner in runners.values():  # warm-up
             runner.predict(files[:2], batch_size=2)
         for _ in range(args.rounds):
             for b in args.batches:
@@ -101,7 +101,7 @@ def main(argv=None) -> dict:
                     rates[(name, b)].append(len(files) / (time.perf_counter() - t))
                     assert all(r.error is None for r in results)
                     batch = list(prepared[:b].numpy())
-                    model_ms[(name, b)].append(timed(lambda: runner.logits(batch), torch.device("cpu"),
+                    model_ms[(name, b)].append(timed(lambda r=runner, x=batch: r.logits(x), torch.device("cpu"),
                                                      repeats=max(1, 32 // b), warmup=0) / b)
     print(f"prediction of {args.files} files of 2048 points (read, normalise, FPS to 1024, model), "
           f"{'small model' if args.small else 'released fine-tuning sizes'}, {device_label(torch.device('cpu'))}; "

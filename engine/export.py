@@ -305,10 +305,10 @@ def export_model_folder(ckpt_path: str, folder: str, config: Any = None, encoder
     command = export_command or " ".join(shlex.quote(a) for a in ["python", *sys.argv])
     written = save_safetensors(weights, os.path.join(folder, WEIGHTS_NAME),
                                metadata={"format": "pt", "model_type": MODEL_TYPE, "task": data["task"]})
-    for name, text in ((CONFIG_NAME, _json_text(data)),
-                       (CARD_NAME, model_card(data, command, name or os.path.basename(os.path.abspath(folder))))):
-        atomic_write(os.path.join(folder, name), lambda f, t=text: f.write(t.encode("utf-8")))
-        written.append(os.path.join(folder, name))
+    card = model_card(data, command, name or os.path.basename(os.path.abspath(folder)))
+    for file_name, text in ((CONFIG_NAME, _json_text(data)), (CARD_NAME, card)):
+        atomic_write(os.path.join(folder, file_name), lambda f, t=text: f.write(t.encode("utf-8")))
+        written.append(os.path.join(folder, file_name))
     n = sum(v.numel() for v in weights.values())
     print_log(f"[export] {data['task']} model of {ckpt_path} (config {source}): {len(weights)} tensors "
               f"({n:,} numbers) -> {folder}/ ({', '.join(os.path.basename(p) for p in written)})", logger=logger)

@@ -220,6 +220,7 @@ def test_onnx_logits_equal_pytorch_on_the_test_files(runs, onnx_files, tmp_path)
     from_pth = predict_csv(str(cls_ckpt), root / "test", tmp_path / "pth.csv")
     from_onnx = predict_csv(str(onnx_files[0]), root / "test", tmp_path / "onnx.csv", "--batch_size", "5")
     assert list(from_onnx[0]) == list(from_pth[0])  # the same columns
+    assert len(from_onnx) == len(from_pth) == 12
     for a, b in zip(from_pth, from_onnx):
         assert (a["path"], a["predicted"], a["top_1"], a["true_class"]) == (b["path"], b["predicted"], b["top_1"],
                                                                              b["true_class"])
