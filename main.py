@@ -20,7 +20,7 @@ from tensorboardX import SummaryWriter
 
 from datasets import DATASETS
 from datasets.build import bind_run_dir, prepare_data
-from engine import builder, finetune, pretrain
+from engine import builder, finetune, partseg_folder, pretrain
 from engine.preemption import catch_stop_signals
 from models import MODELS
 from utils import dist_utils, parser
@@ -137,14 +137,16 @@ def _run_job(args, settings, config, changes, stop, logger):
     builder.log_settings(settings, logger)
     print_log(f"Distributed training: {settings.distributed} (world size {settings.world_size})", logger=logger)
     set_random_seed(settings.seed + settings.rank, deterministic=settings.deterministic)
+    segmentation = partseg_folder.is_partseg_config(config)  # a folder of labelled files (cfgs/partseg_folder.yaml)
     if settings.job == "test":
-        return finetune.test_net(settings, config, logger)
+        return (partseg_folder.test_net if segmentation else finetune.test_net)(settings, config, logger)
     writers = (None, None)
     if settings.is_main_process:
         writers = (SummaryWriter(os.path.join(settings.tfboard_path, "train")),
                    SummaryWriter(os.path.join(settings.tfboard_path, "test")))
     try:
-        run = finetune.run_net if settings.job == "finetune" else pretrain.run_net
+        run = (partseg_folder.run_net if segmentation else finetune.run_net) if settings.job == "finetune" \
+            else pretrain.run_net
         return run(settings, config, writers, stop, logger)
     finally:
         for writer in writers:

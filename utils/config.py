@@ -50,6 +50,8 @@ TOP_LEVEL_KEYS = {
     "epoch_count": "released (default: epochs 0..max_epoch, as the released loops) | exact (max_epoch epochs)",
     "lr_schedule": "exact (default: epoch e at cosine(e)) | released (the released one-epoch lag)",
     "seg_root": "part segmentation (segmentation/main.py --root): the ShapeNetPart folder",
+    "parts": "part segmentation of a folder (model.NAME: PartSegTransformer): {names, categories, category_parts}, "
+             "set from the training folder when the run starts",
     "bn_recalibration": "BatchNorm statistics recomputed over training batches with the current weights before "
                         "they are used (validation, the last epoch, checkpoint copies): auto (default: while the "
                         "initial statistics are more than 1 % of a running variance) | on | off",
