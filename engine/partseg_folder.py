@@ -116,11 +116,13 @@ class SegMeter:
         k = len(self.names)
         self.correct += int((pred == target).sum())
         self.seen += int(target.size)
-        hit = target[pred == target]
-        inter = np.bincount(hit.reshape(-1), minlength=k)[:k]
+        def count(ids: np.ndarray) -> np.ndarray:  # (a file's own labels may lie outside 0..K-1)
+            ids = ids.reshape(-1)
+            return np.bincount(ids[(ids >= 0) & (ids < k)], minlength=k)[:k]
+
+        inter = count(target[pred == target])
         self.inter += inter
-        self.union += (np.bincount(pred.reshape(-1), minlength=k)[:k] + np.bincount(target.reshape(-1), minlength=k)[:k]
-                       - inter)
+        self.union += count(pred) + count(target) - inter
         for b in range(pred.shape[0]):
             c = int(category[b])
             self.shape_ious.append(shape_iou(pred[b], target[b], self.category_parts[c]))
