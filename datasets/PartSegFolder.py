@@ -268,8 +268,8 @@ class LabelledScan:
             for rel, counts in good.items():
                 above = [v for v in counts if v > first]
                 if above and rel not in bad:
-                    bad[rel] = (f"label {max(above)} but no file has label {first} (the part ids must be 0..K-1; "
-                                f"relabel, or name the parts in labels.txt)")
+                    bad[rel] = (f"labels above {first} but no file has label {first} (the part ids must be 0..K-1 "
+                                f"over the folder; relabel, or declare the parts in labels.txt / parts.json)")
             ids = [i for i in ids if i < first]
         self.num_parts = len(ids)
         self.part_names = [str(i) for i in range(self.num_parts)]

@@ -59,7 +59,7 @@ def _integer_labels(path: str, values: np.ndarray, where: str) -> np.ndarray:
         ok[ok] = values[ok] == np.round(values[ok])
         if not ok.all():
             i = int(np.argmin(ok))
-            raise BadFileError(path, f"label not an integer at row {i} ({values[i]!r}, {where})")
+            raise BadFileError(path, f"label not an integer at row {i} ({float(values[i])!r}, {where})")
     elif values.size and (values.max() > LABEL_LIMIT or (values.dtype.kind == "i" and values.min() < -LABEL_LIMIT)):
         i = int(np.argmax(np.abs(values.astype(np.float64))))
         raise BadFileError(path, f"label out of range at row {i} ({int(values[i])}, {where})")
