@@ -230,15 +230,17 @@ def set_model_parts(config, parts: Mapping, logger=None) -> None:
 
 
 def resolve_patch_embed(config, settings: RunSettings) -> None:
-    """``model.patch_embed: auto``: the checkpoint's when fine-tuning, else Point-MAE's mini-PointNet
-    (the released segmentation model's), as ``segmentation/main.py``."""
+    """``model.patch_embed: auto``: the checkpoint's when fine-tuning (resuming: the run's
+    ``ckpt-last``), else Point-MAE's mini-PointNet (the released segmentation model's), as
+    ``segmentation/main.py``."""
     from models.backbone import patch_embed_kind, read_encoder
 
     if config.model.get("patch_embed", "auto") != "auto":
         return
+    source = settings.ckpts if settings.resume == "no" else os.path.join(settings.experiment_path, "ckpt-last.pth")
     kind = None
-    if settings.ckpts and settings.resume == "no":
-        kind = patch_embed_kind(read_encoder(settings.ckpts, trust=settings.trust_checkpoint)[2])
+    if source and os.path.isfile(source):  # (resuming: the run's own choice, in its ckpt-last)
+        kind = patch_embed_kind(read_encoder(source, trust=settings.trust_checkpoint)[2])
     config.model.patch_embed = kind or "point_mae"
 
 
@@ -316,8 +318,13 @@ def model_from_checkpoint(ckpt: Mapping, path: str, settings: Optional[RunSettin
     parts = check_parts(config["parts"], f"checkpoint '{path}'")
     from easydict import EasyDict
 
-    model = builder.model_builder(EasyDict(dict(config["model"])), settings)
-    load_state_dict_checked(model, state_dict_of(ckpt, path), strict=True, source=path)
+    from engine.model_check import build_checked, check_checkpoint_config
+
+    check_checkpoint_config(config, f"the config of checkpoint {path}")
+    state = state_dict_of(ckpt, path)
+    model = build_checked(EasyDict(dict(config["model"])), state, path,
+                          build=lambda cfg: builder.model_builder(cfg, settings))
+    load_state_dict_checked(model, state, strict=True, source=path)
     return model, parts
 
 
@@ -336,7 +343,7 @@ def test_net(settings: RunSettings, config, logger=None) -> Dict[str, float]:
                                  f"categories ({printable(', '.join(dataset.categories[:8]))}) are not those of "
                                  f"{settings.ckpts} ({printable(', '.join(parts['names'][:8]))}; "
                                  f"{printable(', '.join(parts['categories'][:8]))})")
-    print_log(f"[TEST] {settings.ckpts} (trained {ckpt.get('epoch', '?')} epochs) on {len(dataset)} shapes of "
+    print_log(f"[TEST] {settings.ckpts} (saved after epoch {ckpt.get('epoch', '?')}) on {len(dataset)} shapes of "
               f"{dataset.root}", logger=logger)
     meter = evaluate(model, make_eval_step(settings.device, category_mask(parts, settings.device)), loader,
                      settings.device, SegMeter(parts), amp=settings.amp_dtype,
