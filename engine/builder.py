@@ -8,7 +8,6 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional
 
@@ -21,7 +20,7 @@ from engine.engine import grad_scaler
 from extensions.pointops import configured_backend, resolve_fps_backend
 from models import build_model_from_cfg
 from utils.checkpoint import (CheckpointError, checkpoint_class_names, load_checkpoint_file, load_state_dict_checked,
-                              state_dict_of, write_checkpoint)
+                              load_weights, state_dict_of, write_checkpoint)
 from utils.config import CHOICE_KEYS, ConfigError, origin_of, to_plain
 from utils.dist_utils import all_gather_objects, get_dist_info, run_on_rank0
 from utils.logger import print_log
@@ -437,42 +436,26 @@ def resume(state: TrainState, settings: RunSettings, path: Optional[str] = None,
     return state
 
 
-def read_checkpoint(path: str, trust: bool = False) -> Dict[str, Any]:
-    """The checkpoint dict at ``path``: the one reader of every job and tool (weights-only
-    unpickling unless ``trust``; ``.safetensors`` exports too)."""
-    return load_checkpoint_file(path, trust=trust)
-
-
 def load_model(base_model, ckpt_path: str, logger=None, strict: bool = True, trust: bool = False):
     """Load a whole model (e.g. for --test) from a checkpoint or a ``.safetensors`` export; strict by
-    default. Returns (epoch, metrics) (-1 and {} for a ``.safetensors`` file)."""
-    ckpt = read_checkpoint(ckpt_path, trust)
-    report = load_state_dict_checked(unwrap_model(base_model), state_dict_of(ckpt, ckpt_path), strict=strict,
-                                     source=ckpt_path)
-    epoch = ckpt.get("epoch", -1)
-    metrics = ckpt.get("metrics", {})
+    default (:func:`utils.checkpoint.load_weights`). Returns (epoch, metrics) (-1 and {} for a
+    ``.safetensors`` file)."""
+    report = load_weights(base_model, ckpt_path, strict=strict, trust=trust)
+    epoch = report.checkpoint.get("epoch", -1)
+    metrics = report.checkpoint.get("metrics", {})
     print_log(f"ckpts @ {epoch} epoch (performance = {metrics}); {report.summary()}", logger=logger)
     return epoch, metrics
-
-
-# Parameters of a pre-training model that the frozen-feature tools (SVM, t-SNE, reconstructions)
-# never use: the image branch and its heads.
-IMAGE_BRANCH_PREFIXES = ("image_branch.", "inv_head.", "pro_head.")
 
 
 def load_point_model(base_model: nn.Module, ckpt_path: str, logger=None, trust: bool = False, strict: bool = True):
     """Load the point side of a pre-training checkpoint (encoder, decoder, heads) into ``base_model``,
     strictly (unless ``strict`` is false), whether or not either has an image branch (Point-MAE layouts, or a run with
-    ``image_branch.enabled: false``). The image-branch tensors are not used: one log line says
-    which were left out. Returns (epoch, metrics)."""
-    ckpt = read_checkpoint(ckpt_path, trust)
-    state = state_dict_of(ckpt, ckpt_path)
-    point = OrderedDict((k, v) for k, v in state.items() if not k.startswith(IMAGE_BRANCH_PREFIXES))
-    model = unwrap_model(base_model)
-    own_image = tuple(k for k in model.state_dict() if k.startswith(IMAGE_BRANCH_PREFIXES))
-    report = load_state_dict_checked(model, point, strict=strict, source=ckpt_path, ignore_missing=own_image or ("\0",))
-    unused = len(state) - len(point)
-    print_log(f"[{type(model).__name__}] point model from {ckpt_path}: {report.summary()}; not used: {unused} "
-              f"image-branch tensors of the checkpoint" + (f", the model's image branch ({len(own_image)} tensors) "
-                                                           f"stays as initialised" if own_image else ""), logger=logger)
-    return ckpt.get("epoch", -1), ckpt.get("metrics", {})
+    ``image_branch.enabled: false``): :func:`utils.checkpoint.load_weights` with the model's remap
+    (:func:`models.Inter_MAE.point_side_filter_fn`). The image-branch tensors are not used: one log
+    line says which were left out. Returns (epoch, metrics)."""
+    report = load_weights(base_model, ckpt_path, strict=strict, remap="auto", trust=trust)
+    own_image = len(report.new)
+    print_log(f"[{type(unwrap_model(base_model)).__name__}] point model from {ckpt_path}: {report.summary()}; "
+              f"not used: {report.note} of the checkpoint" + (f", the model's image branch ({own_image} tensors) "
+                                                             f"stays as initialised" if own_image else ""), logger=logger)
+    return report.checkpoint.get("epoch", -1), report.checkpoint.get("metrics", {})

@@ -37,7 +37,7 @@ from datasets.io import (CLOUD_EXTS, BadFileError, TooFewPointsError, bad_files_
                          reason_kind)
 from extensions.pointops import fps
 from models.backbone import (PointEncoder, checkpoint_kind, encoder_state_dict, max_mean_pool, patch_embed_kind)
-from utils.checkpoint import atomic_write, load_checkpoint_file, load_state_dict_checked, state_dict_of
+from utils.checkpoint import atomic_write, load_checkpoint_file, load_weights, state_dict_of
 from utils.cli import InputError
 from utils.config import ConfigError, cfg_from_yaml_file, origin_of
 from utils.logger import print_log
@@ -175,7 +175,7 @@ def load_point_encoder(ckpt_path: str, config: Union[None, str, os.PathLike, Map
     for key, name in (("depth", "depth"), ("num_group", "points"), ("group_size", "points")):
         check_count(int(kwargs[key]), name, f"{key} of {cfg_source}")
     encoder = build_checked({}, weights, ckpt_path, build=lambda _: PointEncoder(**kwargs))
-    load_state_dict_checked(encoder, weights, strict=True, source=ckpt_path)
+    load_weights(encoder, ckpt, remap="auto", name=ckpt_path)  # its encoder_filter_fn: the encoder of any layout
     dev = resolve_device(None if device is None else str(device))
     print_log(f"[features] {checkpoint_kind(state)} checkpoint {ckpt_path}: encoder with {len(weights)} tensors "
               f"({kwargs['patch_embed']} patch embedding, width {kwargs['trans_dim']}, depth {kwargs['depth']}, "

@@ -46,7 +46,7 @@ from engine.engine import (
 )
 from engine.preemption import StopRequest
 from extensions.pointops import fps, gather_points
-from utils.checkpoint import checkpoint_class_names, write_json
+from utils.checkpoint import checkpoint_class_names, load_checkpoint_file, write_json
 from utils.config import VOTING_DEFAULTS
 from utils.logger import print_log
 from utils.schema import ConfigError, origin_of
@@ -240,7 +240,7 @@ def run_net(settings: RunSettings, config, writers=(None, None), stop: Optional[
     if settings.resume != "no":
         builder.resume(state, settings, logger=logger)
         if os.path.exists(best_vote_path):
-            best_vote = dict(builder.read_checkpoint(best_vote_path, settings.trust_checkpoint).get("best_metrics") or {})
+            best_vote = dict(load_checkpoint_file(best_vote_path, trust=settings.trust_checkpoint).get("best_metrics") or {})
     elif settings.ckpts is not None:  # --finetune_model (the parser refuses --ckpts with --scratch_model)
         state.model.load_model_from_ckpt(settings.ckpts, strict=not settings.partial_load, logger=logger,
                                          trust=settings.trust_checkpoint)
@@ -304,7 +304,7 @@ def test_net(settings: RunSettings, config, logger=None) -> Dict[str, float]:
         way, shot, fold = settings.few_shot
         test_cfg.others.update(way=way, shot=shot, fold=fold)
     _, test_loader = builder.dataset_builder(test_cfg, seed=settings.seed, num_workers=settings.num_workers)
-    ckpt = builder.read_checkpoint(settings.ckpts, settings.trust_checkpoint)
+    ckpt = load_checkpoint_file(settings.ckpts, trust=settings.trust_checkpoint)
     names = checkpoint_class_names(ckpt, settings.ckpts, config.model.get("cls_dim"))
     if config.model.get("cls_dim") is None and names:
         config.model.cls_dim = len(names)

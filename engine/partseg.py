@@ -48,12 +48,13 @@ from engine.engine import (
 )
 from engine.preemption import StopRequest, catch_stop_signals
 from models import MODELS
-from models.backbone import patch_embed_kind, read_encoder
+from models.backbone import encoder_state_dict, patch_embed_kind
 from models.PartSegTransformer import PartSegTransformer
 from utils import dist_utils
 from utils.checkpoint import (
     CheckpointError,
-    load_state_dict_checked,
+    load_checkpoint_file,
+    load_weights,
     remove_orphan_temporaries,
     state_dict_of,
     write_json,
@@ -266,7 +267,11 @@ def resolve_patch_embed(config, settings: PartSegSettings) -> None:
     mini-PointNet ``first_conv``), so the from-scratch baseline is the released one."""
     if config.model.get("patch_embed") != "auto" or settings.job != "partseg" or settings.resume != "no":
         return
-    kind = patch_embed_kind(read_encoder(settings.ckpts, trust=settings.trust_checkpoint)[2]) if settings.ckpts else None
+    if settings.ckpts:
+        state = state_dict_of(load_checkpoint_file(settings.ckpts, trust=settings.trust_checkpoint), settings.ckpts)
+        kind = patch_embed_kind(encoder_state_dict(state, settings.ckpts))
+    else:
+        kind = None
     config.model.patch_embed = kind or "point_mae"
 
 
@@ -326,7 +331,7 @@ def test(settings: PartSegSettings, config, logger=None) -> Dict[str, float]:
     """Evaluate a saved segmentation model (``settings.ckpts``, else the run's ``best_model.pth``):
     ours (its config inside) or the released script's ``model_state_dict``."""
     path = settings.ckpts or os.path.join(settings.ckpt_dir, "best_model.pth")
-    ckpt = builder.read_checkpoint(path, settings.trust_checkpoint)
+    ckpt = load_checkpoint_file(path, trust=settings.trust_checkpoint)
     state = state_dict_of(ckpt, path)
     saved = (ckpt.get("config") or {}).get("model") or ckpt.get("model_args")  # model_args: checkpoints before format 2
     requested = config.model.get("patch_embed", "auto")
@@ -337,7 +342,7 @@ def test(settings: PartSegSettings, config, logger=None) -> Dict[str, float]:
         raise CheckpointError(f"checkpoint '{path}' uses the '{kind}' patch embedding, not --patch_embed {requested}")
     config.model.patch_embed = kind or (requested if requested != "auto" else "inter_mae")
     model = build_model(config, settings, logger).to(settings.device)
-    report = load_state_dict_checked(model, state, strict=True, source=path)
+    report = load_weights(model, ckpt, name=path)
     print_log(f"[PartSeg] segmentation model from {path} (saved after training EPOCH {ckpt.get('epoch', '?')}): "
               f"{report.summary()}", logger=logger)
     _, test_set, _, _, test_loader = make_loaders(settings, model.normal)

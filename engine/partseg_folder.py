@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import os
 from collections import OrderedDict
-from typing import Dict, List, Mapping, Optional, Sequence
+from typing import Dict, List, Mapping, Optional
 
 import numpy as np
 import torch
@@ -38,7 +38,7 @@ from engine.engine import check_finite_figures, epoch_range, evaluate, log_scala
 from engine.partseg import get_loss, random_scale_shift, shape_iou
 from engine.preemption import StopRequest
 from utils import dist_utils
-from utils.checkpoint import CheckpointError, load_state_dict_checked, state_dict_of, write_json
+from utils.checkpoint import CheckpointError, load_checkpoint_file, load_weights, state_dict_of, write_json
 from utils.logger import print_log
 from utils.schema import ConfigError, origin_of
 from utils.settings import RunSettings
@@ -233,14 +233,15 @@ def resolve_patch_embed(config, settings: RunSettings) -> None:
     """``model.patch_embed: auto``: the checkpoint's when fine-tuning (resuming: the run's
     ``ckpt-last``), else Point-MAE's mini-PointNet (the released segmentation model's), as
     ``segmentation/main.py``."""
-    from models.backbone import patch_embed_kind, read_encoder
+    from models.backbone import encoder_state_dict, patch_embed_kind
 
     if config.model.get("patch_embed", "auto") != "auto":
         return
     source = settings.ckpts if settings.resume == "no" else os.path.join(settings.experiment_path, "ckpt-last.pth")
     kind = None
     if source and os.path.isfile(source):  # (resuming: the run's own choice, in its ckpt-last)
-        kind = patch_embed_kind(read_encoder(source, trust=settings.trust_checkpoint)[2])
+        state = state_dict_of(load_checkpoint_file(source, trust=settings.trust_checkpoint), source)
+        kind = patch_embed_kind(encoder_state_dict(state, source))
     config.model.patch_embed = kind or "point_mae"
 
 
@@ -324,14 +325,14 @@ def model_from_checkpoint(ckpt: Mapping, path: str, settings: Optional[RunSettin
     state = state_dict_of(ckpt, path)
     model = build_checked(EasyDict(dict(config["model"])), state, path,
                           build=lambda cfg: builder.model_builder(cfg, settings))
-    load_state_dict_checked(model, state, strict=True, source=path)
+    load_weights(model, ckpt, name=path)
     return model, parts
 
 
 def test_net(settings: RunSettings, config, logger=None) -> Dict[str, float]:
     """``--test --ckpts ckpt-best.pth``: the metrics of a folder segmentation checkpoint on
     ``config.dataset.test`` (its parts must be the checkpoint's), written to ``test_results.json``."""
-    ckpt = builder.read_checkpoint(settings.ckpts, settings.trust_checkpoint)
+    ckpt = load_checkpoint_file(settings.ckpts, trust=settings.trust_checkpoint)
     model, parts = model_from_checkpoint(ckpt, settings.ckpts, settings)
     model = model.to(settings.device)
     feed_npoints(config)

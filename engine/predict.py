@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from datasets.common import DatasetFormatError, pc_normalize
 from datasets.io import AUTO, AUTO_MAX_POINTS, BadFileError, bad_files_message, list_cloud_files, load_cloud_file
-from utils.checkpoint import (CheckpointError, checkpoint_class_names, load_checkpoint_file, load_state_dict_checked,
+from utils.checkpoint import (CheckpointError, checkpoint_class_names, load_checkpoint_file, load_weights,
                               state_dict_of)
 from utils.logger import print_log
 from utils.misc import resolve_device
@@ -159,7 +159,7 @@ class Predictor:
         check_checkpoint_config(run_cfg, f"{cfg_source} (checkpoint {path})")
         state = state_dict_of(ckpt, path)
         model = build_checked(model_cfg, state, path, build=build_model_from_cfg)
-        load_state_dict_checked(model, state, strict=True, source=path)
+        load_weights(model, ckpt, name=path)
         data = _dataset_entry(run_cfg)
         npoints = int(run_cfg.get("npoints") or 1024)
         auto = str(data.get("N_POINTS")).strip().lower() == AUTO  # (runs write the number they chose)

@@ -39,7 +39,7 @@ from datasets.labelled_io import read_labelled_file, write_labelled_ply
 from datasets.PartSegFolder import PART_FILES
 from engine.partseg import shape_iou
 from engine.partseg_folder import SegMeter, category_mask, check_parts, restrict
-from utils.checkpoint import CheckpointError, load_state_dict_checked, state_dict_of
+from utils.checkpoint import CheckpointError, load_weights, state_dict_of
 from utils.logger import print_log
 from utils.misc import resolve_device
 from utils.text import printable, spreadsheet_cell
@@ -116,7 +116,7 @@ class SegPredictor:
         check_checkpoint_config(run_cfg, f"{cfg_source} (checkpoint {path})")
         state = state_dict_of(ckpt, path)
         model = build_checked(EasyDict(run_cfg["model"]), state, path, build=build_model_from_cfg)
-        load_state_dict_checked(model, state, strict=True, source=path)
+        load_weights(model, ckpt, name=path)
         data = _entry(run_cfg)
         npoints = int(run_cfg.get("npoints") or 2048)
         check_count(npoints, "points", f"npoints of {cfg_source}")

@@ -12,7 +12,9 @@ does; ``trunc_normal`` keeps the project's earlier trunc-normal(0.02) decoder.
 """
 from __future__ import annotations
 
-from typing import Dict, Optional
+from collections import OrderedDict
+from dataclasses import dataclass, fields
+from typing import Dict, Literal, Mapping, Optional, Union
 
 import torch
 from timm.layers import trunc_normal_
@@ -20,17 +22,43 @@ from torch import Tensor, nn
 
 from extensions.chamfer_dist import ChamferDistanceL1, ChamferDistanceL2
 from extensions.emd import EarthMoverDistance
-from utils.schema import ConfigError, Schema, origin_of
+from utils.checkpoint import Remapped
+from utils.schema import ConfigError
 
-from .backbone import PointEncoder, check_init, first_max_pool
-from .build import MODELS
+from .backbone import InitMode, PatchEmbedName, PointEncoder, check_init, first_max_pool
+from .build import MODELS, configurable
 from .image_encoder import IMAGE_BRANCH_SCHEMA, ImageBranch
 from .layers import DEFAULT_EMBED_COMPUTE, TransformerDecoder, init_weights, pos_embedding
 
-TRANSFORMER_KEYS = (
-    "mask_ratio", "mask_type", "trans_dim", "encoder_dims", "depth", "drop_path_rate", "num_heads",
-    "decoder_depth", "decoder_num_heads",
-)
+LossName = Literal["cdl1", "cdl2", "emd"]
+
+
+@dataclass
+class PointMAETransformer:
+    """``model.transformer_config`` of Point-MAE: the encoder (masking, widths, depth, heads, drop
+    path) and the decoder (depth, heads; as wide as the encoder)."""
+
+    mask_ratio: float
+    mask_type: Literal["rand", "block"]
+    trans_dim: int
+    encoder_dims: int
+    depth: int
+    drop_path_rate: float
+    num_heads: int
+    decoder_depth: int
+    decoder_num_heads: int
+
+
+@dataclass
+class InterMAETransformer(PointMAETransformer):
+    """``model.transformer_config`` of Inter-MAE: Point-MAE's, with a decoder ``decoder_embed_dim``
+    wide (released 256) behind ``decoder_embed``; ``embed_dim`` (released name) must equal ``trans_dim``."""
+
+    embed_dim: Optional[int] = None
+    decoder_embed_dim: int = 256
+
+
+TRANSFORMER_KEYS = tuple(f.name for f in fields(PointMAETransformer))
 
 
 def xavier_init_weights(m: nn.Module) -> None:
@@ -111,6 +139,20 @@ class MaskTransformer(PointEncoder):
         return self.transform(x_vis, pos), mask
 
 
+# The image side of a pre-training model: the frozen-feature tools (SVM, t-SNE, reconstructions)
+# never use it, and a Point-MAE layout has none.
+IMAGE_BRANCH_PREFIXES = ("image_branch.", "inv_head.", "pro_head.")
+
+
+def point_side_filter_fn(state: Mapping[str, Tensor], model: nn.Module) -> Remapped:
+    """The checkpoint remap of the pre-training models (``checkpoint_filter_fn``): the point side of
+    any pre-training checkpoint (Inter-MAE with or without an image branch, Point-MAE), its image
+    branch left out; the model's own image-branch tensors (if any) are ``new``."""
+    point = OrderedDict((k, v) for k, v in state.items() if not k.startswith(IMAGE_BRANCH_PREFIXES))
+    own_image = tuple(k for k in model.state_dict() if k.startswith(IMAGE_BRANCH_PREFIXES))
+    return Remapped(point, own_image, f"{len(state) - len(point)} image-branch tensors")
+
+
 def build_reconstruction_loss(name: str) -> nn.Module:
     losses = {"cdl1": ChamferDistanceL1, "cdl2": ChamferDistanceL2, "emd": EarthMoverDistance}
     if name not in losses:
@@ -125,23 +167,27 @@ class _MaskedPointAutoencoder(nn.Module):
     reconstruction head. ``fps_backend`` / ``embed_compute``: see :class:`models.backbone.PointEncoder`.
     """
 
-    config_schema = Schema(required=("NAME", "group_size", "num_group", "loss"), optional=("patch_embed", "init"),
-                           sections={"transformer_config": Schema(required=TRANSFORMER_KEYS)})
     default_patch_embed = "inter_mae"
+    transformer_type = PointMAETransformer
+    checkpoint_filter_fn = staticmethod(point_side_filter_fn)
 
-    def __init__(self, config, *, fps_backend: str = "auto", embed_compute: str = DEFAULT_EMBED_COMPUTE):
+    def __init__(self, *, group_size: int, num_group: int, loss: LossName,
+                 transformer_config: Union[PointMAETransformer, Mapping], patch_embed: Optional[PatchEmbedName] = None,
+                 init: InitMode = "released", fps_backend: str = "auto", embed_compute: str = DEFAULT_EMBED_COMPUTE):
         super().__init__()
-        tc = config.transformer_config
-        self.config = config
-        self.init_mode = check_init(config.get("init", "released"), "model.init", origin_of(config))
+        tc = transformer_config
+        if not isinstance(tc, self.transformer_type):
+            tc = self.transformer_type(**tc)
+        self.transformer_config = tc
+        self.init_mode = check_init(init, "model.init")
         self.trans_dim = tc.trans_dim
-        self.group_size = config.group_size
-        self.num_group = config.num_group
+        self.group_size = group_size
+        self.num_group = num_group
         self.drop_path_rate = tc.drop_path_rate
         self.MAE_encoder = MaskTransformer(
             trans_dim=tc.trans_dim, depth=tc.depth, num_heads=tc.num_heads, drop_path_rate=tc.drop_path_rate,
             mask_ratio=tc.mask_ratio, mask_type=tc.mask_type, encoder_dims=tc.encoder_dims,
-            patch_embed=config.get("patch_embed", self.default_patch_embed), num_group=self.num_group,
+            patch_embed=patch_embed or self.default_patch_embed, num_group=self.num_group,
             group_size=self.group_size, fps_backend=fps_backend, embed_compute=embed_compute,
         )
         self.mask_token = nn.Parameter(torch.zeros(1, 1, self.trans_dim))
@@ -154,8 +200,12 @@ class _MaskedPointAutoencoder(nn.Module):
         if self.init_mode == "released":
             self.MAE_decoder.apply(xavier_init_weights)
         self.group_divider = self.MAE_encoder.group_divider
-        self.loss_func = build_reconstruction_loss(config.loss)
+        self.loss_func = build_reconstruction_loss(loss)
         trunc_normal_(self.mask_token, std=0.02)
+        self._build_heads()
+
+    def _build_heads(self) -> None:
+        """The reconstruction head (after every shared module, in the released order)."""
 
     def _decoder_dim(self, tc) -> int:
         raise NotImplementedError
@@ -215,6 +265,7 @@ class _MaskedPointAutoencoder(nn.Module):
 
 
 @MODELS.register_module()
+@configurable
 class Inter_MAE(_MaskedPointAutoencoder):
     """Inter-MAE pre-training model. ``pts`` (B, N, 3) [, ``imgs`` (B, V, 3, H, W) or cached image
     features (B, V, F)] -> losses.
@@ -228,18 +279,19 @@ class Inter_MAE(_MaskedPointAutoencoder):
     gradients, whichever processes had views (their gradients average with the zeros).
     """
 
-    config_schema = Schema(
-        required=("NAME", "group_size", "num_group", "loss"), optional=("patch_embed", "init"),
-        sections={"transformer_config": Schema(required=TRANSFORMER_KEYS, optional=("embed_dim", "decoder_embed_dim")),
-                  "image_branch": IMAGE_BRANCH_SCHEMA})
+    transformer_type = InterMAETransformer
+    config_sections = {"transformer_config": InterMAETransformer, "image_branch": IMAGE_BRANCH_SCHEMA}
 
-    def __init__(self, config, **switches):
-        super().__init__(config, **switches)
-        tc = config.transformer_config
-        embed_dim = tc.get("embed_dim", tc.trans_dim)
+    def __init__(self, *, group_size: int, num_group: int, loss: LossName,
+                 transformer_config: Union[InterMAETransformer, Mapping], patch_embed: Optional[PatchEmbedName] = None,
+                 init: InitMode = "released", image_branch: Optional[Mapping] = None, fps_backend: str = "auto",
+                 embed_compute: str = DEFAULT_EMBED_COMPUTE):
+        super().__init__(group_size=group_size, num_group=num_group, loss=loss, transformer_config=transformer_config,
+                         patch_embed=patch_embed, init=init, fps_backend=fps_backend, embed_compute=embed_compute)
+        tc = self.transformer_config
+        embed_dim = tc.trans_dim if tc.embed_dim is None else tc.embed_dim
         if embed_dim != tc.trans_dim:
-            raise ConfigError(f"model.transformer_config.embed_dim ({embed_dim}) must equal trans_dim ({tc.trans_dim})",
-                              origin_of(tc))
+            raise ConfigError(f"model.transformer_config.embed_dim ({embed_dim}) must equal trans_dim ({tc.trans_dim})")
         self.decoder_embed = nn.Linear(embed_dim, self.decoder_dim)
         self.pre_head = nn.Sequential(nn.Conv1d(self.decoder_dim, 3 * self.group_size, 1))
         self.pro_head = nn.Sequential(
@@ -247,13 +299,13 @@ class Inter_MAE(_MaskedPointAutoencoder):
             nn.Linear(256, 256, bias=False),
         )
         # The image branch (views -> timm encoder -> inv_head) and its weighted NT-Xent loss.
-        branch_cfg = config.get("image_branch")
+        branch_cfg = image_branch
         self.image_branch = None
         if branch_cfg is not None and branch_cfg.get("enabled", True):
             self.image_branch = ImageBranch.from_config(branch_cfg)
 
     def _decoder_dim(self, tc) -> int:
-        return tc.get("decoder_embed_dim", 256)
+        return tc.decoder_embed_dim
 
     def _embed_for_decoder(self, x: Tensor) -> Tensor:
         return self.decoder_embed(x)
@@ -295,6 +347,7 @@ class Inter_MAE(_MaskedPointAutoencoder):
 
 
 @MODELS.register_module()
+@configurable
 class Point_MAE(_MaskedPointAutoencoder):
     """Point-MAE (ECCV 2022) pre-training baseline: decoder as wide as the encoder, no image branch.
 
@@ -302,9 +355,9 @@ class Point_MAE(_MaskedPointAutoencoder):
     """
 
     default_patch_embed = "point_mae"
+    config_sections = {"transformer_config": PointMAETransformer}
 
-    def __init__(self, config, **switches):
-        super().__init__(config, **switches)
+    def _build_heads(self) -> None:
         self.increase_dim = nn.Sequential(nn.Conv1d(self.trans_dim, 3 * self.group_size, 1))
 
     def _decoder_dim(self, tc) -> int:

@@ -10,7 +10,7 @@ layer, as the released ``get_model`` (which defines no init); ``trunc_normal`` a
 """
 from __future__ import annotations
 
-from typing import Mapping, Optional, Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -18,11 +18,9 @@ from torch import Tensor, nn
 
 from datasets.ShapeNetPartDataset import NUM_CATEGORIES, NUM_PARTS
 from extensions.pointops import gather_points, knn_query
-from utils.checkpoint import LoadReport
-from utils.schema import Schema
 
-from .backbone import PointEncoder, check_init, load_encoder, max_mean_pool
-from .build import MODELS
+from .backbone import InitMode, PatchEmbedName, PointEncoder, check_init, max_mean_pool
+from .build import MODELS, configurable
 from .layers import DEFAULT_EMBED_COMPUTE, init_weights
 
 
@@ -76,6 +74,7 @@ class PointNetFeaturePropagation(nn.Module):
 
 
 @MODELS.register_module()
+@configurable
 class PartSegTransformer(PointEncoder):
     """Transformer part segmenter (released ``get_model``).
 
@@ -91,14 +90,12 @@ class PartSegTransformer(PointEncoder):
 
     # The ``model`` section of a segmentation run (segmentation/main.py maps its model flags onto it and
     # saves it in every checkpoint): every key is a constructor argument, with the released defaults.
-    config_schema = Schema(required=("NAME",), optional=(
-        "trans_dim", "depth", "num_heads", "drop_path_rate", "num_group", "group_size", "patch_embed",
-        "return_layers", "normal", "init", "num_part", "num_category"))
-
-    def __init__(self, num_part: int = NUM_PARTS, trans_dim: int = 384, depth: int = 12, num_heads: int = 6,
-                 drop_path_rate: float = 0.1, num_group: int = 128, group_size: int = 32, patch_embed: str = "inter_mae",
-                 return_layers: Optional[Sequence[int]] = None, normal: bool = False, init: str = "released",
-                 fps_backend: str = "auto", embed_compute: str = DEFAULT_EMBED_COMPUTE, num_category: int = NUM_CATEGORIES):
+    def __init__(self, *, num_part: int = NUM_PARTS, trans_dim: int = 384, depth: int = 12, num_heads: int = 6,
+                 drop_path_rate: float = 0.1, num_group: int = 128, group_size: int = 32,
+                 patch_embed: PatchEmbedName = "inter_mae", return_layers: Optional[Sequence[int]] = None,
+                 normal: bool = False, init: InitMode = "released",
+                 fps_backend: str = "auto", embed_compute: str = DEFAULT_EMBED_COMPUTE,
+                 num_category: int = NUM_CATEGORIES):
         super().__init__(trans_dim, depth, num_heads, drop_path_rate, trans_dim, num_group, group_size, patch_embed,
                          fps_backend, embed_compute)
         self.init_mode = check_init(init, "init (segmentation)")
@@ -108,7 +105,8 @@ class PartSegTransformer(PointEncoder):
         self.num_part = num_part
         self.num_category = num_category
         self.normal = normal
-        self.return_layers = tuple(return_layers) if return_layers is not None else default_return_layers(depth)
+        self.return_layers = (tuple(int(i) for i in return_layers) if return_layers is not None
+                              else default_return_layers(depth))
         if len(self.return_layers) != 3 or sorted(set(self.return_layers)) != list(self.return_layers) \
                 or not all(0 <= i < depth for i in self.return_layers):
             raise ValueError(f"return_layers must be 3 increasing block indices in [0, {depth}), got {self.return_layers}")
@@ -127,15 +125,6 @@ class PartSegTransformer(PointEncoder):
         if self.init_mode == "trunc_normal":
             self.apply(init_weights)
 
-    @classmethod
-    def from_config(cls, config: Mapping, **switches) -> "PartSegTransformer":
-        """The model of a ``model`` section (``NAME: PartSegTransformer`` and any constructor argument);
-        ``switches``: ``fps_backend`` / ``embed_compute``."""
-        kwargs = {k: v for k, v in config.items() if k != "NAME"}
-        if kwargs.get("return_layers") is not None:
-            kwargs["return_layers"] = tuple(int(i) for i in kwargs["return_layers"])
-        return cls(**kwargs, **switches)
-
     def model_config(self) -> dict:
         """This model's ``model`` section (what :meth:`from_config` rebuilds it from)."""
         return {"NAME": "PartSegTransformer", "num_part": self.num_part, "trans_dim": self.trans_dim,
@@ -143,11 +132,6 @@ class PartSegTransformer(PointEncoder):
                 "num_group": self.group_divider.num_group, "group_size": self.group_divider.group_size,
                 "patch_embed": self.patch_embed_kind, "return_layers": list(self.return_layers),
                 "normal": self.normal, "init": self.init_mode, "num_category": self.num_category}
-
-    def load_model_from_ckpt(self, ckpt_path: str, logger=None, trust: bool = False) -> LoadReport:
-        """Load the encoder of a pre-training (or classifier) checkpoint strictly; the segmentation
-        head stays as initialised. See :func:`load_encoder`."""
-        return load_encoder(self, ckpt_path, strict=True, logger=logger, trust=trust)
 
     def forward(self, pts: Tensor, category: Tensor) -> Tensor:
         B, N, C = pts.shape

@@ -12,15 +12,17 @@ import torch
 from timm.layers import trunc_normal_
 from torch import Tensor, nn
 
-from utils.checkpoint import LoadReport
-from utils.schema import ConfigError, Schema, origin_of
+from typing import Optional
 
-from .backbone import PointEncoder, check_init, first_max_pool, load_encoder
-from .build import MODELS
+from utils.schema import ConfigError
+
+from .backbone import InitMode, PatchEmbedName, PointEncoder, check_init, first_max_pool
+from .build import MODELS, configurable
 from .layers import DEFAULT_EMBED_COMPUTE, init_weights
 
 
 @MODELS.register_module()
+@configurable
 class PointTransformer(PointEncoder):
     """Transformer classifier: a :class:`PointEncoder` run unmasked with a cls token, then
     ``cls_head_finetune`` on :func:`first_max_pool` (cls output ++ max over patch outputs).
@@ -28,26 +30,25 @@ class PointTransformer(PointEncoder):
     ``pts`` (B, N, 3) -> logits (B, cls_dim).
     """
 
-    # cls_dim may be left out when the training set names its classes (a folder dataset): the
-    # fine-tuning job sets it from the number of classes before the model is built.
-    config_schema = Schema(required=("NAME", "trans_dim", "depth", "drop_path_rate", "num_heads",
-                                     "group_size", "num_group", "encoder_dims"),
-                           optional=("cls_dim", "patch_embed", "label_smoothing", "init"))
+    checkpoint_extra_keys = ("cls_token", "cls_pos")  # a fine-tuned classifier's, taken over with its encoder
 
-    def __init__(self, config, *, fps_backend: str = "auto", embed_compute: str = DEFAULT_EMBED_COMPUTE):
-        if config.get("cls_dim") is None:
+    # cls_dim may be left out of the config when the training set names its classes (a folder
+    # dataset): the fine-tuning job sets it from the number of classes before the model is built.
+    def __init__(self, *, trans_dim: int, depth: int, drop_path_rate: float, num_heads: int, group_size: int,
+                 num_group: int, encoder_dims: int, cls_dim: Optional[int] = None,
+                 patch_embed: PatchEmbedName = "inter_mae", label_smoothing: float = 0.0, init: InitMode = "released",
+                 fps_backend: str = "auto", embed_compute: str = DEFAULT_EMBED_COMPUTE):
+        if cls_dim is None:
             raise ConfigError("model.cls_dim is not set: give the number of classes (or train on a dataset that "
-                              "names its classes, which sets it)", origin_of(config))
-        super().__init__(config.trans_dim, config.depth, config.num_heads, config.drop_path_rate, config.encoder_dims,
-                         config.num_group, config.group_size, config.get("patch_embed", "inter_mae"),
+                              "names its classes, which sets it)")
+        super().__init__(trans_dim, depth, num_heads, drop_path_rate, encoder_dims, num_group, group_size, patch_embed,
                          fps_backend, embed_compute)
-        self.config = config
-        self.init_mode = check_init(config.get("init", "released"), "model.init", origin_of(config))
-        self.depth = config.depth
-        self.cls_dim = config.cls_dim
-        self.group_size = config.group_size
-        self.num_group = config.num_group
-        self.label_smoothing = float(config.get("label_smoothing", 0.0))
+        self.init_mode = check_init(init, "model.init")
+        self.depth = depth
+        self.cls_dim = cls_dim
+        self.group_size = group_size
+        self.num_group = num_group
+        self.label_smoothing = float(label_smoothing)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, self.trans_dim))
         self.cls_pos = nn.Parameter(torch.randn(1, 1, self.trans_dim))
         self.cls_head_finetune = nn.Sequential(
@@ -66,12 +67,6 @@ class PointTransformer(PointEncoder):
         loss = self.loss_ce(ret.float(), gt.long())
         acc = (ret.argmax(-1) == gt).float().mean() * 100
         return loss, acc
-
-    def load_model_from_ckpt(self, ckpt_path: str, strict: bool = True, logger=None, trust: bool = False) -> LoadReport:
-        """Take over the encoder of a pre-training, classifier or segmentation checkpoint (released
-        name); a fine-tuned classifier's ``cls_token`` / ``cls_pos`` too. See :func:`load_encoder`."""
-        return load_encoder(self, ckpt_path, strict=strict, extra_keys=("cls_token", "cls_pos"), logger=logger,
-                            trust=trust)
 
     def forward_features(self, pts: Tensor) -> Tensor:
         """(B, N, 3) -> (B, 2C): :func:`first_max_pool` of the encoded sequence (cls token first)."""

@@ -10,12 +10,12 @@ the others through :func:`load_encoder`.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Mapping, Optional, Sequence, Tuple
+from typing import Literal, Mapping, Optional, Sequence, Tuple, get_args
 
 import torch
 from torch import Tensor, nn
 
-from utils.checkpoint import CheckpointError, LoadReport, load_checkpoint_file, load_state_dict_checked, state_dict_of
+from utils.checkpoint import CheckpointError, LoadReport, RemapError, Remapped, load_weights
 from utils.schema import ConfigError
 from utils.logger import print_log
 
@@ -35,7 +35,9 @@ PRETRAIN_PREFIX = "MAE_encoder."
 #                 but never applied), cls_token / cls_pos trunc-normal(0.02).
 #   trunc_normal  the project's earlier choice: trunc-normal(0.02) Linears / Conv1ds, unit LayerNorm,
 #                 applied to the whole classifier / segmenter and to the pre-training decoder.
-INIT_MODES = ("released", "trunc_normal")
+InitMode = Literal["released", "trunc_normal"]
+INIT_MODES = get_args(InitMode)
+PatchEmbedName = Literal["inter_mae", "point_mae"]  # models.layers.PATCH_EMBEDS
 
 
 def check_init(value, where: str = "model.init", source: Optional[str] = None) -> str:
@@ -94,6 +96,14 @@ class PointEncoder(nn.Module):
         self.blocks = TransformerEncoder(trans_dim, depth, num_heads, drop_path_rate=drop_path_rate)
         self.norm = nn.LayerNorm(trans_dim)
 
+    # entries besides the encoder's that a checkpoint gives when it has them (checkpoint_filter_fn)
+    checkpoint_extra_keys: Tuple[str, ...] = ()
+
+    @staticmethod
+    def checkpoint_filter_fn(state: Mapping[str, Tensor], model: "PointEncoder") -> "Remapped":
+        """The encoder of any checkpoint under this model's names: :func:`encoder_filter_fn`."""
+        return encoder_filter_fn(state, model)
+
     def transform(self, tokens: Tensor, pos: Tensor) -> Tensor:
         """Tokens and positional embeddings (B, L, C) -> normalised output of the last block (B, L, C)."""
         return self.norm(self.blocks(tokens, pos))
@@ -102,6 +112,11 @@ class PointEncoder(nn.Module):
         """Like :meth:`transform`, but the normalised outputs of the blocks ``layers`` (each (B, L, C))."""
         _, outputs = self.blocks(tokens, pos, return_layers=tuple(layers))
         return tuple(self.norm(out) for out in outputs)
+
+    def load_model_from_ckpt(self, ckpt_path: str, strict: bool = True, logger=None, trust: bool = False) -> LoadReport:
+        """Take over the encoder of a pre-training, classifier or segmentation checkpoint (released
+        name); the head stays as initialised. See :func:`load_encoder`."""
+        return load_encoder(self, ckpt_path, strict=strict, logger=logger, trust=trust)
 
     def patch_tokens(self, pts: Tensor) -> Tensor:
         """Points (B, N, 3) -> normalised tokens of all G patches (B, G, C), unmasked, no cls token."""
@@ -125,11 +140,12 @@ def checkpoint_kind(state: Mapping[str, Tensor]) -> str:
     return "unknown"
 
 
-def encoder_state_dict(state: Mapping[str, Tensor], source: str = "<checkpoint>") -> "OrderedDict[str, Tensor]":
+def encoder_state_dict(state: Mapping[str, Tensor], source: Optional[str] = None) -> "OrderedDict[str, Tensor]":
     """The ``PointEncoder`` weights of any checkpoint, named as in a classifier / segmenter.
 
     Pre-training checkpoints keep the encoder under ``MAE_encoder.``; classifiers and segmenters
-    at the top level. Decoder, heads, tokens and the image branch are left out.
+    at the top level. Decoder, heads, tokens and the image branch are left out. None of them:
+    CheckpointError naming ``source`` (without one: a RemapError, which ``load_weights`` names).
     """
     kind = checkpoint_kind(state)
     if kind == "pretrain":
@@ -137,7 +153,10 @@ def encoder_state_dict(state: Mapping[str, Tensor], source: str = "<checkpoint>"
     else:
         out = OrderedDict((k, v) for k, v in state.items() if k.startswith(ENCODER_PREFIXES))
     if not out:
-        raise CheckpointError(f"checkpoint '{source}' holds no point encoder weights (no 'MAE_encoder.*' or 'encoder.*' keys)")
+        why = "holds no point encoder weights (no 'MAE_encoder.*' or 'encoder.*' keys)"
+        if source is None:
+            raise RemapError(why)
+        raise CheckpointError(f"checkpoint '{source}' {why}")
     return out
 
 
@@ -150,39 +169,39 @@ def patch_embed_kind(state: Mapping[str, Tensor]) -> Optional[str]:
     return None
 
 
-def read_encoder(path: str, trust: bool = False) -> Tuple[str, "OrderedDict[str, Tensor]", "OrderedDict[str, Tensor]"]:
-    """(kind, full state dict, encoder state dict) of a checkpoint file (``trust``: see
-    ``utils.checkpoint.load_checkpoint_file``)."""
-    state = state_dict_of(load_checkpoint_file(path, trust=trust), path)
-    return checkpoint_kind(state), state, encoder_state_dict(state, path)
-
-
-def load_encoder(model: PointEncoder, path: str, strict: bool = True, extra_keys: Sequence[str] = (),
-                 logger=None, trust: bool = False) -> LoadReport:
-    """Load the encoder of any checkpoint (pre-training, classifier, segmenter) into ``model``.
-
-    ``extra_keys``: further entries the model takes when the checkpoint has them (a classifier's
-    ``cls_token`` and ``cls_pos``). The patch embedding must match the model's. With ``strict`` every encoder
-    tensor must be present; a tensor of another shape is always an error, with a table of the
-    mis-shaped tensors and the config keys to change (``utils.checkpoint.load_state_dict_checked``,
-    the one loader every model goes through). The model's own head stays as initialised. Logs one
-    line per group: what was loaded, what is new, what the checkpoint had that was not used.
-    ``trust``: full unpickling (``--trust_checkpoint``; see ``utils.checkpoint.load_checkpoint_file``).
-    """
-    kind, state, encoder = read_encoder(path, trust=trust)
+def encoder_filter_fn(state: Mapping[str, Tensor], model: "PointEncoder") -> Remapped:
+    """The checkpoint remap of every :class:`PointEncoder` (``PointEncoder.checkpoint_filter_fn``):
+    the encoder of any checkpoint (pre-training ``MAE_encoder.*``, classifier, segmenter, encoder
+    export) under the model's names, plus the model's ``checkpoint_extra_keys`` the checkpoint has (a
+    classifier's ``cls_token`` / ``cls_pos``); the model's other keys (its head) are ``new``. The
+    patch embedding must be the model's."""
+    encoder = encoder_state_dict(state)
     embed = patch_embed_kind(encoder)
     if embed is not None and embed != model.patch_embed_kind:
-        raise CheckpointError(
-            f"checkpoint '{path}' uses the '{embed}' patch embedding but the model is built with "
-            f"'{model.patch_embed_kind}'; set model.patch_embed: {embed} (segmentation: --patch_embed {embed})")
+        raise RemapError(f"uses the '{embed}' patch embedding but the model is built with "
+                         f"'{model.patch_embed_kind}'; set model.patch_embed: {embed} (segmentation: --patch_embed {embed})")
     wanted = OrderedDict(encoder)
-    wanted.update((k, state[k]) for k in extra_keys if k in state)
+    wanted.update((k, state[k]) for k in model.checkpoint_extra_keys if k in state)
     head = tuple(k for k in model.state_dict() if not k.startswith(ENCODER_PREFIXES))
-    report = load_state_dict_checked(model, wanted, strict=strict, source=path, ignore_missing=head)
+    return Remapped(wanted, head, checkpoint_kind(state))
+
+
+def load_encoder(model: PointEncoder, path: str, strict: bool = True, logger=None, trust: bool = False) -> LoadReport:
+    """Load the encoder of any checkpoint (pre-training, classifier, segmenter) into ``model``:
+    :func:`utils.checkpoint.load_weights` with :func:`encoder_filter_fn`, and one log line: what was
+    loaded, what is new, what the checkpoint had that was not used.
+
+    With ``strict`` every encoder tensor must be present; a tensor of another shape is always an
+    error, with a table of the mis-shaped tensors and the config keys to change. The model's own
+    head stays as initialised. ``trust``: full unpickling (``--trust_checkpoint``; see
+    ``utils.checkpoint.load_checkpoint_file``).
+    """
+    report = load_weights(model, path, strict=strict, remap=encoder_filter_fn, trust=trust)
     new = sorted({k.split(".")[0] for k in report.new})
+    embed = patch_embed_kind(dict.fromkeys(report.loaded))
     missing = f"; missing (--partial_load): {len(report.hard_missing)} tensors" if report.hard_missing else ""
-    print_log(f"[{type(model).__name__}] {kind} checkpoint {path}: loaded {len(report.loaded)} tensors into the encoder "
-              f"({embed or 'unknown'} patch embedding); new: {', '.join(new) or 'nothing'} "
-              f"({len(report.new)} tensors){missing}; not used: {len(state) - len(report.loaded)} checkpoint tensors",
+    print_log(f"[{type(model).__name__}] {report.note} checkpoint {path}: loaded {len(report.loaded)} tensors into the "
+              f"encoder ({embed or 'unknown'} patch embedding); new: {', '.join(new) or 'nothing'} "
+              f"({len(report.new)} tensors){missing}; not used: {report.unused} checkpoint tensors",
               logger=logger)
     return report

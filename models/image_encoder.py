@@ -21,13 +21,12 @@ import torch.nn.functional as F
 from timm.data import resolve_model_data_config
 from torch import Tensor, nn
 
-from utils.checkpoint import CheckpointError, load_checkpoint_file, load_state_dict_checked, state_dict_of
+from utils.checkpoint import NoWeightsError, Remapped, load_weights
 from utils.schema import ConfigError, Schema, origin_of
+
+from .build import signature_schema
 from utils.logger import print_log
 
-IMAGE_BRANCH_KEYS = ("enabled", "model", "model_kwargs", "pretrained", "trainable", "normalize", "mean", "std", "weight",
-                     "temperature", "fresh_encoder_every_step", "per_view")
-IMAGE_BRANCH_SCHEMA = Schema(optional=IMAGE_BRANCH_KEYS)
 PROJ_DIM = 256  # width of pro_head's output, which inv_head must match
 
 
@@ -76,6 +75,19 @@ def _classifier_prefixes(model: nn.Module) -> Tuple[str, ...]:
     return tuple(f"{n}." for n in names)
 
 
+def timm_filter_fn(state: Mapping[str, Tensor], model: nn.Module) -> Remapped:
+    """The checkpoint remap of a timm encoder: its architecture's ``checkpoint_filter_fn`` (converts
+    released formats, resamples position embeddings), then the classifier's tensors dropped (the
+    encoder is built with ``num_classes=0``)."""
+    filter_fn = getattr(sys.modules.get(type(model).__module__), "checkpoint_filter_fn", None)
+    if filter_fn is not None:
+        state = filter_fn(state, model)
+    prefixes = _classifier_prefixes(model)
+    kept = {k: v for k, v in state.items() if not (prefixes and k.startswith(prefixes))}
+    dropped = len(state) - len(kept)
+    return Remapped(kept, note=f"dropped {dropped} classifier tensors" if dropped else "")
+
+
 def load_encoder_weights(model: nn.Module, path: str) -> str:
     """Load a local weights file into a timm encoder; returns a one-line report.
 
@@ -95,25 +107,15 @@ def load_encoder_weights(model: nn.Module, path: str) -> str:
                               f"ViT-style models; {type(model).__name__} has no npz loader")
         model.load_pretrained(path)
         return f"loaded {path} with timm's npz loader"
-    if ext in (".safetensors", ".pth", ".pt", ".bin"):
-        # the one checkpoint reader: weights-only, a refused pickle is one line naming the file and the global
-        state = load_checkpoint_file(path, map_location="cpu")
-    else:
+    if ext not in (".safetensors", ".pth", ".pt", ".bin"):
         raise ConfigError(f"model.image_branch.pretrained: '{path}' has extension '{ext}'; "
                           f"expected .pth, .pt, .bin, .safetensors or .npz")
     try:
-        state = state_dict_of(state, path)
-    except (CheckpointError, AttributeError):  # not a dict of tensors
+        # the one reader (weights-only: a refused pickle is one line naming the file and the global)
+        report = load_weights(model, path, remap=timm_filter_fn)
+    except (NoWeightsError, AttributeError):  # not a dict of tensors
         raise ConfigError(f"model.image_branch.pretrained: '{path}' does not hold a state dict of tensors") from None
-    filter_fn = getattr(sys.modules.get(type(model).__module__), "checkpoint_filter_fn", None)
-    if filter_fn is not None:
-        state = filter_fn(state, model)
-    prefixes = _classifier_prefixes(model)
-    dropped = [k for k in state if prefixes and k.startswith(prefixes)]
-    state = {k: v for k, v in state.items() if k not in dropped}
-    report = load_state_dict_checked(model, state, strict=True, source=path)
-    return f"image encoder weights from {path}: {report.summary()}" + (
-        f"; dropped {len(dropped)} classifier tensors" if dropped else "")
+    return f"image encoder weights from {path}: {report.summary()}" + (f"; {report.note}" if report.note else "")
 
 
 class ImageBranch(nn.Module):
@@ -257,3 +259,8 @@ class ImageBranch(nn.Module):
     def loss(self, point_feats: Tensor, imgs_or_feats: Tensor) -> Tensor:
         """``weight`` * :meth:`raw_loss`: the contrastive term of the training loss. Scalar."""
         return self.weight * self.raw_loss(point_feats, imgs_or_feats)
+
+
+# ``model.image_branch``: ``enabled`` and the constructor's arguments (``logger`` aside).
+IMAGE_BRANCH_SCHEMA = Schema(optional=("enabled",) + signature_schema(ImageBranch.__init__, name=False).optional)
+IMAGE_BRANCH_KEYS = IMAGE_BRANCH_SCHEMA.optional

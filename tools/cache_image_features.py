@@ -30,13 +30,23 @@ from datasets import DATASETS, build_dataset_from_cfg  # noqa: E402
 from datasets.views import N_RENDERED_VIEWS, load_view, rendered_view_paths  # noqa: E402
 from models import MODELS  # noqa: E402
 from models.image_encoder import ImageBranch  # noqa: E402
-from utils.checkpoint import load_checkpoint_file, load_state_dict_checked, state_dict_of  # noqa: E402
+from utils.checkpoint import Remapped, RemapError, load_weights  # noqa: E402
 from utils.cli import run_main  # noqa: E402
 from utils.config import ConfigError, load_config, merge_into  # noqa: E402
 from utils.logger import print_log  # noqa: E402
 from utils.misc import resolve_device  # noqa: E402
 from utils.parser import add_common_args, new_parser  # noqa: E402
 from utils.settings import progress_enabled  # noqa: E402
+
+
+def image_encoder_of(state, model) -> Remapped:
+    """The image encoder of a pre-training checkpoint (``image_branch.encoder.*``) under the timm
+    model's names (a remap for :func:`utils.checkpoint.load_weights`)."""
+    prefix = "image_branch.encoder."
+    encoder = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    if not encoder:
+        raise RemapError("holds no image_branch.encoder weights")
+    return Remapped(encoder)
 
 
 def build_branch(config, ckpts: str | None = None, trust: bool = False) -> ImageBranch:
@@ -48,11 +58,7 @@ def build_branch(config, ckpts: str | None = None, trust: bool = False) -> Image
                           "(a randomly initialised encoder would differ from the one training builds)")
     branch = ImageBranch.from_config(branch_cfg)
     if ckpts:
-        state = state_dict_of(load_checkpoint_file(ckpts, trust=trust), ckpts)
-        encoder_state = {k[len("image_branch.encoder."):]: v for k, v in state.items() if k.startswith("image_branch.encoder.")}
-        if not encoder_state:
-            raise ConfigError(f"checkpoint '{ckpts}' holds no image_branch.encoder weights")
-        report = load_state_dict_checked(branch.encoder, encoder_state, strict=True, source=ckpts)
+        report = load_weights(branch.encoder, ckpts, remap=image_encoder_of, trust=trust)
         print_log(f"image encoder from {ckpts}: {report.summary()}")
     return branch.eval()
 

@@ -10,7 +10,7 @@ import tempfile
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO, Callable, Dict, Iterable, List, Mapping, Optional, Tuple
+from typing import Any, BinaryIO, Callable, Dict, Iterable, List, Mapping, NamedTuple, Optional, Tuple
 
 import torch
 from torch import nn
@@ -27,6 +27,15 @@ class CheckpointError(InputError, RuntimeError):
 class UntrustedCheckpointError(CheckpointError):
     """A checkpoint's pickle calls or builds a Python object outside the safe-load allowlist (tensors,
     plain types, :data:`NUMPY_SAFE_GLOBALS`): refused unless the user trusts the file."""
+
+
+class NoWeightsError(CheckpointError):
+    """A checkpoint dict holds no state dict (:func:`state_dict_of`)."""
+
+
+class RemapError(CheckpointError):
+    """A ``checkpoint_filter_fn`` cannot map a state dict to its model's layout. The message says
+    why, after the words "checkpoint 'FILE'", which :func:`load_weights` puts before it."""
 
 
 class CheckpointWriteError(CheckpointError, OSError):
@@ -386,7 +395,7 @@ def state_dict_of(ckpt: Mapping[str, Any], path: str = "<checkpoint>") -> "Order
             return clean_state_dict(ckpt[key])
     if ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
         return clean_state_dict(ckpt)
-    raise CheckpointError(f"checkpoint '{path}' has no 'base_model' / 'model' / 'state_dict' entry (keys: {sorted(ckpt)[:10]})")
+    raise NoWeightsError(f"checkpoint '{path}' has no 'base_model' / 'model' / 'state_dict' entry (keys: {sorted(ckpt)[:10]})")
 
 
 # Which config key sets the width of a mis-shaped tensor, by the key's start (checked in order).
@@ -455,6 +464,17 @@ class LoadReport:
     new: List[str] = field(default_factory=list)
     model_name: str = "model"
     pretraining: bool = False
+    # set by load_weights: the file (or name) read, the checkpoint dict read (epoch, metrics, config:
+    # not shown), how many tensors its state dict held, and the remap's note (what it left out)
+    source: str = "<checkpoint>"
+    checkpoint: Mapping[str, Any] = field(default_factory=dict, repr=False)
+    checkpoint_tensors: int = 0
+    note: str = ""
+
+    @property
+    def unused(self) -> int:
+        """Tensors of the checkpoint that were not loaded (left out by the remap, or unexpected)."""
+        return self.checkpoint_tensors - len(self.loaded)
 
     @property
     def hard_missing(self) -> List[str]:
@@ -551,6 +571,71 @@ def load_state_dict_checked(model: nn.Module, state_dict: Mapping[str, torch.Ten
         raise CheckpointError(f"checkpoint '{source}' does not fit {type(model).__name__}: {report.summary(failed=True)}"
                               + (f"\n  {depth}" if depth else ""))
     model.load_state_dict(fitting, strict=False)
+    return report
+
+
+class Remapped(NamedTuple):
+    """What a ``checkpoint_filter_fn`` may return instead of a bare state dict: the state dict in the
+    model's own layout, the prefixes of the model's keys it leaves as initialised (``new``: a head
+    the checkpoint cannot fill) and a note for the log (what it left out)."""
+
+    state_dict: Mapping[str, torch.Tensor]
+    new: Tuple[str, ...] = ()
+    note: str = ""
+
+
+# ``filter_fn(state_dict, model)``: a cleaned state dict -> the model's layout (a Mapping or a Remapped),
+# timm's ``checkpoint_filter_fn`` convention.
+FilterFn = Callable[[Mapping[str, torch.Tensor], nn.Module], Any]
+AUTO = "auto"
+
+
+def bare_model(model: nn.Module) -> nn.Module:
+    """The model inside a DistributedDataParallel / DataParallel wrapper (or the model itself)."""
+    wrappers = (nn.DataParallel, nn.parallel.DistributedDataParallel)
+    return model.module if isinstance(model, wrappers) else model
+
+
+def load_weights(model: nn.Module, source: Any, *, strict: bool = True, remap: Any = None, trust: bool = False,
+                 name: Optional[str] = None) -> LoadReport:
+    """Put a checkpoint's weights into ``model``: the one weight loader of every job, tool and model.
+
+    ``source``: a checkpoint file (read by :func:`load_checkpoint_file`, the one reader; ``trust`` as
+    there), a checkpoint dict already read, or a state dict. Its weights (:func:`state_dict_of`:
+    ``base_model`` / ``model`` / ``state_dict`` ..., ``module.`` / ``base_model.`` prefixes stripped)
+    pass through ``remap(state_dict, model)``, which maps another layout to the model's own (timm's
+    ``checkpoint_filter_fn`` convention; it returns a state dict or a :class:`Remapped`): None (the
+    default) loads the whole model as saved, ``"auto"`` takes the model's own
+    ``checkpoint_filter_fn`` (e.g. a classifier's: the encoder of a pre-training checkpoint), or
+    any such function. Then :func:`load_state_dict_checked` (``strict``; keys under the remap's
+    ``new`` prefixes may be missing). ``name``: how errors name a source that is no path.
+
+    Returns the :class:`LoadReport`, which keeps the checkpoint dict read (epoch, metrics, config).
+    """
+    if isinstance(source, (str, os.PathLike)):
+        name = str(source)
+        ckpt = load_checkpoint_file(name, trust=trust)
+    elif isinstance(source, Mapping):
+        name = name or "<checkpoint>"
+        ckpt = dict(source)
+    else:
+        raise TypeError(f"load_weights: source must be a path or a mapping, got {type(source).__name__}")
+    state = state_dict_of(ckpt, name)
+    model = bare_model(model)
+    if isinstance(remap, str):
+        if remap != AUTO or not hasattr(model, "checkpoint_filter_fn"):
+            raise ValueError(f"load_weights: remap='{remap}' needs a model with a checkpoint_filter_fn "
+                             f"({type(model).__name__} has none)")
+        remap = model.checkpoint_filter_fn
+    try:
+        remapped = remap(state, model) if remap is not None else state
+    except RemapError as e:
+        raise CheckpointError(f"checkpoint '{name}' {e}") from None
+    if not isinstance(remapped, Remapped):
+        remapped = Remapped(remapped)
+    report = load_state_dict_checked(model, remapped.state_dict, strict=strict, source=name,
+                                     ignore_missing=remapped.new)
+    report.source, report.checkpoint, report.checkpoint_tensors, report.note = name, ckpt, len(state), remapped.note
     return report
 
 
