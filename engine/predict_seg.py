@@ -304,8 +304,10 @@ def write_csv(path: str, results: Sequence[SegPrediction], part_names: Sequence[
     return path
 
 
-def plot_files(results: Sequence[SegPrediction], predictor: SegPredictor, n: int, path: str) -> Optional[str]:
-    """Draw up to ``n`` labelled inputs, their labels | the prediction, one per category first."""
+def plot_files(results: Sequence[SegPrediction], predictor: SegPredictor, n: int, path: str,
+               up: str = "z") -> Optional[str]:
+    """Draw up to ``n`` labelled inputs, their labels | the prediction, one per category first;
+    ``up``: the files' vertical axis (``z``: scans, CAD; ``y``: ShapeNet)."""
     from engine.partseg import shapes_to_draw
     from utils.vis import plot_cloud_rows
 
@@ -318,6 +320,8 @@ def plot_files(results: Sequence[SegPrediction], predictor: SegPredictor, n: int
     for i in picked:
         r = done[i]
         xyz, truth, pred = r.preview
+        if up == "z":  # the drawing's vertical axis is y: rotate z-up points to y-up, (x, y, z) -> (x, z, -y)
+            xyz = np.stack([xyz[:, 0], xyz[:, 2], -xyz[:, 1]], axis=1)
         rows.append([xyz, xyz])
         colors.append([colours[np.clip(truth, 0, len(colours) - 1)], colours[pred]])
         labels.append(f"{printable(os.path.basename(r.path))} (mIoU {r.miou:.2f})")
@@ -326,7 +330,7 @@ def plot_files(results: Sequence[SegPrediction], predictor: SegPredictor, n: int
 
 
 def report(results: Sequence[SegPrediction], predictor: SegPredictor, meter: SegMeter, out: str, vis: int = 0,
-           logger=None) -> Optional[Dict[str, Any]]:
+           up: str = "z", logger=None) -> Optional[Dict[str, Any]]:
     """``<out>/predictions.csv``, ``<out>/summary.json`` (per-part IoU etc. of ``meter``, the
     files predicted and skipped) and, with ``vis``, ``<out>/predictions.png``; the
     figures in the log."""
@@ -348,7 +352,7 @@ def report(results: Sequence[SegPrediction], predictor: SegPredictor, meter: Seg
                   logger=logger)
         print_log("[predict] per-part IoU: " + ", ".join(f"{printable(n)} {v:.4f}" for n, v in
                                                          summary["part_iou"].items()), logger=logger)
-        picture = plot_files(results, predictor, vis, os.path.join(out, "predictions.png"))
+        picture = plot_files(results, predictor, vis, os.path.join(out, "predictions.png"), up)
         if picture:
             record["picture"] = picture
             print_log(f"[predict] {min(vis, summary['files'])} files drawn (labels | prediction) to {picture}",

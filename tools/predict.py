@@ -54,6 +54,8 @@ def build_parser():
     parser.add_argument("--vis", type=int, default=0, metavar="N",
                         help="segmentation: draw N files with labels (their labels | the prediction) to "
                              "<out>/predictions.png")
+    parser.add_argument("--vis_up", choices=["z", "y"], default="z",
+                        help="segmentation, --vis: the files' vertical axis (z: scans and CAD, y: ShapeNet)")
     parser.add_argument("--topk", type=int, default=5, help="names and probabilities of the K most likely classes")
     parser.add_argument("--vote", type=int, default=0, metavar="N",
                         help="average the logits of N voting passes (random subsets with scale-and-translate, as "
@@ -145,7 +147,7 @@ def predict_parts(predictor, args, log_file: str, logger) -> int:
     meter = SegMeter(predictor.parts)
     results = predictor.predict(args.input, category=args.category, out=args.out,
                                 progress=progress_enabled(args.no_progress), meter=meter)
-    report(results, predictor, meter, args.out, vis=args.vis, logger=logger)
+    report(results, predictor, meter, args.out, vis=args.vis, up=args.vis_up, logger=logger)
     return 1 if any(r.error for r in results) else 0
 
 
