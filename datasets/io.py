@@ -33,7 +33,7 @@ from .safe_io import npy_header, npz_member_header, open_regular
 
 __all__ = ["read_ply", "read_ply_vertex", "write_ply", "PLY_TYPES", "ply_element_counts", "load_cloud_file", "read_point_file",
            "read_cloud", "point_count", "BadFileError", "TooFewPointsError", "POINT_EXTS", "MESH_EXTS", "CLOUD_EXTS",
-           "AUTO", "AUTO_MAX_POINTS", "walk_files", "list_cloud_files", "reason_kind", "bad_files_message",
+           "AUTO", "AUTO_MAX_POINTS", "walk_files", "list_cloud_files", "true_class", "reason_kind", "bad_files_message",
            "write_bad_list"]
 
 # PLY scalar type names (both the classic and the sized spelling) -> numpy type code.
@@ -594,6 +594,20 @@ def list_cloud_files(inputs: Union[str, os.PathLike, Sequence[Union[str, os.Path
         else:
             raise DatasetFormatError(f"{flag} '{item}' is neither a file nor a folder")
     return out
+
+
+def true_class(path: str, top: str, classes: Sequence[str]) -> Optional[str]:
+    """The closest folder above ``path``, up to and including the input folder ``top`` (for a file
+    given directly: its own folder), whose name is one of ``classes``; else None."""
+    known = set(classes)
+    folder = os.path.dirname(os.path.abspath(path))
+    stop = os.path.dirname(os.path.abspath(top) if top else folder)
+    while folder and folder != stop and len(folder) > len(stop):
+        name = os.path.basename(folder)
+        if name in known:
+            return name
+        folder = os.path.dirname(folder)
+    return None
 
 
 # --------------------------------------------------------------------------- bad-file reports

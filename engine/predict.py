@@ -33,7 +33,8 @@ from torch import Tensor
 from tqdm import tqdm
 
 from datasets.common import DatasetFormatError, pc_normalize
-from datasets.io import AUTO, AUTO_MAX_POINTS, BadFileError, bad_files_message, list_cloud_files, load_cloud_file
+from datasets.io import (AUTO, AUTO_MAX_POINTS, BadFileError, bad_files_message, list_cloud_files, load_cloud_file,
+                         true_class)
 from utils.checkpoint import (CheckpointError, checkpoint_class_names, load_checkpoint_file, load_weights,
                               state_dict_of)
 from utils.logger import print_log
@@ -68,20 +69,6 @@ def list_inputs(inputs: Union[str, os.PathLike, Sequence[Union[str, os.PathLike]
     keeping files of any extension (an unknown one becomes a row with its error). A missing input
     or a folder without files is a :class:`DatasetFormatError`."""
     return list_cloud_files(inputs, unknown="keep")
-
-
-def true_class(path: str, top: str, classes: Sequence[str]) -> Optional[str]:
-    """The closest folder above ``path``, up to and including the input folder ``top`` (for a file
-    given directly: its own folder), whose name is one of ``classes``; else None."""
-    known = set(classes)
-    folder = os.path.dirname(os.path.abspath(path))
-    stop = os.path.dirname(os.path.abspath(top) if top else folder)
-    while folder and folder != stop and len(folder) > len(stop):
-        name = os.path.basename(folder)
-        if name in known:
-            return name
-        folder = os.path.dirname(folder)
-    return None
 
 
 # -------------------------------------------------------------------------------- predictor

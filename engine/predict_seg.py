@@ -34,7 +34,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from datasets.common import DatasetFormatError, pc_normalize
-from datasets.io import BadFileError, bad_files_message, list_cloud_files, read_cloud
+from datasets.io import BadFileError, bad_files_message, list_cloud_files, read_cloud, true_class
 from datasets.labelled_io import read_labelled_file, write_labelled_ply
 from datasets.PartSegFolder import PART_FILES
 from engine.partseg import shape_iou
@@ -179,8 +179,6 @@ class SegPredictor:
         labels dropped. A bad input is skipped (``error`` set); with ``strict`` every input is read
         first and any bad one is an error listing all of them, before anything is written.
         ``meter``: a :class:`SegMeter` updated with every input that has labels (all its points)."""
-        from engine.predict import true_class
-
         entries = self._entries(inputs)
         if strict:
             self.check_inputs(inputs, category)
@@ -235,8 +233,6 @@ class SegPredictor:
     def check_inputs(self, inputs, category: Optional[str] = None) -> None:
         """Read every input file and find its category; any that cannot be used is a
         DatasetFormatError listing all of them, grouped by reason (``--strict``)."""
-        from engine.predict import true_class
-
         bad = []
         for name, top, item in self._entries(inputs):
             if not isinstance(item, (str, os.PathLike)):

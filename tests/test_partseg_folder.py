@@ -169,7 +169,8 @@ def test_refused_folder_writes_nothing_through_the_command(tmp_path, monkeypatch
     (root / "lamp" / "bad.txt").write_text("0 0 0 1\n0 0 0\n")
     (root / "mug" / "bad.npy").write_bytes(b"\x93NUMPY nonsense")
     argv = ["--config", "cfgs/partseg_folder.yaml", "--scratch_model", "--exp_name", "m", "--data_root", str(root),
-            "--device", "cpu", "--experiment_root", str(tmp_path / "exp"), "--opts", *SEG_OPTS, "max_epoch=1"]
+            "--device", "cpu", "--num_workers", "0", "--experiment_root", str(tmp_path / "exp"), "--opts", *SEG_OPTS,
+            "max_epoch=1"]
     with pytest.raises(SystemExit) as stop:
         cli_run_main(lambda: run_main(*argv), prog="main.py")
     errors = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("main.py: error:")]
@@ -185,7 +186,7 @@ def trained(tmp_path_factory):
     root = base / "data"
     make_part_folder(str(root), per_type=6, n_points=200, split_dirs=True, test_share=0.34)
     best = run_main("--config", "cfgs/partseg_folder.yaml", "--scratch_model", "--exp_name", "m", "--data_root",
-                    str(root), "--device", "cpu", "--no_progress", "--experiment_root", str(base / "exp"),
+                    str(root), "--device", "cpu", "--num_workers", "0", "--no_progress", "--experiment_root", str(base / "exp"),
                     "--opts", *SEG_OPTS, "max_epoch=2")
     return base, root, base / "exp" / "partseg_folder" / "m", best
 
@@ -200,7 +201,7 @@ def test_training_logs_part_ious_keeps_the_best_and_tests_it(trained):
     assert ckpt["config"]["parts"]["names"] == PART_NAMES and ckpt["config"]["model"]["num_part"] == 7
     assert ckpt["config"]["model"]["num_category"] == 3
     assert ckpt["best_metrics"]["instance_avg_iou"] == pytest.approx(best["instance_avg_iou"])
-    tested = run_main("--test", "--ckpts", str(run / "ckpt-best.pth"), "--device", "cpu", "--no_progress",
+    tested = run_main("--test", "--ckpts", str(run / "ckpt-best.pth"), "--device", "cpu", "--num_workers", "0", "--no_progress",
                       "--experiment_root", str(base / "exp"))
     assert tested["instance_avg_iou"] == pytest.approx(best["instance_avg_iou"], abs=1e-9)  # same points, same model
 
@@ -289,13 +290,13 @@ def test_pretrained_encoder_beats_scratch_and_the_majority_part(tmp_path):
     exp = str(tmp_path / "exp")
     tc = "model.transformer_config."
     run_main("--config", "cfgs/pretrain_folder.yaml", "--exp_name", "p", "--data_root", str(tmp_path / "unlabelled"),
-             "--device", "cpu", "--no_progress", "--val_freq", "10", "--experiment_root", exp, "--opts",
+             "--device", "cpu", "--num_workers", "0", "--no_progress", "--val_freq", "10", "--experiment_root", exp, "--opts",
              f"{tc}trans_dim=32", f"{tc}encoder_dims=32", f"{tc}embed_dim=32", f"{tc}depth=3", f"{tc}num_heads=2",
              f"{tc}decoder_embed_dim=32", f"{tc}decoder_depth=1", f"{tc}decoder_num_heads=2", "model.group_size=16",
              "model.num_group=16", "npoints=128", "total_bs=8", "max_epoch=10", "scheduler.kwargs.initial_epochs=0",
              "scheduler.kwargs.epochs=10", "ckpt_period=0", *[f"dataset.{s}.{k}" for s in ("train", "val", "test")
                                                                 for k in ("npoints=128", "N_POINTS=200")])
-    tune = ["--device", "cpu", "--no_progress", "--val_freq", "10", "--experiment_root", exp, "--data_root", str(labelled),
+    tune = ["--device", "cpu", "--num_workers", "0", "--no_progress", "--val_freq", "10", "--experiment_root", exp, "--data_root", str(labelled),
             "--opts", *SEG_OPTS, "max_epoch=10", "scheduler.kwargs.epochs=10", "model.patch_embed=inter_mae"]
     pretrained = run_main("--config", "cfgs/partseg_folder.yaml", "--finetune_model", "--ckpts",
                           f"{exp}/pretrain_folder/p/ckpt-last.pth", "--exp_name", "pre", *tune)["instance_avg_iou"]
