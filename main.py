@@ -22,15 +22,17 @@ from datasets import DATASETS
 from datasets.build import bind_run_dir, prepare_data
 from engine import builder, finetune, partseg_folder, pretrain
 from engine.preemption import catch_stop_signals
+from engine.svm import expand_svm_section
 from models import MODELS
 from utils import dist_utils, parser
 from utils.cli import InputError, run_main
-from utils.config import (RUN_CONFIG, check_resume_changes, config_changes, load_config, save_run_config,
-                          validate_config)
+from utils.config import RUN_CONFIG, check_resume_changes, config_changes, save_run_config
 from utils.logger import attach_log_file, print_log, start_run_logger
 from utils.misc import set_random_seed
+from utils.overrides import load_config
 from utils.rundir import release_run_lock
 from utils.settings import build_run_settings, experiment_paths, resume_mode
+from utils.validate import validate_config
 
 
 def job_of(args) -> str:
@@ -78,8 +80,9 @@ def read_config(args, job: str, logger):
         if not os.path.exists(saved):
             raise InputError(f"--resume: no saved config at {saved}; is --exp_name right?")
         print_log(f"Resume: loading config from {saved}", logger=logger)
-        before = load_config(saved, (), args.data_root, MODELS, DATASETS)
-        config = load_config(saved, args.opts, args.data_root, MODELS, DATASETS, logger=logger, schedule=True)
+        before = load_config(saved, (), args.data_root, MODELS, DATASETS, expand=expand_svm_section)
+        config = load_config(saved, args.opts, args.data_root, MODELS, DATASETS, logger=logger, schedule=True,
+                             expand=expand_svm_section)
         changes = config_changes(before, config)
         check_resume_changes(changes, f"--opts of --resume ({saved})")
         args.config = saved
@@ -87,7 +90,7 @@ def read_config(args, job: str, logger):
         if args.config_from_run:
             print_log(f"--test without --config: using the run's saved config {args.config}", logger=logger)
         config = load_config(args.config, args.opts, args.data_root, MODELS, DATASETS, logger=logger,
-                             schedule=job != "test")
+                             schedule=job != "test", expand=expand_svm_section)
     if args.shot != -1:
         for split in ("train", "val"):
             config.dataset[split].others.update(shot=args.shot, way=args.way, fold=args.fold)

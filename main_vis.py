@@ -34,15 +34,17 @@ from datasets.io import write_ply
 from extensions.pointops import fps
 from models import MODELS
 from engine import builder
-from utils.cli import run_main
-from utils.vis import plot_cloud_rows, view_for_category
 from utils.checkpoint import CheckpointError, UntrustedCheckpointError
-from utils.config import ConfigError, check_mask_ratio, check_top_level, dataset_entry, load_config, origin_of
+from utils.cli import run_main
+from utils.config import ConfigError, origin_of
 from utils.logger import get_root_logger, print_log
 from utils.misc import resolve_device, set_random_seed
+from utils.overrides import load_config
 from utils.parser import add_common_args, new_parser
 from utils.rundir import run_name_type
 from utils.settings import progress_enabled, worker_count
+from utils.validate import check_mask_ratio, check_top_level, dataset_entry
+from utils.vis import plot_cloud_rows, view_for_category
 
 PANELS = ("input", "visible", "reconstruction")
 

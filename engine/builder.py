@@ -21,11 +21,12 @@ from extensions.pointops import configured_backend, resolve_fps_backend
 from models import build_model_from_cfg
 from utils.checkpoint import (CheckpointError, checkpoint_class_names, load_checkpoint_file, load_state_dict_checked,
                               load_weights, state_dict_of, write_checkpoint)
-from utils.config import CHOICE_KEYS, ConfigError, origin_of, to_plain
+from utils.config import ConfigError, origin_of, to_plain
 from utils.dist_utils import all_gather_objects, get_dist_info, run_on_rank0
 from utils.logger import print_log
 from utils.misc import rng_state, set_rng_state, warn_if_no_gpu, worker_init_fn
 from utils.settings import RunSettings, worker_count
+from utils.settings_table import CHOICE_KEYS
 
 # ------------------------------------------------------------------------------------------ data
 def dataset_builder(entry, *, seed: int = 0, num_workers: int = 0):
@@ -169,7 +170,7 @@ def build_opti_sche(base_model: nn.Module, config, lr_schedule: Optional[str] = 
     sche = config.get("scheduler")
     if sche is None or sche.type in ("none", None):
         scheduler = None
-    elif sche.type == "CosLR":  # the length follows max_epoch unless set (utils.config.resolve_schedule_length)
+    elif sche.type == "CosLR":  # the length follows max_epoch unless set (utils.overrides.resolve_schedule_length)
         kwargs = dict(sche.get("kwargs") or {})
         if "epochs" not in kwargs:
             if "max_epoch" not in config:
@@ -412,7 +413,7 @@ def resume(state: TrainState, settings: RunSettings, path: Optional[str] = None,
     for group, values in zip(state.optimizer.param_groups, configured):
         group.update(values)
     if state.scheduler is not None and ckpt.get("scheduler") is not None:
-        # Only the position: the length and floor are this run's config (utils.config.resolve_schedule_length).
+        # Only the position: the length and floor are this run's config (utils.overrides.resolve_schedule_length).
         state.scheduler.last_epoch = ckpt["scheduler"].get("last_epoch", -1)
     if ckpt.get("scaler") is not None:
         state.scaler.load_state_dict(ckpt["scaler"])

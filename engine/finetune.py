@@ -47,11 +47,11 @@ from engine.engine import (
 from engine.preemption import StopRequest
 from extensions.pointops import fps, gather_points
 from utils.checkpoint import checkpoint_class_names, load_checkpoint_file, write_json
-from utils.config import VOTING_DEFAULTS
 from utils.logger import print_log
 from utils.schema import ConfigError, origin_of
 from utils.settings import RunSettings
 from utils.text import ClassNamesError, check_class_names, printable
+from utils.validate import VOTING_DEFAULTS
 
 VOTE_TIMES = VOTING_DEFAULTS["times"]  # voting passes (the released 10)
 
@@ -64,7 +64,7 @@ def vote_due(acc: float, best_before: float, vote_cfg: Dict[str, float]) -> bool
 
 def voting_config(config) -> Dict[str, float]:
     """The ``voting`` section with the released defaults filled in (its values were checked when the
-    config was loaded: utils.config.check_voting)."""
+    config was loaded: utils.validate.check_voting)."""
     out = dict(VOTING_DEFAULTS)
     out.update(dict((config or {}).get("voting") or {}))
     out["times"], out["repeats"] = int(out["times"]), int(out["repeats"])

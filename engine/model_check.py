@@ -2,7 +2,7 @@
 
 A checkpoint's ``config`` entry is input like any file: ``trans_dim: 16384`` or ``N_POINTS: 2e9``
 in a 3 KB ``.pth`` would make the reader allocate until killed. :func:`build_checked` validates the
-config with the checks of a config file (:func:`utils.config.check_values`, including the limits
+config with the checks of a config file (:func:`utils.validate.check_values`, including the limits
 of :mod:`utils.limits`), builds the model on the ``meta`` device (no memory), refuses more
 parameters than ``INTERMAE_MAX_MODEL_PARAMS`` and any key or shape that differs from the state
 dict's, and only then builds it for real.
@@ -24,7 +24,7 @@ from utils.limits import check_count
 def check_checkpoint_config(run_cfg: Mapping, source: str, model_cls: Optional[type] = None, job: str = "test") -> None:
     """The value checks of a config file on a checkpoint's (or a run's) config; a failure is one
     :class:`CheckpointError` line naming ``source``."""
-    from utils.config import check_values
+    from utils.validate import check_values
 
     try:
         check_values(EasyDict(run_cfg), job, model_cls)

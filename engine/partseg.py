@@ -293,8 +293,9 @@ def prepare_run_dir(settings: PartSegSettings, logger=None) -> str:
 def run_command(args) -> Dict[str, float]:
     """``segmentation/main.py``: flags -> config (checked) -> settings -> run directory, lock, log
     and config.yaml -> :func:`run`, stopping cleanly on SIGTERM / SIGINT."""
-    from utils.config import save_run_config, validate_config
+    from utils.config import save_run_config
     from utils.settings import build_partseg_settings, partseg_config
+    from utils.validate import validate_config
 
     if args.launcher == "pytorch":
         dist_utils.init_dist(args.launcher)

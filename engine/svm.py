@@ -18,7 +18,7 @@ dataset, e.g. the ModelNet40 ``.dat`` caches, whose clouds are reduced to ``npoi
 """
 from __future__ import annotations
 
-from typing import Callable, Optional, Tuple
+from typing import Callable, Mapping, Optional, Tuple
 
 import numpy as np
 import torch
@@ -34,16 +34,44 @@ from engine.feature_health import collapse_warning, feature_health
 from engine.finetune import unpack_cls_batch
 from extensions.pointops import fps
 from models.backbone import max_mean_pool
-from utils.config import (SVM_DEFAULT_C, SVM_DEFAULT_NPOINTS, SVM_SCHEMA, ConfigError,
-                          cfg_from_yaml_file, merge_into, origin_of, rebase_entry, resolve_base_path, svm_default_entry)
+from utils.config import cfg_from_yaml_file, resolve_base_path
 from utils.dist_utils import get_dist_info
 from utils.logger import print_log
+from utils.overrides import rebase_entry
+from utils.schema import ConfigError, _set_origin, merge_into, origin_of
 from utils.settings import RunSettings
+from utils.validate import SVM_SCHEMA
 
 CACHE_DATASET = "cfgs/dataset_configs/ModelNet40.yaml"  # the .dat caches (FPS to npoints)
-DEFAULT_C = SVM_DEFAULT_C
+# The released linear-SVM protocol's data (ModelNet40SVM: modelnet40_ply_hdf5_2048, 1024 points) and
+# LinearSVC C (sklearn's default, which the released LinearSVC() used).
+DEFAULT_SVM_DATASET = "cfgs/dataset_configs/ModelNet40SVM.yaml"
+DEFAULT_NPOINTS = 1024
+DEFAULT_C = 1.0
 DEFAULT_MAX_ITER = 1000  # sklearn's default, which the released LinearSVC() used
-DEFAULT_NPOINTS = SVM_DEFAULT_NPOINTS
+
+
+def svm_default_entry(subset: str) -> EasyDict:
+    """A ``svm_validation.train`` / ``.test`` entry of the released protocol (``_base_`` unloaded)."""
+    return EasyDict({"_base_": DEFAULT_SVM_DATASET, "others": {"subset": subset, "npoints": DEFAULT_NPOINTS}})
+
+
+def expand_svm_section(config: Mapping) -> None:
+    """Fill a config's ``svm_validation`` in once, at load time (``load_config(..., expand=...)``):
+    the released protocol's entries where ``train`` / ``test`` are absent, every ``_base_`` path
+    replaced by its file's contents (so the data root applies to them and validation never reads
+    the YAML again)."""
+    svm = config.get("svm_validation")
+    if not isinstance(svm, Mapping):
+        return
+    source = origin_of(svm) or origin_of(config) or "."
+    for split in ("train", "test"):
+        if svm.get(split) is None:
+            svm[split] = svm_default_entry(split)
+            _set_origin(svm[split], source)
+        entry = svm[split]
+        if isinstance(entry, Mapping) and isinstance(entry.get("_base_"), str):
+            entry["_base_"] = cfg_from_yaml_file(resolve_base_path(entry["_base_"], source))
 
 
 def default_svm_config() -> EasyDict:

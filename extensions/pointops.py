@@ -16,6 +16,8 @@ from typing import Union
 import torch
 from torch import Tensor
 
+from utils.settings_table import FPS_BACKEND_ENV, FPS_BACKENDS
+
 __all__ = [
     "FPS_BACKENDS",
     "FPS_BACKEND_ENV",
@@ -32,10 +34,8 @@ __all__ = [
     "nearest_neighbors",
 ]
 
-FPS_BACKENDS = ("auto", "torch", "triton", "pointnet2_ops")
-# The environment variable that supplies the default of the top-level config key ``fps_backend`` when
-# a run's settings are built (utils/settings.py); the ops never read it.
-FPS_BACKEND_ENV = "INTERMAE_FPS_BACKEND"
+# FPS_BACKENDS and FPS_BACKEND_ENV (read when a run's settings are built, never by the ops) are
+# those of the ``fps_backend`` setting (utils/settings_table.py).
 
 # (query rows x reference points) per chunk when building distance matrices; bounds memory to
 # about 4 * _CHUNK_ELEMS bytes per batch element.

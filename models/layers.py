@@ -13,6 +13,7 @@ from timm.layers import DropPath, trunc_normal_
 from torch import Tensor, nn
 
 from extensions.pointops import check_fps_backend, configured_backend, fps, gather_points, knn_query
+from utils.settings_table import DEFAULT_EMBED_COMPUTE, EMBED_COMPUTE_ENV, EMBED_COMPUTE_MODES  # noqa: F401
 
 
 class Group(nn.Module):
@@ -97,11 +98,8 @@ def pointwise_mlp(mlp: nn.Sequential, x: Tensor) -> Tensor:
 #          relative) except that a gradient at tied maxima goes to one point (as released), not
 #          split between them. On CPU (one thread, batch 32) the embedding runs about 2.3x and the
 #          pre-training step about 1.3x faster than with ``exact`` (bench/bench_train.py).
-EMBED_COMPUTE_MODES = ("exact", "fast")
-# The environment variable that supplies the default of the top-level config key ``embed_compute``
-# when a run's settings are built (utils/settings.py); models never read it.
-EMBED_COMPUTE_ENV = "INTERMAE_EMBED_COMPUTE"
-DEFAULT_EMBED_COMPUTE = "fast"
+# The modes, the default and the environment variable (read when a run's settings are built, never
+# by models) are those of the ``embed_compute`` setting (utils/settings_table.py).
 
 
 def check_embed_compute(mode: str) -> str:

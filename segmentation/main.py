@@ -21,9 +21,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywher
 
 from engine.partseg import run  # noqa: E402
 from utils.cli import run_main  # noqa: E402
-from utils.config import CHOICE_KEYS, resolve_data_root  # noqa: E402
+from utils.overrides import resolve_data_root  # noqa: E402
 from utils.parser import add_common_args, new_parser  # noqa: E402
 from utils.rundir import run_name_type  # noqa: E402
+from utils.settings_table import SETTING  # noqa: E402
 
 DEFAULT_LOG_ROOT = Path(__file__).resolve().parent / "log"
 
@@ -66,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "auto: continue when the run has a ckpt-last.pth, else start it (default: a new run)")
     p.add_argument("--init", choices=["released", "trunc_normal"], default="released",
                    help="initialisation: released (PyTorch's default, as the released get_model) or trunc_normal")
-    p.add_argument("--lr_schedule", choices=CHOICE_KEYS["lr_schedule"], default="exact",
+    p.add_argument("--lr_schedule", choices=SETTING["lr_schedule"].choices, default=SETTING["lr_schedule"].default,
                    help="exact: epoch e trains at cosine(e); released: the released one-epoch lag")
     p.add_argument("--gpu", type=str, default=None, help="GPU index (same as --device cuda:N) (default: none)")
     add_common_args(p, "device", "amp", "fps_backend", "embed_compute", "bn_recalibration", "seed", "deterministic", "num_workers", "launcher", "local_rank",

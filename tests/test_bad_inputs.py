@@ -28,7 +28,8 @@ from models import MODELS
 from utils import checkpoint as ckpt_mod
 from utils import parser, rundir
 from utils.checkpoint import CheckpointError, atomic_save, load_checkpoint_file
-from utils.config import ConfigError, cfg_from_yaml_file, validate_config
+from utils.config import ConfigError, cfg_from_yaml_file
+from utils.validate import validate_config
 from utils.rundir import RunDirError, acquire_run_lock, release_run_lock
 from writers import TINY_FINETUNE, TINY_PRETRAIN
 
@@ -187,7 +188,7 @@ def test_choice_keys_are_checked_when_the_config_is_loaded(tmp_path, key, value)
 def test_choice_words_agree_with_the_code_that_reads_them():
     from engine.builder import LR_SCHEDULES
     from models.layers import DEFAULT_EMBED_COMPUTE, EMBED_COMPUTE_MODES
-    from utils.config import CHOICE_KEYS
+    from utils.settings_table import CHOICE_KEYS
     from utils.settings import epochs_to_run
 
     assert set(CHOICE_KEYS["embed_compute"]) == set(EMBED_COMPUTE_MODES)
@@ -360,7 +361,7 @@ def test_scanobjectnn_truncated_and_non_finite_h5(tmp_path):
 
 
 def test_shapenet_npy_non_finite(tmp_path):
-    from utils.config import merge_into
+    from utils.schema import merge_into
 
     root = tmp_path / "sn"
     (root / "ShapeNet-55").mkdir(parents=True)

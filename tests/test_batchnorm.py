@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from engine.batchnorm import INITIAL_SHARE_LIMIT, initial_share, recalibrate, recalibrate_if_needed, stale_batchnorms
-from utils.config import check_values
+from utils.validate import check_values
 from utils.misc import rng_state, set_rng_state
 from utils.schema import ConfigError
 

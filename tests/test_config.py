@@ -11,7 +11,9 @@ from conftest import REPO
 from datasets import DATASETS, build_dataset_from_cfg
 from datasets.common import DatasetFormatError
 from models import MODELS
-from utils.config import ConfigError, apply_opts, cfg_from_yaml_file, check_top_level, validate_config
+from utils.config import ConfigError, cfg_from_yaml_file
+from utils.overrides import apply_opts
+from utils.validate import check_top_level, validate_config
 from writers import TINY_FINETUNE, write_tiny_pretrain_config
 
 SHIPPED_CONFIGS = sorted((REPO / "cfgs").glob("*.yaml")) + sorted((REPO / "cfgs" / "demo").glob("*.yaml"))

@@ -83,3 +83,15 @@ def test_pages_named_in_code_configs_and_tests_exist():
     assert "own-data.md" in named and "data.md" in named
     missing = {page: where for page, where in named.items() if not (REPO / "docs" / page).is_file()}
     assert not missing, missing
+
+
+def test_settings_table_of_the_docs_is_the_one_the_code_derives():
+    """docs/ARCHITECTURE.md's "where each setting comes from" table, between its markers, is the
+    table made from utils/settings_table.py's SETTINGS (regenerate it with
+    ``python -c "from utils.settings_table import markdown_table; print(markdown_table())"``)."""
+    from utils.settings_table import markdown_table
+
+    text = (REPO / "docs" / "ARCHITECTURE.md").read_text()
+    found = re.search(r"<!-- settings-table:[^>]*-->\n(.*?)<!-- /settings-table -->", text, re.S)
+    assert found, "docs/ARCHITECTURE.md lost its settings-table markers"
+    assert found.group(1) == markdown_table(), "docs/ARCHITECTURE.md's settings table differs from utils/settings_table.py"

@@ -38,7 +38,8 @@ from models.image_encoder import ImageBranch
 from models.Inter_MAE import Inter_MAE
 from models.PartSegTransformer import PartSegTransformer
 from utils.checkpoint import load_checkpoint_file
-from utils.config import ConfigError, cfg_from_yaml_file, check_values, check_voting
+from utils.config import ConfigError, cfg_from_yaml_file
+from utils.validate import check_values, check_voting
 from utils.settings import RunSettings, epochs_to_run
 from writers import TINY_FINETUNE, TINY_TC, write_modelnet
 
@@ -371,7 +372,7 @@ def test_unnormalised_images_and_alpha_dropped(tmp_path):
 def test_released_config_builds_the_released_image_branch(monkeypatch):
     from datasets import DATASETS
     from models import MODELS
-    from utils.config import validate_config
+    from utils.validate import validate_config
 
     monkeypatch.chdir(REPO_CFGS.parent)
     cfg = cfg_from_yaml_file(REPO_CFGS / "pretrain_released.yaml")

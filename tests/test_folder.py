@@ -467,7 +467,9 @@ def test_one_key_sets_the_points_per_file_of_every_subset(tmp_path):
     for folder datasets only."""
     from datasets import DATASETS
     from models import MODELS
-    from utils.config import ConfigError, load_config, validate_config
+    from utils.config import ConfigError
+    from utils.overrides import load_config
+    from utils.validate import validate_config
 
     cfg = load_config("cfgs/finetune_folder.yaml", ["dataset.N_POINTS=1024"], None, MODELS, DATASETS)
     assert [cfg.dataset[s].others.N_POINTS for s in ("train", "val", "test")] == [1024, 1024, 1024]

@@ -108,6 +108,23 @@ def test_library_does_not_import_commands_or_edit_sys_path():
             assert "sys.path" not in path.read_text(), f"library module {name} edits sys.path"
 
 
+def test_utils_imports_no_package_above_it():
+    """utils/ is the bottom layer: its modules (lazy imports included) import nothing from the
+    models, the ops, the datasets or the engine, which build on it."""
+    above = ("models", "extensions", "datasets", "engine")
+    for name, found in import_graph().items():
+        if name.split(".")[0] == "utils":
+            upward = sorted(m for m in found if m.split(".")[0] in above)
+            assert not upward, f"{name} imports {upward}"
+
+
+def test_import_graph_sees_lazy_imports(tmp_path):
+    path = tmp_path / "mod.py"
+    path.write_text("def f():\n    from models.layers import EMBED_COMPUTE_MODES\n    import engine.svm\n")
+    assert imports_of("utils.mod", path, {"models.layers", "engine.svm", "utils.mod"}) == {"models.layers",
+                                                                                         "engine.svm"}
+
+
 @pytest.mark.parametrize("name", sorted(m for m in repo_modules() if m.split(".")[0] in LIBRARY))
 def test_library_module_imports(name):
     importlib.import_module(name)

@@ -18,8 +18,9 @@ from engine import builder
 from models import MODELS
 from models.Inter_MAE import Inter_MAE
 from utils.checkpoint import CheckpointError, load_state_dict_checked
-from utils.config import CHOICE_KEYS, ConfigError
+from utils.config import ConfigError
 from utils.parser import build_parser
+from utils.settings_table import CHOICE_KEYS, SETTINGS
 from utils import settings
 from utils.settings import RunSettings, build_run_settings
 from writers import TINY_TC
@@ -89,6 +90,31 @@ def test_each_list_of_choices_is_defined_once():
         assert tuple(flags[key]) is CHOICE_KEYS[key] or tuple(flags[key]) == tuple(CHOICE_KEYS[key]), key
     assert CHOICE_KEYS["fps_backend"] is FPS_BACKENDS
     assert set(CHOICE_KEYS["embed_compute"]) == set(EMBED_COMPUTE_MODES)
+
+
+def test_config_checks_and_flags_follow_the_settings_table(monkeypatch):
+    """Each setting's row decides what its config key, flag and environment variable accept: a
+    word outside its choices is refused from all three, a number below its range from the config."""
+    from utils.validate import check_values
+
+    parser = build_parser()
+    offered = {a.dest: tuple(a.choices) for a in parser._actions if a.choices is not None}
+    for row in SETTINGS:
+        if row.key and row.choices:
+            with pytest.raises(ConfigError, match=f"'{row.key}' = 'bogus': expected one of"):
+                check_values(EasyDict({row.key: "bogus"}), "test")
+            if row.flag:
+                assert offered[row.name] == row.choices, row.name
+        if row.env and row.choices:
+            monkeypatch.setenv(row.env, "bogus")
+            with pytest.raises(ConfigError, match=f"\\${row.env} = 'bogus'"):
+                settings_of(["--device", "cpu"], {})
+            monkeypatch.delenv(row.env)
+        if row.key and row.number:
+            below = row.number.low - (0 if row.number.low_open else 1)
+            with pytest.raises(ConfigError, match=f"'{row.key}' = {below}: expected an? "):
+                check_values(EasyDict({row.key: below}), "test")
+            check_values(EasyDict({row.key: row.number.low + 1}), "test")
 
 
 def test_schema_module_loads_no_yaml_and_models_import_only_it():

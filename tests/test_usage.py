@@ -36,7 +36,8 @@ from models import MODELS
 from models.Inter_MAE import Inter_MAE
 from utils import parser as main_parser
 from utils.checkpoint import CheckpointError, load_checkpoint_file, load_state_dict_checked
-from utils.config import ConfigError, apply_opts, cfg_from_yaml_file, load_config, rebase_data_path
+from utils.config import ConfigError, cfg_from_yaml_file
+from utils.overrides import apply_opts, load_config, rebase_data_path
 from utils.logger import get_logger, library_logger, print_log
 from utils.settings import progress_enabled, worker_count
 from writers import TINY_FINETUNE, TINY_TC, write_modelnet, write_shapenetpart
@@ -684,7 +685,8 @@ def test_embed_compute_flag_and_config_key(tmp_path, monkeypatch):
     from easydict import EasyDict
 
     from models.layers import EMBED_COMPUTE_ENV
-    from utils.config import ConfigError, check_values
+    from utils.config import ConfigError
+    from utils.validate import check_values
     from utils.parser import build_parser as get_args_parser
     from utils.settings import build_run_settings
 

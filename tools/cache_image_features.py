@@ -32,10 +32,12 @@ from models import MODELS  # noqa: E402
 from models.image_encoder import ImageBranch  # noqa: E402
 from utils.checkpoint import Remapped, RemapError, load_weights  # noqa: E402
 from utils.cli import run_main  # noqa: E402
-from utils.config import ConfigError, load_config, merge_into  # noqa: E402
+from utils.config import ConfigError  # noqa: E402
 from utils.logger import print_log  # noqa: E402
 from utils.misc import resolve_device  # noqa: E402
+from utils.overrides import load_config  # noqa: E402
 from utils.parser import add_common_args, new_parser  # noqa: E402
+from utils.schema import merge_into  # noqa: E402
 from utils.settings import progress_enabled  # noqa: E402
 
 

@@ -82,7 +82,9 @@ def fold_folder(config_path: str, way: int, shot: int, opts: Sequence[str] = (),
     root: ``data_root``, else ``$DATA_ROOT``)."""
     from datasets import DATASETS
     from models import MODELS
-    from utils.config import ConfigError, load_config, merge_into, origin_of
+    from utils.config import ConfigError, origin_of
+    from utils.overrides import load_config
+    from utils.schema import merge_into
 
     config = load_config(config_path, opts, data_root, MODELS, DATASETS)
     entry = (config.get("dataset") or {}).get("train")

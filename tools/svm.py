@@ -20,13 +20,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywher
 
 from datasets import DATASETS  # noqa: E402
 from engine import builder  # noqa: E402
-from engine.svm import CACHE_DATASET, DEFAULT_C, svm_validate  # noqa: E402
+from engine.svm import CACHE_DATASET, DEFAULT_C, expand_svm_section, svm_validate  # noqa: E402
 from models import MODELS  # noqa: E402
 from utils.checkpoint import write_json  # noqa: E402
 from utils.cli import run_main  # noqa: E402
-from utils.config import expand_svm_section, load_config, merge_into, rebase_entry, resolve_data_root  # noqa: E402
 from utils.misc import set_random_seed  # noqa: E402
+from utils.overrides import load_config, rebase_entry, resolve_data_root  # noqa: E402
 from utils.parser import add_common_args, new_parser  # noqa: E402
+from utils.schema import merge_into  # noqa: E402
 from utils.settings import build_tool_settings  # noqa: E402
 
 

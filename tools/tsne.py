@@ -36,12 +36,14 @@ from utils.cli import run_main
 from utils.vis import class_colours, new_figure, plain_text, save_figure
 from utils.checkpoint import (CheckpointError, UntrustedCheckpointError, load_checkpoint_file, state_dict_of,  # noqa: E402
                               write_json)
-from utils.config import ConfigError, dataset_entry, load_config, origin_of
+from utils.config import ConfigError, origin_of
 from utils.logger import print_log
 from utils.misc import resolve_device, set_random_seed
+from utils.overrides import load_config
 from utils.parser import add_common_args, new_parser
 from utils.settings import progress_enabled, worker_count
 from utils.text import printable
+from utils.validate import dataset_entry
 
 SCANOBJECTNN_CLASSES = ["bag", "bin", "box", "cabinet", "chair", "desk", "display", "door", "shelf", "table", "bed",
                         "pillow", "sink", "sofa", "toilet"]

@@ -7,8 +7,8 @@ import argparse
 import os
 from typing import Optional
 
-from utils.config import CHOICE_KEYS
 from utils.rundir import acquire_run_lock, check_no_checkpoints, run_name_type
+from utils.settings_table import FLAG_SETTINGS, flag_spec
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -30,60 +30,25 @@ def new_parser(description: str, **kwargs) -> argparse.ArgumentParser:
     return argparse.ArgumentParser(description=description, formatter_class=HelpFormatter, **kwargs)
 
 
-# name -> (flags, add_argument keywords)
-COMMON_ARGS = {
+# name -> (flags, add_argument keywords): the flags of the settings table (utils/settings_table.py),
+# then those of the processes and of config overrides.
+COMMON_ARGS = {flags[0][2:]: (flags, kwargs) for flags, kwargs in map(flag_spec, FLAG_SETTINGS)}
+COMMON_ARGS.update({
     "launcher": (("--launcher",), dict(choices=["none", "pytorch"], default="none",
                                        help="job launcher: none, or pytorch under torchrun")),
     "local_rank": (("--local_rank", "--local-rank"), dict(type=int, default=int(os.environ.get("LOCAL_RANK", 0)),
                                                           help="process index on this machine; set by torchrun "
                                                                "(default: $LOCAL_RANK, else 0)")),
-    "num_workers": (("--num_workers",), dict(type=int, default=4,
-                                             help="data-loading worker processes, capped to the CPU cores this "
-                                                  "process may use (one log line when capped)")),
-    "seed": (("--seed",), dict(type=int, default=0, help="random seed")),
     "deterministic": (("--deterministic",), dict(action="store_true", help="deterministic kernels (slower)")),
-    "device": (("--device",), dict(type=str, default=None, help="cuda, cuda:N or cpu (default: CUDA when present)")),
-    "fps_backend": (("--fps_backend",), dict(choices=CHOICE_KEYS["fps_backend"], default=None,
-                                             help="farthest point sampling on CUDA: auto (triton when it imports, "
-                                                  "else torch), torch, triton, pointnet2_ops (default: the config's "
-                                                  "fps_backend, else $INTERMAE_FPS_BACKEND, else auto)")),
-    "embed_compute": (("--embed_compute",), dict(choices=CHOICE_KEYS["embed_compute"], default=None,
-                                                 help="patch-embedding arithmetic (same weights, same checkpoints): fast "
-                                                      "(the attention energy from the 128-wide hidden features; equal to "
-                                                      "exact to ~1e-6 relative, a faster step) or exact (the released order "
-                                                      "of operations) (default: the config's embed_compute, else "
-                                                      "$INTERMAE_EMBED_COMPUTE, else fast)")),
-    "amp": (("--amp",), dict(nargs="?", const="bf16", default=None, choices=CHOICE_KEYS["amp"],
-                             help="mixed precision: bf16 autocast (--amp alone), fp16 autocast with loss scaling "
-                                  "(CUDA), or off (default: the config's amp, else off)")),
-    "bn_recalibration": (("--bn_recalibration",), dict(
-        choices=CHOICE_KEYS["bn_recalibration"], default=None,
-        help="recompute the BatchNorm running statistics over training batches (no augmentation) with the current "
-             "weights before validation, the last checkpoint and checkpoint copies: auto (while the initial "
-             "statistics are more than 1 %% of a layer's running variance: short runs), on (every time) or off "
-             "(default: the config's bn_recalibration, else auto)")),
     "partial_load": (("--partial_load",), dict(action="store_true", help="load checkpoints non-strictly: report "
                                                                             "missing and unexpected keys instead of failing")),
-    "trust_checkpoint": (("--trust_checkpoint",), dict(
-        action="store_true", help="load the checkpoint files given to this command with full unpickling (one "
-                                  "warning line each), which runs any code they hold: only for files you trust. "
-                                  "Without it a checkpoint holding other Python objects than tensors, plain types "
-                                  "and NumPy arrays / scalars is refused (docs/security.md)")),
-    "data_root": (("--data_root",), dict(type=str, default=None, metavar="DIR",
-                                         help="folder holding the datasets: every dataset path of the config that "
-                                              "starts with data/ is read from DIR instead (e.g. "
-                                              "data/ModelNet/modelnet40_normal_resampled -> "
-                                              "DIR/ModelNet/modelnet40_normal_resampled) (default: $DATA_ROOT, else "
-                                              "the config's paths as written)")),
-    "no_progress": (("--no_progress",), dict(action="store_true",
-                                             help="no progress bars (they are also off when stderr is not a terminal)")),
     "opts": (("--opts",), dict(nargs="*", default=[], metavar="KEY=VALUE",
                                help="override config entries (values are YAML), e.g. --opts total_bs=8 "
                                     "model.transformer_config.mask_ratio=0.7 dataset.train.others.DATA_PATH=/x; "
                                     "dataset.<split>.KEY is short for dataset.<split>.others.KEY; a key the "
                                     "section's schema allows is added; an unknown key is an error listing the "
                                     "valid ones (default: none)")),
-}
+})
 
 
 def add_common_args(parser: argparse.ArgumentParser, *names: str, **defaults) -> argparse.ArgumentParser:

@@ -1,8 +1,8 @@
 """Config schemas and config errors, with no YAML loading: what models and datasets import.
 
 :class:`Schema` lists a section's keys; :class:`ConfigError` names the key, the value and the file
-it came from (every config node remembers its file, :func:`origin_of`). Loading and validation of
-whole run configs live in :mod:`utils.config`.
+it came from (every config node remembers its file, :func:`origin_of`). Loading of whole run configs
+lives in :mod:`utils.config`, their validation in :mod:`utils.validate`.
 """
 from __future__ import annotations
 

@@ -6,29 +6,9 @@ A command script parses its flags, loads and validates its config (``utils.confi
 builders and the engine, which read nothing else: no ``args``, no environment, no module state.
 This is the only module that reads the ``argparse`` namespace.
 
-Where each setting comes from (the first that is given wins):
-
-=================  ==========================  ===========================  ==========================  ===============================
-setting            flag                        config key                   environment                 default
-=================  ==========================  ===========================  ==========================  ===============================
-device             ``--device`` (``--gpu``)    -                            -                           CUDA (LOCAL_RANK's GPU) if present, else CPU
-amp                ``--amp``                   ``amp``                      -                           ``off``
-fps_backend        ``--fps_backend``           ``fps_backend``              ``INTERMAE_FPS_BACKEND``    ``auto``
-embed_compute      ``--embed_compute``         ``embed_compute``            ``INTERMAE_EMBED_COMPUTE``  ``fast``
-bn_recalibration   ``--bn_recalibration``      ``bn_recalibration``         -                           ``auto``
-progress           ``--no_progress``           -                            stderr is a terminal        on
-num_workers        ``--num_workers``           -                            -                           4, capped to the usable cores
-seed               ``--seed``                  -                            -                           0
-val_freq           ``--val_freq``              -                            -                           1
-n_epochs           -                           ``max_epoch``, ``epoch_count``                           ``max_epoch + 1`` (released count)
-lr_schedule        segmentation's flag         ``lr_schedule``              -                           ``exact``
-ckpt_period/from   -                           ``ckpt_period``, ``ckpt_from``                           pre-training 10 / 250 (released), else never
-accum, clip        -                           ``step_per_update``, ``grad_norm_clip``                  1, 0 (off)
-experiment_path    ``--experiment_root``, ``--exp_name`` (segmentation: ``--log_root``, ``--log_dir``)  ``experiments/<config stem>/<exp_name>``
-data_root          ``--data_root``             -                            ``DATA_ROOT``               the config's paths
-resume             ``--resume [auto]``         -                            -                           no
-trust_checkpoint   ``--trust_checkpoint``      -                            -                           off (weights-only loading)
-=================  ==========================  ===========================  ==========================  ===============================
+Where each setting comes from (the first that is given wins: flag, config key, environment,
+default) is described once, in :data:`utils.settings_table.SETTINGS`; :func:`choose_setting`
+resolves from it, and docs/ARCHITECTURE.md#where-each-setting-comes-from shows it as a table.
 
 ``RunSettings.sources`` records, for each of these, which one it was (logged at start-up).
 """
@@ -44,12 +24,11 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 
 import torch
 
-from extensions.pointops import FPS_BACKEND_ENV
-from models.layers import DEFAULT_EMBED_COMPUTE, EMBED_COMPUTE_ENV
-from utils.config import BOOLEAN_WORDS, CHOICE_KEYS, resolve_data_root
 from utils.logger import print_log
 from utils.misc import resolve_device
+from utils.overrides import resolve_data_root
 from utils.schema import ConfigError, origin_of
+from utils.settings_table import BOOLEAN_WORDS, CHOICE_KEYS, SETTING
 
 AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -72,17 +51,17 @@ class RunSettings:
     # what it starts from
     ckpts: Optional[str] = None
     start_ckpts: Optional[str] = None
-    resume: str = "no"  # no | yes | auto (yes when the run has a ckpt-last, else a new run)
+    resume: str = SETTING["resume"].default  # no | yes | auto (yes when the run has a ckpt-last, else a new run)
     overwrite: bool = False
     partial_load: bool = False
-    trust_checkpoint: bool = False
+    trust_checkpoint: bool = SETTING["trust_checkpoint"].default
     # device and arithmetic
     device: torch.device = torch.device("cpu")
-    amp: str = "off"  # what was asked for
+    amp: str = SETTING["amp"].default  # what was asked for
     amp_dtype: Optional[torch.dtype] = None  # what runs (None: fp32), see resolve_amp
-    fps_backend: str = "auto"
-    embed_compute: str = DEFAULT_EMBED_COMPUTE
-    bn_recalibration: str = "auto"  # auto | on | off (engine/batchnorm.py)
+    fps_backend: str = SETTING["fps_backend"].default
+    embed_compute: str = SETTING["embed_compute"].default
+    bn_recalibration: str = SETTING["bn_recalibration"].default  # auto | on | off (engine/batchnorm.py)
     # processes
     distributed: bool = False
     rank: int = 0
@@ -91,14 +70,14 @@ class RunSettings:
     sync_bn: bool = False
     num_workers: int = 0
     # randomness
-    seed: int = 0
+    seed: int = SETTING["seed"].default
     deterministic: bool = False
     # schedule and checkpoints
     max_epoch: int = 0
     n_epochs: int = 0
-    epoch_count: str = "released"
-    lr_schedule: str = "exact"
-    val_freq: int = 1
+    epoch_count: str = SETTING["epoch_count"].default
+    lr_schedule: str = SETTING["lr_schedule"].default
+    val_freq: int = SETTING["val_freq"].default
     ckpt_period: int = 0
     ckpt_from: int = 0
     accum: int = 1
@@ -107,7 +86,7 @@ class RunSettings:
     vote: bool = False
     few_shot: Optional[Tuple[int, int, int]] = None  # (way, shot, fold)
     # display and data
-    progress: bool = True
+    progress: bool = SETTING["progress"].default
     data_root: Optional[str] = None
     sources: Mapping[str, str] = field(default_factory=dict)
 
@@ -189,22 +168,22 @@ def progress_enabled(no_progress: bool) -> bool:
     return not no_progress and sys.stderr.isatty()
 
 
-def choose(name: str, flag: Any, flag_name: str, config: Optional[Mapping] = None, env: Optional[str] = None,
-           default: Any = None) -> Tuple[Any, str]:
-    """(value, where it came from) of a setting: the flag, else the config key ``name``, else the
-    environment variable ``env``, else ``default``. A config or environment value outside
-    ``CHOICE_KEYS[name]`` is a ConfigError naming it."""
-    words = CHOICE_KEYS.get(name)
+def choose_setting(name: str, args: argparse.Namespace, config: Optional[Mapping] = None) -> Tuple[Any, str]:
+    """(value, where it came from) of the setting ``name`` (:data:`utils.settings_table.SETTINGS`):
+    its flag, else its config key, else its environment variable, else its default. An
+    environment value outside the setting's choices is a ConfigError naming it."""
+    setting = SETTING[name]
+    flag = getattr(args, name, None)
     if flag is not None:
-        return flag, flag_name
-    if config is not None and config.get(name) is not None:
-        return config[name], f"config {name}"
-    if env is not None and os.environ.get(env, "").strip():
-        value = os.environ[env].strip()
-        if words is not None and value not in words:
-            raise ConfigError(f"${env} = {value!r}: expected one of {list(words)}")
-        return value, f"${env}"
-    return default, "default"
+        return flag, setting.flag[0]
+    if config is not None and setting.key and config.get(setting.key) is not None:
+        return config[setting.key], f"config {setting.key}"
+    if setting.env is not None and os.environ.get(setting.env, "").strip():
+        value = os.environ[setting.env].strip()
+        if setting.choices and value not in setting.choices:
+            raise ConfigError(f"${setting.env} = {value!r}: expected one of {list(setting.choices)}")
+        return value, f"${setting.env}"
+    return setting.default, "default"
 
 
 def usable_cores() -> int:
@@ -246,14 +225,11 @@ def _runtime(args: argparse.Namespace, config: Mapping, logger=None) -> Dict[str
         device_flag, sources["device"] = f"cuda:{args.gpu}", "--gpu"
     device = resolve_device(device_flag, local_rank)
     sources.setdefault("device", "--device" if device_flag not in (None, "", "auto") else "default")
-    amp, sources["amp"] = choose("amp", getattr(args, "amp", None), "--amp", config, default="off")
+    amp, sources["amp"] = choose_setting("amp", args, config)
     amp = amp_mode(None, amp)
-    fps_backend, sources["fps_backend"] = choose("fps_backend", getattr(args, "fps_backend", None), "--fps_backend",
-                                                 config, FPS_BACKEND_ENV, "auto")
-    embed, sources["embed_compute"] = choose("embed_compute", getattr(args, "embed_compute", None), "--embed_compute",
-                                             config, EMBED_COMPUTE_ENV, DEFAULT_EMBED_COMPUTE)
-    bn_recalibration, sources["bn_recalibration"] = choose("bn_recalibration", getattr(args, "bn_recalibration", None),
-                                                           "--bn_recalibration", config, default="auto")
+    fps_backend, sources["fps_backend"] = choose_setting("fps_backend", args, config)
+    embed, sources["embed_compute"] = choose_setting("embed_compute", args, config)
+    bn_recalibration, sources["bn_recalibration"] = choose_setting("bn_recalibration", args, config)
     bn_recalibration = BOOLEAN_WORDS["bn_recalibration"].get(bn_recalibration, bn_recalibration)  # YAML on / off
     for name, value in (("amp", amp), ("fps_backend", fps_backend), ("embed_compute", embed),
                         ("bn_recalibration", bn_recalibration)):
@@ -314,8 +290,8 @@ def build_run_settings(args: argparse.Namespace, config: Mapping, job: str, logg
     runtime = _runtime(args, config, logger)
     sources = dict(runtime.pop("sources"))
     experiment_path, tfboard_path, log_name = experiment_paths(args)
-    epoch_count = config.get("epoch_count") or CHOICE_KEYS["epoch_count"][0]
-    lr_schedule = config.get("lr_schedule") or CHOICE_KEYS["lr_schedule"][0]
+    epoch_count = config.get("epoch_count") or SETTING["epoch_count"].default
+    lr_schedule = config.get("lr_schedule") or SETTING["lr_schedule"].default
     max_epoch = int(config.get("max_epoch", 0) or 0)
     sources.update(n_epochs="config max_epoch, epoch_count", lr_schedule="config lr_schedule"
                    if config.get("lr_schedule") else "default")

@@ -437,15 +437,17 @@ def job_of(name: str) -> str:
 
 def read_config(root: str, path: str):
     from datasets import DATASETS
+    from engine.svm import expand_svm_section
     from models import MODELS
-    from utils.config import load_config, validate_config
+    from utils.overrides import load_config
+    from utils.validate import validate_config
 
     first = ""
     if os.path.isfile(path):  # (a FIFO is the loader's to refuse, not this harness's to block on)
         with open(path, "rb") as f:
             first = f.readline(200).decode("utf-8", errors="replace")
     job = "pretrain" if "pretrain" in first else "finetune"
-    config = load_config(path, (), None, MODELS, DATASETS)
+    config = load_config(path, (), None, MODELS, DATASETS, expand=expand_svm_section)
     validate_config(config, job, MODELS, DATASETS)
     return config
 
