@@ -307,3 +307,46 @@ def test_finetuning_a_pretrained_encoder_beats_the_majority_part_and_matches_scr
                        *tune)["instance_avg_iou"]
     majority = majority_miou(labelled)
     assert pretrained > majority + 0.2 and pretrained > scratch - 0.02, (pretrained, scratch, majority)
+
+
+def test_strict_predict_refuses_every_bad_file_before_writing(trained, tmp_path, capsys, monkeypatch):
+    import tools.predict as predict_tool
+    from utils.cli import run_main as cli_run_main
+
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    _, root, run, _ = trained
+    inputs = tmp_path / "in" / "lamp"
+    inputs.mkdir(parents=True)
+    (inputs / "empty.ply").write_bytes(b"")
+    (inputs / "bad.npy").write_bytes(b"\x93NUMPY nonsense")
+    good = sorted((root / "test" / "lamp").iterdir())[0]
+    (inputs / good.name).write_bytes(good.read_bytes())
+    out = tmp_path / "out"
+    argv = ["--ckpts", str(run / "ckpt-best.pth"), "--input", str(tmp_path / "in"), "--out", str(out), "--device", "cpu",
+            "--no_progress", "--strict"]
+    with pytest.raises(SystemExit) as stop:
+        cli_run_main(lambda: predict_tool.main(argv), prog="predict.py")
+    errors = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("predict.py: error:")]
+    assert stop.value.code == 2 and len(errors) == 1 and "2 bad inputs (--strict)" in errors[0]
+    assert "lamp/empty.ply" in errors[0] and "lamp/bad.npy" in errors[0] and good.name not in errors[0]
+    assert not out.exists()
+
+
+def test_resume_keeps_the_runs_own_patch_embedding(tmp_path):
+    """``patch_embed: auto`` on --resume: the embedding of the run's ckpt-last (a fine-tuning run
+    from an Inter-MAE checkpoint), not the from-scratch default."""
+    from types import SimpleNamespace
+
+    from easydict import EasyDict
+
+    from engine.partseg_folder import resolve_patch_embed
+    from models.PartSegTransformer import PartSegTransformer
+
+    model = PartSegTransformer(trans_dim=32, depth=3, num_heads=2, num_group=8, group_size=8, patch_embed="inter_mae",
+                               num_part=3, num_category=1)
+    torch.save({"base_model": model.state_dict()}, tmp_path / "ckpt-last.pth")
+    for resume, expected in (("yes", "inter_mae"), ("no", "point_mae")):
+        config = EasyDict(model=EasyDict(NAME="PartSegTransformer", patch_embed="auto"))
+        settings = SimpleNamespace(ckpts=None, resume=resume, experiment_path=str(tmp_path), trust_checkpoint=False)
+        resolve_patch_embed(config, settings)
+        assert config.model.patch_embed == expected
