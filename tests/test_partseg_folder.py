@@ -350,3 +350,20 @@ def test_resume_keeps_the_runs_own_patch_embedding(tmp_path):
         settings = SimpleNamespace(ckpts=None, resume=resume, experiment_path=str(tmp_path), trust_checkpoint=False)
         resolve_patch_embed(config, settings)
         assert config.model.patch_embed == expected
+
+
+def test_a_folder_without_train_and_test_is_split_into_the_runs_split_json(tmp_path):
+    root = tmp_path / "data"
+    make_part_folder(str(root), per_type=5, n_points=150, formats=("ply", "npz"))
+    exp = tmp_path / "exp"
+    run_main("--config", "cfgs/partseg_folder.yaml", "--scratch_model", "--exp_name", "m", "--data_root", str(root),
+             "--device", "cpu", "--num_workers", "0", "--no_progress", "--experiment_root", str(exp),
+             "--opts", *SEG_OPTS, "max_epoch=1")
+    run = exp / "partseg_folder" / "m"
+    split = json.loads((run / "split.json").read_text())
+    assert len(split["test"]) == 3 and len(split["train"]) == 12  # 1 of each category's 5 files to test
+    assert {name.split("/")[0] for name in split["test"]} == {"lamp", "mug", "table"}
+    tested = run_main("--test", "--ckpts", str(run / "ckpt-last.pth"), "--device", "cpu", "--num_workers", "0",
+                      "--no_progress", "--experiment_root", str(exp))
+    results = json.loads((exp / "partseg_folder" / "test_default" / "test_results.json").read_text())
+    assert results["test_shapes"] == 3 and results["instance_avg_iou"] == pytest.approx(tested["instance_avg_iou"])
