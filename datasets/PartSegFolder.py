@@ -99,7 +99,9 @@ def read_part_names(root: str) -> Optional[List[str]]:
             names = list(value)
         elif isinstance(value, dict) and all(isinstance(v, str) for v in value.values()):
             try:
-                ids = {int(k): v for k, v in value.items()}
+                ids = {int(k): v for k, v in value.items() if len(k) <= 7}
+                if len(ids) != len(value):
+                    raise ValueError("an id of more than 7 digits")
             except ValueError:
                 raise DatasetFormatError(f"{NAME}: {path}: keys must be part ids 0..K-1, got "
                                          f"{printable(', '.join(list(value)[:5]))}") from None
@@ -111,7 +113,7 @@ def read_part_names(root: str) -> Optional[List[str]]:
     else:
         lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
         split = [ln.split(None, 1) for ln in lines]
-        if lines and all(len(s) == 2 and s[0].rstrip(":").lstrip("-").isdigit() for s in split):
+        if lines and all(len(s) == 2 and s[0].rstrip(":").isdigit() and len(s[0]) <= 7 for s in split):
             ids = {int(s[0].rstrip(":")): s[1].strip() for s in split}
             if sorted(ids) != list(range(len(ids))) or len(ids) != len(lines):
                 raise DatasetFormatError(f"{NAME}: {path}: lines '<id> <name>' must number the parts 0..K-1 once each, "

@@ -367,3 +367,17 @@ def test_a_folder_without_train_and_test_is_split_into_the_runs_split_json(tmp_p
                       "--no_progress", "--experiment_root", str(exp))
     results = json.loads((exp / "partseg_folder" / "test_default" / "test_results.json").read_text())
     assert results["test_shapes"] == 3 and results["instance_avg_iou"] == pytest.approx(tested["instance_avg_iou"])
+
+
+def test_part_names_files(tmp_path):
+    (tmp_path / "labels.txt").write_text("# parts\n1 pole\n0 base\n2 shade\n")
+    assert psf.read_part_names(str(tmp_path)) == ["base", "pole", "shade"]
+    (tmp_path / "labels.txt").write_text("base\nbase\n")
+    with pytest.raises(DatasetFormatError, match="names a part twice: base"):
+        psf.read_part_names(str(tmp_path))
+    (tmp_path / "labels.txt").unlink()
+    (tmp_path / "parts.json").write_text(json.dumps({"1": "handle", "0": "body"}))
+    assert psf.read_part_names(str(tmp_path)) == ["body", "handle"]
+    (tmp_path / "parts.json").write_text(json.dumps({"0": "body", "2": "handle"}))
+    with pytest.raises(DatasetFormatError, match=r"the part ids must be 0..1, got \[0, 2\]"):
+        psf.read_part_names(str(tmp_path))
