@@ -92,8 +92,8 @@ def _read_ply(path: str, label_key: Optional[str]) -> Tuple[np.ndarray, np.ndarr
     else:
         key = next((lower[c] for c in LABEL_PROPERTIES if c in lower), None)
         if key is None:
-            raise BadFileError(path, f"no label property among the vertex properties {', '.join(props)} (looked for "
-                                     f"{', '.join(LABEL_PROPERTIES[:6])}, ...); set dataset.label_key to one of them")
+            raise BadFileError(path, f"no label property (set dataset.label_key; looked for "
+                                     f"{', '.join(LABEL_PROPERTIES[:4])}, ...): the vertex has {', '.join(props)}")
     xyz = np.stack([props["x"], props["y"], props["z"]], axis=1).astype(np.float64)
     return xyz, _integer_labels(path, props[key], f"property '{key}'")
 

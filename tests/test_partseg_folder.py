@@ -55,7 +55,7 @@ def test_ply_label_property_choice_and_the_error_listing_the_properties(tmp_path
     write_labelled_ply(str(tmp_path / "b.ply"), pts, lab, label_name="scalar_Intensity", label_type="uchar")
     with pytest.raises(BadFileError) as err:
         read_labelled_file(str(tmp_path / "b.ply"))
-    assert "x, y, z, scalar_Intensity" in err.value.reason and "label_key" in err.value.reason
+    assert "the vertex has x, y, z, scalar_Intensity" in err.value.reason and "label_key" in err.value.reason
     assert read_labelled_file(str(tmp_path / "b.ply"), label_key="scalar_Intensity")[1].tolist() == lab.tolist()
 
 
