@@ -1,36 +1,39 @@
-"""Entry point (released commands): pre-training, fine-tuning, few-shot and testing.
+"""Entry point (released commands): pre-training, fine-tuning, few-shot and testing; part
+segmentation of a folder of your own labelled files (a config with ``model.NAME: PartSegTransformer``).
 
     python main.py --config cfgs/pretrain.yaml --exp_name NAME [--data_root DIR]
     python main.py --config cfgs/finetune_modelnet.yaml --finetune_model --ckpts P.pth --exp_name NAME
+    python main.py --config cfgs/partseg_folder.yaml --finetune_model --ckpts P.pth --exp_name NAME --data_root DIR
     python main.py --test --ckpts experiments/finetune_modelnet/NAME/ckpt-best.pth   # the run's saved config.yaml
     torchrun --nproc_per_node N main.py --launcher pytorch --config ... [--resume auto]
 
-Order of a run: flags -> config (loaded, ``--opts``, data root, validated) -> settings
-(utils/settings.py) -> data checks (``datasets.build.prepare_data``: a folder dataset reads every
-file) -> run directory and its lock -> log file and config.yaml -> the job (``engine/pretrain.py``,
-``engine/finetune.py``). Nothing is written before the config and the data passed.
+Order of a run (the skeleton every command shares: ``engine.command.run_command``): flags ->
+config (loaded, ``--opts``, data root, validated) -> settings (utils/settings.py) -> data checks
+(``datasets.build.prepare_data``: a folder dataset reads every file) -> run directory and its lock
+-> log file and config.yaml -> the job (``engine/pretrain.py``, ``engine/finetune.py``,
+``engine/partseg_folder.py``). Nothing is
+written before the config and the data passed.
 """
 from __future__ import annotations
 
 import os
 import time
 
-import torch
 from tensorboardX import SummaryWriter
 
 from datasets import DATASETS
 from datasets.build import bind_run_dir, prepare_data
-from engine import builder, finetune, partseg_folder, pretrain
-from engine.preemption import catch_stop_signals
+from engine import finetune, partseg_folder, pretrain
+from engine.command import RunStart, run_command
+from engine.engine import check_resume_changes, config_changes
 from engine.svm import expand_svm_section
 from models import MODELS
 from utils import dist_utils, parser
 from utils.cli import InputError, run_main
-from utils.config import RUN_CONFIG, check_resume_changes, config_changes, save_run_config
-from utils.logger import attach_log_file, print_log, start_run_logger
-from utils.misc import set_random_seed
+from utils.config import RUN_CONFIG
+from utils.logger import print_log
 from utils.overrides import load_config
-from utils.rundir import release_run_lock
+from utils.rundir import check_no_checkpoints, open_run_dir
 from utils.settings import build_run_settings, experiment_paths, resume_mode
 from utils.validate import validate_config
 
@@ -44,14 +47,10 @@ def job_of(args) -> str:
 
 def main(argv=None):
     args = parser.get_args(argv)
-    if args.launcher != "none":
-        dist_utils.init_dist(args.launcher)
-    try:
-        with catch_stop_signals() as stop:
-            return _run(args, job_of(args), stop)
-    finally:
-        if dist_utils.is_dist():
-            torch.distributed.destroy_process_group()
+    args.resume = resolve_resume(args) == "yes"
+    job = job_of(args)
+    return run_command(args.launcher, experiment_paths(args)[2], lambda logger: prepare(args, job, logger),
+                       lambda settings, config, stop, logger: run_job(args, settings, config, stop, logger))
 
 
 def required_data(config, job: str) -> tuple:
@@ -98,10 +97,8 @@ def read_config(args, job: str, logger):
     return config, changes
 
 
-def _run(args, job: str, stop):
-    args.resume = resolve_resume(args) == "yes"
-    experiment_path, _, log_name = experiment_paths(args)
-    logger = start_run_logger(log_name)
+def prepare(args, job: str, logger) -> RunStart:
+    """Config, settings and data checks of a ``main.py`` run, and how its directory is opened."""
     config, changes = read_config(args, job, logger)
     settings = build_run_settings(args, config, job, logger)
     if changes:
@@ -113,33 +110,22 @@ def _run(args, job: str, stop):
             config.dataset[split].others.bs = bs
     prepare_data(config, required_data(config, job), logger)  # data read (and refused) before anything is written
 
-    # Rank 0 makes the directory and takes its lock; a refusal (another run's checkpoints, a live
-    # lock) is raised on every process, so none waits in a collective for a rank 0 that stopped.
-    lock = dist_utils.run_on_rank0(lambda: parser.create_experiment_dir(
-        settings.experiment_path, settings.tfboard_path, args.resume, args.overwrite, logger))
-    try:
-        attach_log_file(logger, os.path.join(settings.experiment_path, time.strftime("%Y%m%d_%H%M%S") + ".log"))
-        try:
-            return _run_job(args, settings, config, changes, stop, logger)
-        except InputError as error:  # the same words in the run log as on the console
-            print_log(f"error: {error} [{type(error).__name__}]", logger=logger, file_only=True)
-            raise
-    finally:
-        release_run_lock(lock)
+    def open_dir() -> str:
+        check_no_checkpoints(settings.experiment_path, args.resume, args.overwrite)
+        return open_run_dir(settings.experiment_path, (settings.tfboard_path,), logger=logger)
+
+    return RunStart(settings, config, open_dir,
+                    log_file=os.path.join(settings.experiment_path, time.strftime("%Y%m%d_%H%M%S") + ".log"),
+                    save_config=not args.resume or bool(changes), keep_previous=bool(changes),
+                    before_save=lambda: bind_run_dir(config, settings.experiment_path))
 
 
-def _run_job(args, settings, config, changes, stop, logger):
-    if settings.is_main_process:
-        bind_run_dir(config, settings.experiment_path)
-        if not args.resume or changes:
-            save_run_config(settings.experiment_path, config, keep_previous=bool(changes), logger=logger)
-    print_log(f"Command: {settings.command}", logger=logger)
+def run_job(args, settings, config, stop, logger):
+    """The job of a ``main.py`` run: ``--test``, fine-tuning or pre-training, with its TensorBoard writers."""
     if args.ckpts_warm_start and not args.resume:  # (--resume auto continuing a run takes no warm start)
         print_log(f"Pre-training with --ckpts: warm start from {args.ckpts} (weights only, fresh optimizer; "
                   f"the same as --start_ckpts)", logger=logger)
-    builder.log_settings(settings, logger)
     print_log(f"Distributed training: {settings.distributed} (world size {settings.world_size})", logger=logger)
-    set_random_seed(settings.seed + settings.rank, deterministic=settings.deterministic)
     segmentation = partseg_folder.is_partseg_config(config)  # a folder of labelled files (cfgs/partseg_folder.yaml)
     if settings.job == "test":
         return (partseg_folder.test_net if segmentation else finetune.test_net)(settings, config, logger)

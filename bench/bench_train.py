@@ -44,7 +44,7 @@ from bench import released_model  # noqa: E402
 from bench.common import device_label, timed  # noqa: E402
 from datasets.ShapeNetPartDataset import CATEGORIES, SEG_CLASSES  # noqa: E402
 from engine import builder, finetune, partseg, pretrain  # noqa: E402
-from engine.engine import grad_scaler, train_one_epoch  # noqa: E402
+from engine.engine import EpochContext, grad_scaler, train_one_epoch  # noqa: E402
 from utils.settings import resolve_amp  # noqa: E402
 from models.PartSegTransformer import PartSegTransformer  # noqa: E402
 from models.layers import DEFAULT_EMBED_COMPUTE  # noqa: E402
@@ -66,9 +66,9 @@ def samples_per_s(model, step, batch, device: torch.device, steps: int, amp: str
     dtype = resolve_amp(amp, device, logger="silent")
     optimizer = torch.optim.AdamW(builder.add_weight_decay(model, 0.05), lr=1e-4)
     scaler = grad_scaler(device, dtype)
-    run = dict(clip=clip, amp=dtype, scaler=scaler, progress=False, log_interval=steps)
-    train_one_epoch(model, step, [batch], optimizer, device, 0, **run)  # warm-up
-    return train_one_epoch(model, step, [batch] * steps, optimizer, device, 0, **run).stats["samples_per_s"]
+    ctx = EpochContext(optimizer, device, clip=clip, amp=dtype, scaler=scaler, progress=False, log_interval=steps)
+    train_one_epoch(model, [batch], step, ctx)  # warm-up
+    return train_one_epoch(model, [batch] * steps, step, ctx).stats["samples_per_s"]
 
 
 # An AVX2-only CPU emulated on this one: torch's own kernels, oneDNN and MKL restricted to AVX2
@@ -89,8 +89,9 @@ class Contender:
         self.scaler = grad_scaler(device, self.dtype)
 
     def run(self, batch, steps: int) -> float:
-        return train_one_epoch(self.model, self.step, [batch] * steps, self.optimizer, self.device, 0, clip=self.clip,
-                               amp=self.dtype, scaler=self.scaler, progress=False, log_interval=steps).stats["samples_per_s"]
+        ctx = EpochContext(self.optimizer, self.device, clip=self.clip, amp=self.dtype, scaler=self.scaler,
+                           progress=False, log_interval=steps)
+        return train_one_epoch(self.model, [batch] * steps, self.step, ctx).stats["samples_per_s"]
 
 
 def interleaved(contenders: Dict[str, Contender], batch, steps: int, rounds: int) -> Dict[str, Dict[str, object]]:

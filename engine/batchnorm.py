@@ -36,7 +36,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.optim.swa_utils import update_bn
 
-from utils.dist_utils import all_reduce_sum, get_dist_info
+from utils.dist_utils import all_reduce_sum, get_dist_info, unwrap_model
 from utils.logger import print_log
 from utils.misc import rng_state, set_random_seed, set_rng_state
 
@@ -195,3 +195,18 @@ def recalibrate_if_needed(model: nn.Module, batches: Iterable, forward: BatchFor
               f"without augmentation (bn_recalibration: {mode}: {why})", logger=logger)
     return True
 
+
+def refresh_batchnorm(model: nn.Module, loader, forward, settings, epoch: int, logger=None,
+                      saving: bool = False) -> bool:
+    """Before the BatchNorm running statistics are used or kept, i.e. when validation is due after
+    ``epoch``, after the last epoch, or when ``saving`` (a checkpoint copy): recompute them over
+    ``loader`` (the training set, each batch run as ``forward(model, batch)``) as
+    ``settings.bn_recalibration`` (the run's :class:`utils.settings.RunSettings`) says
+    (:func:`recalibrate_if_needed`). Returns whether they were recomputed. Collective under
+    torch.distributed."""
+    from engine.engine import validation_due
+
+    if not (saving or validation_due(epoch, settings) or epoch + 1 == settings.n_epochs):
+        return False
+    return recalibrate_if_needed(unwrap_model(model), loader, forward, settings.bn_recalibration, seed=settings.seed,
+                                 amp=settings.amp_dtype, device=settings.device, logger=logger)

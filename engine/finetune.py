@@ -37,12 +37,18 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from datasets.common import DatasetFormatError
 from datasets.data_transforms import PointcloudScaleAndTranslate
 from engine import builder
+from engine.batchnorm import refresh_batchnorm
 from engine.engine import (
     AccuracyMeter,
+    TrainRun,
     check_finite_points,
     epoch_range,
     evaluate,
     log_validation,
+    resume,
+    train_epoch,
+    validation_due,
+    write_epoch_metrics,
 )
 from engine.preemption import StopRequest
 from extensions.pointops import fps, gather_points
@@ -224,12 +230,12 @@ def run_net(settings: RunSettings, config, writers=(None, None), stop: Optional[
             logger=None) -> Dict[str, float]:
     """Fine-tune (``--finetune_model --ckpts P.pth``) or train from scratch (``--scratch_model``)
     ``config.model`` on ``config.dataset.train``; validate on ``config.dataset.val`` when
-    :func:`engine.builder.validation_due`; keep ``ckpt-best`` (accuracy), ``ckpt-last`` and, with
+    :func:`engine.engine.validation_due`; keep ``ckpt-best`` (accuracy), ``ckpt-last`` and, with
     ``--vote``, ``ckpt-best_vote``. Returns the best figures."""
     train_writer, val_writer = writers
     npoints, device, amp = int(config.npoints), settings.device, settings.amp_dtype
     loader_args = dict(seed=settings.seed, num_workers=settings.num_workers)
-    train_sampler, train_loader = builder.dataset_builder(config.dataset.train, **loader_args)
+    _, train_loader = builder.dataset_builder(config.dataset.train, **loader_args)
     _, val_loader = builder.dataset_builder(config.dataset.val, **loader_args)
     class_names = classes_from_dataset(config, train_loader.dataset, logger)
     state = builder.build_training(config, settings, logger)
@@ -238,7 +244,7 @@ def run_net(settings: RunSettings, config, writers=(None, None), stop: Optional[
     best_vote_path = os.path.join(settings.experiment_path, "ckpt-best_vote.pth")
     best_vote: Dict[str, float] = {}
     if settings.resume != "no":
-        builder.resume(state, settings, logger=logger)
+        resume(state, settings, logger=logger)
         if os.path.exists(best_vote_path):
             best_vote = dict(load_checkpoint_file(best_vote_path, trust=settings.trust_checkpoint).get("best_metrics") or {})
     elif settings.ckpts is not None:  # --finetune_model (the parser refuses --ckpts with --scratch_model)
@@ -249,17 +255,17 @@ def run_net(settings: RunSettings, config, writers=(None, None), stop: Optional[
     model = builder.wrap_distributed(state.model, settings, logger)
     train_step = make_train_step(device, npoints, state.model.get_loss_acc)
     bn_forward = make_bn_forward(device, npoints)
+    run = TrainRun(settings, config, state, stop, train_writer, logger)
 
     def accuracy_of(vote: bool = False, desc: str = "validate") -> float:
         return accuracy(model, val_loader, device, npoints, amp, vote=vote, show_progress=settings.progress, desc=desc,
                         times=vote_cfg["times"])
 
     for epoch in epoch_range(state.start_epoch, settings.n_epochs, settings.progress, logger):
-        metrics = builder.train_epoch(model, train_step, train_sampler, train_loader, state, settings, config, epoch,
-                                      train_writer, stop, logger)
-        builder.refresh_batchnorm(model, train_loader, bn_forward, settings, epoch, logger)
+        metrics = train_epoch(run, model, train_step, train_loader, epoch)
+        refresh_batchnorm(model, train_loader, bn_forward, settings, epoch, logger)
 
-        if builder.validation_due(epoch, settings):
+        if validation_due(epoch, settings):
             acc = accuracy_of()
             figures = {"acc": acc}
             # the released run_net: a voting validation once the accuracy passes its thresholds
@@ -270,15 +276,12 @@ def run_net(settings: RunSettings, config, writers=(None, None), stop: Optional[
             metrics.update(figures)
             if acc > state.best_metrics.get("acc", -1.0):
                 state.best_metrics = {**figures, "epoch": epoch}
-                builder.save_checkpoint(state, "ckpt-best", settings, config, epoch=epoch, metrics=metrics, logger=logger)
+                run.save("ckpt-best", epoch, metrics)
             if figures.get("acc_vote", -1.0) > best_vote.get("acc_vote", -1.0):
                 best_vote = {"acc_vote": figures["acc_vote"], "epoch": epoch}
-                keep, state.best_metrics = state.best_metrics, dict(best_vote)
-                builder.save_checkpoint(state, "ckpt-best_vote", settings, config, epoch=epoch, metrics=metrics,
-                                        logger=logger)
-                state.best_metrics = keep
-        builder.write_epoch_metrics(state, settings, epoch, metrics, logger)
-        builder.save_checkpoint(state, "ckpt-last", settings, config, epoch=epoch, metrics=metrics, logger=logger)
+                run.save("ckpt-best_vote", epoch, metrics, best_metrics=best_vote)
+        write_epoch_metrics(state, settings, epoch, metrics, logger)
+        run.save("ckpt-last", epoch, metrics)
 
     if state.best_metrics:
         print_log(f"[Fine-tuning] best validation accuracy = {state.best_metrics['acc']:.4f} % "

@@ -40,29 +40,28 @@ from datasets.ShapeNetPartDataset import (
     category_part_mask,
 )
 from engine import builder
+from engine.batchnorm import refresh_batchnorm
+from engine.command import RunStart, run_command
 from engine.engine import (
+    TrainRun,
     check_finite_figures,
     epoch_range,
     evaluate,
     log_scalars,
+    resume,
+    train_epoch,
+    validation_due,
+    write_epoch_metrics,
 )
-from engine.preemption import StopRequest, catch_stop_signals
+from engine.preemption import StopRequest
 from models import MODELS
 from models.backbone import encoder_state_dict, patch_embed_kind
 from models.PartSegTransformer import PartSegTransformer
 from utils import dist_utils
-from utils.checkpoint import (
-    CheckpointError,
-    load_checkpoint_file,
-    load_weights,
-    remove_orphan_temporaries,
-    state_dict_of,
-    write_json,
-)
-from utils.cli import InputError
-from utils.logger import attach_log_file, print_log, start_run_logger
-from utils.misc import set_random_seed, worker_init_fn
-from utils.rundir import RunDirError, acquire_run_lock, release_run_lock
+from utils.checkpoint import CheckpointError, load_checkpoint_file, load_weights, state_dict_of, write_json
+from utils.logger import print_log
+from utils.misc import worker_init_fn
+from utils.rundir import check_no_saved_models, open_run_dir
 from utils.schema import ConfigError, merge_into
 from utils.settings import PartSegSettings
 
@@ -248,14 +247,15 @@ def build_model(config, settings: PartSegSettings, logger=None) -> PartSegTransf
     return model
 
 
-def run(settings, config=None, stop: Optional[StopRequest] = None, logger=None) -> Dict[str, float]:
-    """Train (or, for ``partseg_test``, test) as ``segmentation/main.py`` asks; returns the best (or
-    the test) metrics. Given the command's parsed flags (an ``argparse.Namespace``) instead of
-    settings, it is the whole command: :func:`run_command`."""
-    if not isinstance(settings, PartSegSettings):
-        return run_command(settings)
-    set_random_seed(settings.seed + settings.rank, deterministic=settings.deterministic)
-    builder.log_settings(settings, logger)
+def run(args) -> Dict[str, float]:
+    """The ``segmentation/main.py`` command on the shared skeleton (:func:`engine.command.run_command`):
+    flags -> config (checked) -> settings -> run directory, lock, log and config.yaml ->
+    :func:`run_job`, stopping cleanly on SIGTERM / SIGINT. Returns the best (or the test) metrics."""
+    return run_command(args.launcher, "part_seg", lambda logger: prepare(args, logger), run_job)
+
+
+def run_job(settings: PartSegSettings, config, stop: Optional[StopRequest] = None, logger=None) -> Dict[str, float]:
+    """Train (or, for ``partseg_test``, test); returns the best (or the test) metrics."""
     if settings.job == "partseg_test":
         return test(settings, config, logger)
     return train(settings, config, stop, logger)
@@ -275,57 +275,31 @@ def resolve_patch_embed(config, settings: PartSegSettings) -> None:
     config.model.patch_embed = kind or "point_mae"
 
 
-def prepare_run_dir(settings: PartSegSettings, logger=None) -> str:
-    """Rank 0: refuse a training run over another's checkpoints (unless --overwrite / --resume),
-    make ``checkpoints/`` and ``logs/``, take the run's lock. Returns the lock path."""
-    saved = sorted(p for p in os.listdir(settings.ckpt_dir) if p.endswith(".pth")) if os.path.isdir(settings.ckpt_dir) else []
-    if saved and settings.job == "partseg" and not settings.overwrite and settings.resume == "no":
-        raise RunDirError(f"segmentation run directory {settings.experiment_path} already holds checkpoints "
-                          f"({saved[0]}): pass --resume to continue that run, --overwrite to train a new model over "
-                          f"it, or choose another --log_dir")
-    os.makedirs(settings.ckpt_dir, exist_ok=True)
-    os.makedirs(settings.log_dir, exist_ok=True)
-    lock = acquire_run_lock(settings.experiment_path, logger, other_run="use another --log_dir")
-    remove_orphan_temporaries(settings.ckpt_dir, logger)
-    return lock
-
-
-def run_command(args) -> Dict[str, float]:
-    """``segmentation/main.py``: flags -> config (checked) -> settings -> run directory, lock, log
-    and config.yaml -> :func:`run`, stopping cleanly on SIGTERM / SIGINT."""
-    from utils.config import save_run_config
+def prepare(args, logger=None) -> RunStart:
+    """Config (checked) and settings of a ``segmentation/main.py`` run, and how its directory is
+    opened: a training run refuses another's saved models (unless --overwrite / --resume); the
+    directory gets ``checkpoints/`` and ``logs/``."""
     from utils.settings import build_partseg_settings, partseg_config
     from utils.validate import validate_config
 
-    if args.launcher == "pytorch":
-        dist_utils.init_dist(args.launcher)
-    try:
-        logger = start_run_logger("part_seg")
-        config = partseg_config(args)
-        job = "partseg_test" if args.test else "partseg"
-        settings = build_partseg_settings(args, config, logger)
-        resolve_patch_embed(config, settings)
-        if job == "partseg":
-            validate_config(config, job, MODELS, DATASETS, world_size=settings.world_size)
-        if settings.batch_size % settings.world_size:
-            raise ConfigError(f"--batch_size {settings.batch_size} is not divisible by the {settings.world_size} processes")
-        lock = dist_utils.run_on_rank0(lambda: prepare_run_dir(settings, logger))
-        try:
-            attach_log_file(logger, os.path.join(settings.log_dir, "test.txt" if args.test else f"{args.model}.txt"))
-            print_log(f"Command: {settings.command}", logger=logger)
-            if job == "partseg" and settings.is_main_process and settings.resume == "no":
-                save_run_config(settings.experiment_path, config, logger=logger)
-            with catch_stop_signals() as stop:
-                try:
-                    return run(settings, config, stop, logger)
-                except InputError as error:
-                    print_log(f"error: {error} [{type(error).__name__}]", logger=logger, file_only=True)
-                    raise
-        finally:
-            release_run_lock(lock)
-    finally:
-        if dist_utils.is_dist():
-            dist.destroy_process_group()
+    config = partseg_config(args)
+    settings = build_partseg_settings(args, config, logger)
+    resolve_patch_embed(config, settings)
+    training = settings.job == "partseg"
+    if training:
+        validate_config(config, settings.job, MODELS, DATASETS, world_size=settings.world_size)
+    if settings.batch_size % settings.world_size:
+        raise ConfigError(f"--batch_size {settings.batch_size} is not divisible by the {settings.world_size} processes")
+
+    def open_dir() -> str:
+        if training and not settings.overwrite and settings.resume == "no":
+            check_no_saved_models(settings.ckpt_dir, settings.experiment_path)
+        return open_run_dir(settings.experiment_path, (settings.ckpt_dir, settings.log_dir), checkpoints=settings.ckpt_dir,
+                            logger=logger, other_run="use another --log_dir")
+
+    return RunStart(settings, config, open_dir,
+                    log_file=os.path.join(settings.log_dir, "test.txt" if args.test else f"{args.model}.txt"),
+                    save_config=training and settings.resume == "no")
 
 
 def test(settings: PartSegSettings, config, logger=None) -> Dict[str, float]:
@@ -419,20 +393,19 @@ def train(settings: PartSegSettings, config, stop: Optional[StopRequest] = None,
     print_log(f"The number of test data is: {len(test_set)}", logger=logger)
     state = builder.build_training(config, settings, logger, model=base_model)
     if settings.resume != "no":
-        builder.resume(state, settings, os.path.join(settings.ckpt_dir, "ckpt-last.pth"), logger)
+        resume(state, settings, os.path.join(settings.ckpt_dir, "ckpt-last.pth"), logger)
     model = builder.wrap_distributed(state.model, settings, logger)
     writer = SummaryWriter(settings.log_dir) if settings.is_main_process else None
+    run = TrainRun(settings, config, state, stop, writer, logger, folder=settings.ckpt_dir)
     train_step, eval_step, bn_forward = make_train_step(device), make_eval_step(device), make_bn_forward(device)
     # the best of each figure over the epochs (logged), and the figures of the best epoch (best_model.pth)
     best_each = dict(state.best_metrics.get("best_each") or {"accuracy": 0.0, "class_avg_iou": 0.0,
                                                               "instance_avg_iou": -1.0})
-    save = dict(folder=settings.ckpt_dir, logger=logger)
     try:
         for epoch in epoch_range(state.start_epoch, settings.n_epochs, settings.progress, logger):
-            metrics = builder.train_epoch(model, train_step, sampler, train_loader, state, settings, config, epoch,
-                                          writer, stop, logger, folder=settings.ckpt_dir)
-            builder.refresh_batchnorm(model, train_loader, bn_forward, settings, epoch, logger)
-            if builder.validation_due(epoch, settings):
+            metrics = train_epoch(run, model, train_step, train_loader, epoch)
+            refresh_batchnorm(model, train_loader, bn_forward, settings, epoch, logger)
+            if validation_due(epoch, settings):
                 meter = evaluate(model, eval_step, test_loader, device, PartSegMeter(), amp=amp,
                                  progress=settings.progress and settings.is_main_process)
                 # numbered as the training line of the same epoch ("[Training] EPOCH: e (e+1/N)")
@@ -446,12 +419,12 @@ def train(settings: PartSegSettings, config, stop: Optional[StopRequest] = None,
                           f"{best_each['instance_avg_iou']:.5f}", logger=logger)
                 if figures["instance_avg_iou"] >= state.best_metrics.get("instance_avg_iou", -1.0):
                     state.best_metrics = {**figures, "epoch": epoch, "best_each": best_each}
-                    builder.save_checkpoint(state, "best_model", settings, config, epoch=epoch, metrics=metrics, **save)
+                    run.save("best_model", epoch, metrics)
                     print_log(f"Saving best model (EPOCH {epoch}, instance mIoU {figures['instance_avg_iou']:.5f})",
                               logger=logger)
                 state.best_metrics["best_each"] = best_each
-            builder.write_epoch_metrics(state, settings, epoch, metrics, logger)
-            builder.save_checkpoint(state, "ckpt-last", settings, config, epoch=epoch, metrics=metrics, **save)
+            write_epoch_metrics(state, settings, epoch, metrics, logger)
+            run.save("ckpt-last", epoch, metrics)
     finally:
         if writer is not None:
             writer.close()

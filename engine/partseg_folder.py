@@ -34,7 +34,18 @@ from torch import Tensor, nn
 
 from datasets.common import DatasetFormatError
 from engine import builder
-from engine.engine import check_finite_figures, epoch_range, evaluate, log_scalars
+from engine.batchnorm import refresh_batchnorm
+from engine.engine import (
+    TrainRun,
+    check_finite_figures,
+    epoch_range,
+    evaluate,
+    log_scalars,
+    resume,
+    train_epoch,
+    validation_due,
+    write_epoch_metrics,
+)
 from engine.partseg import get_loss, random_scale_shift, shape_iou
 from engine.preemption import StopRequest
 from utils import dist_utils
@@ -261,7 +272,7 @@ def run_net(settings: RunSettings, config, writers=(None, None), stop: Optional[
     device, amp = settings.device, settings.amp_dtype
     feed_npoints(config)
     loader_args = dict(seed=settings.seed, num_workers=settings.num_workers)
-    train_sampler, train_loader = builder.dataset_builder(config.dataset.train, **loader_args)
+    _, train_loader = builder.dataset_builder(config.dataset.train, **loader_args)
     _, val_loader = builder.dataset_builder(config.dataset.val, **loader_args)
     train_set = train_loader.dataset
     if not hasattr(train_set, "category_parts"):
@@ -277,7 +288,7 @@ def run_net(settings: RunSettings, config, writers=(None, None), stop: Optional[
     print_log(f"Training shapes: {len(train_set)}; validation shapes: {len(val_loader.dataset)}", logger=logger)
     state = builder.build_training(config, settings, logger)
     if settings.resume != "no":
-        builder.resume(state, settings, logger=logger)
+        resume(state, settings, logger=logger)
     elif settings.ckpts is not None:
         state.model.load_model_from_ckpt(settings.ckpts, logger=logger, trust=settings.trust_checkpoint)
     else:
@@ -286,11 +297,11 @@ def run_net(settings: RunSettings, config, writers=(None, None), stop: Optional[
     model = builder.wrap_distributed(state.model, settings, logger)
     mask = category_mask(parts, device)
     train_step, eval_step, bn_forward = make_train_step(device), make_eval_step(device, mask), make_bn_forward(device)
+    run = TrainRun(settings, config, state, stop, train_writer, logger)
     for epoch in epoch_range(state.start_epoch, settings.n_epochs, settings.progress, logger):
-        metrics = builder.train_epoch(model, train_step, train_sampler, train_loader, state, settings, config, epoch,
-                                      train_writer, stop, logger)
-        builder.refresh_batchnorm(model, train_loader, bn_forward, settings, epoch, logger)
-        if builder.validation_due(epoch, settings):
+        metrics = train_epoch(run, model, train_step, train_loader, epoch)
+        refresh_batchnorm(model, train_loader, bn_forward, settings, epoch, logger)
+        if validation_due(epoch, settings):
             meter = evaluate(model, eval_step, val_loader, device, SegMeter(parts), amp=amp,
                              progress=settings.progress and settings.is_main_process, desc="validate")
             figures = log_figures(f"[Validation] EPOCH: {epoch} ({epoch + 1}/{settings.n_epochs})", meter, logger)
@@ -300,10 +311,9 @@ def run_net(settings: RunSettings, config, writers=(None, None), stop: Optional[
             metrics.update(figures)
             if figures["instance_avg_iou"] > state.best_metrics.get("instance_avg_iou", -1.0):
                 state.best_metrics = {**figures, "epoch": epoch, "part_iou": dict(meter.part_ious())}
-                builder.save_checkpoint(state, "ckpt-best", settings, config, epoch=epoch, metrics=metrics,
-                                        logger=logger)
-        builder.write_epoch_metrics(state, settings, epoch, metrics, logger)
-        builder.save_checkpoint(state, "ckpt-last", settings, config, epoch=epoch, metrics=metrics, logger=logger)
+                run.save("ckpt-best", epoch, metrics)
+        write_epoch_metrics(state, settings, epoch, metrics, logger)
+        run.save("ckpt-last", epoch, metrics)
     if state.best_metrics:
         print_log(f"[Part segmentation] best instance mIoU = {state.best_metrics['instance_avg_iou']:.5f} (class mIoU "
                   f"{state.best_metrics['class_avg_iou']:.5f}, epoch {state.best_metrics['epoch']})", logger=logger)

@@ -23,17 +23,24 @@ from torch import Tensor, nn
 from datasets.common import DatasetFormatError
 from datasets.data_transforms import PointcloudScaleAndTranslate
 from engine import builder
+from engine.batchnorm import refresh_batchnorm
 from engine.budget import short_pretraining_warning
 from engine.engine import (
     MeanMeter,
+    TrainRun,
+    epoch_copy_due,
     epoch_range,
     evaluate,
     log_validation,
+    resume,
+    train_epoch,
+    validation_due,
+    write_epoch_metrics,
 )
 from engine.feature_health import collapse_warning, feature_health, pooled_features
 from engine.preemption import StopRequest
 from engine.svm import svm_validate
-from utils.dist_utils import all_gather_objects
+from utils.dist_utils import all_gather_objects, unwrap_model
 from utils.logger import print_log
 from utils.settings import RunSettings
 
@@ -83,7 +90,7 @@ def make_val_step(device: torch.device, features: Optional[List[Tensor]] = None)
         points, _ = unpack_batch(batch[2], device)
         meter.update(points.shape[0], loss_rec=model(points)["loss_rec"])
         if features is not None:
-            features.append(pooled_features(builder.unwrap_model(model).MAE_encoder, points).float().cpu())
+            features.append(pooled_features(unwrap_model(model).MAE_encoder, points).float().cpu())
 
     return step
 
@@ -112,7 +119,7 @@ def run_net(settings: RunSettings, config, writers=(None, None), stop: Optional[
     ``ckpt-last`` written, raising :class:`engine.preemption.Preempted`."""
     train_writer, val_writer = writers
     loader_args = dict(seed=settings.seed, num_workers=settings.num_workers)
-    train_sampler, train_loader = builder.dataset_builder(config.dataset.train, **loader_args)
+    _, train_loader = builder.dataset_builder(config.dataset.train, **loader_args)
     val_loader = None
     if config.dataset.get("val") is not None:
         try:
@@ -127,7 +134,7 @@ def run_net(settings: RunSettings, config, writers=(None, None), stop: Optional[
     if budget is not None:
         print_log(f"[Pre-training] WARNING: {budget}", logger=logger)
     if settings.resume != "no":
-        builder.resume(state, settings, logger=logger)
+        resume(state, settings, logger=logger)
     elif settings.start_ckpts is not None:
         builder.load_model(state.model, settings.start_ckpts, logger=logger, strict=not settings.partial_load,
                            trust=settings.trust_checkpoint)
@@ -139,15 +146,14 @@ def run_net(settings: RunSettings, config, writers=(None, None), stop: Optional[
     svm_cfg = config.get("svm_validation") or {}
     svm_freq = max(int(svm_cfg.get("freq", 1)), 1) if svm_cfg.get("enabled", False) else 0
 
+    run = TrainRun(settings, config, state, stop, train_writer, logger)
     metrics: Dict[str, float] = {}
     first_rank: Optional[float] = None  # the run's first validation effective rank, for the collapse warning
     for epoch in epoch_range(state.start_epoch, settings.n_epochs, settings.progress, logger):
-        metrics = builder.train_epoch(model, train_step, train_sampler, train_loader, state, settings, config, epoch,
-                                      train_writer, stop, logger)
-
-        builder.refresh_batchnorm(model, train_loader, make_bn_forward(device, has_image_branch), settings, epoch, logger,
-                                  saving=builder.epoch_copy_due(epoch, settings))
-        if builder.validation_due(epoch, settings):
+        metrics = train_epoch(run, model, train_step, train_loader, epoch)
+        refresh_batchnorm(model, train_loader, make_bn_forward(device, has_image_branch), settings, epoch, logger,
+                          saving=epoch_copy_due(epoch, settings))
+        if validation_due(epoch, settings):
             figures = {}
             if val_loader is not None:
                 val_features: List[Tensor] = []
@@ -164,9 +170,8 @@ def run_net(settings: RunSettings, config, writers=(None, None), stop: Optional[
             if figures.get("val_loss_rec", math.inf) < state.best_metrics.get("val_loss_rec", math.inf):
                 state.best_metrics = {**figures, "epoch": epoch}
 
-        builder.write_epoch_metrics(state, settings, epoch, metrics, logger)
-        builder.save_checkpoint(state, "ckpt-last", settings, config, epoch=epoch, metrics=metrics, logger=logger)
-        if builder.epoch_copy_due(epoch, settings):
-            builder.save_checkpoint(state, f"ckpt-epoch-{epoch:03d}", settings, config, epoch=epoch, metrics=metrics,
-                                    logger=logger)
+        write_epoch_metrics(state, settings, epoch, metrics, logger)
+        run.save("ckpt-last", epoch, metrics)
+        if epoch_copy_due(epoch, settings):
+            run.save(f"ckpt-epoch-{epoch:03d}", epoch, metrics)
     return metrics

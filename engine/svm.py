@@ -28,14 +28,13 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from datasets import build_dataset_from_cfg
-from engine import builder
 from datasets.common import DatasetFormatError
 from engine.feature_health import collapse_warning, feature_health
 from engine.finetune import unpack_cls_batch
 from extensions.pointops import fps
 from models.backbone import max_mean_pool
 from utils.config import cfg_from_yaml_file, resolve_base_path
-from utils.dist_utils import get_dist_info
+from utils.dist_utils import get_dist_info, unwrap_model
 from utils.logger import print_log
 from utils.overrides import rebase_entry
 from utils.schema import ConfigError, _set_origin, merge_into, origin_of
@@ -99,7 +98,7 @@ def resolve_svm_config(config, data_root: Optional[str] = None) -> EasyDict:
 
 
 def _encoder_of(model: nn.Module) -> nn.Module:
-    model = builder.unwrap_model(model)
+    model = unwrap_model(model)
     if not hasattr(model, "MAE_encoder"):
         raise TypeError(f"{type(model).__name__} has no MAE_encoder; the SVM needs a pre-training model")
     return model

@@ -1,4 +1,4 @@
-"""Checkpoint formats: what engine.builder.save_checkpoint writes loads with a plain
+"""Checkpoint formats: what engine.engine.save_checkpoint writes loads with a plain
 ``torch.load(path)`` (weights_only=True) and resumes the Python / NumPy / torch random streams
 exactly (also from the older format with NumPy arrays); ``tools/export_weights.py`` writes
 ``.safetensors`` (+ the config as JSON) that every loader reads."""
@@ -15,6 +15,7 @@ from easydict import EasyDict
 from torch import nn
 
 from engine import builder
+from engine.engine import TrainState, resume, save_checkpoint
 from utils.settings import RunSettings
 from models.backbone import load_encoder
 from models.Inter_MAE import Inter_MAE
@@ -75,14 +76,14 @@ def tiny_training_state():
 def test_checkpoint_loads_with_plain_torch_load_and_resume_restores_rng(tmp_path):
     model, optimizer, scheduler, scaler = tiny_training_state()
     settings = run_settings(tmp_path)
-    state = builder.TrainState(model, optimizer, scheduler, scaler, best_metrics={"acc": np.float32(50.0), "epoch": 1},
-                               class_names=["a", "b"])
+    state = TrainState(model, optimizer, scheduler, scaler, best_metrics={"acc": np.float32(50.0), "epoch": 1},
+                       class_names=["a", "b"])
     random.seed(3)
     np.random.seed(3)
     torch.manual_seed(3)
     draws()  # leaves a cached Python gauss and a cached NumPy gaussian in the states
-    path = builder.save_checkpoint(state, "ckpt-last", settings, {"model": {"NAME": "x"}}, epoch=1,
-                                   metrics={"acc": np.float64(50.0), "loss": torch.tensor(0.25)})
+    path = save_checkpoint(state, "ckpt-last", settings, {"model": {"NAME": "x"}}, epoch=1,
+                           best_metrics=state.best_metrics, metrics={"acc": np.float64(50.0), "loss": torch.tensor(0.25)})
     expected = draws()
 
     ckpt = torch.load(path)  # defaults: weights_only=True
@@ -97,7 +98,7 @@ def test_checkpoint_loads_with_plain_torch_load_and_resume_restores_rng(tmp_path
     model2, optimizer2, scheduler2, scaler2 = tiny_training_state()
     for p in model2.parameters():
         nn.init.zeros_(p)
-    state2 = builder.resume(builder.TrainState(model2, optimizer2, scheduler2, scaler2), settings)
+    state2 = resume(TrainState(model2, optimizer2, scheduler2, scaler2), settings)
     assert draws() == expected
     assert state2.start_epoch == 2 and state2.start_step == 0 and state2.best_metrics == {"acc": 50.0, "epoch": 1}
     assert state2.class_names == ["a", "b"]
@@ -138,8 +139,8 @@ def test_resume_reads_a_checkpoint_in_the_old_format(tmp_path):
     with pytest.raises(Exception):
         torch.load(tmp_path / "ckpt-last.pth")  # not weights-only loadable ...
     scramble()
-    state = builder.resume(builder.TrainState(model, optimizer, scheduler, torch.amp.GradScaler("cpu", enabled=False)),
-                           run_settings(tmp_path))
+    state = resume(TrainState(model, optimizer, scheduler, torch.amp.GradScaler("cpu", enabled=False)),
+                   run_settings(tmp_path))
     assert state.start_epoch == 1
     assert draws() == expected  # ... but still resumes exactly
 

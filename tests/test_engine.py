@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from engine.engine import (AccuracyMeter, MeanMeter, NonFiniteLossError, batch_size_of, evaluate,
+from engine.engine import (AccuracyMeter, EpochContext, MeanMeter, NonFiniteLossError, batch_size_of, evaluate,
                            train_one_epoch)
 
 CPU = torch.device("cpu")
@@ -43,7 +43,7 @@ def test_accumulation_equals_one_step_on_the_whole_batch():
     data = batches(4, 5)
     model = linear_model(w0)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    train_one_epoch(model, mse_step, data, opt, CPU, 0, accum=2, progress=False)
+    train_one_epoch(model, data, mse_step, EpochContext(opt, CPU, 0, accum=2, progress=False))
     # two optimizer steps, each on the mean of two equal half-batch gradients
     w = w0.copy()
     for a, b in ((0, 1), (2, 3)):
@@ -56,7 +56,7 @@ def test_last_partial_accumulation_still_steps():
     data = batches(3, 4, seed=1)
     model = linear_model(w0)
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
-    train_one_epoch(model, mse_step, data, opt, CPU, 0, accum=2, progress=False)
+    train_one_epoch(model, data, mse_step, EpochContext(opt, CPU, 0, accum=2, progress=False))
     w = w0 - 0.05 * (mse_grad(w0, *data[0]) + mse_grad(w0, *data[1])) / 2
     w = w - 0.05 * mse_grad(w, *data[2]) / 2  # the lone last batch, still divided by accum
     np.testing.assert_allclose(model.weight.detach().double().numpy()[0], w, rtol=1e-5, atol=1e-6)
@@ -67,7 +67,7 @@ def test_clipping_scales_the_step_to_the_clip_norm():
     data = batches(1, 8, seed=2)
     model = linear_model(w0)
     opt = torch.optim.SGD(model.parameters(), lr=1.0)
-    train_one_epoch(model, mse_step, data, opt, CPU, 0, clip=0.5, progress=False)
+    train_one_epoch(model, data, mse_step, EpochContext(opt, CPU, 0, clip=0.5, progress=False))
     g = mse_grad(w0, *data[0])
     assert np.linalg.norm(g) > 0.5
     np.testing.assert_allclose(model.weight.detach().double().numpy()[0], w0 - 0.5 * g / np.linalg.norm(g), rtol=1e-5)
@@ -77,7 +77,7 @@ def test_epoch_means_are_means_of_the_steps():
     data = batches(5, 3, seed=3)
     model = linear_model([0.1, 0.2, 0.3])
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
-    stats = train_one_epoch(model, mse_step, data, opt, CPU, 0, log_interval=2, progress=False).stats
+    stats = train_one_epoch(model, data, mse_step, EpochContext(opt, CPU, 0, log_interval=2, progress=False)).stats
     w = np.array([0.1, 0.2, 0.3])
     expected = [float(np.mean((x.double().numpy() @ w - y.double().numpy()) ** 2)) for x, y in data]
     assert stats["loss"] == pytest.approx(np.mean(expected), rel=1e-5)
@@ -91,7 +91,7 @@ def test_non_finite_loss_stops_with_the_iteration():
     model = linear_model([0.0, 0.0, 0.0])
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     with pytest.raises(NonFiniteLossError, match="non-finite loss at epoch 7 \\(iteration 2 "):
-        train_one_epoch(model, mse_step, data, opt, CPU, 7, progress=False)
+        train_one_epoch(model, data, mse_step, EpochContext(opt, CPU, 7, progress=False))
 
 
 def test_batch_size_of_nested_batches():
@@ -133,7 +133,7 @@ def test_loss_scaling_leaves_the_update_unchanged():
     plain, scaled = linear_model(w0), linear_model(w0)
     for model, scaler in ((plain, None), (scaled, torch.amp.GradScaler("cpu", init_scale=1024.0))):
         opt = torch.optim.SGD(model.parameters(), lr=0.05)
-        train_one_epoch(model, mse_step, data, opt, CPU, 0, clip=0.5, scaler=scaler, progress=False)
+        train_one_epoch(model, data, mse_step, EpochContext(opt, CPU, 0, clip=0.5, scaler=scaler, progress=False))
     torch.testing.assert_close(scaled.weight, plain.weight, rtol=1e-6, atol=1e-7)
 
 
@@ -154,18 +154,18 @@ def test_a_stop_ends_the_epoch_after_the_current_step_and_skip_resumes_it():
     data = batches(5, 4, seed=8)
     w0 = np.array([0.3, -0.2, 0.5])
     whole = linear_model(w0)
-    train_one_epoch(whole, mse_step, data, torch.optim.SGD(whole.parameters(), lr=0.1), CPU, 0, progress=False)
+    train_one_epoch(whole, data, mse_step, EpochContext(torch.optim.SGD(whole.parameters(), lr=0.1), CPU, 0, progress=False))
     part = linear_model(w0)
     opt = torch.optim.SGD(part.parameters(), lr=0.1)
-    result = train_one_epoch(part, mse_step, data, opt, CPU, 0, progress=False, stop=_StopAfter(2))
+    result = train_one_epoch(part, data, mse_step, EpochContext(opt, CPU, 0, progress=False, stop=_StopAfter(2)))
     assert result.stopped_at == 2
     w = w0.copy()
     for x, y in data[:2]:
         w = w - 0.1 * mse_grad(w, x, y)
     np.testing.assert_allclose(part.weight.detach().numpy().reshape(-1), w, rtol=1e-5)
     skipped = []
-    rest = train_one_epoch(part, mse_step, data, opt, CPU, 0, progress=False, skip=2,
-                           on_skipped=lambda: skipped.append(True))
+    rest = train_one_epoch(part, data, mse_step, EpochContext(opt, CPU, 0, progress=False, skip=2,
+                           on_skipped=lambda: skipped.append(True)))
     assert rest.stopped_at is None and skipped == [True]
     torch.testing.assert_close(part.weight, whole.weight)
 
@@ -199,7 +199,7 @@ def test_metrics_file_holds_one_line_per_epoch_in_order(tmp_path):
 def test_a_metrics_line_that_cannot_be_written_is_one_warning(tmp_path, capsys):
     from types import SimpleNamespace
 
-    from engine.builder import write_epoch_metrics
+    from engine.engine import write_epoch_metrics
     from utils.settings import RunSettings
 
     blocked = tmp_path / "not_a_folder"

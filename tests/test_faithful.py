@@ -33,6 +33,7 @@ from datasets import build_dataset_from_cfg
 from datasets.common import DatasetFormatError
 from datasets.io import write_ply
 from engine import builder, finetune
+from engine.engine import validation_due
 from models import build_model_from_cfg
 from models.image_encoder import ImageBranch
 from models.Inter_MAE import Inter_MAE
@@ -141,9 +142,9 @@ def test_epoch_count_and_validation_rule():
     released = [e for e in range(0, 10 + 1) if e % 3 == 0 and e != 0]  # runner_finetune.run_net
     settings = RunSettings(job="finetune", experiment_path="", tfboard_path=None, log_name="t", config_path="",
                            n_epochs=11, epoch_count="released", val_freq=3)
-    assert [e for e in range(11) if builder.validation_due(e, settings)] == released == [3, 6, 9]
+    assert [e for e in range(11) if validation_due(e, settings)] == released == [3, 6, 9]
     exact = settings.replace(epoch_count="exact", n_epochs=10)
-    assert [e for e in range(10) if builder.validation_due(e, exact)] == [2, 5, 8, 9]  # and the last epoch
+    assert [e for e in range(10) if validation_due(e, exact)] == [2, 5, 8, 9]  # and the last epoch
 
 
 def test_lagged_schedule_equals_timm_driven_as_released():

@@ -640,7 +640,7 @@ def load_weights(model: nn.Module, source: Any, *, strict: bool = True, remap: A
 
 
 # ------------------------------------------------------------------------------ run checkpoints
-# The keys of a training run's checkpoint, the same for every job (engine.builder.save_checkpoint).
+# The keys of a training run's checkpoint, the same for every job (engine.engine.save_checkpoint).
 CHECKPOINT_FORMAT = 2
 
 

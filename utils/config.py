@@ -198,36 +198,6 @@ def run_config_of(ckpt_path: str) -> Optional[str]:
 
 
 
-# ------------------------------------------------------------------------------------- resume
-# Keys of the model section that may change when a run is resumed: they change what the next steps
-# do, not the shape of any parameter or optimizer state. Any other model key is refused.
-RESUMABLE_MODEL_KEYS = ("transformer_config.mask_ratio", "transformer_config.mask_type",
-                        "transformer_config.drop_path_rate", "drop_path_rate", "label_smoothing", "loss", "init",
-                        "image_branch.weight", "image_branch.temperature", "image_branch.trainable")
-
-
-def config_changes(old: Any, new: Any, prefix: str = "") -> list:
-    """``[(dotted key, old value, new value), ...]`` where two configs differ (missing: None)."""
-    if isinstance(old, Mapping) and isinstance(new, Mapping):
-        out = []
-        for key in list(old) + [k for k in new if k not in old]:
-            out += config_changes(old.get(key), new.get(key), f"{prefix}{key}.")
-        return out
-    old, new = to_plain(old), to_plain(new)
-    return [] if old == new else [(prefix.rstrip("."), old, new)]
-
-
-def check_resume_changes(changes: list, source: str) -> None:
-    """Refuse a resumed run's changes that cannot apply mid-run: the model's shape (any ``model.``
-    key but :data:`RESUMABLE_MODEL_KEYS`) and ``optimizer.type``, naming the key."""
-    for key, old, new in changes:
-        fixed = (key.startswith("model.") and key[len("model."):] not in RESUMABLE_MODEL_KEYS) or key == "optimizer.type"
-        if fixed:
-            raise ConfigError(f"--resume cannot change '{key}' ({quoted(old)} -> {quoted(new)}): the checkpoint's weights and "
-                              f"optimizer state were made for {quoted(old)}; start a new run (another --exp_name, or "
-                              f"--ckpts / --start_ckpts for its weights) to change it", source)
-
-
 def save_run_config(folder: str, config: Mapping, keep_previous: bool = False, logger=None) -> str:
     """Write ``config`` to ``<folder>/config.yaml`` atomically; with ``keep_previous`` an existing one is
     first renamed ``config.resume-<N>.yaml`` (N = 1, 2, ...). Returns the path."""

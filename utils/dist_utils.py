@@ -178,3 +178,8 @@ def run_on_rank0(fn: Callable[[], T]) -> Optional[T]:
     if box[0] is not None:
         raise box[0]
     return result
+
+
+def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The model inside a DistributedDataParallel wrapper (or the model itself)."""
+    return model.module if hasattr(model, "module") else model

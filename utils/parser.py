@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import argparse
 import os
-from typing import Optional
 
-from utils.rundir import acquire_run_lock, check_no_checkpoints, run_name_type
+from utils.rundir import run_name_type
 from utils.settings_table import FLAG_SETTINGS, flag_spec
 
 
@@ -177,19 +176,3 @@ def get_args(argv=None) -> argparse.Namespace:
     if "LOCAL_RANK" in os.environ:
         args.local_rank = int(os.environ["LOCAL_RANK"])
     return args
-
-
-def create_experiment_dir(experiment_path: str, tfboard_path: Optional[str], resume: bool, overwrite: bool,
-                          logger=None) -> str:
-    """Make the experiment (and TensorBoard) folders, refuse a folder holding another run's
-    checkpoints (:func:`check_no_checkpoints`), take its lock (:func:`acquire_run_lock`) and remove
-    the temporary files of a save a kill interrupted. Rank 0 only. Returns the lock path."""
-    from utils.checkpoint import remove_orphan_temporaries
-
-    os.makedirs(experiment_path, exist_ok=True)
-    if tfboard_path:
-        os.makedirs(tfboard_path, exist_ok=True)
-    check_no_checkpoints(experiment_path, resume, overwrite)
-    lock = acquire_run_lock(experiment_path, logger)
-    remove_orphan_temporaries(experiment_path, logger)
-    return lock

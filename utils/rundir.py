@@ -408,3 +408,29 @@ def check_no_checkpoints(folder: str, resume: bool, overwrite: bool) -> None:
         raise RunDirError(f"experiment directory {folder} already holds checkpoints ({os.path.basename(found[0])}"
                           f"{f' and {len(found) - 1} more' if len(found) > 1 else ''}): pass --resume to continue "
                           f"that run, --overwrite to start a new run over it, or choose another --exp_name")
+
+
+def check_no_saved_models(folder: str, run_dir: str) -> None:
+    """A new segmentation run refuses a run directory whose ``folder`` (its ``checkpoints/``) holds a
+    saved model; --overwrite or --resume let it through."""
+    saved = sorted(p for p in os.listdir(folder) if p.endswith(".pth")) if os.path.isdir(folder) else []
+    if saved:
+        raise RunDirError(f"segmentation run directory {run_dir} already holds checkpoints "
+                          f"({saved[0]}): pass --resume to continue that run, --overwrite to train a new model over "
+                          f"it, or choose another --log_dir")
+
+
+def open_run_dir(folder: str, subdirs: Tuple[Optional[str], ...] = (), checkpoints: Optional[str] = None,
+                 logger=None, other_run: str = "use another --exp_name") -> str:
+    """Make ``folder`` and ``subdirs`` (None entries skipped), take the run's lock (:func:`acquire_run_lock`, ``other_run``:
+    its refusal's advice) and remove the temporary files of a save a kill interrupted in
+    ``checkpoints`` (default ``folder``). Rank 0 only, after the refusal checks
+    (:func:`check_no_checkpoints`). Returns the lock path."""
+    from utils.checkpoint import remove_orphan_temporaries
+
+    for path in (folder, *subdirs):
+        if path:
+            os.makedirs(path, exist_ok=True)
+    lock = acquire_run_lock(folder, logger, other_run=other_run)
+    remove_orphan_temporaries(checkpoints or folder, logger)
+    return lock

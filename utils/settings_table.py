@@ -108,7 +108,7 @@ SETTINGS: Tuple[Setting, ...] = (
     Setting("seed", default=0, flag=("--seed",), flag_kwargs=dict(type=int, default=0), flag_help="random seed",
             label="seed", default_text="0 (process r uses seed + r)"),
     Setting("val_freq", default=1, label="validation period", flag_text="`--val_freq`",
-            default_text="1 (rule: `builder.validation_due`)"),
+            default_text="1 (rule: `engine.engine.validation_due`)"),
     Setting("n_epochs", label="epochs run", key_text="`max_epoch`, `epoch_count`",
             default_text="`max_epoch + 1` (released count)"),
     Setting("lr_schedule", key="lr_schedule", default="exact", choices=("exact", "released"),
