@@ -50,12 +50,13 @@ def build_parser():
                                                     "folder to write (segmentation; default predictions/)")
     parser.add_argument("--category", default=None,
                         help="segmentation: the category of the files in no category folder (for a model trained "
-                             "on category subfolders)")
+                             "on category subfolders) (default: none: such files are skipped)")
     parser.add_argument("--vis", type=int, default=0, metavar="N",
                         help="segmentation: draw N files with labels (their labels | the prediction) to "
-                             "<out>/predictions.png")
+                             "<out>/predictions.png (default: 0, no picture)")
     parser.add_argument("--vis_up", choices=["z", "y"], default="z",
-                        help="segmentation, --vis: the files' vertical axis (z: scans and CAD, y: ShapeNet)")
+                        help="segmentation, --vis: the files' vertical axis (z: scans and CAD, y: ShapeNet) "
+                             "(default: z)")
     parser.add_argument("--topk", type=int, default=5, help="names and probabilities of the K most likely classes")
     parser.add_argument("--vote", type=int, default=0, metavar="N",
                         help="average the logits of N voting passes (random subsets with scale-and-translate, as "
