@@ -381,3 +381,30 @@ def test_part_names_files(tmp_path):
     (tmp_path / "parts.json").write_text(json.dumps({"0": "body", "2": "handle"}))
     with pytest.raises(DatasetFormatError, match=r"the part ids must be 0..1, got \[0, 2\]"):
         psf.read_part_names(str(tmp_path))
+
+
+def test_resume_through_the_command_continues_a_finetuning_run(tmp_path):
+    """A 1-epoch fine-tuning from an Inter-MAE checkpoint, then ``--resume`` to 2 epochs: the second
+    run continues after epoch 0 with the run's own (Inter-MAE) patch embedding and its split."""
+    from models.Inter_MAE import Inter_MAE
+    from utils.checkpoint import load_checkpoint_file
+
+    tc = EasyDict(mask_ratio=0.5, mask_type="rand", trans_dim=32, encoder_dims=32, depth=3, drop_path_rate=0.1,
+                  num_heads=2, decoder_embed_dim=16, decoder_depth=1, decoder_num_heads=2)
+    encoder = Inter_MAE(EasyDict(NAME="Inter_MAE", group_size=16, num_group=16, loss="cdl2", transformer_config=tc))
+    torch.save({"base_model": encoder.state_dict()}, tmp_path / "pre.pth")
+    root = tmp_path / "data"
+    make_part_folder(str(root), per_type=4, n_points=150, formats=("npy", "txt"))
+    exp = tmp_path / "exp"
+    common = ["--config", "cfgs/partseg_folder.yaml", "--finetune_model", "--ckpts", str(tmp_path / "pre.pth"),
+              "--exp_name", "r", "--data_root", str(root), "--device", "cpu", "--num_workers", "0", "--no_progress",
+              "--experiment_root", str(exp)]
+    run_main(*common, "--opts", *SEG_OPTS, "max_epoch=1", "scheduler.kwargs.epochs=1")
+    run = exp / "partseg_folder" / "r"
+    split = (run / "split.json").read_text()
+    run_main(*common, "--resume", "--opts", "max_epoch=2", "scheduler.kwargs.epochs=2")
+    ckpt = load_checkpoint_file(str(run / "ckpt-last.pth"))
+    assert ckpt["epoch"] == 1 and ckpt["config"]["model"]["patch_embed"] == "inter_mae"
+    assert (run / "split.json").read_text() == split
+    log = "".join(p.read_text() for p in sorted(run.glob("*.log")))
+    assert "resumed from" in log and log.count("[Training] EPOCH: 1 (2/2)") == 1
