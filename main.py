@@ -1,14 +1,17 @@
-"""Entry point (released commands): pre-training, fine-tuning, few-shot and testing.
+"""Entry point (released commands): pre-training, fine-tuning, few-shot and testing; part
+segmentation of a folder of your own labelled files (a config with ``model.NAME: PartSegTransformer``).
 
     python main.py --config cfgs/pretrain.yaml --exp_name NAME [--data_root DIR]
     python main.py --config cfgs/finetune_modelnet.yaml --finetune_model --ckpts P.pth --exp_name NAME
+    python main.py --config cfgs/partseg_folder.yaml --finetune_model --ckpts P.pth --exp_name NAME --data_root DIR
     python main.py --test --ckpts experiments/finetune_modelnet/NAME/ckpt-best.pth   # the run's saved config.yaml
     torchrun --nproc_per_node N main.py --launcher pytorch --config ... [--resume auto]
 
 Order of a run (the skeleton every command shares: ``engine.command.run_command``): flags ->
 config (loaded, ``--opts``, data root, validated) -> settings (utils/settings.py) -> data checks
 (``datasets.build.prepare_data``: a folder dataset reads every file) -> run directory and its lock
--> log file and config.yaml -> the job (``engine/pretrain.py``, ``engine/finetune.py``). Nothing is
+-> log file and config.yaml -> the job (``engine/pretrain.py``, ``engine/finetune.py``,
+``engine/partseg_folder.py``). Nothing is
 written before the config and the data passed.
 """
 from __future__ import annotations
@@ -20,7 +23,7 @@ from tensorboardX import SummaryWriter
 
 from datasets import DATASETS
 from datasets.build import bind_run_dir, prepare_data
-from engine import finetune, pretrain
+from engine import finetune, partseg_folder, pretrain
 from engine.command import RunStart, run_command
 from engine.engine import check_resume_changes, config_changes
 from engine.svm import expand_svm_section
@@ -123,14 +126,16 @@ def run_job(args, settings, config, stop, logger):
         print_log(f"Pre-training with --ckpts: warm start from {args.ckpts} (weights only, fresh optimizer; "
                   f"the same as --start_ckpts)", logger=logger)
     print_log(f"Distributed training: {settings.distributed} (world size {settings.world_size})", logger=logger)
+    segmentation = partseg_folder.is_partseg_config(config)  # a folder of labelled files (cfgs/partseg_folder.yaml)
     if settings.job == "test":
-        return finetune.test_net(settings, config, logger)
+        return (partseg_folder.test_net if segmentation else finetune.test_net)(settings, config, logger)
     writers = (None, None)
     if settings.is_main_process:
         writers = (SummaryWriter(os.path.join(settings.tfboard_path, "train")),
                    SummaryWriter(os.path.join(settings.tfboard_path, "test")))
     try:
-        run = finetune.run_net if settings.job == "finetune" else pretrain.run_net
+        run = (partseg_folder.run_net if segmentation else finetune.run_net) if settings.job == "finetune" \
+            else pretrain.run_net
         return run(settings, config, writers, stop, logger)
     finally:
         for writer in writers:

@@ -31,9 +31,9 @@ from utils.checkpoint import atomic_write
 from .common import DatasetFormatError
 from .safe_io import npy_header, npz_member_header, open_regular
 
-__all__ = ["read_ply", "write_ply", "PLY_TYPES", "ply_element_counts", "load_cloud_file", "read_point_file",
+__all__ = ["read_ply", "read_ply_vertex", "write_ply", "PLY_TYPES", "ply_element_counts", "load_cloud_file", "read_point_file",
            "read_cloud", "point_count", "BadFileError", "TooFewPointsError", "POINT_EXTS", "MESH_EXTS", "CLOUD_EXTS",
-           "AUTO", "AUTO_MAX_POINTS", "walk_files", "list_cloud_files", "reason_kind", "bad_files_message",
+           "AUTO", "AUTO_MAX_POINTS", "walk_files", "list_cloud_files", "true_class", "reason_kind", "bad_files_message",
            "write_bad_list"]
 
 # PLY scalar type names (both the classic and the sized spelling) -> numpy type code.
@@ -120,17 +120,17 @@ def _finite(xyz: np.ndarray, path: str) -> np.ndarray:
     return xyz
 
 
-def read_ply(path: str) -> np.ndarray:
-    """Read the vertex positions of a PLY file.
+def read_ply_vertex(path: str) -> Dict[str, np.ndarray]:
+    """Every scalar property of the ``vertex`` element of a PLY file, by name, in header order.
 
     Args:
         path: ``.ply`` file, ``format ascii 1.0``, ``binary_little_endian 1.0`` or
             ``binary_big_endian 1.0``; vertex properties of any PLY scalar type.
     Returns:
-        (N, 3) float32 array of the vertex ``x, y, z``.
+        {property name: (N,) array}: float64 for an ascii file, the declared type for a binary one.
     Raises:
         FileNotFoundError: the file does not exist.
-        ValueError: the file is not a PLY file with a vertex element holding x, y, z.
+        ValueError: the file is not a PLY file with a vertex element of scalar properties.
     """
     if not os.path.isfile(path):
         raise FileNotFoundError(f"PLY file '{path}' does not exist")
@@ -141,9 +141,6 @@ def read_ply(path: str) -> np.ndarray:
             raise ValueError(f"{path}: PLY header has no 'element vertex <count>'")
         vertex = elements[names.index("vertex")]
         prop_names = [p[0] for p in vertex.props]
-        missing = [k for k in ("x", "y", "z") if k not in prop_names]
-        if missing:
-            raise ValueError(f"{path}: PLY vertex element lacks properties {missing}; expected x, y, z")
         if vertex.has_list:
             raise ValueError(f"{path}: list properties in the PLY vertex element are not supported")
         before = elements[: names.index("vertex")]
@@ -161,8 +158,7 @@ def read_ply(path: str) -> np.ndarray:
             if values.size != vertex.count * len(vertex.props):
                 raise ValueError(f"{path}: expected {len(vertex.props)} values on each of {vertex.count} vertex lines")
             values = values.reshape(vertex.count, len(vertex.props))
-            cols = [prop_names.index(k) for k in ("x", "y", "z")]
-            return _finite(values[:, cols].astype(np.float32), path)
+            return {name: values[:, i] for i, name in enumerate(prop_names)}
         endian = _FORMATS[fmt]
         for e in before:
             if e.has_list:
@@ -174,7 +170,24 @@ def read_ply(path: str) -> np.ndarray:
             raise ValueError(f"{path}: truncated PLY: expected {vertex.count} vertices of {dtype.itemsize} bytes, "
                              f"found {len(raw)} bytes")
         data = np.frombuffer(raw, dtype=dtype, count=vertex.count)
-        return _finite(np.stack([data["x"], data["y"], data["z"]], axis=1).astype(np.float32), path)
+        return {name: data[name] for name in prop_names}
+
+
+def read_ply(path: str) -> np.ndarray:
+    """Read the vertex positions of a PLY file (:func:`read_ply_vertex`).
+
+    Returns:
+        (N, 3) float32 array of the vertex ``x, y, z``.
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: the file is not a PLY file with a vertex element holding x, y, z, or a
+            coordinate is not finite.
+    """
+    props = read_ply_vertex(path)
+    missing = [k for k in ("x", "y", "z") if k not in props]
+    if missing:
+        raise ValueError(f"{path}: PLY vertex element lacks properties {missing}; expected x, y, z")
+    return _finite(np.stack([props["x"], props["y"], props["z"]], axis=1).astype(np.float32), path)
 
 
 def write_ply(path: str, xyz: np.ndarray, normals: Optional[np.ndarray] = None, binary: bool = True) -> None:
@@ -581,6 +594,20 @@ def list_cloud_files(inputs: Union[str, os.PathLike, Sequence[Union[str, os.Path
         else:
             raise DatasetFormatError(f"{flag} '{item}' is neither a file nor a folder")
     return out
+
+
+def true_class(path: str, top: str, classes: Sequence[str]) -> Optional[str]:
+    """The closest folder above ``path``, up to and including the input folder ``top`` (for a file
+    given directly: its own folder), whose name is one of ``classes``; else None."""
+    known = set(classes)
+    folder = os.path.dirname(os.path.abspath(path))
+    stop = os.path.dirname(os.path.abspath(top) if top else folder)
+    while folder and folder != stop and len(folder) > len(stop):
+        name = os.path.basename(folder)
+        if name in known:
+            return name
+        folder = os.path.dirname(folder)
+    return None
 
 
 # --------------------------------------------------------------------------- bad-file reports

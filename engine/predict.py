@@ -1,4 +1,5 @@
-"""Named predictions of a fine-tuned classifier on point-cloud and mesh files or arrays.
+"""Named predictions of a fine-tuned classifier on point-cloud and mesh files or arrays (part
+segmentation checkpoints of a folder: :mod:`engine.predict_seg`, through the same ``from_checkpoint``).
 
     from engine.predict import Predictor
     predictor = Predictor.from_checkpoint("experiments/finetune_folder/mine/ckpt-best.pth", device="cpu")
@@ -32,7 +33,8 @@ from torch import Tensor
 from tqdm import tqdm
 
 from datasets.common import DatasetFormatError, pc_normalize
-from datasets.io import AUTO, AUTO_MAX_POINTS, BadFileError, bad_files_message, list_cloud_files, load_cloud_file
+from datasets.io import (AUTO, AUTO_MAX_POINTS, BadFileError, bad_files_message, list_cloud_files, load_cloud_file,
+                         true_class)
 from utils.checkpoint import (CheckpointError, checkpoint_class_names, load_checkpoint_file, load_weights,
                               state_dict_of)
 from utils.logger import print_log
@@ -69,20 +71,6 @@ def list_inputs(inputs: Union[str, os.PathLike, Sequence[Union[str, os.PathLike]
     return list_cloud_files(inputs, unknown="keep")
 
 
-def true_class(path: str, top: str, classes: Sequence[str]) -> Optional[str]:
-    """The closest folder above ``path``, up to and including the input folder ``top`` (for a file
-    given directly: its own folder), whose name is one of ``classes``; else None."""
-    known = set(classes)
-    folder = os.path.dirname(os.path.abspath(path))
-    stop = os.path.dirname(os.path.abspath(top) if top else folder)
-    while folder and folder != stop and len(folder) > len(stop):
-        name = os.path.basename(folder)
-        if name in known:
-            return name
-        folder = os.path.dirname(folder)
-    return None
-
-
 # -------------------------------------------------------------------------------- predictor
 def _dataset_entry(config: Mapping) -> Mapping:
     """The merged ``_base_`` + ``others`` of the run's test (else val, else train) dataset entry."""
@@ -109,8 +97,9 @@ class Predictor:
 
     @classmethod
     def from_checkpoint(cls, path: str, device: Union[None, str, torch.device] = None,
-                        config: Union[None, str, Mapping] = None, trust: bool = False, logger=None) -> "Predictor":
-        """Load a fine-tuned classifier. ``config``: a run config (path or dict) instead of the
+                        config: Union[None, str, Mapping] = None, trust: bool = False, logger=None):
+        """Load a fine-tuned classifier (a :class:`Predictor`), or a part-segmentation model of a
+        folder (``model.NAME: PartSegTransformer``): an :class:`engine.predict_seg.SegPredictor`. ``config``: a run config (path or dict) instead of the
         checkpoint's ``config`` / the ``config.yaml`` beside it. ``trust``: full unpickling
         (``--trust_checkpoint``; only for files you trust)."""
         from models import build_model_from_cfg
@@ -130,6 +119,10 @@ class Predictor:
                                       f"give the run's config with --config")
             run_cfg, cfg_source = cfg_from_yaml_file(beside), beside
         model_cfg = EasyDict(run_cfg.model)
+        if model_cfg.get("NAME") == "PartSegTransformer":  # a folder segmentation model: per-point part labels
+            from engine.predict_seg import SegPredictor
+
+            return SegPredictor.from_checkpoint_dict(ckpt, run_cfg, path, cfg_source, device, logger)
         if model_cfg.get("NAME") != "PointTransformer":
             raise CheckpointError(f"checkpoint '{path}': model '{model_cfg.get('NAME')}' ({cfg_source}) is not a "
                                   f"classifier; predict needs a fine-tuned one (ckpt-best.pth of --finetune_model)")

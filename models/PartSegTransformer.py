@@ -79,7 +79,8 @@ class PartSegTransformer(PointEncoder):
     """Transformer part segmenter (released ``get_model``).
 
     ``pts`` (B, N, 3) xyz, or (B, N, 6) xyz + normals when ``normal`` is set; ``category`` (B,)
-    long category ids or (B, 16) one-hot -> part logits (B, 50, N).
+    long category ids or (B, num_category) one-hot -> part logits (B, num_part, N). ShapeNetPart:
+    16 categories, 50 parts (the defaults); a folder of your own labelled files sets both.
 
     The encoder runs unmasked over ``num_group`` patches without a cls token; the outputs of
     ``return_layers`` (each through the final LayerNorm) are concatenated to 3C per patch, pooled
@@ -93,7 +94,8 @@ class PartSegTransformer(PointEncoder):
                  drop_path_rate: float = 0.1, num_group: int = 128, group_size: int = 32,
                  patch_embed: PatchEmbedName = "inter_mae", return_layers: Optional[Sequence[int]] = None,
                  normal: bool = False, init: InitMode = "released",
-                 fps_backend: str = "auto", embed_compute: str = DEFAULT_EMBED_COMPUTE):
+                 fps_backend: str = "auto", embed_compute: str = DEFAULT_EMBED_COMPUTE,
+                 num_category: int = NUM_CATEGORIES):
         super().__init__(trans_dim, depth, num_heads, drop_path_rate, trans_dim, num_group, group_size, patch_embed,
                          fps_backend, embed_compute)
         self.init_mode = check_init(init, "init (segmentation)")
@@ -101,6 +103,7 @@ class PartSegTransformer(PointEncoder):
         self.num_heads = num_heads
         self.drop_path_rate = drop_path_rate
         self.num_part = num_part
+        self.num_category = num_category
         self.normal = normal
         self.return_layers = (tuple(int(i) for i in return_layers) if return_layers is not None
                               else default_return_layers(depth))
@@ -109,7 +112,7 @@ class PartSegTransformer(PointEncoder):
             raise ValueError(f"return_layers must be 3 increasing block indices in [0, {depth}), got {self.return_layers}")
 
 
-        self.label_conv = nn.Sequential(nn.Conv1d(NUM_CATEGORIES, 64, 1, bias=False), nn.BatchNorm1d(64), nn.LeakyReLU(0.2))
+        self.label_conv = nn.Sequential(nn.Conv1d(num_category, 64, 1, bias=False), nn.BatchNorm1d(64), nn.LeakyReLU(0.2))
         in_point = 6 if normal else 3
         self.propagation_0 = PointNetFeaturePropagation(3 * trans_dim + in_point, [4 * trans_dim, 1024])
         self.convs1 = nn.Conv1d(1024 + 6 * trans_dim + 64, 512, 1)
@@ -128,7 +131,7 @@ class PartSegTransformer(PointEncoder):
                 "depth": self.depth, "num_heads": self.num_heads, "drop_path_rate": self.drop_path_rate,
                 "num_group": self.group_divider.num_group, "group_size": self.group_divider.group_size,
                 "patch_embed": self.patch_embed_kind, "return_layers": list(self.return_layers),
-                "normal": self.normal, "init": self.init_mode}
+                "normal": self.normal, "init": self.init_mode, "num_category": self.num_category}
 
     def forward(self, pts: Tensor, category: Tensor) -> Tensor:
         B, N, C = pts.shape
@@ -139,7 +142,7 @@ class PartSegTransformer(PointEncoder):
         tokens = self.encoder(neighborhood)  # B G C
         feats = torch.cat(self.transform_layers(tokens, self.pos_embed(center), self.return_layers), dim=-1)  # B G 3C
         x = feats.transpose(1, 2)  # B 3C G
-        one_hot = category if category.dim() == 2 else F.one_hot(category.long().reshape(B), NUM_CATEGORIES)
+        one_hot = category if category.dim() == 2 else F.one_hot(category.long().reshape(B), self.num_category)
         label_feature = self.label_conv(one_hot.float().unsqueeze(-1))  # B 64 1
         global_feature = torch.cat([max_mean_pool(feats).unsqueeze(-1), label_feature.to(x.dtype)],
                                    dim=1).expand(-1, -1, N)  # B 6C+64 N
@@ -147,5 +150,5 @@ class PartSegTransformer(PointEncoder):
         x = torch.cat([f_level_0.to(global_feature.dtype), global_feature], dim=1)
         x = self.dp1(self.relu(self.bns1(self.convs1(x))))
         x = self.relu(self.bns2(self.convs2(x)))
-        return self.convs3(x)  # B 50 N
+        return self.convs3(x)  # B num_part N
 

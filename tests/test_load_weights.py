@@ -124,7 +124,7 @@ HAND_SCHEMAS = {
     "Point_MAE": (("NAME", "group_size", "num_group", "loss"), ("patch_embed", "init")),
     "Inter_MAE": (("NAME", "group_size", "num_group", "loss"), ("patch_embed", "init")),
     "PartSegTransformer": (("NAME",), ("trans_dim", "depth", "num_heads", "drop_path_rate", "num_group", "group_size",
-                                       "patch_embed", "return_layers", "normal", "init", "num_part")),
+                                       "patch_embed", "return_layers", "normal", "init", "num_part", "num_category")),
 }
 
 

@@ -168,6 +168,8 @@ SETTINGS: Tuple[Setting, ...] = (
             required_by=("partseg", "partseg_test")),
     Setting("voting", key="voting", help="{times: 10, repeats: 299, above: 92.1, above_if_best: 91.0}: voting passes, "
                                          "--test repeats, fine-tuning thresholds"),
+    Setting("parts", key="parts", help="part segmentation of a folder (model.NAME: PartSegTransformer): {names, "
+                                       "categories, category_parts}, set from the training folder when the run starts"),
 )
 SETTING: Dict[str, Setting] = {s.name: s for s in SETTINGS}
 FLAG_SETTINGS = tuple(s.name for s in SETTINGS if s.flag)  # settings with a shared command-line flag

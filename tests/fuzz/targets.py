@@ -385,6 +385,71 @@ def check_folder_split(result) -> Optional[str]:
     return None if ok else f"returned {result!r:.80}, expected lists of names 'train' and 'test'"
 
 
+def make_labelled(rng: np.random.Generator, ext: str) -> Files:
+    """A valid point file with a part label per point (a segmentation folder's), in format ``ext``."""
+    pts = _cloud(rng)
+    labels = rng.integers(0, 5, size=len(pts))
+    if ext == ".ply":
+        fmt = str(rng.choice(["ascii", "binary_little_endian", "binary_big_endian"]))
+        name, typ = str(rng.choice(["label", "scalar_Label", "part"])), str(rng.choice(["int", "uchar", "float"]))
+        head = ["ply", f"format {fmt} 1.0", f"element vertex {len(pts)}", "property float x", "property float y",
+                "property float z", f"property {typ} {name}", "end_header"]
+        header = ("\n".join(head) + "\n").encode("ascii")
+        if fmt == "ascii":
+            return {"parts.ply": header + "".join(f"{x:.6g} {y:.6g} {z:.6g} {v}\n"
+                                                  for (x, y, z), v in zip(pts, labels)).encode("ascii")}
+        endian = "<" if fmt == "binary_little_endian" else ">"
+        code = {"int": "i4", "uchar": "u1", "float": "f4"}[typ]
+        rec = np.empty(len(pts), dtype=[("x", endian + "f4"), ("y", endian + "f4"), ("z", endian + "f4"),
+                                        (name, endian + code)])
+        for i, axis in enumerate("xyz"):
+            rec[axis] = pts[:, i]
+        rec[name] = labels
+        return {"parts.ply": header + rec.tobytes()}
+    if ext in (".txt", ".csv"):
+        sep = "," if ext == ".csv" else " "
+        head = "x,y,z,label\n" if ext == ".csv" else ""
+        rows = "".join(sep.join([f"{v:.6g}" for v in row] + [str(lab)]) + "\n" for row, lab in zip(pts, labels))
+        return {"parts" + ext: (head + rows).encode("utf-8")}
+    if ext == ".npy":
+        return {"parts.npy": _npy_bytes(np.concatenate([pts, labels[:, None].astype(np.float32)], axis=1))}
+    return {"parts.npz": _npz_bytes({"points": pts, "labels": labels.astype(np.int32)}, rng)}
+
+
+def read_labelled(root: str, path: str):
+    from datasets.labelled_io import read_labelled_file
+
+    return read_labelled_file(path)
+
+
+def check_labelled(result) -> Optional[str]:
+    if not (isinstance(result, tuple) and len(result) == 2):
+        return f"returned {type(result).__name__}, expected (points, labels)"
+    points, labels = result
+    problem = _points_ok(points, (None, 3), np.float64) or _points_ok(labels, (None,), np.int64)
+    if problem is None and len(points) != len(labels):
+        problem = f"returned {len(points)} points and {len(labels)} labels"
+    return problem
+
+
+def make_part_names(rng: np.random.Generator, ext: str) -> Files:
+    """A segmentation folder's ``labels.txt``: a part name per line, or lines ``<id> <name>``."""
+    names = [str(rng.choice(["base", "pole", "shade", "top", "leg"])) + str(i) for i in range(int(rng.integers(1, 6)))]
+    numbered = bool(rng.random() < 0.5)
+    return {"labels.txt": "".join(f"{i} {n}\n" if numbered else f"{n}\n" for i, n in enumerate(names)).encode()}
+
+
+def read_part_names(root: str, path: str):
+    from datasets.PartSegFolder import read_part_names as read
+
+    return read(os.path.dirname(path))
+
+
+def check_part_names(result) -> Optional[str]:
+    ok = isinstance(result, list) and result and all(isinstance(n, str) for n in result) and len(set(result)) == len(result)
+    return None if ok else f"returned {result!r:.80}, expected a list of distinct names"
+
+
 def make_view_png(rng: np.random.Generator, ext: str) -> Files:
     from PIL import Image
 
@@ -604,6 +669,10 @@ def _targets() -> Dict[str, Target]:
                make_shapenetpart_split, read_shapenetpart_split, check_pairs, text=True),
         Target("folder-split", "split.json", (".json",), make_folder_split, read_folder_split, check_folder_split,
                text=True),
+        Target("labelled-points", "parts.ply", (".ply", ".txt", ".csv", ".npy", ".npz"), make_labelled,
+               read_labelled, check_labelled),
+        Target("part-names", "labels.txt", (".txt",), make_part_names, read_part_names, check_part_names,
+               text=True),
         Target("view-png", "rendering/00.png", (".png",), make_view_png, read_view_png, check_view_png),
         Target("config", "config.yaml", (".yaml",), make_config, read_config, check_config, text=True, slow=True),
         Target("checkpoint-pth", "ckpt-best.pth", (".pth",), make_checkpoint, read_checkpoint, check_checkpoint,
@@ -628,7 +697,7 @@ def targets() -> Dict[str, Target]:
 TARGET_NAMES = ("cloud-ply", "cloud-text", "cloud-npy", "cloud-npz", "cloud-off", "cloud-obj", "cloud-stl",
                 "features-points", "modelnet-dat", "fewshot-pkl", "modelnet-txt", "scanobjectnn-h5", "modelnet-h5",
                 "shapenet55-npy", "shapenetpart-txt", "shapenetpart-categories", "shapenetpart-split", "folder-split",
-                "view-png", "config", "checkpoint-pth", "checkpoint-safetensors")
+                "labelled-points", "part-names", "view-png", "config", "checkpoint-pth", "checkpoint-safetensors")
 
 
 def crc(data: bytes) -> str:
