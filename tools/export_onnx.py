@@ -40,8 +40,9 @@ def build_parser():
                              "takes any count)")
     parser.add_argument("--verify", nargs="+", default=(), metavar="FILE_OR_DIR",
                         help="also compare the written graph with PyTorch on these files (e.g. the run's test folder): "
-                             "the largest absolute difference and whether every predicted class is the same")
-    parser.add_argument("--config", default=None, help="the run's config (default: the checkpoint's own)")
+                             "the largest absolute difference and whether every predicted class is the same "
+                             "(default: none)")
+    parser.add_argument("--config", default=None, help="the run's config (default: none, i.e. the checkpoint's own)")
     add_common_args(parser, "trust_checkpoint")
     return parser
 

@@ -39,11 +39,11 @@ def build_parser():
     parser.add_argument("--no_config", action="store_true", help="write no .json (when no config is at hand)")
     parser.add_argument("--hf", default=None, metavar="DIR",
                         help="write a shareable model folder instead (the Hugging Face convention): config.json (config, "
-                             "class names, preprocessing), model.safetensors and a README.md model card")
+                             "class names, preprocessing), model.safetensors and a README.md model card (default: none)")
     parser.add_argument("--overwrite", action="store_true", help="--hf: replace the files of a non-empty folder")
     parser.add_argument("--push_to_hub", default=None, metavar="REPO_ID",
                         help="--hf: then upload the folder to this Hugging Face Hub repository (created private when "
-                             "missing; needs `hf auth login` or HF_TOKEN); never needed for local use")
+                             "missing; needs `hf auth login` or HF_TOKEN); never needed for local use (default: none)")
     parser.add_argument("--public", action="store_true", help="--push_to_hub: create the repository public")
     add_common_args(parser, "trust_checkpoint")
     return parser

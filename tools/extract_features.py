@@ -35,7 +35,7 @@ def build_parser():
                              "(tools/export_weights.py --hf), a Hugging Face Hub model id (ORG/NAME[@REVISION]), or "
                              "an ONNX features graph (tools/export_onnx.py --features; runs on onnxruntime)")
     parser.add_argument("--revision", default=None,
-                        help="a Hub model id's branch, tag or commit (default: main, or the id's @REVISION)")
+                        help="a Hub model id's branch, tag or commit (default: none, i.e. main or the id's @REVISION)")
     parser.add_argument("--input", required=True, nargs="+", metavar="DIR_OR_FILE",
                         help="point-cloud or mesh files (.ply .xyz .txt .pts .csv .npy .npz .off .obj .stl) or folders "
                              "holding them (recursive)")

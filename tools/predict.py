@@ -48,7 +48,7 @@ def build_parser():
                              "id (ORG/NAME[@REVISION]), or a classifier's ONNX file (tools/export_onnx.py; runs on "
                              "onnxruntime)")
     parser.add_argument("--revision", default=None,
-                        help="a Hub model id's branch, tag or commit (default: main, or the id's @REVISION)")
+                        help="a Hub model id's branch, tag or commit (default: none, i.e. main or the id's @REVISION)")
     parser.add_argument("--input", required=True, nargs="+", metavar="FILE_OR_DIR",
                         help="files (.ply .xyz .txt .pts .csv .npy .npz .off .obj .stl) or folders holding them "
                              "(recursive; class subfolders give accuracy figures)")
