@@ -44,8 +44,11 @@ def build_checked(model_cfg: Mapping, state_dict: Mapping[str, Any], source: str
     try:
         with torch.device("meta"):
             probe = build(EasyDict(model_cfg))
-    except InputError:
-        raise
+    except InputError as e:
+        if source in str(e):
+            raise
+        # a config key the model refuses, in a config that came with the weights (no file of its own)
+        raise CheckpointError(f"{source}: {e}") from None
     except (ValueError, TypeError, KeyError, AttributeError, RuntimeError) as e:
         first = next((line.strip() for line in str(e).splitlines() if line.strip()), "")  # torch's can span lines
         raise CheckpointError(f"{source}: its config does not describe a model this code builds: "

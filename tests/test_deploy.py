@@ -303,6 +303,17 @@ def test_onnx_file_checks(runs, onnx_files, tmp_path):
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(other))
     with pytest.raises(OnnxModelError, match=f"ONNX file '{other}': inputs \\[x tensor\\(float\\) \\[1, 4\\]\\]"):
         OnnxGraph(str(other))
+    # an exported graph whose metadata was edited: checked as a config.json (points limit, class names)
+    model = onnx.load(str(onnx_files[0]))
+    entry = next(p for p in model.metadata_props if p.key == "inter_mae")
+    meta = json.loads(entry.value)
+    for change, message in (({"N_POINTS": 2_000_000_000}, "'preprocessing.N_POINTS' = 2000000000: too large"),
+                            ({"npoints": -3}, "'preprocessing.npoints' is -3")):
+        entry.value = json.dumps({**meta, "preprocessing": {**meta["preprocessing"], **change}})
+        onnx.save(model, str(tmp_path / "edited.onnx"))
+        with pytest.raises(InputError, match=message) as err:
+            OnnxPredictor.from_onnx(str(tmp_path / "edited.onnx"))
+        assert str(tmp_path / "edited.onnx") in str(err.value)
     code = None
     try:
         predict_cmd.main(["--ckpts", str(other), "--input", str(runs[0] / "test"), "--out", str(tmp_path / "p.csv")])

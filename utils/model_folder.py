@@ -25,6 +25,7 @@ import re
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 from utils.cli import InputError
+from utils.limits import check_count
 from utils.text import ClassNamesError, check_class_names, quoted
 
 MODEL_TYPE = "inter-mae"
@@ -119,6 +120,8 @@ def check_folder_config(data: Any, source: str) -> Dict[str, Any]:
         if value < (0 if key == "sample_seed" else 1):
             raise ModelFolderError(f"{source}: 'preprocessing.{key}' is {value}; expected a "
                                    f"{'non-negative' if key == 'sample_seed' else 'positive'} integer")
+    for key in ("N_POINTS", "npoints"):  # what every file read allocates (an ONNX file's metadata too)
+        check_count(prep[key], "points", f"{source}: 'preprocessing.{key}'")
     if prep["npoints"] > prep["N_POINTS"]:
         raise ModelFolderError(f"{source}: 'preprocessing.npoints' {prep['npoints']} is larger than "
                                f"'preprocessing.N_POINTS' {prep['N_POINTS']}")
@@ -145,6 +148,8 @@ def _finite_json(text: str, source: str) -> Any:
 
     try:
         return json.loads(text, parse_constant=refuse)
+    except RecursionError:
+        raise ModelFolderError(f"{source} is not valid JSON: nested too deeply") from None
     except ValueError as e:
         if isinstance(e, ModelFolderError):
             raise
@@ -195,7 +200,11 @@ def checkpoint_entries(data: Mapping[str, Any]) -> Dict[str, Any]:
 def check_preprocessing(data: Mapping[str, Any], run_cfg: Mapping, source: str, auto_points: int = 0) -> None:
     """The ``preprocessing`` entry must be what the run config gives (:func:`preprocessing_of`);
     the loaders use the run config, so an edited entry that says otherwise is refused."""
-    want = preprocessing_of(run_cfg, auto_points=auto_points)
+    try:
+        want = preprocessing_of(run_cfg, auto_points=auto_points)
+    except (TypeError, ValueError) as e:  # N_POINTS: "many", npoints: [1], ...
+        raise ModelFolderError(f"{source}: the point counts of its 'config' (npoints, the dataset's N_POINTS, "
+                               f"sample_seed) are not integers: {e}") from None
     have = data.get("preprocessing") or {}
     auto = str(_entry_of(run_cfg).get("N_POINTS")).strip().lower() == "auto"  # the exporter's choice, >= npoints
     diff = [k for k in ("N_POINTS", "npoints", "sample_seed") if have.get(k) != want[k] and not (auto and k == "N_POINTS")]

@@ -62,7 +62,8 @@ def problem_of(target: Target, path: str, mutations: int, out: Outcome) -> Optio
         return Finding("too-long", f"{out.error_type} message is {len(first)} characters long: {first[:200]!r}...")
     # the file, or the same file under another extension (a pickle whose .npz twin is no regular file)
     sibling = os.path.join(os.path.basename(os.path.dirname(path)), os.path.splitext(os.path.basename(path))[0]) + "."
-    if path not in first and os.path.basename(path) not in first and sibling not in first:
+    folder = target.folder and os.path.dirname(path) in first  # (a model folder: named as a whole)
+    if path not in first and os.path.basename(path) not in first and sibling not in first and not folder:
         return Finding("no-file-name", f"{out.error_type} message does not name the file {path}: {first[:300]!r}")
     return None
 

@@ -41,6 +41,7 @@ class Target:
     layout: Tuple[str, ...] = field(default=())     # static lines an error may add after its first line
     report_lines: bool = False                      # indented report lines allowed (the checkpoint shape table)
     slow: bool = False                              # fewer examples in the short profile
+    folder: bool = False                            # a folder format: a message naming the folder names the input
 
     def path(self, ext: str) -> str:
         return os.path.splitext(self.filename)[0] + ext
@@ -596,6 +597,35 @@ def make_checkpoint(rng: np.random.Generator, ext: str) -> Files:
     return files
 
 
+def make_model_folder(rng: np.random.Generator, ext: str) -> Files:
+    """A model folder (tools/export_weights.py --hf): config.json and model.safetensors; ``ext``
+    picks the file that the mutations hit (it comes first)."""
+    from safetensors.torch import save
+
+    tampered: list = []
+    config = _run_config(rng, tampered)
+    data = {"model_type": "inter-mae", "format_version": 1, "architectures": ["PointTransformer"],
+            "task": "classification", "class_names": _class_names(rng, tampered),
+            "preprocessing": {"N_POINTS": 64, "npoints": 32, "sample_seed": 0, "normalization": "unit_sphere",
+                              "sampling": "fps"},
+            "config": config, "metrics": {"acc": 91.5}, "best_metrics": {"acc": 91.5, "epoch": 3,
+                                                                         "per_class_acc": {"chair": 90.0}},
+            "epoch": 3, "command": ["python main.py --config cfgs/finetune_folder.yaml"], "version": "0.1.0"}
+    weights = save({k: v.contiguous() for k, v in _tiny_state_dict().items()}, metadata={"format": "pt"})
+    files = {"mine/config.json": json.dumps(data).encode(), "mine/model.safetensors": weights}
+    if ext == ".safetensors":
+        files = dict(reversed(list(files.items())))
+    if tampered:
+        files[TAMPERED] = ", ".join(tampered).encode()
+    return files
+
+
+def read_model_folder(root: str, path: str):
+    from engine.predict import Predictor
+
+    return Predictor.from_pretrained(os.path.dirname(path), device="cpu")
+
+
 def read_checkpoint(root: str, path: str):
     from engine.predict import Predictor
 
@@ -679,6 +709,8 @@ def _targets() -> Dict[str, Target]:
                slow=True, report_lines=True),
         Target("checkpoint-safetensors", "model.safetensors", (".safetensors",), make_checkpoint, read_checkpoint,
                check_checkpoint, slow=True, report_lines=True),
+        Target("model-folder", "mine/config.json", (".json", ".safetensors"), make_model_folder, read_model_folder,
+               check_checkpoint, text=True, slow=True, report_lines=True, folder=True),
         Target("selftest", "do.txt", (".txt",), lambda rng, ext: {"do.txt": b"ok"}, read_selftest, check_cloud),
     ]
     return {t.name: t for t in table}
@@ -697,7 +729,8 @@ def targets() -> Dict[str, Target]:
 TARGET_NAMES = ("cloud-ply", "cloud-text", "cloud-npy", "cloud-npz", "cloud-off", "cloud-obj", "cloud-stl",
                 "features-points", "modelnet-dat", "fewshot-pkl", "modelnet-txt", "scanobjectnn-h5", "modelnet-h5",
                 "shapenet55-npy", "shapenetpart-txt", "shapenetpart-categories", "shapenetpart-split", "folder-split",
-                "labelled-points", "part-names", "view-png", "config", "checkpoint-pth", "checkpoint-safetensors")
+                "labelled-points", "part-names", "view-png", "config", "checkpoint-pth", "checkpoint-safetensors",
+                "model-folder")
 
 
 def crc(data: bytes) -> str:
