@@ -21,7 +21,7 @@ from demo.part_folder import OBJECT_TYPES, make_part_folder  # noqa: E402
 from utils.cli import InputError, run_main  # noqa: E402
 
 
-def main(argv=None) -> dict:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description="Write a folder of procedural part-labelled objects in mixed formats.")
     ap.add_argument("--out", required=True, help="output folder (must be empty or new)")
     ap.add_argument("--per_type", type=int, default=32, help="objects per type (default 32)")
@@ -32,6 +32,11 @@ def main(argv=None) -> dict:
     ap.add_argument("--flat", action="store_true", help="no category subfolders")
     ap.add_argument("--split_dirs", action="store_true", help="train/ and test/ subfolders (a quarter to test)")
     ap.add_argument("--no_part_names", action="store_true", help="no labels.txt: the parts are named by their ids")
+    return ap
+
+
+def main(argv=None) -> dict:
+    ap = build_parser()
     args = ap.parse_args(argv)
     if args.per_type < 1 or args.points < 32:
         ap.error("--per_type must be >= 1 and --points >= 32")
