@@ -213,7 +213,7 @@ def model_card(data: Mapping[str, Any], export_command: str, name: str = "") -> 
         lines += ["The point encoder alone: fine-tune it (`--finetune_model --ckpts` this folder) or take its "
                   "features (`tools/extract_features.py`).", ""]
     else:
-        lines += ["A part segmenter; its encoder fine-tunes other tasks (`--ckpts` this folder).", ""]
+        lines += _segmentation_task(config.get("parts"))
     lines += ["## Data", ""]
     rows = []
     for split, entry in (config.get("dataset") or {}).items():
@@ -232,12 +232,16 @@ def model_card(data: Mapping[str, Any], export_command: str, name: str = "") -> 
         lines.append(f"# training command not recorded in {data.get('source')}")
     lines += [_code_line(export_command), "```", "", "## Metrics", ""]
     figures = [(k, _figure(v, k)) for k, v in best.items() if not isinstance(v, (dict, list))]
+    part_iou = best.get("part_iou")
     if figures:
         lines += ["Best validation figures of the run (the checkpoint's `best_metrics`"
                   + ("; accuracy in %):" if task == "classification" else "):"), ""]
         lines += _table(figures, ["metric", "value"]) + [""]
     else:
         lines += ["The checkpoint records no validation figures.", ""]
+    if isinstance(part_iou, Mapping) and part_iou:
+        lines += ["Per-part IoU of that validation:", ""]
+        lines += _table([(k, _figure(v, k)) for k, v in part_iou.items()], ["part", "IoU"]) + [""]
     per_class = best.get("per_class_acc") or (data.get("metrics") or {}).get("per_class_acc")
     if isinstance(per_class, Mapping) and per_class:
         rows = [(k, "no samples" if v is None else _figure(v)) for k, v in per_class.items()]
@@ -246,16 +250,20 @@ def model_card(data: Mapping[str, Any], export_command: str, name: str = "") -> 
         lines += ["Per-class accuracy: not recorded in the checkpoint; `tools/predict.py --input TEST_FOLDER` "
                   "prints it for files in class folders.", ""]
     prep = data["preprocessing"]
+    own_parts = task == "segmentation" and isinstance(config.get("parts"), Mapping)
     lines += ["## Preprocessing", "",
               f"Each file: {prep['N_POINTS']} points read (meshes: seeded samples on the surface, larger clouds a "
               f"seeded subset, `sample_seed` {prep['sample_seed']}), centred and scaled into the unit sphere, then "
               f"farthest point sampling to {prep['npoints']} points. The model groups them into "
               f"{model.get('num_group', '?')} patches of {model.get('group_size', '?')} points.", "",
               "## Use", "", "```python", "from engine.predict import Predictor" if task == "classification"
-              else "from engine.features import load_point_encoder", ]
+              or own_parts else "from engine.features import load_point_encoder", ]
     if task == "classification":
         lines += [f"predictor = Predictor.from_pretrained(\"{title}\")   # this folder, or its Hub id",
                   "results = predictor.predict(\"new_files/\")"]
+    elif own_parts:
+        lines += [f"predictor = Predictor.from_pretrained(\"{title}\")   # this folder, or its Hub id",
+                  "labels = predictor.predict_points(points, category)   # (N, 3) -> (N,) part ids"]
     else:
         lines += [f"encoder = load_point_encoder(\"{title}\")   # this folder, or its Hub id",
                   "features = encoder.extract(points)   # (B, N, 3) -> (B, 2C)"]
@@ -263,6 +271,9 @@ def model_card(data: Mapping[str, Any], export_command: str, name: str = "") -> 
     if task == "classification":
         lines += [f"python tools/predict.py --ckpts {title} --input NEW_FILES_OR_DIR --out predictions.csv",
                   f"python tools/export_onnx.py --ckpts {title} --out model.onnx"]
+    elif own_parts:
+        lines += [f"python tools/predict.py --ckpts {title} --input NEW_FILES_OR_DIR --out predictions/",
+                  f"python tools/extract_features.py --ckpts {title} --input my_clouds/ --out features.npy"]
     else:
         lines += [f"python main.py --config cfgs/finetune_folder.yaml --finetune_model --ckpts {title} "
                   f"--exp_name mine --data_root DIR_WITH_CLASS_SUBFOLDERS",
@@ -275,6 +286,22 @@ def model_card(data: Mapping[str, Any], export_command: str, name: str = "") -> 
               f"{licence or 'the licence of the code and of the training data apply; none is declared in the project metadata'}.",
               ""]
     return "\n".join(lines)
+
+
+def _segmentation_task(parts: Any) -> List[str]:
+    """The task section of a part segmenter: the parts of each category of a folder run (its
+    config's ``parts`` section), else ShapeNetPart's head."""
+    if not isinstance(parts, Mapping) or not isinstance(parts.get("names"), list):
+        return ["A part segmenter (ShapeNetPart's head); its encoder fine-tunes other tasks (`--ckpts` this folder).", ""]
+    names = [str(n) for n in parts["names"]]
+    table = parts.get("category_parts") if isinstance(parts.get("category_parts"), Mapping) else {}
+    rows = []
+    for category in parts.get("categories") or []:
+        ids = [int(i) for i in table.get(category, []) if isinstance(i, int) and 0 <= i < len(names)]
+        rows.append((category, ", ".join(f"{i} {names[i]}" for i in ids)))
+    lines = [f"Labels every point of a cloud or mesh with one of {len(names)} parts; its encoder fine-tunes "
+             "other tasks (`--ckpts` this folder).", ""]
+    return lines + _table(rows, ["category", "parts"]) + [""]
 
 
 # ---------------------------------------------------------------------------- model folder

@@ -38,6 +38,7 @@ from engine.batchnorm import refresh_batchnorm
 from engine.engine import (
     TrainRun,
     check_finite_figures,
+    data_summary,
     epoch_range,
     evaluate,
     log_scalars,
@@ -287,6 +288,7 @@ def run_net(settings: RunSettings, config, writers=(None, None), stop: Optional[
     resolve_patch_embed(config, settings)
     print_log(f"Training shapes: {len(train_set)}; validation shapes: {len(val_loader.dataset)}", logger=logger)
     state = builder.build_training(config, settings, logger)
+    state.data = data_summary(config, {"train": train_set, "val": val_loader.dataset})
     if settings.resume != "no":
         resume(state, settings, logger=logger)
     elif settings.ckpts is not None:

@@ -261,6 +261,33 @@ def test_predictor_labels_an_array_and_needs_a_category(trained):
         predictor.predict_points(points)
 
 
+def test_a_model_folder_of_a_segmenter_predicts_as_its_checkpoint_and_its_card_lists_the_parts(trained, tmp_path):
+    import tools.export_weights as export_tool
+    import tools.predict as predict_tool
+    from engine.predict import Predictor
+
+    _, root, run, _ = trained
+    shared = tmp_path / "shared"
+    written = export_tool.main(["--ckpts", str(run / "ckpt-best.pth"), "--hf", str(shared)])
+    assert sorted(Path(p).name for p in written) == ["README.md", "config.json", "model.safetensors"]
+    card = (shared / "README.md").read_text()
+    for category, (_, parts) in OBJECT_TYPES.items():  # the task table: each category with its part ids and names
+        assert f"| {category} | " + ", ".join(f"{p} {PART_NAMES[p]}" for p in parts) + " |" in card
+    assert "| train | PartSegFolder |" in card and "Per-part IoU" in card
+    outputs = {}
+    for name, ckpts in (("pth", run / "ckpt-best.pth"), ("folder", shared)):
+        out = tmp_path / name
+        assert predict_tool.main(["--ckpts", str(ckpts), "--input", str(root / "test"), "--out", str(out),
+                                  "--device", "cpu", "--no_progress"]) == 0
+        outputs[name] = [{k: v for k, v in row.items() if k != "output"}
+                         for row in csv.DictReader((out / "predictions.csv").open())]
+    assert outputs["folder"] == outputs["pth"] and len(outputs["pth"]) == 6
+    points, _ = sample_object("mug", 300, np.random.default_rng(1))
+    from_folder = Predictor.from_pretrained(str(shared), device="cpu").predict_points(points, "mug")
+    from_pth = Predictor.from_checkpoint(str(run / "ckpt-best.pth"), device="cpu").predict_points(points, "mug")
+    assert from_folder.tolist() == from_pth.tolist()
+
+
 # ------------------------------------------------------------------------------------ quality
 def majority_miou(root: Path) -> float:
     """Instance mIoU of predicting, for every test point, the part with the most training points of
