@@ -47,7 +47,7 @@ from engine.engine import (
     validation_due,
     write_epoch_metrics,
 )
-from engine.partseg import get_loss, random_scale_shift, shape_iou
+from engine.partseg import make_bn_forward, make_train_step, shape_iou
 from engine.preemption import StopRequest
 from utils import dist_utils
 from utils.checkpoint import CheckpointError, load_checkpoint_file, load_weights, state_dict_of, write_json
@@ -179,27 +179,6 @@ class SegMeter:
 
 
 # ------------------------------------------------------------------------------------ steps
-def make_train_step(device: torch.device):
-    """Scale-and-shift augmentation -> part logits -> ``loss`` and point ``acc``."""
-
-    def step(model: nn.Module, batch) -> Dict[str, Tensor]:
-        points, category, target = batch
-        points = random_scale_shift(points.to(device, non_blocking=True).float())
-        category, target = category.to(device).reshape(-1), target.to(device)
-        logits = model(points, category)
-        return {"loss": get_loss(logits, target), "acc": (logits.detach().argmax(dim=1) == target).float().mean()}
-
-    return step
-
-
-def make_bn_forward(device: torch.device):
-    def forward(model: nn.Module, batch) -> Tensor:
-        points, category, _ = batch
-        return model(points.to(device, non_blocking=True).float(), category.to(device).reshape(-1))
-
-    return forward
-
-
 def make_eval_step(device: torch.device, mask: Tensor):
     """Predictions restricted to each object's category parts into a :class:`SegMeter`."""
 
