@@ -54,8 +54,7 @@ from .common import DatasetFormatError, dataset_schema, pc_normalize
 from .io import BadFileError, file_seed, walk_files
 from .labelled_io import LABELLED_EXTS, label_source, part_counts, read_labelled_file
 from .PointCloudFolder import (CACHE_FOLDER, DEFAULT_SPLIT_RATIO, SPLIT_DIRS, bad_files_error, has_split_dirs,
-                               read_split_file, resolve_cache_dir, stat_failure, stratified_split, user_cache_dir,
-                               write_atomic, write_split_file)
+                               resolve_cache_dir, stat_failure, subset_items, user_cache_dir, write_atomic)
 
 NAME = "PartSegFolder"
 PART_FILES = ("labels.txt", "parts.json")
@@ -393,33 +392,8 @@ class PartSegFolder(Dataset):
                       f"{printable(', '.join(scan.ignored))}", logger=LOGGER)
 
     def _subset_items(self, scan: LabelledScan, config) -> List[Tuple[str, str]]:
-        if scan.split_dirs:
-            subsets = SPLIT_DIRS if self.subset == "all" else (self.subset,)
-            return [item for s in subsets for item in scan.files[s]]
-        items = scan.files["all"]
-        if self.subset == "all":
-            return list(items)
-        split_file = config.get("split_file")
-        split = None
-        if split_file and os.path.isfile(split_file):
-            split = read_split_file(split_file, self.root)
-            known = {rel for rel, _ in items}
-            missing = [rel for s in SPLIT_DIRS for rel in split[s] if rel not in known]
-            if missing:
-                raise DatasetFormatError(f"{NAME}: split file {split_file} lists {len(missing)} file(s) that "
-                                         f"{self.root} lacks ({printable(', '.join(missing[:5]))}); delete the split "
-                                         f"file to split the folder again")
-        if split is None:
-            seed = int(config.get("split_seed", 0) or 0)
-            split = {"root": os.path.abspath(self.root), "split_ratio": self.split_ratio, "split_seed": seed,
-                     "stratified": True, **stratified_split(items, self.split_ratio, seed)}
-            if split_file:
-                write_split_file(split_file, split)
-                print_log(f"[{NAME}] split of {self.root} (test share {self.split_ratio}, seed {seed}, stratified by "
-                          f"category): {len(split['train'])} train, {len(split['test'])} test; written to {split_file}",
-                          logger=LOGGER)
-        by_rel = dict(items)
-        return [(rel, by_rel[rel]) for rel in split[self.subset] if rel in by_rel]
+        return subset_items(NAME, self.root, self.subset, scan.files, scan.split_dirs, config, self.split_ratio,
+                            "category")
 
     @staticmethod
     def bind_run_dir(entry: Mapping, run_dir: str) -> bool:

@@ -566,6 +566,48 @@ def stratified_split(items: Sequence[Tuple[str, Optional[str]]], ratio: float, s
     return {"train": train, "test": test}
 
 
+def subset_items(name: str, root: str, subset: str, files: Mapping[str, Sequence[Tuple[str, Optional[str]]]],
+                 split_dirs: bool, config: Mapping, split_ratio: float, stratum: Optional[str]
+                 ) -> List[Tuple[str, Optional[str]]]:
+    """The ``(relative path, label)`` items of ``subset`` (``train``, ``test``, ``all``) of a scanned
+    folder (``files``: per split directory, or ``all``): the ``train/`` / ``test/`` folders when
+    ``split_dirs``, else the run's split file (``config.split_file``) when it exists, else a seeded
+    split (``split_seed``, ``split_ratio`` to test; stratified by the item's label, called
+    ``stratum`` in the log, when ``stratum`` is set), written to the split file."""
+    if split_dirs:
+        parts = SPLIT_DIRS if subset == "all" else (subset,)
+        return [item for part in parts for item in files[part]]
+    items = files["all"]
+    if subset == "all":
+        return list(items)
+    split_file = config.get("split_file")
+    split = None
+    if split_file and os.path.isfile(split_file):
+        split = read_split_file(split_file, root)
+        known = {rel for rel, _ in items}
+        missing = [rel for s in SPLIT_DIRS for rel in split[s] if rel not in known]
+        if missing:
+            raise DatasetFormatError(f"{name}: split file {split_file} lists {len(missing)} file(s) that {root} lacks "
+                                     f"({printable(', '.join(missing[:5]))}{', ...' if len(missing) > 5 else ''});"
+                                     f" delete the split file to split the folder again")
+        listed = set(split["train"]) | set(split["test"])
+        new = [rel for rel, _ in items if rel not in listed]
+        if new:
+            print_log(f"[{name}] {len(new)} file(s) of {root} are not in the split file {split_file} and are left out "
+                      f"({printable(', '.join(new[:3]))}{', ...' if len(new) > 3 else ''})", logger=LOGGER)
+    if split is None:
+        seed = int(config.get("split_seed", 0) or 0)
+        split = {"root": os.path.abspath(root), "split_ratio": split_ratio, "split_seed": seed,
+                 "stratified": stratum is not None, **stratified_split(items, split_ratio, seed)}
+        if split_file:
+            write_split_file(split_file, split)
+            print_log(f"[{name}] split of {root} (test share {split_ratio}, seed {seed}"
+                      f"{f', stratified by {stratum}' if stratum else ''}): {len(split['train'])} train, "
+                      f"{len(split['test'])} test; written to {split_file}", logger=LOGGER)
+    by_rel = dict(items)
+    return [(rel, by_rel[rel]) for rel in split[subset] if rel in by_rel]
+
+
 def read_split_file(path: str, root: str) -> Dict[str, List[str]]:
     """``{'train': [relative paths], 'test': [...]}`` of a split file (a regular file only: a FIFO is
     never opened); DatasetFormatError naming it when it is not such UTF-8 JSON."""
@@ -699,39 +741,8 @@ class PointCloudFolder(Dataset):
         return printable(", ".join(names[:most])) + (f", ... ({len(names) - most} more)" if len(names) > most else "")
 
     def _subset_items(self, scan: FolderScan, config) -> List[Tuple[str, Optional[str]]]:
-        if scan.split_dirs:
-            parts = SPLIT_DIRS if self.subset == "all" else (self.subset,)
-            return [item for part in parts for item in scan.files[part]]
-        items = scan.files["all"]
-        if self.subset == "all":
-            return list(items)
-        split_file = config.get("split_file")
-        split = None
-        if split_file and os.path.isfile(split_file):
-            split = read_split_file(split_file, self.root)
-            known = {rel for rel, _ in items}
-            missing = [rel for s in SPLIT_DIRS for rel in split[s] if rel not in known]
-            if missing:
-                raise DatasetFormatError(f"{NAME}: split file {split_file} lists {len(missing)} file(s) that "
-                                         f"{self.root} lacks ({', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''});"
-                                         f" delete the split file to split the folder again")
-            listed = set(split["train"]) | set(split["test"])
-            new = [rel for rel, _ in items if rel not in listed]
-            if new:
-                print_log(f"[{NAME}] {len(new)} file(s) of {self.root} are not in the split file {split_file} and "
-                          f"are left out ({', '.join(new[:3])}{', ...' if len(new) > 3 else ''})", logger=LOGGER)
-        if split is None:
-            seed = int(config.get("split_seed", 0) or 0)
-            split = stratified_split(items, self.split_ratio, seed)
-            split = {"root": os.path.abspath(self.root), "split_ratio": self.split_ratio, "split_seed": seed,
-                     "stratified": self.labelled, **split}
-            if split_file:
-                write_split_file(split_file, split)
-                print_log(f"[{NAME}] split of {self.root} (test share {self.split_ratio}, seed {seed}"
-                          f"{', stratified by class' if self.labelled else ''}): {len(split['train'])} train, "
-                          f"{len(split['test'])} test; written to {split_file}", logger=LOGGER)
-        by_rel = dict(items)
-        return [(rel, by_rel[rel]) for rel in split[self.subset] if rel in by_rel]
+        return subset_items(NAME, self.root, self.subset, scan.files, scan.split_dirs, config, self.split_ratio,
+                            "class" if self.labelled else None)
 
     @staticmethod
     def bind_run_dir(entry: Mapping, run_dir: str) -> bool:
