@@ -372,23 +372,30 @@ def _open_regular(path: str):
         raise BadFileError(path, "not a regular file (a FIFO, device or folder)") from None
 
 
-def read_point_file(path: str) -> Tuple[np.ndarray, Optional[np.ndarray]]:
-    """(vertices (M, 3) float64, faces (F, 3) int or None) of a supported file, unsampled.
-
-    Point files give faces None; meshes give their triangles (a mesh file without faces gives its
-    vertices as points). Every failure is a :class:`BadFileError` naming the file."""
+def check_file(path: str, extensions) -> str:
+    """The lower-case extension of ``path`` after the checks every reader of user files makes
+    first: a known extension (one of ``extensions``), a regular file (not a FIFO, device or
+    folder), not empty. Each failure is a :class:`BadFileError` naming the file."""
     ext = os.path.splitext(path)[1].lower()
-    if ext not in CLOUD_EXTS:
-        raise BadFileError(path, f"unknown extension {ext or '(none)'}; expected one of {' '.join(CLOUD_EXTS)}")
+    if ext not in extensions:
+        raise BadFileError(path, f"unknown extension {ext or '(none)'}; expected one of {' '.join(extensions)}")
     try:
         st = os.stat(path)
     except OSError as e:
         raise BadFileError(path, f"unreadable ({e.strerror or e})") from None
     if not stat.S_ISREG(st.st_mode):
         raise BadFileError(path, "not a regular file (a FIFO, device or folder)")
-    size = st.st_size
-    if size == 0:
+    if st.st_size == 0:
         raise BadFileError(path, "empty")
+    return ext
+
+
+def read_point_file(path: str) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+    """(vertices (M, 3) float64, faces (F, 3) int or None) of a supported file, unsampled.
+
+    Point files give faces None; meshes give their triangles (a mesh file without faces gives its
+    vertices as points). Every failure is a :class:`BadFileError` naming the file."""
+    ext = check_file(path, CLOUD_EXTS)
     try:
         if ext == ".ply":
             try:

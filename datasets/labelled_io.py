@@ -22,12 +22,11 @@ from __future__ import annotations
 
 import math
 import os
-import stat
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from .io import (BadFileError, _check_limits, _first_bad_row, _open_regular, _strip_path, read_ply_vertex)
+from .io import (BadFileError, _check_limits, check_file, _first_bad_row, _open_regular, _strip_path, read_ply_vertex)
 from .safe_io import npy_header, npz_member_header
 
 __all__ = ["read_labelled_file", "write_labelled_ply", "part_counts", "LABELLED_EXTS", "LABEL_PROPERTIES", "LABEL_ARRAYS", "label_source"]
@@ -208,17 +207,7 @@ def read_labelled_file(path: str, label_key: Optional[str] = None,
     Raises :class:`BadFileError` naming the file: unknown extension, not a regular file, empty,
     unreadable, no label property / column / array, points and labels of different lengths, a
     label that is not an integer, a non-finite coordinate."""
-    ext = os.path.splitext(path)[1].lower()
-    if ext not in LABELLED_EXTS:
-        raise BadFileError(path, f"unknown extension {ext or '(none)'}; expected one of {' '.join(LABELLED_EXTS)}")
-    try:
-        st = os.stat(path)
-    except OSError as e:
-        raise BadFileError(path, f"unreadable ({e.strerror or e})") from None
-    if not stat.S_ISREG(st.st_mode):
-        raise BadFileError(path, "not a regular file (a FIFO, device or folder)")
-    if st.st_size == 0:
-        raise BadFileError(path, "empty")
+    ext = check_file(path, LABELLED_EXTS)
     try:
         if ext == ".ply":
             points, labels = _read_ply(path, label_key)
