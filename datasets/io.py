@@ -351,8 +351,9 @@ def _read_npz(path: str) -> np.ndarray:
     raise BadFileError(path, f"no (N, 3) array among {names}; name it 'points'")
 
 
-def _read_npy(path: str) -> np.ndarray:
-    """The points of an ``.npy``; its declared shape and size checked before it is read."""
+def read_npy_checked(path: str) -> np.ndarray:
+    """The array of an ``.npy`` (never a pickle); its declared shape and size checked against the
+    file and the limits (:mod:`utils.limits`) before it is read."""
     with _open_regular(path) as f:
         shape, dtype, header_len = npy_header(f)
         nbytes = math.prod(shape) * dtype.itemsize
@@ -361,7 +362,12 @@ def _read_npy(path: str) -> np.ndarray:
             raise BadFileError(path, f"declares {shape} {dtype} ({nbytes} bytes) but holds {size - header_len} bytes")
         _check_limits(path, f"the array {shape} {dtype}", nbytes)
         f.seek(0)
-        return _array_points(np.lib.format.read_array(f, allow_pickle=False), path, "the array")
+        return np.lib.format.read_array(f, allow_pickle=False)
+
+
+def _read_npy(path: str) -> np.ndarray:
+    """The points of an ``.npy`` (:func:`read_npy_checked`)."""
+    return _array_points(read_npy_checked(path), path, "the array")
 
 
 def _open_regular(path: str):

@@ -20,14 +20,13 @@ file with a short reason, so that a folder's bad files are reported together, gr
 """
 from __future__ import annotations
 
-import math
-import os
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from .io import (BadFileError, _check_limits, check_file, _first_bad_row, _open_regular, _strip_path, read_ply_vertex)
-from .safe_io import npy_header, npz_member_header
+from .io import (BadFileError, _check_limits, _first_bad_row, _open_regular, _strip_path, check_file, read_npy_checked,
+                 read_ply_vertex)
+from .safe_io import npz_member_header
 
 __all__ = ["read_labelled_file", "write_labelled_ply", "part_counts", "LABELLED_EXTS", "LABEL_PROPERTIES", "LABEL_ARRAYS", "label_source"]
 
@@ -143,15 +142,7 @@ def _table(path: str, arr: np.ndarray, what: str) -> np.ndarray:
 
 
 def _read_npy(path: str, label_column: int) -> Tuple[np.ndarray, np.ndarray]:
-    with _open_regular(path) as f:
-        shape, dtype, header_len = npy_header(f)
-        nbytes = math.prod(shape) * dtype.itemsize
-        size = os.fstat(f.fileno()).st_size
-        if nbytes != size - header_len:
-            raise BadFileError(path, f"declares {shape} {dtype} ({nbytes} bytes) but holds {size - header_len} bytes")
-        _check_limits(path, f"the array {shape} {dtype}", nbytes)
-        f.seek(0)
-        arr = _table(path, np.lib.format.read_array(f, allow_pickle=False), "the array")
+    arr = _table(path, read_npy_checked(path), "the array")
     return arr[:, :3].astype(np.float64), _column(path, arr, label_column, "the array")
 
 
