@@ -53,8 +53,8 @@ from .build import DATASETS
 from .common import DatasetFormatError, dataset_schema, pc_normalize
 from .io import BadFileError, file_seed, walk_files
 from .labelled_io import LABELLED_EXTS, label_source, part_counts, read_labelled_file
-from .PointCloudFolder import (CACHE_FOLDER, DEFAULT_SPLIT_RATIO, SPLIT_DIRS, bad_files_error, has_split_dirs,
-                               resolve_cache_dir, stat_failure, subset_items, user_cache_dir, write_atomic)
+from .PointCloudFolder import (CACHE_FOLDER, DEFAULT_SPLIT_RATIO, SPLIT_DIRS, bad_files_error, folder_stamp,
+                               has_split_dirs, resolve_cache_dir, stat_failure, subset_items, user_cache_dir, write_atomic)
 
 NAME = "PartSegFolder"
 PART_FILES = ("labels.txt", "parts.json")
@@ -300,15 +300,9 @@ def scan_labelled(config: Mapping) -> LabelledScan:
     label_key = config.get("label_key") or None
     cache = LabelledCache(cache_dir, int(config.get("N_POINTS") or DEFAULT_N_POINTS),
                           int(config.get("sample_seed", 0) or 0), label_key, int(config.get("label_column", -1)))
-    stamp = []
-    for path in walk_files(root):
-        try:
-            st = os.stat(path)
-            stamp.append((path, st.st_size, st.st_mtime_ns))
-        except OSError:
-            stamp.append((path, -1, -1))
     key = (os.path.abspath(root), cache_dir, cache.n_points, cache.seed, label_key, cache.label_column,
-           str(config.get("categories", "auto")).lower(), int(config.get("min_points", DEFAULT_MIN_POINTS)), tuple(stamp))
+           str(config.get("categories", "auto")).lower(), int(config.get("min_points", DEFAULT_MIN_POINTS)),
+           folder_stamp(root))
     if key not in _SCANS:
         if len(_SCANS) >= 4:
             _SCANS.clear()

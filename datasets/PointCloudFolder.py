@@ -521,10 +521,9 @@ def bad_files_error(root: str, bad: Sequence[Tuple[str, str]], small: Optional[M
 _SCANS: Dict[tuple, FolderScan] = {}
 
 
-def scan_folder(root: str, labelled: bool, cache_dir: Optional[str], n_points, seed: int = 0, floor: int = 1,
-                progress: bool = True) -> FolderScan:
-    """:class:`FolderScan` of ``root``, remembered for this process while no file changed (the train,
-    val and test datasets of a run share one scan; an ``auto`` scan also answers for the number it chose)."""
+def folder_stamp(root: str) -> Tuple[Tuple[str, int, int], ...]:
+    """``(path, size, mtime_ns)`` of every file under ``root`` (``(path, -1, -1)`` when it cannot be
+    stat'ed): a scan of the folder is reused while this is unchanged."""
     stamp = []
     for path in _walk_files(root):
         try:
@@ -532,15 +531,23 @@ def scan_folder(root: str, labelled: bool, cache_dir: Optional[str], n_points, s
             stamp.append((path, st.st_size, st.st_mtime_ns))
         except OSError:
             stamp.append((path, -1, -1))
+    return tuple(stamp)
+
+
+def scan_folder(root: str, labelled: bool, cache_dir: Optional[str], n_points, seed: int = 0, floor: int = 1,
+                progress: bool = True) -> FolderScan:
+    """:class:`FolderScan` of ``root``, remembered for this process while no file changed (the train,
+    val and test datasets of a run share one scan; an ``auto`` scan also answers for the number it chose)."""
+    stamp = folder_stamp(root)
     head = (os.path.abspath(root), labelled, cache_dir, int(seed))
-    key = head + ((AUTO, int(floor)) if n_points == AUTO else (int(n_points), None), tuple(stamp))
+    key = head + ((AUTO, int(floor)) if n_points == AUTO else (int(n_points), None), stamp)
     if key not in _SCANS:
         if len(_SCANS) >= 4:
             _SCANS.clear()
         scan = FolderScan(root, labelled, cache_dir, n_points, seed, floor, progress)
         _SCANS[key] = scan
         if n_points == AUTO:  # the run's config then holds the number: its datasets find this scan
-            _SCANS[head + ((scan.n_points, None), tuple(stamp))] = scan
+            _SCANS[head + ((scan.n_points, None), stamp)] = scan
     return _SCANS[key]
 
 
