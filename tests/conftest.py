@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,19 @@ if str(REPO) not in sys.path:
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 from writers import write_shapenet55  # noqa: E402  (tests/ is on sys.path under pytest)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def session_temp_dir(tmp_path_factory):
+    """TMPDIR for the session (this process and the commands tests start): the lists of refused files
+    that the readers write to the system's temporary folder land under pytest's own temporary folder,
+    which pytest prunes, instead of accumulating in /tmp run after run."""
+    folder = tmp_path_factory.mktemp("TMPDIR")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TMPDIR", str(folder))
+        patch.setattr(tempfile, "tempdir", None)  # gettempdir() reads TMPDIR again
+        yield folder
+    tempfile.tempdir = None
 
 
 @pytest.fixture(scope="session")
