@@ -24,7 +24,7 @@ from datasets.common import DatasetFormatError
 from datasets.data_transforms import PointcloudScaleAndTranslate
 from engine import builder
 from engine.batchnorm import refresh_batchnorm
-from engine.budget import short_pretraining_warning
+from engine.budget import MIN_PRETRAIN_STEPS, short_pretraining_warning
 from engine.engine import (
     MeanMeter,
     TrainRun,
@@ -133,7 +133,9 @@ def run_net(settings: RunSettings, config, writers=(None, None), stop: Optional[
                                        "val": val_loader.dataset if val_loader is not None else None})
     sche = config.get("scheduler") or {}
     warmup = int((sche.get("kwargs") or {}).get("initial_epochs", 0) or 0) if sche.get("type") == "CosLR" else 0
-    budget = short_pretraining_warning(len(train_loader), settings.n_epochs, settings.accum, warmup)
+    min_steps = config.get("min_pretrain_steps")
+    budget = short_pretraining_warning(len(train_loader), settings.n_epochs, settings.accum, warmup,
+                                       MIN_PRETRAIN_STEPS if min_steps is None else int(min_steps))
     if budget is not None:
         print_log(f"[Pre-training] WARNING: {budget}", logger=logger)
     if settings.resume != "no":

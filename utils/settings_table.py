@@ -160,6 +160,9 @@ SETTINGS: Tuple[Setting, ...] = (
             required_by=("finetune", "test", "partseg", "partseg_test")),
     Setting("ckpt_from", key="ckpt_from", number=Number(integer=True, low=0),
             help="first epoch (0-based) of ckpt_period's copies (pre-training default 250, as released)"),
+    Setting("min_pretrain_steps", key="min_pretrain_steps", number=Number(integer=True, low=0),
+            help="pre-training warns when it plans fewer optimizer steps than this (default 1200, from real "
+                 "shapes: docs/real-data.md; 0: never)"),
     Setting("svm_validation", key="svm_validation", help="linear-SVM validation of pre-trained features during "
                                                          "pre-training"),
     Setting("epoch_count", key="epoch_count", default="released", choices=("released", "exact"),
