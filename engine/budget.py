@@ -2,11 +2,12 @@
 
 A masked autoencoder learns per optimizer step, not per epoch: a folder of ``n`` shapes at batch
 ``b`` gives ``ceil(n / b)`` steps an epoch (``floor`` when the loader drops the last, short batch).
-On real ModelNet10 (docs/real-data.md, "How many steps before own-folder pre-training pays") a linear probe of the demo-size
-encoder first falls below an untrained encoder's and climbs back past it only after about a
-thousand optimizer steps at batch 32, on 280 shapes as on 3,991: below it at
-:data:`MEASURED_FUTILE_STEPS` steps, above it from about 1,120 steps on both 280 and 3,991 shapes,
-and fine-tuning from 1,280 to 1,364 steps beat fine-tuning from scratch. The released recipe runs
+On real ModelNet10 (docs/real-data.md, "How many steps before own-folder pre-training pays") a
+linear probe of the demo-size encoder first falls below an untrained encoder's and climbs back
+past it only after about a thousand optimizer steps at batch 32, on 280, 1,000 and 3,991 shapes
+alike: below it up to
+:data:`MEASURED_FUTILE_STEPS` steps, level with it between 750 and 1,120, above it from 1,240, and
+fine-tuning from 1,280 to 1,364 steps beat fine-tuning from scratch. The released recipe runs
 about 1,300 steps an epoch for 300 epochs. A run whose warm-up lasts as long as the run itself never
 reaches its learning rate. The threshold is the config key ``min_pretrain_steps`` (0: no warning).
 """
@@ -16,8 +17,8 @@ from typing import Optional
 
 # The largest step count measured (docs/real-data.md) at which pre-training on real shapes still gave
 # a linear probe below an untrained encoder's (992 steps on 3,991 ModelNet10 shapes, 960 on 280), and
-# the threshold of the warning: the step count from which every measured run was above it (1,240 and
-# 1,280 steps; 1,116 and 1,120 were level with it).
+# the threshold of the warning: the step count by which every measured run (280, 1,000 and 3,991
+# shapes) was above it (1,240 and 1,280 steps; 1,116 and 1,120 were level with it).
 MEASURED_FUTILE_STEPS = 992
 MIN_PRETRAIN_STEPS = 1200
 
