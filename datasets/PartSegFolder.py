@@ -53,8 +53,9 @@ from .build import DATASETS
 from .common import DatasetFormatError, dataset_schema, pc_normalize
 from .io import BadFileError, file_seed, walk_files
 from .labelled_io import LABELLED_EXTS, label_source, part_counts, read_labelled_file
-from .PointCloudFolder import (CACHE_FOLDER, DEFAULT_SPLIT_RATIO, SPLIT_DIRS, bad_files_error, folder_stamp,
-                               has_split_dirs, resolve_cache_dir, stat_failure, subset_items, user_cache_dir, write_atomic)
+from .PointCloudFolder import (CACHE_FOLDER, DEFAULT_SPLIT_RATIO, SPLIT_DIRS, bad_files_error, check_folder_entry,
+                               folder_stamp, has_split_dirs, resolve_cache_dir, stat_failure, subset_items,
+                               user_cache_dir, write_atomic)
 
 NAME = "PartSegFolder"
 PART_FILES = ("labels.txt", "parts.json")
@@ -62,7 +63,6 @@ NO_CATEGORY = "all"
 DEFAULT_N_POINTS = 8192
 DEFAULT_MIN_POINTS = 32
 CACHE_VERSION = 1
-SUBSETS = ("train", "test", "all")
 LAYOUT = ("  <DATA_PATH>/[train/ and test/]/[<category>/]/.../<file> with a part label per point\n"
           "  optional <DATA_PATH>/labels.txt (a part name per line) or parts.json\n"
           "  files: " + " ".join(LABELLED_EXTS) + " (.ply: a label vertex property; text: a label column; "
@@ -319,17 +319,7 @@ def scan_labelled(config: Mapping) -> LabelledScan:
 
 def check_entry(config: Mapping) -> None:
     """The values of a dataset entry that need no file read (DatasetFormatError naming the key)."""
-    root = str(config.get("DATA_PATH"))
-    if not os.path.isdir(root):
-        hint = ("pass your folder with --data_root DIR" if os.path.normpath(root) == "data" else
-                "check the path, or pass your folder with --data_root DIR")
-        raise DatasetFormatError(f"{NAME}: folder '{root}' does not exist; {hint} (DATA_PATH: data in the config means "
-                                 f"the --data_root folder itself). Expected layout:\n{LAYOUT}")
-    if str(config.get("subset")) not in SUBSETS:
-        raise DatasetFormatError(f"{NAME}: subset must be one of {list(SUBSETS)}, got '{config.get('subset')}'")
-    ratio = config.get("split_ratio", DEFAULT_SPLIT_RATIO)
-    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0.0 <= float(ratio) < 1.0:
-        raise DatasetFormatError(f"{NAME}: split_ratio must be in [0, 1) (the test share), got {ratio!r}")
+    check_folder_entry(config, NAME, LAYOUT)
     for key, default in (("N_POINTS", DEFAULT_N_POINTS), ("min_points", DEFAULT_MIN_POINTS)):
         value = config.get(key, default)
         value = default if value is None else value

@@ -652,22 +652,29 @@ def points_spec(value):
     return value
 
 
-def check_entry(config: Mapping) -> None:
-    """The values of a dataset entry (``_base_`` merged with ``others``) that need no file read:
-    the folder exists, ``subset``, ``split_ratio``, ``N_POINTS`` (a positive integer or ``auto``)
-    against ``npoints``, the views. DatasetFormatError naming the key and the value."""
+def check_folder_entry(config: Mapping, name: str, layout: str) -> None:
+    """The keys every folder dataset (``name``; ``layout``: its expected layout, for the message) checks
+    before reading a file: ``DATA_PATH`` is a folder, ``subset`` one of :data:`SUBSETS`, ``split_ratio``
+    a number in [0, 1). DatasetFormatError naming the key and the value."""
     root = str(config.get("DATA_PATH"))
     if not os.path.isdir(root):
         hint = ("pass your folder with --data_root DIR" if os.path.normpath(root) == "data" else
                 "check the path, or pass your folder with --data_root DIR")
-        raise DatasetFormatError(f"{NAME}: folder '{root}' does not exist; {hint} (DATA_PATH: data in the "
-                                 f"config means the --data_root folder itself). Expected layout:\n{LAYOUT}")
+        raise DatasetFormatError(f"{name}: folder '{root}' does not exist; {hint} (DATA_PATH: data in the "
+                                 f"config means the --data_root folder itself). Expected layout:\n{layout}")
     subset = str(config.get("subset"))
     if subset not in SUBSETS:
-        raise DatasetFormatError(f"{NAME}: subset must be one of {list(SUBSETS)}, got '{subset}'")
-    ratio = float(config.get("split_ratio", DEFAULT_SPLIT_RATIO))
-    if not 0.0 <= ratio < 1.0:
-        raise DatasetFormatError(f"{NAME}: split_ratio must be in [0, 1) (the test share), got {ratio}")
+        raise DatasetFormatError(f"{name}: subset must be one of {list(SUBSETS)}, got '{subset}'")
+    ratio = config.get("split_ratio", DEFAULT_SPLIT_RATIO)
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0.0 <= float(ratio) < 1.0:
+        raise DatasetFormatError(f"{name}: split_ratio must be in [0, 1) (the test share), got {ratio!r}")
+
+
+def check_entry(config: Mapping) -> None:
+    """The values of a dataset entry (``_base_`` merged with ``others``) that need no file read:
+    the folder exists, ``subset``, ``split_ratio``, ``N_POINTS`` (a positive integer or ``auto``)
+    against ``npoints``, the views. DatasetFormatError naming the key and the value."""
+    check_folder_entry(config, NAME, LAYOUT)
     n_points = points_spec(config.get("N_POINTS"))
     if n_points is None:
         raise DatasetFormatError(f"{NAME}: N_POINTS = {config.get('N_POINTS')!r}: expected a positive integer "
