@@ -16,7 +16,7 @@ released LinearSVC (C = 1, raw features), a LinearSVC with C = 0.01 on standardi
 converges; the released one often does not) and the features' effective rank. Step 0 is the
 untrained encoder. ``--released`` also trains the released model code (``bench/released_model.py``,
 the project's geometry ops) from the same weights on the same augmented batches with its own AdamW,
-and probes it the same way. Figures of docs/real-data.md ("How many shapes and steps").
+and probes it the same way. Figures of docs/real-data.md ("How many steps before own-folder pre-training pays").
 """
 from __future__ import annotations
 
