@@ -6,9 +6,9 @@ On real ModelNet10 (docs/real-data.md, "How many steps before own-folder pre-tra
 linear probe of the demo-size encoder first falls below an untrained encoder's and climbs back
 past it only after about a thousand optimizer steps at batch 32, on 280, 1,000 and 3,991 shapes
 alike: below it up to :data:`MEASURED_FUTILE_STEPS` steps, level with it between 750 and 1,120,
-above it from 1,240, and fine-tuning from 1,280 to 1,364 steps beat fine-tuning from scratch. The released recipe runs
-about 1,300 steps an epoch for 300 epochs. A run whose warm-up lasts as long as the run itself never
-reaches its learning rate. The threshold is the config key ``min_pretrain_steps`` (0: no warning).
+above it from 1,240, and fine-tuning from 1,280 to 1,364 steps beat fine-tuning from scratch. The
+released recipe runs about 1,300 steps an epoch for 300 epochs. A run whose warm-up lasts as long as
+the run itself never reaches its learning rate. The threshold is the config key ``min_pretrain_steps`` (0: no warning).
 """
 from __future__ import annotations
 
